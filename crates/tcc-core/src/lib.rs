@@ -1,0 +1,14 @@
+//! The vocabulary shared by every tcc layer.
+//!
+//! This crate holds plain settings types only: what a branch is, the shape of
+//! a model (enough for the cost model), the sampler settings and the
+//! calibration settings. It knows nothing about the `.sched` syntax and
+//! nothing about tensors, so every other crate may depend on it.
+
+mod calibration;
+mod model;
+mod sampler;
+
+pub use calibration::{CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind};
+pub use model::{Branch, ModelFamily, ModelShape};
+pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};

@@ -1,0 +1,181 @@
+use serde::{Deserialize, Serialize};
+
+/// A sub-layer of a transformer block whose output is added to the residual
+/// stream. A branch output is always taken *before* the adaLN gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branch {
+    /// Self-attention.
+    Attn,
+    /// Cross-attention to the caption tokens (PixArt only; it has no gate).
+    Cross,
+    /// The feed-forward network.
+    Mlp,
+}
+
+impl Branch {
+    pub const ALL: [Branch; 3] = [Branch::Attn, Branch::Cross, Branch::Mlp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Branch::Attn => "attn",
+            Branch::Cross => "cross",
+            Branch::Mlp => "mlp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Branch> {
+        Branch::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl std::fmt::Display for Branch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which kind of DiT a shape describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    /// Class-conditional DiT with adaLN-Zero (Peebles & Xie).
+    Dit,
+    /// Text-conditional PixArt-α with adaLN-single and cross-attention.
+    Pixart,
+}
+
+/// The shape of a model: everything the plan compiler and the cost model
+/// need, and nothing about weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelShape {
+    /// Preset name (`tiny`, `dit-xl-2-256`, ...) or the path it was read from.
+    pub name: String,
+    pub family: ModelFamily,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Hidden size D.
+    pub hidden: usize,
+    pub heads: usize,
+    /// Patch size p: tokens = (input_size / p)^2.
+    pub patch: usize,
+    /// Spatial size of the model input (latent side for latent models).
+    pub input_size: usize,
+    pub in_channels: usize,
+    /// Output channels (2 x in_channels with learned sigma).
+    pub out_channels: usize,
+    /// MLP hidden size = mlp_ratio x D.
+    pub mlp_ratio: f64,
+    /// Number of classes (DiT); the null class id equals this number.
+    pub num_classes: usize,
+    /// Caption tokens attended by cross-attention (PixArt), 0 for DiT.
+    pub caption_tokens: usize,
+    /// Width of the caption embeddings before the caption projection (PixArt).
+    pub caption_dim: usize,
+}
+
+impl ModelShape {
+    /// Image tokens per sample.
+    pub fn tokens(&self) -> usize {
+        let side = self.input_size / self.patch;
+        side * side
+    }
+
+    /// The branches of every block, in execution order.
+    pub fn branches(&self) -> &'static [Branch] {
+        match self.family {
+            ModelFamily::Dit => &[Branch::Attn, Branch::Mlp],
+            ModelFamily::Pixart => &[Branch::Attn, Branch::Cross, Branch::Mlp],
+        }
+    }
+
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden as f64 * self.mlp_ratio).round() as usize
+    }
+
+    /// The built-in presets, by name.
+    pub fn preset(name: &str) -> Option<ModelShape> {
+        let dit = |depth, hidden, heads, patch, input_size: usize| ModelShape {
+            name: name.to_string(),
+            family: ModelFamily::Dit,
+            depth,
+            hidden,
+            heads,
+            patch,
+            input_size,
+            in_channels: 4,
+            out_channels: 8,
+            mlp_ratio: 4.0,
+            num_classes: 1000,
+            caption_tokens: 0,
+            caption_dim: 0,
+        };
+        let pixart = |input_size: usize| ModelShape {
+            name: name.to_string(),
+            family: ModelFamily::Pixart,
+            depth: 28,
+            hidden: 1152,
+            heads: 16,
+            patch: 2,
+            input_size,
+            in_channels: 4,
+            out_channels: 8,
+            mlp_ratio: 4.0,
+            num_classes: 0,
+            caption_tokens: 120,
+            caption_dim: 4096,
+        };
+        Some(match name {
+            // The embedded testbed model: pixel space, 32x32 RGB, 10 classes.
+            "tiny" => ModelShape {
+                in_channels: 3,
+                out_channels: 3,
+                num_classes: 10,
+                ..dit(6, 192, 6, 4, 32)
+            },
+            "dit-s-2-256" => dit(12, 384, 6, 2, 32),
+            "dit-b-2-256" => dit(12, 768, 12, 2, 32),
+            "dit-l-2-256" => dit(24, 1024, 16, 2, 32),
+            "dit-xl-2-256" => dit(28, 1152, 16, 2, 32),
+            "dit-xl-2-512" => dit(28, 1152, 16, 2, 64),
+            "pixart-alpha-256" => pixart(32),
+            "pixart-alpha-512" => pixart(64),
+            _ => return None,
+        })
+    }
+
+    /// Names accepted by [`ModelShape::preset`].
+    pub const PRESETS: &'static [&'static str] = &[
+        "tiny",
+        "dit-s-2-256",
+        "dit-b-2-256",
+        "dit-l-2-256",
+        "dit-xl-2-256",
+        "dit-xl-2-512",
+        "pixart-alpha-256",
+        "pixart-alpha-512",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_resolves_with_whole_token_grid() {
+        for name in ModelShape::PRESETS {
+            let m = ModelShape::preset(name).expect(name);
+            assert_eq!(m.input_size % m.patch, 0, "{name}");
+            assert_eq!(m.hidden % m.heads, 0, "{name}");
+        }
+        assert_eq!(ModelShape::preset("dit-xl-2-256").unwrap().tokens(), 256);
+        assert!(ModelShape::preset("nope").is_none());
+    }
+
+    #[test]
+    fn branch_names_round_trip() {
+        for b in Branch::ALL {
+            assert_eq!(Branch::from_name(b.name()), Some(b));
+        }
+    }
+}

@@ -1,0 +1,128 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Ancestral DDPM with DiT's timestep respacing.
+    Ddpm,
+    /// DDIM; deterministic when eta = 0.
+    Ddim,
+    /// DPM-Solver++ multistep, order 2 (PixArt's sampler).
+    #[serde(rename = "dpm-solver++")]
+    DpmSolverPp,
+}
+
+impl SamplerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::DpmSolverPp => "dpm-solver++",
+        }
+    }
+}
+
+/// Order of the two halves of a classifier-free-guidance batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CfgOrder {
+    /// `[cond; uncond]` (DiT).
+    CondFirst,
+    /// `[uncond; cond]` (PixArt).
+    UncondFirst,
+}
+
+/// Sampler settings, as a schedule states them and a plan carries them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerSpec {
+    pub kind: SamplerKind,
+    /// Number of sampling steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1.0 means no guidance (no CFG batch).
+    pub guidance_scale: f64,
+    /// DDIM eta (0 = deterministic).
+    pub eta: f64,
+    pub cfg_order: CfgOrder,
+    /// Guide only the first N channels (DiT's official sampler guides 3);
+    /// `None` guides all of them.
+    pub guided_channels: Option<usize>,
+    /// Training timesteps of the noise schedule (1000 for DiT and PixArt).
+    pub train_timesteps: usize,
+    /// Linear beta schedule endpoints.
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl SamplerSpec {
+    /// Whether a step runs the model on a doubled (CFG) batch.
+    pub fn uses_cfg(&self) -> bool {
+        self.guidance_scale != 1.0
+    }
+
+    /// The model timestep of every step, in sampling order (noisiest first).
+    ///
+    /// DDIM and DDPM use DiT's respacing, round(i * (T-1) / (n-1)); for
+    /// DPM-Solver++ it is diffusers' "linspace" spacing,
+    /// round(linspace(0, T-1, n+1))[::-1][:-1].
+    pub fn timesteps(&self) -> Vec<u32> {
+        let n = self.steps;
+        let t_max = (self.train_timesteps - 1) as f64;
+        match self.kind {
+            SamplerKind::Ddim | SamplerKind::Ddpm => {
+                if n == 1 {
+                    return vec![t_max as u32];
+                }
+                (0..n)
+                    .rev()
+                    .map(|i| (i as f64 * t_max / (n - 1) as f64).round() as u32)
+                    .collect()
+            }
+            SamplerKind::DpmSolverPp => (1..=n)
+                .rev()
+                .map(|i| (i as f64 * t_max / n as f64).round() as u32)
+                .collect(),
+        }
+    }
+}
+
+impl Default for SamplerSpec {
+    fn default() -> Self {
+        SamplerSpec {
+            kind: SamplerKind::Ddim,
+            steps: 20,
+            guidance_scale: 1.5,
+            eta: 0.0,
+            cfg_order: CfgOrder::CondFirst,
+            guided_channels: None,
+            train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddim_respacing_matches_dit_rule() {
+        let s = SamplerSpec {
+            steps: 4,
+            ..Default::default()
+        };
+        // round(i*999/3) for i = 3, 2, 1, 0
+        assert_eq!(s.timesteps(), vec![999, 666, 333, 0]);
+    }
+
+    #[test]
+    fn dpm_linspace_spacing() {
+        let s = SamplerSpec {
+            kind: SamplerKind::DpmSolverPp,
+            steps: 4,
+            ..Default::default()
+        };
+        // round(linspace(0, 999, 5)) = [0, 250, 500, 749, 999] -> reversed, last dropped
+        assert_eq!(s.timesteps(), vec![999, 749, 500, 250]);
+    }
+}

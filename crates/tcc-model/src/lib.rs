@@ -1,0 +1,1 @@
+//! Diffusion Transformers on candle.

@@ -1,0 +1,10 @@
+//! Execution plans: what is computed and what is reused at every
+//! (step, block, branch), what it costs, and which reuses carry a TCC prior.
+//!
+//! A plan is compiled from a [`tcc_schedule`] schedule and consumed by the
+//! executor and the calibration pass. It holds no tensors.
+
+mod plan;
+
+pub use plan::{Action, Plan, StepPlan};
+pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};

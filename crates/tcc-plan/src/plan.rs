@@ -1,0 +1,91 @@
+use serde::{Deserialize, Serialize};
+use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
+
+/// What happens to one branch of one block at one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum Action {
+    /// Run the branch.
+    Compute,
+    /// Use the pre-gate branch output computed at step `from` (the latest
+    /// step before this one where it was computed). `prior` marks a reuse
+    /// that a TCC prior corrects before it is gated.
+    Reuse { from: usize, prior: bool },
+    /// Skip blocks `start..end` entirely and add the residual delta
+    /// (output minus input of those blocks) cached at step `from`
+    /// (Δ-DiT). Every branch of every block in the range carries the same
+    /// action.
+    ReuseDelta {
+        start: usize,
+        end: usize,
+        from: usize,
+    },
+}
+
+impl Action {
+    pub fn is_compute(self) -> bool {
+        matches!(self, Action::Compute)
+    }
+
+    /// The step whose cache this action reads, if any.
+    pub fn source(self) -> Option<usize> {
+        match self {
+            Action::Compute => None,
+            Action::Reuse { from, .. } | Action::ReuseDelta { from, .. } => Some(from),
+        }
+    }
+}
+
+/// One sampling step of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepPlan {
+    /// Sampling-order index (0 = noisiest).
+    pub step: usize,
+    /// Model timestep fed to the network at this step.
+    pub timestep: u32,
+    /// `actions[block][i]` is the action of branch `model.branches()[i]`.
+    pub actions: Vec<Vec<Action>>,
+}
+
+impl StepPlan {
+    /// Whether every branch of every block is computed (a refresh step).
+    pub fn is_full(&self) -> bool {
+        self.actions.iter().flatten().all(|a| a.is_compute())
+    }
+
+    /// Whether any reuse at this step carries a prior.
+    pub fn is_calibrated(&self) -> bool {
+        self.actions
+            .iter()
+            .flatten()
+            .any(|a| matches!(a, Action::Reuse { prior: true, .. }))
+    }
+}
+
+/// A compiled schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Where the plan came from (the schedule's file name), for display only:
+    /// it is not part of the content hash.
+    pub source: String,
+    pub model: ModelShape,
+    pub sampler: SamplerSpec,
+    pub calibration: CalibrationSpec,
+    pub steps: Vec<StepPlan>,
+}
+
+impl Plan {
+    pub fn branches(&self) -> &'static [Branch] {
+        self.model.branches()
+    }
+
+    /// Index of `branch` in every `actions[block]` row.
+    pub fn branch_index(&self, branch: Branch) -> Option<usize> {
+        self.branches().iter().position(|&b| b == branch)
+    }
+
+    pub fn action(&self, step: usize, block: usize, branch: Branch) -> Option<Action> {
+        let i = self.branch_index(branch)?;
+        self.steps.get(step)?.actions.get(block)?.get(i).copied()
+    }
+}

@@ -1,0 +1,1 @@
+//! Diffusion samplers and classifier-free guidance.
