@@ -68,6 +68,10 @@ pub struct Plan {
     /// Where the plan came from (the schedule's file name), for display only:
     /// it is not part of the content hash.
     pub source: String,
+    /// Where the model weights are (resolved path), if the schedule names
+    /// any; `None` means the built-in model of that name (the embedded
+    /// `tiny` model, or random weights for benchmarks). Not hashed.
+    pub weights: Option<String>,
     pub model: ModelShape,
     pub sampler: SamplerSpec,
     pub calibration: CalibrationSpec,

@@ -1,0 +1,85 @@
+//! The seam between a model and whoever drives it block by block.
+//!
+//! A model exposes its forward pass as parts: embed the input, then for every
+//! block compute the modulation (adaLN) and each branch's *pre-gate* output,
+//! and add the gated output to the residual stream; finally the output layer.
+//! The plain forward pass is built from the same parts, so a driver that
+//! computes every branch reproduces it bit for bit. The model knows nothing
+//! about caching: the executor decides which branch to compute or reuse.
+
+use candle_core::{Result, Tensor};
+use tcc_core::Branch;
+
+/// Per-sample conditioning shared by all blocks of one forward pass.
+#[derive(Clone, Debug)]
+pub struct Conditioning {
+    /// The adaLN input, `[B, D]` (DiT: t_emb + y_emb; PixArt: the shared
+    /// timestep embedding).
+    pub c: Tensor,
+    /// Cross-attention context `[B, L, D]` and its key mask `[B, L]`
+    /// (1 = attend), for models with a `cross` branch.
+    pub context: Option<(Tensor, Option<Tensor>)>,
+}
+
+/// The six adaLN modulation vectors of one block, each `[B, D]`.
+#[derive(Clone, Debug)]
+pub struct Modulation {
+    pub shift_msa: Tensor,
+    pub scale_msa: Tensor,
+    pub gate_msa: Tensor,
+    pub shift_mlp: Tensor,
+    pub scale_mlp: Tensor,
+    pub gate_mlp: Tensor,
+}
+
+/// A transformer that can be run block by block and branch by branch.
+pub trait BlockModel {
+    /// Number of blocks.
+    fn depth(&self) -> usize;
+
+    /// The branches of every block, in execution order.
+    fn branches(&self) -> &'static [Branch];
+
+    /// Patchify and embed: `x` is `[B, C, H, W]`, `t` the timesteps `[B]`
+    /// (f32), `cond` the condition (class ids `[B]` u32 for DiT, caption
+    /// embeddings `[B, L, C]` for PixArt). Returns the tokens `[B, T, D]`.
+    fn embed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        cond_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Conditioning)>;
+
+    /// The modulation vectors of block `block`.
+    fn modulation(&self, block: usize, cond: &Conditioning) -> Result<Modulation>;
+
+    /// The pre-gate output of `branch` of `block` for residual stream `x`.
+    fn branch(
+        &self,
+        block: usize,
+        branch: Branch,
+        x: &Tensor,
+        m: &Modulation,
+        cond: &Conditioning,
+    ) -> Result<Tensor>;
+
+    /// `x + gate * out` (or `x + out` for an ungated branch).
+    fn add_branch(&self, branch: Branch, x: &Tensor, m: &Modulation, out: &Tensor) -> Result<Tensor>;
+
+    /// Final layer and unpatchify: tokens `[B, T, D]` -> `[B, C_out, H, W]`.
+    fn finish(&self, x: &Tensor, cond: &Conditioning) -> Result<Tensor>;
+
+    /// The plain forward pass, built from the parts above.
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Tensor, cond_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (mut h, c) = self.embed(x, t, cond, cond_mask)?;
+        for block in 0..self.depth() {
+            let m = self.modulation(block, &c)?;
+            for &b in self.branches() {
+                let out = self.branch(block, b, &h, &m, &c)?;
+                h = self.add_branch(b, &h, &m, &out)?;
+            }
+        }
+        self.finish(&h, &c)
+    }
+}
