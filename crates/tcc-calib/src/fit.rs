@@ -1,0 +1,308 @@
+//! Fitting one prior: orthogonal Procrustes with an isotropic scale, and the
+//! two simpler ablations.
+
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+use tcc_core::{Pooling, PriorKind};
+
+use crate::{CalibError, PairStats};
+
+/// A fitted prior for one (step, branch, layer):
+/// `corr = muA + s * (B - muB) @ R`, blended with `alpha` at run time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prior {
+    pub kind: PriorKind,
+    pub dim: usize,
+    /// `D x D`, row-major, orthogonal (the identity for `shift` and
+    /// `scale-shift`).
+    pub r: Vec<f64>,
+    pub s: f64,
+    /// `rows x D` with rows = 1 (`tokens` pooling: one vector for every
+    /// token) or T (`conditions` pooling: one per token position).
+    pub mu_a: Vec<f64>,
+    pub mu_b: Vec<f64>,
+}
+
+/// A prior folded with its blend weight: `out = B @ m + c`, where
+/// `m = (1 - alpha) I + alpha s R` and `c = alpha (muA - s muB R)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldedPrior {
+    pub dim: usize,
+    /// `D x D`, row-major.
+    pub m: Vec<f64>,
+    /// `rows x D`, row-major (rows = 1 or T, as `mu_a`).
+    pub c: Vec<f64>,
+}
+
+/// The outcome of a fit, with the loss it minimised before and after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fit {
+    pub prior: Prior,
+    /// Paired rows the prior was fitted on.
+    pub rows: usize,
+    /// `sum_i ||a_i - b_i||^2` over the fitted rows: no prior.
+    pub loss_before: f64,
+    /// `sum_i ||a_i - corr(b_i)||^2` with the fitted prior at alpha = 1.
+    pub loss_after: f64,
+}
+
+impl Prior {
+    /// The prior that changes nothing (`R = I`, `s = 1`, `muA = muB = 0`).
+    pub fn identity(dim: usize) -> Prior {
+        Prior {
+            kind: PriorKind::Shift,
+            dim,
+            r: identity(dim),
+            s: 1.0,
+            mu_a: vec![0.0; dim],
+            mu_b: vec![0.0; dim],
+        }
+    }
+
+    /// Number of mean rows (1 under `tokens` pooling, T under `conditions`).
+    pub fn mean_rows(&self) -> usize {
+        self.mu_a.len() / self.dim.max(1)
+    }
+
+    /// Fold `alpha` into one matrix and one bias (SPEC: a prior then costs
+    /// one `D x D` GEMM plus a bias at run time).
+    pub fn fold(&self, alpha: f64) -> FoldedPrior {
+        let d = self.dim;
+        let mut m = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                m[i * d + j] = alpha * self.s * self.r[i * d + j];
+            }
+            m[i * d + i] += 1.0 - alpha;
+        }
+        let rows = self.mean_rows();
+        let mut c = vec![0.0; rows * d];
+        for row in 0..rows {
+            let mu_b = &self.mu_b[row * d..(row + 1) * d];
+            let mu_a = &self.mu_a[row * d..(row + 1) * d];
+            for j in 0..d {
+                let mut acc = 0.0;
+                for (k, &b) in mu_b.iter().enumerate() {
+                    acc += b * self.r[k * d + j];
+                }
+                c[row * d + j] = alpha * (mu_a[j] - self.s * acc);
+            }
+        }
+        FoldedPrior { dim: d, m, c }
+    }
+
+    /// `corr(b)` for one row vector at mean row `mu_row`, at alpha = 1.
+    pub fn correct_row(&self, b: &[f64], mu_row: usize) -> Vec<f64> {
+        let d = self.dim;
+        let mu_a = &self.mu_a[mu_row * d..(mu_row + 1) * d];
+        let mu_b = &self.mu_b[mu_row * d..(mu_row + 1) * d];
+        (0..d)
+            .map(|j| {
+                let mut acc = 0.0;
+                for k in 0..d {
+                    acc += (b[k] - mu_b[k]) * self.r[k * d + j];
+                }
+                mu_a[j] + self.s * acc
+            })
+            .collect()
+    }
+}
+
+fn identity(d: usize) -> Vec<f64> {
+    let mut r = vec![0.0; d * d];
+    for i in 0..d {
+        r[i * d + i] = 1.0;
+    }
+    r
+}
+
+/// Fit a prior of `kind` on paired statistics.
+///
+/// With rows `a_i`, `b_i` (row means of the pooled contributions):
+/// `muA, muB` are their means, `Ac, Bc` the centred rows,
+/// `U S V^T = svd(Bc^T Ac)`, `R = U V^T`, `s = tr(S) / ||Bc||^2`
+/// (`procrustes`); `R = I`, `s = <Ac, Bc> / ||Bc||^2` (`scale-shift`);
+/// `R = I`, `s = 1` (`shift`). Under `conditions` pooling the rows are token
+/// positions `0..T` and the means are kept per token.
+pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, CalibError> {
+    let d = stats.dim();
+    let (keys, a, b) = stats.rows()?;
+    let n = keys.len();
+    if n == 0 {
+        return Err(CalibError::Empty("no paired rows to fit a prior on".into()));
+    }
+    if pooling == Pooling::Conditions && keys.iter().enumerate().any(|(i, &k)| k != i as u64) {
+        return Err(CalibError::Shape(
+            "`conditions` pooling needs one row per token position 0..T".into(),
+        ));
+    }
+    let mean = |x: &[f64]| -> Vec<f64> {
+        let mut mu = vec![0.0; d];
+        for row in x.chunks(d) {
+            for (m, v) in mu.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        mu.iter_mut().for_each(|m| *m /= n as f64);
+        mu
+    };
+    let (mu_a, mu_b) = (mean(&a), mean(&b));
+    let ac = Mat::<f64>::from_fn(n, d, |i, j| a[i * d + j] - mu_a[j]);
+    let bc = Mat::<f64>::from_fn(n, d, |i, j| b[i * d + j] - mu_b[j]);
+    let b_norm2: f64 = bc.squared_norm_l2();
+
+    let (r, s) = match kind {
+        PriorKind::Shift => (identity(d), 1.0),
+        PriorKind::ScaleShift | PriorKind::Procrustes if b_norm2 == 0.0 => {
+            // All accelerated rows are equal: no direction to scale or
+            // rotate; fall back to the mean shift.
+            (identity(d), 1.0)
+        }
+        PriorKind::ScaleShift => {
+            let mut dot = 0.0;
+            for i in 0..n {
+                for j in 0..d {
+                    dot += ac[(i, j)] * bc[(i, j)];
+                }
+            }
+            (identity(d), dot / b_norm2)
+        }
+        PriorKind::Procrustes => {
+            let cross = bc.transpose() * &ac;
+            let svd = cross
+                .svd()
+                .map_err(|e| CalibError::Numerics(format!("SVD did not converge: {e:?}")))?;
+            let rot = svd.U() * svd.V().transpose();
+            let trace_s: f64 = (0..d).map(|i| svd.S()[i]).sum();
+            let mut r = vec![0.0; d * d];
+            for i in 0..d {
+                for j in 0..d {
+                    r[i * d + j] = rot[(i, j)];
+                }
+            }
+            (r, trace_s / b_norm2)
+        }
+    };
+    if !s.is_finite() || r.iter().any(|x| !x.is_finite()) {
+        return Err(CalibError::NonFinite("the fitted prior is not finite".into()));
+    }
+    let (mu_a, mu_b) = match pooling {
+        Pooling::Tokens => (mu_a, mu_b),
+        Pooling::Conditions => (a.clone(), b.clone()),
+    };
+    let prior = Prior {
+        kind,
+        dim: d,
+        r,
+        s,
+        mu_a,
+        mu_b,
+    };
+    let loss_before = sq_dist(&a, &b);
+    let mut loss_after = 0.0;
+    for i in 0..n {
+        let mu_row = match pooling {
+            Pooling::Tokens => 0,
+            Pooling::Conditions => i,
+        };
+        let corr = prior.correct_row(&b[i * d..(i + 1) * d], mu_row);
+        loss_after += sq_dist(&a[i * d..(i + 1) * d], &corr);
+    }
+    Ok(Fit {
+        prior,
+        rows: n,
+        loss_before,
+        loss_after,
+    })
+}
+
+fn sq_dist(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Side;
+
+    /// A small deterministic generator (the fit must not depend on `rand`).
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    fn rotated_stats(n: usize, d: usize, scale: f32, seed: u64) -> PairStats {
+        // b is a, rotated by a fixed 2-D rotation in the first plane, scaled
+        // and shifted, plus noise: the fit should undo most of it.
+        let mut g = seed;
+        let (c, s) = (0.8f32, 0.6f32);
+        let mut st = PairStats::new(d);
+        for i in 0..n {
+            let a: Vec<f32> = (0..d).map(|_| lcg(&mut g)).collect();
+            let mut b: Vec<f32> = a.iter().map(|x| x * scale + 0.3).collect();
+            let (x, y) = (b[0], b[1]);
+            b[0] = c * x - s * y;
+            b[1] = s * x + c * y;
+            for v in b.iter_mut() {
+                *v += 0.01 * lcg(&mut g);
+            }
+            st.add(Side::Reference, i as u64, &a).unwrap();
+            st.add(Side::Accelerated, i as u64, &b).unwrap();
+        }
+        st
+    }
+
+    #[test]
+    fn procrustes_rotation_is_orthogonal_and_reduces_the_loss() {
+        let st = rotated_stats(40, 6, 1.3, 7);
+        for kind in [PriorKind::Shift, PriorKind::ScaleShift, PriorKind::Procrustes] {
+            let fit = fit(&st, kind, Pooling::Tokens).unwrap();
+            assert!(fit.loss_after <= fit.loss_before, "{kind:?}: {fit:?}");
+            let d = fit.prior.dim;
+            let r = &fit.prior.r;
+            for i in 0..d {
+                for j in 0..d {
+                    let dot: f64 = (0..d).map(|k| r[k * d + i] * r[k * d + j]).sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-10, "R^T R [{i},{j}] = {dot}");
+                }
+            }
+        }
+        let p = fit(&st, PriorKind::Procrustes, Pooling::Tokens).unwrap();
+        let ss = fit(&st, PriorKind::ScaleShift, Pooling::Tokens).unwrap();
+        assert!(p.loss_after <= ss.loss_after);
+        // The data were scaled by 1.3: the fitted scale undoes it.
+        assert!((p.prior.s - 1.0 / 1.3).abs() < 0.02, "s = {}", p.prior.s);
+        assert!(p.loss_after < 0.05 * p.loss_before);
+    }
+
+    #[test]
+    fn folded_prior_equals_the_unfolded_blend() {
+        let st = rotated_stats(30, 5, 0.7, 3);
+        let fit = fit(&st, PriorKind::Procrustes, Pooling::Tokens).unwrap();
+        let alpha = 1.75;
+        let f = fit.prior.fold(alpha);
+        let b: Vec<f64> = (0..5).map(|i| i as f64 * 0.3 - 0.5).collect();
+        let corr = fit.prior.correct_row(&b, 0);
+        for j in 0..5 {
+            let unfolded = (1.0 - alpha) * b[j] + alpha * corr[j];
+            let folded: f64 = (0..5).map(|k| b[k] * f.m[k * 5 + j]).sum::<f64>() + f.c[j];
+            assert!((unfolded - folded).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn identity_prior_folds_to_identity() {
+        let f = Prior::identity(3).fold(0.6);
+        assert_eq!(f.m, identity(3));
+        assert!(f.c.iter().all(|&c| c == 0.0));
+    }
+
+    #[test]
+    fn empty_statistics_are_an_error() {
+        assert!(matches!(
+            fit(&PairStats::new(4), PriorKind::Procrustes, Pooling::Tokens),
+            Err(CalibError::Empty(_))
+        ));
+    }
+}

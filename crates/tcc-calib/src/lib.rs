@@ -1,0 +1,26 @@
+//! Trajectory-Consistent Calibration (TCC).
+//!
+//! Priors correct reused branch outputs: `corr = muA + s (B - muB) R`,
+//! blended as `(1 - alpha) B + alpha corr`. [`PairStats`] holds the paired
+//! statistics of one site as mergeable sums; [`fit`] fits a prior on them.
+
+mod fit;
+mod stats;
+
+pub use fit::{fit, Fit, FoldedPrior, Prior};
+pub use stats::{PairStats, Side};
+
+/// Errors from calibration.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibError {
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("non-finite statistics: {0}")]
+    NonFinite(String),
+    #[error("unpaired statistics: {0}")]
+    Unpaired(String),
+    #[error("{0}")]
+    Empty(String),
+    #[error("numerical failure: {0}")]
+    Numerics(String),
+}

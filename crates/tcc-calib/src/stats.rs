@@ -1,0 +1,199 @@
+//! Paired statistics, kept as sums so that shards merge exactly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::CalibError;
+
+/// Per-row sums of one side (reference `a` or accelerated `b`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RowSums {
+    count: u64,
+    sum: Vec<f64>,
+}
+
+/// The paired statistics of one calibrated site (step, branch, layer).
+///
+/// A *row* is identified by a key: the condition (class or prompt) under
+/// `tokens` pooling, the token position under `conditions` pooling. Each
+/// contribution adds one vector to its row's sum; a row's value is the mean
+/// of its contributions. Rows of `a` and `b` are accumulated separately (the
+/// two trajectories need not be walked at the same time) and paired by key
+/// at fit time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairStats {
+    dim: usize,
+    a: BTreeMap<u64, RowSums>,
+    b: BTreeMap<u64, RowSums>,
+}
+
+/// Which trajectory a vector comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The reference (full computation) trajectory: `A`.
+    Reference,
+    /// The accelerated trajectory's uncorrected reused output: `B`.
+    Accelerated,
+}
+
+impl PairStats {
+    pub fn new(dim: usize) -> PairStats {
+        PairStats {
+            dim,
+            a: BTreeMap::new(),
+            b: BTreeMap::new(),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Add one vector (length `dim`) to row `key` of one side.
+    pub fn add(&mut self, side: Side, key: u64, v: &[f32]) -> Result<(), CalibError> {
+        if v.len() != self.dim {
+            return Err(CalibError::Shape(format!(
+                "statistics vector has length {}, expected {}",
+                v.len(),
+                self.dim
+            )));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(CalibError::NonFinite(format!(
+                "element {i} of a {} statistic for row {key} is {}",
+                match side {
+                    Side::Reference => "reference",
+                    Side::Accelerated => "accelerated",
+                },
+                v[i]
+            )));
+        }
+        let rows = match side {
+            Side::Reference => &mut self.a,
+            Side::Accelerated => &mut self.b,
+        };
+        let row = rows.entry(key).or_insert_with(|| RowSums {
+            count: 0,
+            sum: vec![0.0; v.len()],
+        });
+        row.count += 1;
+        for (s, &x) in row.sum.iter_mut().zip(v) {
+            *s += x as f64;
+        }
+        Ok(())
+    }
+
+    /// Add the statistics of another shard. Exact: the result equals one
+    /// pass over both shards' contributions (up to f64 summation order).
+    pub fn merge(&mut self, other: &PairStats) -> Result<(), CalibError> {
+        if other.dim != self.dim {
+            return Err(CalibError::Shape(format!(
+                "cannot merge statistics of width {} into width {}",
+                other.dim, self.dim
+            )));
+        }
+        for (mine, theirs) in [(&mut self.a, &other.a), (&mut self.b, &other.b)] {
+            for (key, row) in theirs {
+                let entry = mine.entry(*key).or_insert_with(|| RowSums {
+                    count: 0,
+                    sum: vec![0.0; row.sum.len()],
+                });
+                entry.count += row.count;
+                for (s, x) in entry.sum.iter_mut().zip(&row.sum) {
+                    *s += x;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The paired rows: keys in ascending order, and the row means of `a`
+    /// and `b`, row-major `n x dim`.
+    pub fn rows(&self) -> Result<(Vec<u64>, Vec<f64>, Vec<f64>), CalibError> {
+        let keys_a: Vec<u64> = self.a.keys().copied().collect();
+        let keys_b: Vec<u64> = self.b.keys().copied().collect();
+        if keys_a != keys_b {
+            return Err(CalibError::Unpaired(format!(
+                "{} reference rows and {} accelerated rows with different keys",
+                keys_a.len(),
+                keys_b.len()
+            )));
+        }
+        let mut a = Vec::with_capacity(keys_a.len() * self.dim);
+        let mut b = Vec::with_capacity(keys_a.len() * self.dim);
+        for key in &keys_a {
+            let (ra, rb) = (&self.a[key], &self.b[key]);
+            if ra.count != rb.count {
+                return Err(CalibError::Unpaired(format!(
+                    "row {key} has {} reference and {} accelerated contributions",
+                    ra.count, rb.count
+                )));
+            }
+            a.extend(ra.sum.iter().map(|s| s / ra.count as f64));
+            b.extend(rb.sum.iter().map(|s| s / rb.count as f64));
+        }
+        Ok((keys_a, a, b))
+    }
+
+    /// Number of paired rows.
+    pub fn len(&self) -> usize {
+        self.a.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.a.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_merge_to_one_pass() {
+        let dim = 3;
+        let data: Vec<(u64, [f32; 3], [f32; 3])> = (0..20)
+            .map(|i| {
+                let f = i as f32;
+                (i % 4, [f, f * 0.5 - 1.0, 2.0], [f + 1.0, -f, 0.25 * f])
+            })
+            .collect();
+        let mut one = PairStats::new(dim);
+        let mut left = PairStats::new(dim);
+        let mut right = PairStats::new(dim);
+        for (i, (k, a, b)) in data.iter().enumerate() {
+            one.add(Side::Reference, *k, a).unwrap();
+            one.add(Side::Accelerated, *k, b).unwrap();
+            let shard = if i < 7 { &mut left } else { &mut right };
+            shard.add(Side::Reference, *k, a).unwrap();
+            shard.add(Side::Accelerated, *k, b).unwrap();
+        }
+        left.merge(&right).unwrap();
+        // The values are small integers and halves: the sums are exact in
+        // f64 whatever the order, so equality is exact.
+        assert_eq!(left, one);
+        let (keys, a, _) = one.rows().unwrap();
+        assert_eq!(keys, vec![0, 1, 2, 3]);
+        // Row 0 holds i = 0, 4, 8, 12, 16: mean 8.
+        assert_eq!(a[0], 8.0);
+    }
+
+    #[test]
+    fn non_finite_and_unpaired_inputs_are_errors() {
+        let mut s = PairStats::new(2);
+        assert!(matches!(
+            s.add(Side::Reference, 0, &[1.0, f32::NAN]),
+            Err(CalibError::NonFinite(_))
+        ));
+        assert!(matches!(
+            s.add(Side::Reference, 0, &[1.0]),
+            Err(CalibError::Shape(_))
+        ));
+        s.add(Side::Reference, 0, &[1.0, 2.0]).unwrap();
+        assert!(matches!(s.rows(), Err(CalibError::Unpaired(_))));
+        s.add(Side::Accelerated, 0, &[1.0, 2.0]).unwrap();
+        s.add(Side::Accelerated, 0, &[1.0, 2.0]).unwrap();
+        assert!(matches!(s.rows(), Err(CalibError::Unpaired(_))));
+    }
+}
