@@ -5,9 +5,11 @@
 //! statistics of one site as mergeable sums; [`fit`] fits a prior on them.
 
 mod fit;
+mod priors;
 mod stats;
 
 pub use fit::{fit, Fit, FoldedPrior, Prior};
+pub use priors::{write_atomically, PriorMeta, PriorSet, Site};
 pub use stats::{PairStats, Side};
 
 /// Errors from calibration.
@@ -23,4 +25,10 @@ pub enum CalibError {
     Empty(String),
     #[error("numerical failure: {0}")]
     Numerics(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("bad priors file: {0}")]
+    Format(String),
+    #[error("{0}")]
+    Binding(String),
 }
