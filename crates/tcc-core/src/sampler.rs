@@ -61,26 +61,40 @@ impl SamplerSpec {
 
     /// The model timestep of every step, in sampling order (noisiest first).
     ///
-    /// DDIM and DDPM use DiT's respacing, round(i * (T-1) / (n-1)); for
-    /// DPM-Solver++ it is diffusers' "linspace" spacing,
-    /// round(linspace(0, T-1, n+1))[::-1][:-1].
+    /// DDIM and DDPM use DiT's respacing (`space_timesteps(T, [n])`): a
+    /// running index that starts at 0 and grows by (T-1)/(n-1) per step,
+    /// rounded half to even as Python's `round` does (so n = 7 gives
+    /// 832 and 166, not 833 and 167); n = 1 keeps timestep 0 only, as DiT
+    /// does. DPM-Solver++ uses diffusers' "linspace" spacing,
+    /// `round(linspace(0, T-1, n+1))[::-1][:-1]`, with numpy's
+    /// half-to-even rounding. Steps beyond T give repeated timesteps, which
+    /// samplers reject.
     pub fn timesteps(&self) -> Vec<u32> {
         let n = self.steps;
-        let t_max = (self.train_timesteps - 1) as f64;
+        let t_max = self.train_timesteps.saturating_sub(1) as f64;
         match self.kind {
             SamplerKind::Ddim | SamplerKind::Ddpm => {
-                if n == 1 {
-                    return vec![t_max as u32];
+                let stride = if n <= 1 { 1.0 } else { t_max / (n - 1) as f64 };
+                let mut idx = 0.0f64;
+                let mut ts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ts.push(idx.round_ties_even() as u32);
+                    idx += stride;
                 }
-                (0..n)
+                ts.reverse();
+                ts
+            }
+            SamplerKind::DpmSolverPp => {
+                // numpy's linspace: i * step, with the endpoint set exactly.
+                let step = t_max / n.max(1) as f64;
+                (1..=n)
                     .rev()
-                    .map(|i| (i as f64 * t_max / (n - 1) as f64).round() as u32)
+                    .map(|i| {
+                        let v = if i == n { t_max } else { i as f64 * step };
+                        v.round_ties_even() as u32
+                    })
                     .collect()
             }
-            SamplerKind::DpmSolverPp => (1..=n)
-                .rev()
-                .map(|i| (i as f64 * t_max / n as f64).round() as u32)
-                .collect(),
         }
     }
 }
@@ -116,6 +130,17 @@ mod tests {
     }
 
     #[test]
+    fn ddim_respacing_rounds_half_to_even_like_python() {
+        let s = SamplerSpec {
+            steps: 7,
+            ..Default::default()
+        };
+        // DiT's running index 0, 166.5, 333, 499.5, 666, 832.5, 999 under
+        // Python's round(): 166.5 -> 166, 499.5 -> 500, 832.5 -> 832.
+        assert_eq!(s.timesteps(), vec![999, 832, 666, 500, 333, 166, 0]);
+    }
+
+    #[test]
     fn dpm_linspace_spacing() {
         let s = SamplerSpec {
             kind: SamplerKind::DpmSolverPp,
@@ -124,5 +149,8 @@ mod tests {
         };
         // round(linspace(0, 999, 5)) = [0, 250, 500, 749, 999] -> reversed, last dropped
         assert_eq!(s.timesteps(), vec![999, 749, 500, 250]);
+        // numpy rounds 832.5 and 166.5 to even.
+        let s6 = SamplerSpec { steps: 6, ..s };
+        assert_eq!(s6.timesteps(), vec![999, 832, 666, 500, 333, 166]);
     }
 }
