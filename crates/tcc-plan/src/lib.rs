@@ -4,7 +4,9 @@
 //! A plan is compiled from a [`tcc_schedule`] schedule and consumed by the
 //! executor and the calibration pass. It holds no tensors.
 
+mod compile;
 mod plan;
 
+pub use compile::{compile, compile_file, CompileError};
 pub use plan::{Action, Plan, StepPlan};
 pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};

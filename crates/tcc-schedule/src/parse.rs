@@ -1,0 +1,703 @@
+//! TOML text -> [`Schedule`]: syntax, schema and value types. What the
+//! values mean for a model is checked by the plan compiler.
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned as TSpanned;
+
+use tcc_core::{CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind};
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::selector::{self, join_or, Origin};
+use crate::span::{Span, Spanned};
+
+type TValue<'i> = TSpanned<DeValue<'i>>;
+
+const SECTIONS: &[&str] = &["model", "sampler", "cache", "limits", "calibration"];
+const MODEL_KEYS: &[&str] = &["name", "path", "weights"];
+const SAMPLER_KEYS: &[&str] = &[
+    "kind",
+    "steps",
+    "guidance",
+    "eta",
+    "cfg-order",
+    "guided-channels",
+];
+const RULE_ACTIONS: &[&str] = &[
+    "compute",
+    "reuse",
+    "refresh",
+    "reuse-delta",
+    "mask",
+    "table",
+];
+const RULE_KEYS: &[&str] = &[
+    "compute",
+    "reuse",
+    "refresh",
+    "reuse-delta",
+    "mask",
+    "table",
+    "blocks",
+    "branches",
+];
+const LIMIT_KEYS: &[&str] = &["warmup", "cutoff", "max-reuse"];
+const CALIBRATION_KEYS: &[&str] = &[
+    "method",
+    "mode",
+    "steps",
+    "alpha",
+    "prior",
+    "pooling",
+    "pooled-half",
+    "samples",
+    "seed",
+];
+
+pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, Diagnostics> {
+    let root = DeTable::parse(text).map_err(|e| Diagnostics::from(toml_error(&e, text)))?;
+    let mut cx = Cx {
+        text,
+        diags: Diagnostics::new(),
+    };
+    let mut model = None;
+    let mut sampler = None;
+    let mut cache = Vec::new();
+    let mut limits = None;
+    let mut calibration = None;
+    for (key, value) in sorted(root.get_ref()) {
+        let header = span_of(value);
+        match key.get_ref().as_ref() {
+            "model" => {
+                if let Some(t) = cx.section(key, value) {
+                    model = cx.model(t, header);
+                }
+            }
+            "sampler" => {
+                if let Some(t) = cx.section(key, value) {
+                    sampler = Some(Spanned::new(cx.sampler(t), header));
+                }
+            }
+            "cache" => cache = cx.cache(key, value),
+            "limits" => {
+                if let Some(t) = cx.section(key, value) {
+                    limits = Some(Spanned::new(cx.limits(t), header));
+                }
+            }
+            "calibration" => {
+                if let Some(t) = cx.section(key, value) {
+                    calibration = Some(Spanned::new(cx.calibration(t), header));
+                }
+            }
+            other => {
+                let d = Diagnostic::new(
+                    format!("unknown section `{other}`"),
+                    span_of(key),
+                    "not a schedule section",
+                );
+                cx.diags.push(with_suggestion(d, other, SECTIONS, |s| {
+                    if s == "cache" {
+                        "[[cache]]".to_string()
+                    } else {
+                        format!("[{s}]")
+                    }
+                }));
+            }
+        }
+    }
+    let model = match model {
+        Some(m) => m,
+        None => {
+            if !cx.diags.iter().any(|d| d.message.contains("[model]")) {
+                cx.diags.push(
+                    Diagnostic::new("missing [model] section", Span::at(0), "expected [model]")
+                        .with_help("a schedule names its model, e.g.\n[model]\nname = \"tiny\""),
+                );
+            }
+            return Err(cx.diags.into_result(()).unwrap_err());
+        }
+    };
+    let schedule = Schedule {
+        source_name: source_name.to_string(),
+        model,
+        sampler,
+        cache,
+        limits,
+        calibration,
+    };
+    cx.diags.into_result(schedule)
+}
+
+/// Converts a TOML syntax error into a diagnostic at its span.
+fn toml_error(e: &toml::de::Error, text: &str) -> Diagnostic {
+    let span = e.span().map_or(Span::at(0), Span::from);
+    let message = e.message().trim().to_string();
+    let found = text.get(span.range()).unwrap_or("");
+    let (headline, label) = match message.split_once(", expected ") {
+        Some((what, expected)) => (what.to_string(), format!("expected {expected}")),
+        None => (message.clone(), String::new()),
+    };
+    let mut d = Diagnostic::new(format!("TOML syntax: {headline}"), span, label);
+    let bare_word = !found.is_empty()
+        && found
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+        && found
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic());
+    if bare_word && message.contains("invalid") {
+        d = d.with_help(format!("strings are quoted: \"{found}\""));
+    }
+    d
+}
+
+fn span_of<T>(v: &TSpanned<T>) -> Span {
+    Span::from(v.span())
+}
+
+/// Table entries in source order (the TOML map is sorted by key).
+fn sorted<'a, 'i>(
+    t: &'a DeTable<'i>,
+) -> Vec<(&'a TSpanned<std::borrow::Cow<'i, str>>, &'a TValue<'i>)> {
+    let mut v: Vec<_> = t.iter().collect();
+    v.sort_by_key(|(k, _)| k.span().start);
+    v
+}
+
+/// "did you mean `x`?" for a near miss, else the list of what is allowed.
+fn with_suggestion(
+    d: Diagnostic,
+    found: &str,
+    allowed: &[&str],
+    show: impl Fn(&str) -> String,
+) -> Diagnostic {
+    let best = allowed
+        .iter()
+        .map(|a| (edit_distance(found, a), *a))
+        .min()
+        .filter(|&(dist, a)| dist <= (a.len().max(found.len()) / 3).max(1));
+    match best {
+        Some((_, a)) => d.with_help(format!("did you mean `{}`?", show(a))),
+        None => {
+            let all: Vec<String> = allowed.iter().map(|a| format!("`{}`", show(a))).collect();
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            d.with_help(format!("expected {}", join_or(&all)))
+        }
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+struct Cx<'t> {
+    text: &'t str,
+    diags: Diagnostics,
+}
+
+impl<'t> Cx<'t> {
+    fn section<'a, 'i>(
+        &mut self,
+        key: &TSpanned<std::borrow::Cow<'i, str>>,
+        value: &'a TValue<'i>,
+    ) -> Option<&'a DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                let name = key.get_ref();
+                self.diags.push(
+                    Diagnostic::new(
+                        format!("`{name}` must be a section, found a {}", other.type_str()),
+                        span_of(key),
+                        format!("expected [{name}]"),
+                    )
+                    .with_help(format!("write the settings under a `[{name}]` header")),
+                );
+                None
+            }
+        }
+    }
+
+    fn unknown_key(
+        &mut self,
+        key: &TSpanned<std::borrow::Cow<'_, str>>,
+        section: &str,
+        allowed: &[&str],
+    ) {
+        let name = key.get_ref();
+        let d = Diagnostic::new(
+            format!("unknown key `{name}` in {section}"),
+            span_of(key),
+            "not a setting of this section",
+        );
+        self.diags
+            .push(with_suggestion(d, name, allowed, str::to_string));
+    }
+
+    fn type_error(&mut self, v: &TValue<'_>, expected: &str) {
+        self.diags.push(Diagnostic::new(
+            format!("expected {expected}, found a {}", v.get_ref().type_str()),
+            span_of(v),
+            format!("expected {expected}"),
+        ));
+    }
+
+    fn string(&mut self, v: &TValue<'_>) -> Option<Spanned<String>> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(s.to_string(), span_of(v))),
+            _ => {
+                self.type_error(v, "a string");
+                None
+            }
+        }
+    }
+
+    /// Where the characters of a string value sit in the file.
+    fn origin(&self, v: &TValue<'_>, value: &str) -> Origin {
+        let whole = span_of(v);
+        let raw = self.text.get(whole.range()).unwrap_or("");
+        for open in [
+            "\"\"\"\r\n",
+            "\"\"\"\n",
+            "'''\r\n",
+            "'''\n",
+            "\"\"\"",
+            "'''",
+            "\"",
+            "'",
+        ] {
+            let close = &open[..open.len().min(3)].trim_end_matches(['\r', '\n']);
+            if raw.starts_with(open)
+                && raw[open.len()..].starts_with(value)
+                && &raw[open.len() + value.len()..] == *close
+            {
+                return Origin::exact(whole.start + open.len(), whole);
+            }
+        }
+        Origin::whole(whole)
+    }
+
+    fn selector(&mut self, v: &TValue<'_>, kind: IndexKind) -> Option<Selector> {
+        let s = self.string(v)?;
+        let origin = self.origin(v, &s.value);
+        self.ok(selector::parse_selector(&s.value, origin, kind))
+    }
+
+    fn ok<T>(&mut self, r: Result<T, Diagnostic>) -> Option<T> {
+        r.map_err(|d| self.diags.push(d)).ok()
+    }
+
+    fn uint(&mut self, v: &TValue<'_>) -> Option<Spanned<u64>> {
+        match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if n >= 0 => Some(Spanned::new(n as u64, span_of(v))),
+                Ok(_) => {
+                    self.diags.push(Diagnostic::new(
+                        "expected a non-negative integer",
+                        span_of(v),
+                        "negative",
+                    ));
+                    None
+                }
+                Err(_) => {
+                    self.diags.push(Diagnostic::new(
+                        "integer too large",
+                        span_of(v),
+                        "out of range",
+                    ));
+                    None
+                }
+            },
+            _ => {
+                self.type_error(v, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A float; integers are accepted too (`alpha = 2`).
+    fn float(&mut self, v: &TValue<'_>) -> Option<Spanned<f64>> {
+        let x = match v.get_ref() {
+            DeValue::Float(f) => {
+                let x: Option<f64> = f.as_str().parse().ok();
+                match x {
+                    Some(x) if x.is_infinite() && !f.as_str().contains("inf") => None,
+                    x => x,
+                }
+            }
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => {
+                self.type_error(v, "a number");
+                return None;
+            }
+        };
+        match x {
+            Some(x) => Some(Spanned::new(x, span_of(v))),
+            None => {
+                self.diags.push(Diagnostic::new(
+                    "number out of range",
+                    span_of(v),
+                    "too large",
+                ));
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, v: &TValue<'_>, options: &[(&str, T)]) -> Option<Spanned<T>> {
+        let s = self.string(v)?;
+        if let Some(&(_, t)) = options.iter().find(|(name, _)| *name == s.value) {
+            return Some(s.map(|_| t));
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let allowed: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let d = Diagnostic::new(
+            format!("unknown value \"{}\"", s.value),
+            s.span,
+            format!("expected {}", join_or(&names)),
+        );
+        let d = match with_suggestion(d.clone(), &s.value, &allowed, str::to_string).help {
+            Some(h) if h.starts_with("did you mean") => d.with_help(h),
+            _ => d,
+        };
+        self.diags.push(d);
+        None
+    }
+
+    fn model(&mut self, t: &DeTable<'_>, header: Span) -> Option<Spanned<ModelSection>> {
+        let mut source: Option<Spanned<ModelSource>> = None;
+        let mut weights = None;
+        let mut complete = true;
+        for (k, v) in sorted(t) {
+            let key = k.get_ref().as_ref();
+            match key {
+                "name" | "path" => {
+                    let Some(s) = self.string(v) else {
+                        complete = false;
+                        continue;
+                    };
+                    if let Some(prev) = &source {
+                        let other = match prev.value {
+                            ModelSource::Preset(_) => "name",
+                            ModelSource::Path(_) => "path",
+                        };
+                        self.diags.push(
+                            Diagnostic::new(
+                                format!("`{key}` given together with `{other}`"),
+                                span_of(k),
+                                "a model has either a preset `name` or a `path`",
+                            )
+                            .with_help("keep only one of them"),
+                        );
+                        complete = false;
+                        continue;
+                    }
+                    source = Some(s.map(|s| match key {
+                        "name" => ModelSource::Preset(s),
+                        _ => ModelSource::Path(s),
+                    }));
+                }
+                "weights" => weights = self.string(v),
+                _ => self.unknown_key(k, "[model]", MODEL_KEYS),
+            }
+        }
+        match source {
+            Some(source) if complete => {
+                Some(Spanned::new(ModelSection { source, weights }, header))
+            }
+            Some(_) => None,
+            None => {
+                if complete {
+                    self.diags.push(
+                        Diagnostic::new(
+                            "[model] names no model",
+                            header,
+                            "expected `name = \"...\"` or `path = \"...\"` in this section",
+                        )
+                        .with_help("e.g. name = \"tiny\", or path = \"models/DiT-XL-2-256\""),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn sampler(&mut self, t: &DeTable<'_>) -> SamplerSection {
+        let mut s = SamplerSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "kind" => {
+                    s.kind = self.choice(
+                        v,
+                        &[
+                            ("ddpm", SamplerKind::Ddpm),
+                            ("ddim", SamplerKind::Ddim),
+                            ("dpm-solver++", SamplerKind::DpmSolverPp),
+                        ],
+                    )
+                }
+                "steps" => s.steps = self.uint(v),
+                "guidance" => s.guidance = self.float(v),
+                "eta" => s.eta = self.float(v),
+                "cfg-order" => {
+                    s.cfg_order = self.choice(
+                        v,
+                        &[
+                            ("cond-first", CfgOrder::CondFirst),
+                            ("uncond-first", CfgOrder::UncondFirst),
+                        ],
+                    )
+                }
+                "guided-channels" => {
+                    s.guided_channels = match v.get_ref() {
+                        DeValue::String(_) => self
+                            .choice(v, &[("all", ())])
+                            .map(|x| x.map(|_| GuidedChannels::All)),
+                        DeValue::Integer(_) => self.uint(v).map(|n| n.map(GuidedChannels::First)),
+                        _ => {
+                            self.type_error(v, "an integer or \"all\"");
+                            None
+                        }
+                    }
+                }
+                _ => self.unknown_key(k, "[sampler]", SAMPLER_KEYS),
+            }
+        }
+        s
+    }
+
+    fn cache(
+        &mut self,
+        key: &TSpanned<std::borrow::Cow<'_, str>>,
+        value: &TValue<'_>,
+    ) -> Vec<Spanned<CacheRule>> {
+        let items = match value.get_ref() {
+            DeValue::Array(a) => a,
+            DeValue::Table(_) => {
+                self.diags.push(
+                    Diagnostic::new(
+                        "`[cache]` must be written `[[cache]]`",
+                        span_of(key),
+                        "cache rules are an array of tables",
+                    )
+                    .with_help("write each rule under its own `[[cache]]` header"),
+                );
+                return Vec::new();
+            }
+            other => {
+                self.diags.push(Diagnostic::new(
+                    format!(
+                        "`cache` must be rules under `[[cache]]` headers, found a {}",
+                        other.type_str()
+                    ),
+                    span_of(key),
+                    "expected [[cache]]",
+                ));
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::Table(t) => {
+                    if let Some(rule) = self.rule(t, span_of(item)) {
+                        rules.push(Spanned::new(rule, span_of(item)));
+                    }
+                }
+                _ => self.type_error(item, "a cache rule (a table)"),
+            }
+        }
+        rules
+    }
+
+    fn rule(&mut self, t: &DeTable<'_>, header: Span) -> Option<CacheRule> {
+        let mut action: Option<Spanned<RuleAction>> = None;
+        let mut action_seen = false;
+        let mut blocks = None;
+        let mut branches = None;
+        let mut ok = true;
+        for (k, v) in sorted(t) {
+            let key = k.get_ref().as_ref();
+            if RULE_ACTIONS.contains(&key) {
+                if action_seen {
+                    let first = action.as_ref().map_or("another action", |a| a.value.key());
+                    self.diags.push(
+                        Diagnostic::new(
+                            format!("a cache rule has one action, found `{first}` and `{key}`"),
+                            span_of(k),
+                            "second action",
+                        )
+                        .with_help("split them into two `[[cache]]` rules (later rules override earlier ones)"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                action_seen = true;
+                let parsed = match key {
+                    "compute" => self.selector(v, IndexKind::Step).map(RuleAction::Compute),
+                    "reuse" => self.selector(v, IndexKind::Step).map(RuleAction::Reuse),
+                    "refresh" => self.selector(v, IndexKind::Step).map(RuleAction::Refresh),
+                    "reuse-delta" => self
+                        .selector(v, IndexKind::Step)
+                        .map(RuleAction::ReuseDelta),
+                    "mask" => self.string(v).and_then(|s| {
+                        let origin = self.origin(v, &s.value);
+                        self.ok(selector::parse_mask(&s.value, origin))
+                            .map(RuleAction::Mask)
+                    }),
+                    _ => self.table(v).map(RuleAction::Table),
+                };
+                match parsed {
+                    Some(a) => action = Some(Spanned::new(a, span_of(k))),
+                    None => ok = false,
+                }
+                continue;
+            }
+            match key {
+                "blocks" => {
+                    blocks = self.selector(v, IndexKind::Block);
+                    ok &= blocks.is_some();
+                }
+                "branches" => {
+                    branches = self.string(v).and_then(|s| {
+                        let origin = self.origin(v, &s.value);
+                        self.ok(selector::parse_branches(&s.value, origin))
+                            .map(|b| Spanned::new(b, s.span))
+                    });
+                    ok &= branches.is_some();
+                }
+                _ => {
+                    self.unknown_key(k, "[[cache]]", RULE_KEYS);
+                    ok = false;
+                }
+            }
+        }
+        if !action_seen {
+            self.diags.push(
+                Diagnostic::new(
+                    "cache rule without an action",
+                    header,
+                    "this rule does nothing",
+                )
+                .with_help(format!(
+                    "add one of {}",
+                    join_or(
+                        &RULE_ACTIONS
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                    )
+                )),
+            );
+            return None;
+        }
+        let action = action?;
+        ok.then_some(CacheRule {
+            action,
+            blocks,
+            branches,
+        })
+    }
+
+    fn table(&mut self, v: &TValue<'_>) -> Option<Vec<Spanned<TableRow>>> {
+        let DeValue::Array(rows) = v.get_ref() else {
+            self.type_error(v, "an array of strings, one per step");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for row in rows.iter() {
+            let Some(s) = self.string(row) else {
+                ok = false;
+                continue;
+            };
+            let origin = self.origin(row, &s.value);
+            match self.ok(selector::parse_row(&s.value, origin)) {
+                Some(r) => out.push(Spanned::new(r, s.span)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn limits(&mut self, t: &DeTable<'_>) -> LimitsSection {
+        let mut l = LimitsSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "warmup" => l.warmup = self.uint(v),
+                "cutoff" => l.cutoff = self.uint(v),
+                "max-reuse" => l.max_reuse = self.uint(v),
+                _ => self.unknown_key(k, "[limits]", LIMIT_KEYS),
+            }
+        }
+        l
+    }
+
+    fn calibration(&mut self, t: &DeTable<'_>) -> CalibrationSection {
+        let mut c = CalibrationSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "method" => {
+                    c.method =
+                        self.choice(v, &[("none", CalibMethod::None), ("tcc", CalibMethod::Tcc)])
+                }
+                "mode" => {
+                    c.mode = self.choice(
+                        v,
+                        &[
+                            ("consistent", CalibMode::Consistent),
+                            ("one-shot", CalibMode::OneShot),
+                        ],
+                    )
+                }
+                "steps" => c.steps = self.selector(v, IndexKind::Step),
+                "alpha" => c.alpha = self.float(v),
+                "prior" => {
+                    c.prior = self.choice(
+                        v,
+                        &[
+                            ("procrustes", PriorKind::Procrustes),
+                            ("scale-shift", PriorKind::ScaleShift),
+                            ("shift", PriorKind::Shift),
+                        ],
+                    )
+                }
+                "pooling" => {
+                    c.pooling = self.choice(
+                        v,
+                        &[
+                            ("tokens", Pooling::Tokens),
+                            ("conditions", Pooling::Conditions),
+                        ],
+                    )
+                }
+                "pooled-half" => {
+                    c.pooled_half =
+                        self.choice(v, &[("cond", CfgHalf::Cond), ("uncond", CfgHalf::Uncond)])
+                }
+                "samples" => c.samples = self.uint(v),
+                "seed" => c.seed = self.uint(v),
+                _ => self.unknown_key(k, "[calibration]", CALIBRATION_KEYS),
+            }
+        }
+        c
+    }
+}
