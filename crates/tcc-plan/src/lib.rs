@@ -10,3 +10,14 @@ mod plan;
 pub use compile::{compile, compile_file, CompileError};
 pub use plan::{Action, Plan, StepPlan};
 pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
+
+mod cost;
+mod diff;
+mod emit;
+mod hash;
+mod render;
+
+pub use cost::{human_macs, CostSummary, PlanCost, StepCost, UnitCosts};
+pub use diff::{CellChange, PlanDiff, SettingChange};
+pub use emit::{EmitError, Format, PlanDocument};
+pub use hash::PlanHash;
