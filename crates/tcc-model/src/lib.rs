@@ -1,6 +1,19 @@
 //! Diffusion Transformers on candle, exposed block by block and branch by
 //! branch (see [`BlockModel`]). Nothing here knows about caching.
+//!
+//! [`Dit`] is the class-conditional DiT of Peebles & Xie: built from random
+//! weights ([`Dit::random`]) or loaded from the original or the diffusers
+//! checkpoint layout ([`Dit::load`]).
 
+mod config;
+mod dit;
+mod error;
+mod load;
+pub mod ops;
 mod parts;
 
+pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
+pub use dit::{pos_embed_2d, Dit};
+pub use error::{Error, Result};
+pub use load::{convert_checkpoint, detect_layout, ConvertReport, WeightsLayout};
 pub use parts::{BlockModel, Conditioning, Modulation};

@@ -65,13 +65,25 @@ pub trait BlockModel {
     ) -> Result<Tensor>;
 
     /// `x + gate * out` (or `x + out` for an ungated branch).
-    fn add_branch(&self, branch: Branch, x: &Tensor, m: &Modulation, out: &Tensor) -> Result<Tensor>;
+    fn add_branch(
+        &self,
+        branch: Branch,
+        x: &Tensor,
+        m: &Modulation,
+        out: &Tensor,
+    ) -> Result<Tensor>;
 
     /// Final layer and unpatchify: tokens `[B, T, D]` -> `[B, C_out, H, W]`.
     fn finish(&self, x: &Tensor, cond: &Conditioning) -> Result<Tensor>;
 
     /// The plain forward pass, built from the parts above.
-    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Tensor, cond_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        cond_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (mut h, c) = self.embed(x, t, cond, cond_mask)?;
         for block in 0..self.depth() {
             let m = self.modulation(block, &c)?;

@@ -1,0 +1,404 @@
+//! DiT hyper-parameters: presets, conversion from [`ModelShape`], and the
+//! diffusers `config.json` of `DiTTransformer2DModel`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tcc_core::{ModelFamily, ModelShape};
+
+use crate::error::{Error, Result};
+
+/// Numerical details in which the diffusers port of DiT differs from the
+/// original code. Both read the same weights; the outputs differ noticeably.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Numerics {
+    /// eps of the LayerNorm before the MLP (original 1e-6; diffusers
+    /// `norm_eps`, default 1e-5). The attention and final LayerNorms use 1e-6
+    /// in both.
+    pub mlp_norm_eps: f64,
+    /// The timestep frequencies are `exp(-ln(10000) k / (128 - shift))`:
+    /// original DiT 0, diffusers' `CombinedTimestepLabelEmbeddings` 1.
+    pub freq_shift: f64,
+}
+
+impl Numerics {
+    /// The original DiT code (facebookresearch/DiT `models.py`).
+    pub const ORIGINAL: Numerics = Numerics {
+        mlp_norm_eps: 1e-6,
+        freq_shift: 0.0,
+    };
+
+    /// diffusers' `DiTTransformer2DModel` with the given `norm_eps`.
+    pub fn diffusers(norm_eps: f64) -> Numerics {
+        Numerics {
+            mlp_norm_eps: norm_eps,
+            freq_shift: 1.0,
+        }
+    }
+}
+
+/// The hyper-parameters of a class-conditional DiT (adaLN-Zero).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DitConfig {
+    /// Number of blocks.
+    pub depth: usize,
+    /// Hidden size D.
+    pub hidden: usize,
+    pub heads: usize,
+    /// Patch size p.
+    pub patch: usize,
+    /// Side of the (latent) input; tokens = (input_size / p)^2.
+    pub input_size: usize,
+    pub in_channels: usize,
+    /// 2 x in_channels with learned sigma, else in_channels.
+    pub out_channels: usize,
+    /// Hidden width of the MLP (mlp_ratio x D).
+    pub mlp_hidden: usize,
+    /// Number of classes; the null (unconditional) class id equals it.
+    pub num_classes: usize,
+    pub numerics: Numerics,
+}
+
+/// Width of the sinusoidal timestep embedding fed to the timestep MLP.
+pub const FREQ_EMBED_DIM: usize = 256;
+
+/// The DiT model sizes of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DitSize {
+    S,
+    B,
+    L,
+    XL,
+}
+
+impl DitSize {
+    /// (depth, hidden, heads)
+    fn dims(self) -> (usize, usize, usize) {
+        match self {
+            DitSize::S => (12, 384, 6),
+            DitSize::B => (12, 768, 12),
+            DitSize::L => (24, 1024, 16),
+            DitSize::XL => (28, 1152, 16),
+        }
+    }
+
+    fn parse(s: &str) -> Option<DitSize> {
+        Some(match s {
+            "s" => DitSize::S,
+            "b" => DitSize::B,
+            "l" => DitSize::L,
+            "xl" => DitSize::XL,
+            _ => return None,
+        })
+    }
+}
+
+impl DitConfig {
+    /// A paper configuration: `size`, patch 2, 4 or 8, image resolution 256
+    /// or 512 (latent side = resolution / 8), 4 latent channels, learned
+    /// sigma, 1000 classes, original numerics.
+    pub fn preset(size: DitSize, patch: usize, resolution: usize) -> Result<DitConfig> {
+        if ![2, 4, 8].contains(&patch) || ![256, 512].contains(&resolution) {
+            return Err(Error::Config(format!(
+                "no DiT preset with patch {patch} at {resolution} px (patch 2/4/8, 256/512 px)"
+            )));
+        }
+        let (depth, hidden, heads) = size.dims();
+        Ok(DitConfig {
+            depth,
+            hidden,
+            heads,
+            patch,
+            input_size: resolution / 8,
+            in_channels: 4,
+            out_channels: 8,
+            mlp_hidden: 4 * hidden,
+            num_classes: 1000,
+            numerics: Numerics::ORIGINAL,
+        })
+    }
+
+    /// A preset by name: `dit-xl-2-256`, `DiT-B/4-512`, `dit-s-8` (256 px
+    /// when the resolution is left out). Case-insensitive.
+    pub fn preset_by_name(name: &str) -> Result<DitConfig> {
+        let bad = || {
+            Error::Config(format!(
+                "unknown DiT preset `{name}` (e.g. dit-xl-2-256, DiT-B/4-512)"
+            ))
+        };
+        let lower = name.to_ascii_lowercase().replace('/', "-");
+        let rest = lower.strip_prefix("dit-").ok_or_else(bad)?;
+        let mut parts = rest.split('-');
+        let size = parts.next().and_then(DitSize::parse).ok_or_else(bad)?;
+        let patch = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let resolution = match parts.next() {
+            None => 256,
+            Some(r) => r.parse().map_err(|_| bad())?,
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        DitConfig::preset(size, patch, resolution)
+    }
+
+    /// The DiT described by a model shape (original numerics).
+    pub fn from_shape(shape: &ModelShape) -> Result<DitConfig> {
+        if shape.family != ModelFamily::Dit {
+            return Err(Error::Config(format!(
+                "model `{}` is a {:?} model, not a DiT",
+                shape.name, shape.family
+            )));
+        }
+        let cfg = DitConfig {
+            depth: shape.depth,
+            hidden: shape.hidden,
+            heads: shape.heads,
+            patch: shape.patch,
+            input_size: shape.input_size,
+            in_channels: shape.in_channels,
+            out_channels: shape.out_channels,
+            mlp_hidden: shape.mlp_hidden(),
+            num_classes: shape.num_classes,
+            numerics: Numerics::ORIGINAL,
+        };
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("model `{}`: {e}", shape.name)))?;
+        Ok(cfg)
+    }
+
+    /// The model shape of this config, named `name`.
+    pub fn to_shape(&self, name: &str) -> ModelShape {
+        ModelShape {
+            name: name.to_string(),
+            family: ModelFamily::Dit,
+            depth: self.depth,
+            hidden: self.hidden,
+            heads: self.heads,
+            patch: self.patch,
+            input_size: self.input_size,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            mlp_ratio: self.mlp_hidden as f64 / self.hidden as f64,
+            num_classes: self.num_classes,
+            caption_tokens: 0,
+            caption_dim: 0,
+        }
+    }
+
+    /// Whether the model predicts a variance too (out = 2 x in channels).
+    pub fn learn_sigma(&self) -> bool {
+        self.out_channels == 2 * self.in_channels
+    }
+
+    /// Image tokens per sample.
+    pub fn tokens(&self) -> usize {
+        let side = self.input_size / self.patch;
+        side * side
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// The null (unconditional) class id.
+    pub fn null_class(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("depth", self.depth),
+            ("hidden", self.hidden),
+            ("heads", self.heads),
+            ("patch", self.patch),
+            ("input_size", self.input_size),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("mlp_hidden", self.mlp_hidden),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if !self.hidden.is_multiple_of(self.heads) {
+            return Err(format!(
+                "hidden {} is not divisible by heads {}",
+                self.hidden, self.heads
+            ));
+        }
+        // The 2-D sin-cos position embedding splits D into 4 quarters.
+        if !self.hidden.is_multiple_of(4) {
+            return Err(format!("hidden {} is not divisible by 4", self.hidden));
+        }
+        if !self.input_size.is_multiple_of(self.patch) {
+            return Err(format!(
+                "input size {} is not divisible by patch {}",
+                self.input_size, self.patch
+            ));
+        }
+        let eps = self.numerics.mlp_norm_eps;
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(format!("norm eps {eps} must be positive"));
+        }
+        let half = (FREQ_EMBED_DIM / 2) as f64;
+        if !(self.numerics.freq_shift.is_finite() && self.numerics.freq_shift < half) {
+            return Err(format!(
+                "timestep frequency shift {} is out of range",
+                self.numerics.freq_shift
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the `config.json` of a diffusers `DiTTransformer2DModel` (also
+    /// the older `Transformer2DModel` export of the DiT checkpoints), with
+    /// diffusers numerics.
+    pub fn from_diffusers_config(path: &Path) -> Result<DitConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: DiffusersConfig = serde_json::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "{}: line {}, column {}: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        raw.into_config()
+            .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+    }
+}
+
+/// The fields of a diffusers DiT `config.json` that matter here.
+#[derive(Deserialize)]
+struct DiffusersConfig {
+    #[serde(rename = "_class_name")]
+    class_name: Option<String>,
+    num_attention_heads: Option<usize>,
+    attention_head_dim: Option<usize>,
+    in_channels: Option<usize>,
+    out_channels: Option<usize>,
+    num_layers: Option<usize>,
+    sample_size: Option<usize>,
+    patch_size: Option<usize>,
+    activation_fn: Option<String>,
+    num_embeds_ada_norm: Option<usize>,
+    norm_type: Option<String>,
+    norm_elementwise_affine: Option<bool>,
+    norm_eps: Option<f64>,
+    attention_bias: Option<bool>,
+    cross_attention_dim: Option<serde_json::Value>,
+}
+
+impl DiffusersConfig {
+    fn into_config(self) -> std::result::Result<DitConfig, String> {
+        if let Some(c) = &self.class_name {
+            if c != "DiTTransformer2DModel" && c != "Transformer2DModel" {
+                return Err(format!(
+                    "_class_name is `{c}`, expected DiTTransformer2DModel"
+                ));
+            }
+        }
+        let expect = |name: &str, got: Option<&str>, want: &str| match got {
+            Some(v) if v != want => Err(format!("{name} is `{v}`; only `{want}` is supported")),
+            _ => Ok(()),
+        };
+        expect(
+            "activation_fn",
+            self.activation_fn.as_deref(),
+            "gelu-approximate",
+        )?;
+        // Old `Transformer2DModel` exports leave norm_type out and switch to
+        // adaLN-Zero because num_embeds_ada_norm and patch_size are set.
+        expect("norm_type", self.norm_type.as_deref(), "ada_norm_zero")?;
+        if self.norm_elementwise_affine == Some(true) {
+            return Err("norm_elementwise_affine = true is not supported".into());
+        }
+        if self.attention_bias == Some(false) {
+            return Err("attention_bias = false is not supported".into());
+        }
+        if matches!(&self.cross_attention_dim, Some(v) if !v.is_null()) {
+            return Err("cross_attention_dim is set: not a class-conditional DiT".into());
+        }
+        let heads = self.num_attention_heads.unwrap_or(16);
+        let head_dim = self.attention_head_dim.unwrap_or(72);
+        let in_channels = self.in_channels.unwrap_or(4);
+        let hidden = heads * head_dim;
+        let num_classes = self
+            .num_embeds_ada_norm
+            .ok_or("num_embeds_ada_norm is missing (the number of classes)")?;
+        let cfg = DitConfig {
+            depth: self.num_layers.unwrap_or(28),
+            hidden,
+            heads,
+            patch: self.patch_size.unwrap_or(2),
+            input_size: self.sample_size.unwrap_or(32),
+            in_channels,
+            out_channels: self.out_channels.unwrap_or(in_channels),
+            mlp_hidden: 4 * hidden,
+            num_classes,
+            numerics: Numerics::diffusers(self.norm_eps.unwrap_or(1e-5)),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_cover_paper_sizes() {
+        let xl = DitConfig::preset_by_name("DiT-XL/2").unwrap();
+        assert_eq!(
+            (xl.depth, xl.hidden, xl.heads, xl.patch, xl.input_size),
+            (28, 1152, 16, 2, 32)
+        );
+        assert_eq!(xl.tokens(), 256);
+        assert!(xl.learn_sigma());
+        let b = DitConfig::preset_by_name("dit-b-4-512").unwrap();
+        assert_eq!(
+            (b.depth, b.hidden, b.heads, b.patch, b.input_size),
+            (12, 768, 12, 4, 64)
+        );
+        for size in [DitSize::S, DitSize::B, DitSize::L, DitSize::XL] {
+            for patch in [2, 4, 8] {
+                for res in [256, 512] {
+                    let c = DitConfig::preset(size, patch, res).unwrap();
+                    c.validate().unwrap();
+                    assert_eq!(c.mlp_hidden, 4 * c.hidden);
+                }
+            }
+        }
+        for bad in [
+            "dit-xl-3",
+            "dit-m-2",
+            "xl-2",
+            "dit-xl-2-300",
+            "dit-xl-2-256-1",
+        ] {
+            assert!(DitConfig::preset_by_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shape_round_trip() {
+        for name in ModelShape::PRESETS {
+            let shape = ModelShape::preset(name).unwrap();
+            match DitConfig::from_shape(&shape) {
+                Ok(cfg) => assert_eq!(cfg.to_shape(name), shape),
+                Err(e) => {
+                    assert_eq!(shape.family, ModelFamily::Pixart);
+                    assert!(e.to_string().contains("not a DiT"), "{e}");
+                }
+            }
+        }
+        let xl = ModelShape::preset("dit-xl-2-256").unwrap();
+        assert_eq!(
+            DitConfig::from_shape(&xl).unwrap(),
+            DitConfig::preset(DitSize::XL, 2, 256).unwrap()
+        );
+    }
+}

@@ -1,0 +1,623 @@
+//! Reading DiT weights: the diffusers layout (`DiTTransformer2DModel`) and the
+//! original layout (facebookresearch/DiT), from safetensors or a PyTorch
+//! `.pt` state dict; strict validation; `.pt` -> safetensors conversion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{DitConfig, Numerics, FREQ_EMBED_DIM};
+use crate::dit::{original_shapes, pos_embed_2d, Dit};
+use crate::error::{Error, Result};
+
+/// The two naming schemes of DiT weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsLayout {
+    /// facebookresearch/DiT: `x_embedder.proj`, `blocks.{i}.attn.qkv`, ...
+    Original,
+    /// diffusers `DiTTransformer2DModel`: `pos_embed.proj`,
+    /// `transformer_blocks.{i}.attn1.to_q`, ...
+    Diffusers,
+}
+
+const ORIGINAL_MARKER: &str = "x_embedder.proj.weight";
+const DIFFUSERS_MARKER: &str = "pos_embed.proj.weight";
+const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+const DIFFUSERS_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
+/// Keys under which training scripts nest the state dict, most preferred
+/// first (DiT's `sample.py` takes `ema` when present).
+const NESTING_KEYS: [&str; 4] = ["ema", "model", "state_dict", "module"];
+
+/// Tensors by name, each with the file it came from.
+type Named = BTreeMap<String, (Tensor, PathBuf)>;
+
+/// Tensors read from one weights source.
+struct Raw {
+    tensors: Named,
+    /// What the user named, for messages about the whole source.
+    origin: PathBuf,
+}
+
+impl Raw {
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn layout(&self) -> Result<WeightsLayout> {
+        match (self.has(ORIGINAL_MARKER), self.has(DIFFUSERS_MARKER)) {
+            (true, false) => Ok(WeightsLayout::Original),
+            (false, true) => Ok(WeightsLayout::Diffusers),
+            (true, true) => Err(Error::format(
+                &self.origin,
+                format!("holds both `{ORIGINAL_MARKER}` (original layout) and `{DIFFUSERS_MARKER}` (diffusers layout)"),
+            )),
+            (false, false) => Err(Error::format(
+                &self.origin,
+                format!(
+                    "not a DiT checkpoint: neither `{ORIGINAL_MARKER}` (original layout) nor `{DIFFUSERS_MARKER}` (diffusers layout) found among its {} tensors",
+                    self.tensors.len()
+                ),
+            )),
+        }
+    }
+}
+
+fn read_safetensors(file: &Path, out: &mut Named) -> Result<()> {
+    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        Error::format(
+            file,
+            format!("cannot read as safetensors (truncated or corrupt?): {e}"),
+        )
+    })?;
+    for (name, t) in map {
+        out.insert(name, (t, file.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Reads a PyTorch zip checkpoint: a plain state dict or one nested under
+/// one of [`NESTING_KEYS`]. Returns the tensors and the key used.
+fn read_pth(file: &Path) -> Result<(Named, Option<&'static str>)> {
+    use candle_core::pickle::PthTensors;
+    let wrap = |e: candle_core::Error| {
+        Error::format(
+            file,
+            format!("cannot read as a PyTorch checkpoint (truncated or corrupt?): {e}"),
+        )
+    };
+    let is_dit = |p: &PthTensors| {
+        let names = p.tensor_infos();
+        names.contains_key(ORIGINAL_MARKER) || names.contains_key(DIFFUSERS_MARKER)
+    };
+    let mut found = None;
+    let top = PthTensors::new(file, None).map_err(wrap)?;
+    let top_count = top.tensor_infos().len();
+    if is_dit(&top) {
+        found = Some((top, None));
+    } else {
+        for key in NESTING_KEYS {
+            // A missing key is an error from candle: try the next one.
+            if let Ok(p) = PthTensors::new(file, Some(key)) {
+                if is_dit(&p) {
+                    found = Some((p, Some(key)));
+                    break;
+                }
+            }
+        }
+    }
+    let (pth, key) = match found {
+        Some(f) => f,
+        None => {
+            return Err(Error::format(
+                file,
+                format!(
+                    "not a DiT checkpoint: no `{ORIGINAL_MARKER}` at the top level nor under any of the keys {NESTING_KEYS:?} ({} top-level tensors)",
+                    top_count
+                ),
+            ))
+        }
+    };
+    let mut out = BTreeMap::new();
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    for name in names {
+        let t = pth
+            .get(name)
+            .map_err(|e| Error::tensor(file, name, format!("cannot read: {e}")))?
+            .ok_or_else(|| Error::tensor(file, name, "listed but not readable"))?;
+        out.insert(name.clone(), (t, file.to_path_buf()));
+    }
+    Ok((out, key))
+}
+
+/// Reads a single weights file, safetensors or PyTorch zip (told apart by
+/// their first bytes).
+fn read_file(file: &Path) -> Result<Raw> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(file)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| Error::io(file, e))?;
+    let mut tensors = BTreeMap::new();
+    if n == 4 && &magic == b"PK\x03\x04" {
+        tensors = read_pth(file)?.0;
+    } else if n >= 1 && magic[0] == 0x80 {
+        return Err(Error::format(
+            file,
+            "legacy (pre-zip) PyTorch serialisation is not supported: re-save it with a recent torch.save",
+        ));
+    } else {
+        read_safetensors(file, &mut tensors)?;
+    }
+    Ok(Raw {
+        tensors,
+        origin: file.to_path_buf(),
+    })
+}
+
+/// The shard files named by a diffusers `*.safetensors.index.json`.
+fn shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::format(
+            index,
+            format!("line {}, column {}: {e}", e.line(), e.column()),
+        )
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(index, "no `weight_map` object"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().ok_or_else(|| {
+            Error::format(
+                index,
+                format!("weight_map entry `{name}` is not a file name"),
+            )
+        })?;
+        let p = dir.join(f);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Where the weights of a path are.
+enum Source {
+    /// A diffusers model directory: its `config.json` and weight files.
+    Diffusers {
+        config: PathBuf,
+        files: Vec<PathBuf>,
+    },
+    File(PathBuf),
+}
+
+fn resolve(path: &Path) -> Result<Source> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(Source::File(path.to_path_buf()));
+    }
+    let config = path.join("config.json");
+    if !config.is_file() && path.join("transformer").is_dir() {
+        // A pipeline directory (model_index.json, transformer/, vae/, ...).
+        return resolve(&path.join("transformer"));
+    }
+    if !config.is_file() {
+        return Err(Error::format(
+            path,
+            "not a diffusers model directory: no config.json (and no transformer/ subdirectory)",
+        ));
+    }
+    let single = path.join(DIFFUSERS_WEIGHTS);
+    let index = path.join(DIFFUSERS_INDEX);
+    let files = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shards(&index)?
+    } else {
+        return Err(Error::format(
+            path,
+            format!("no {DIFFUSERS_WEIGHTS} nor {DIFFUSERS_INDEX} next to config.json"),
+        ));
+    };
+    Ok(Source::Diffusers { config, files })
+}
+
+fn read_source(path: &Path, src: &Source) -> Result<Raw> {
+    match src {
+        Source::File(f) => read_file(f),
+        Source::Diffusers { files, .. } => {
+            let mut tensors = BTreeMap::new();
+            for f in files {
+                read_safetensors(f, &mut tensors)?;
+            }
+            Ok(Raw {
+                tensors,
+                origin: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// The names and shapes of the diffusers-layout tensors of `cfg`.
+fn diffusers_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
+    let d = cfg.hidden;
+    let m = cfg.mlp_hidden;
+    let p = cfg.patch;
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut lin = |name: String, out: usize, inp: usize| {
+        v.push((format!("{name}.weight"), vec![out, inp]));
+        v.push((format!("{name}.bias"), vec![out]));
+    };
+    for i in 0..cfg.depth {
+        let b = format!("transformer_blocks.{i}");
+        lin(
+            format!("{b}.norm1.emb.timestep_embedder.linear_1"),
+            d,
+            FREQ_EMBED_DIM,
+        );
+        lin(format!("{b}.norm1.emb.timestep_embedder.linear_2"), d, d);
+        lin(format!("{b}.norm1.linear"), 6 * d, d);
+        for q in ["to_q", "to_k", "to_v"] {
+            lin(format!("{b}.attn1.{q}"), d, d);
+        }
+        lin(format!("{b}.attn1.to_out.0"), d, d);
+        lin(format!("{b}.ff.net.0.proj"), m, d);
+        lin(format!("{b}.ff.net.2"), d, m);
+    }
+    lin("proj_out_1".into(), 2 * d, d);
+    lin("proj_out_2".into(), p * p * cfg.out_channels, d);
+    v.push((DIFFUSERS_MARKER.into(), vec![d, cfg.in_channels, p, p]));
+    v.push(("pos_embed.proj.bias".into(), vec![d]));
+    for i in 0..cfg.depth {
+        v.push((
+            format!("transformer_blocks.{i}.norm1.emb.class_embedder.embedding_table.weight"),
+            vec![cfg.num_classes + 1, d],
+        ));
+    }
+    v
+}
+
+/// Checks names, shapes, dtypes and values against `expected` (plus the
+/// `optional` names, whose shapes are checked by the caller).
+fn validate(raw: &Raw, expected: &[(String, Vec<usize>)], optional: &[&str]) -> Result<()> {
+    for (name, _) in expected {
+        if !raw.has(name) {
+            return Err(Error::tensor(&raw.origin, name, "missing"));
+        }
+    }
+    let known: std::collections::HashSet<&str> = expected
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(optional.iter().copied())
+        .collect();
+    let extra: Vec<&String> = raw
+        .tensors
+        .keys()
+        .filter(|n| !known.contains(n.as_str()))
+        .collect();
+    if let Some(first) = extra.first() {
+        let file = &raw.tensors[*first].1;
+        let more = match extra.len() {
+            1 => String::new(),
+            n => format!(" (and {} more unexpected tensors)", n - 1),
+        };
+        return Err(Error::tensor(
+            file,
+            first,
+            format!("unexpected: not part of this DiT (wrong depth or layout?){more}"),
+        ));
+    }
+    for (name, shape) in expected {
+        let (t, file) = &raw.tensors[name];
+        if t.dims() != shape.as_slice() {
+            return Err(Error::tensor(
+                file,
+                name,
+                format!("has shape {:?}, expected {shape:?}", t.dims()),
+            ));
+        }
+    }
+    for (name, (t, file)) in &raw.tensors {
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(Error::tensor(
+                file,
+                name,
+                format!("has dtype {:?}, expected a float type", t.dtype()),
+            ));
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::tensor(
+                file,
+                name,
+                format!("holds a non-finite value ({v} at flat index {i})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the config of a diffusers directory against the requested one.
+fn check_same_shape(file: &Path, got: &DitConfig, want: &DitConfig) -> Result<()> {
+    let fields = [
+        ("depth", got.depth, want.depth),
+        ("hidden size", got.hidden, want.hidden),
+        ("heads", got.heads, want.heads),
+        ("patch", got.patch, want.patch),
+        ("input size", got.input_size, want.input_size),
+        ("in channels", got.in_channels, want.in_channels),
+        ("out channels", got.out_channels, want.out_channels),
+        ("MLP width", got.mlp_hidden, want.mlp_hidden),
+        ("classes", got.num_classes, want.num_classes),
+    ];
+    for (name, g, w) in fields {
+        if g != w {
+            return Err(Error::Config(format!(
+                "{}: {name} is {g}, but the requested model has {w}",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+    Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+}
+
+/// Maps validated diffusers tensors to the original names (fusing q, k, v),
+/// after checking that every block holds the same embedder: diffusers copies
+/// the timestep/class embedder into each block, and DiT has only one.
+fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Tensor>> {
+    let get = |name: &str| raw.tensors[name].0.clone();
+    let emb_parts = [
+        (
+            "timestep_embedder.linear_1.weight",
+            "t_embedder.mlp.0.weight",
+        ),
+        ("timestep_embedder.linear_1.bias", "t_embedder.mlp.0.bias"),
+        (
+            "timestep_embedder.linear_2.weight",
+            "t_embedder.mlp.2.weight",
+        ),
+        ("timestep_embedder.linear_2.bias", "t_embedder.mlp.2.bias"),
+        (
+            "class_embedder.embedding_table.weight",
+            "y_embedder.embedding_table.weight",
+        ),
+    ];
+    let mut out = HashMap::new();
+    for (part, orig) in emb_parts {
+        let first = get(&format!("transformer_blocks.0.norm1.emb.{part}"));
+        for i in 1..cfg.depth {
+            let name = format!("transformer_blocks.{i}.norm1.emb.{part}");
+            let diff = max_abs_diff(&get(&name), &first)?;
+            if diff != 0.0 {
+                return Err(Error::tensor(
+                    &raw.tensors[&name].1,
+                    &name,
+                    format!("differs from block 0's copy (max abs diff {diff:e}); DiT shares one timestep/class embedder across blocks"),
+                ));
+            }
+        }
+        out.insert(orig.to_string(), first);
+    }
+    let pairs = [
+        ("pos_embed.proj.weight", "x_embedder.proj.weight"),
+        ("pos_embed.proj.bias", "x_embedder.proj.bias"),
+        ("proj_out_1.weight", "final_layer.adaLN_modulation.1.weight"),
+        ("proj_out_1.bias", "final_layer.adaLN_modulation.1.bias"),
+        ("proj_out_2.weight", "final_layer.linear.weight"),
+        ("proj_out_2.bias", "final_layer.linear.bias"),
+    ];
+    for (from, to) in pairs {
+        out.insert(to.to_string(), get(from));
+    }
+    for i in 0..cfg.depth {
+        let b = format!("transformer_blocks.{i}");
+        let o = format!("blocks.{i}");
+        for kind in ["weight", "bias"] {
+            let qkv = ["to_q", "to_k", "to_v"].map(|n| get(&format!("{b}.attn1.{n}.{kind}")));
+            out.insert(format!("{o}.attn.qkv.{kind}"), Tensor::cat(&qkv, 0)?);
+            out.insert(
+                format!("{o}.attn.proj.{kind}"),
+                get(&format!("{b}.attn1.to_out.0.{kind}")),
+            );
+            out.insert(
+                format!("{o}.mlp.fc1.{kind}"),
+                get(&format!("{b}.ff.net.0.proj.{kind}")),
+            );
+            out.insert(
+                format!("{o}.mlp.fc2.{kind}"),
+                get(&format!("{b}.ff.net.2.{kind}")),
+            );
+            out.insert(
+                format!("{o}.adaLN_modulation.1.{kind}"),
+                get(&format!("{b}.norm1.linear.{kind}")),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an original checkpoint's `pos_embed` buffer against the computed
+/// embedding (it is fixed, so it must agree), then drops it.
+fn check_pos_embed(raw: &mut Raw, cfg: &DitConfig) -> Result<()> {
+    let Some((t, file)) = raw.tensors.remove("pos_embed") else {
+        return Ok(());
+    };
+    let side = cfg.input_size / cfg.patch;
+    let want = [1, side * side, cfg.hidden];
+    if t.dims() != want {
+        return Err(Error::tensor(
+            &file,
+            "pos_embed",
+            format!(
+                "has shape {:?}, expected {want:?} (input size {}, patch {})",
+                t.dims(),
+                cfg.input_size,
+                cfg.patch
+            ),
+        ));
+    }
+    let computed = Tensor::from_vec(
+        pos_embed_2d(cfg.hidden, side),
+        (1, side * side, cfg.hidden),
+        &Device::Cpu,
+    )?;
+    let diff = max_abs_diff(&t, &computed)?;
+    if diff.is_nan() || diff > 1e-5 {
+        return Err(Error::tensor(
+            &file,
+            "pos_embed",
+            format!("differs from the 2-D sin-cos embedding by {diff:e}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Dit {
+    /// Loads DiT weights from `path`, cast to `dtype` on `device`.
+    ///
+    /// `path` is a diffusers model directory (`config.json` and
+    /// `diffusion_pytorch_model.safetensors`, or shards with their
+    /// `.index.json`), a diffusers pipeline directory (its `transformer/` is
+    /// used), or one file, safetensors or PyTorch `.pt` (a state dict, maybe
+    /// nested under `ema`, `model`, `state_dict` or `module`), in either
+    /// layout (detected from the names).
+    ///
+    /// `cfg` is the expected shape. A diffusers directory brings its own
+    /// config (and diffusers [`Numerics`]): `cfg`, when given, must agree
+    /// with it. Original-layout weights need `cfg` (the number of heads is not
+    /// in the weights) and get the original numerics. A lone diffusers-layout
+    /// file uses the `config.json` beside it if any, else `cfg` with
+    /// diffusers numerics and diffusers' default `norm_eps` (1e-5).
+    ///
+    /// Every tensor is checked: missing, unexpected, mis-shaped and
+    /// non-finite tensors are errors naming the tensor and the file.
+    pub fn load(
+        path: &Path,
+        cfg: Option<&DitConfig>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Dit> {
+        let src = resolve(path)?;
+        let mut raw = read_source(path, &src)?;
+        let layout = raw.layout()?;
+        let side_config = match &src {
+            Source::Diffusers { config, .. } => Some(config.clone()),
+            Source::File(f) => f
+                .parent()
+                .map(|d| d.join("config.json"))
+                .filter(|c| layout == WeightsLayout::Diffusers && c.is_file()),
+        };
+        let cfg = match (layout, side_config, cfg) {
+            (WeightsLayout::Diffusers, Some(config), want) => {
+                let got = DitConfig::from_diffusers_config(&config)?;
+                if let Some(want) = want {
+                    check_same_shape(&config, &got, want)?;
+                }
+                got
+            }
+            (WeightsLayout::Diffusers, None, Some(want)) => DitConfig {
+                numerics: Numerics::diffusers(1e-5),
+                ..want.clone()
+            },
+            (WeightsLayout::Original, _, Some(want)) => DitConfig {
+                numerics: Numerics::ORIGINAL,
+                ..want.clone()
+            },
+            (_, _, None) => {
+                return Err(Error::format(
+                    path,
+                    "weights without a config.json: name the model shape (the number of heads is not in the weights)",
+                ))
+            }
+        };
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let tensors = match layout {
+            WeightsLayout::Original => {
+                check_pos_embed(&mut raw, &cfg)?;
+                validate(&raw, &original_shapes(&cfg), &[])?;
+                raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect()
+            }
+            WeightsLayout::Diffusers => {
+                validate(&raw, &diffusers_shapes(&cfg), &[])?;
+                diffusers_to_original(raw, &cfg)?
+            }
+        };
+        Dit::build(&cfg, tensors, dtype, device)
+    }
+}
+
+/// The layout of the weights at `path` (a file or a diffusers directory).
+pub fn detect_layout(path: &Path) -> Result<WeightsLayout> {
+    let src = resolve(path)?;
+    read_source(path, &src)?.layout()
+}
+
+/// What [`convert_checkpoint`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvertReport {
+    pub tensors: usize,
+    pub parameters: usize,
+    /// The key the state dict was nested under, if any (`ema`, ...).
+    pub nested_key: Option<String>,
+}
+
+/// Converts an original-layout PyTorch checkpoint (`.pt`, maybe nested under
+/// `ema`/`model`/...) to safetensors with the same tensor names, contiguous,
+/// in their stored dtypes. The output is written to a temporary file in the
+/// same directory and renamed into place, so it never exists half-written.
+/// Non-finite values are refused.
+pub fn convert_checkpoint(input: &Path, output: &Path) -> Result<ConvertReport> {
+    let (tensors, key) = read_pth(input)?;
+    if !tensors.contains_key(ORIGINAL_MARKER) {
+        return Err(Error::format(
+            input,
+            format!("not an original-layout DiT checkpoint (no `{ORIGINAL_MARKER}`)"),
+        ));
+    }
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let mut parameters = 0;
+    for (name, (t, _)) in &tensors {
+        let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::tensor(input, name, "holds a non-finite value"));
+        }
+        parameters += t.elem_count();
+        out.insert(name.clone(), t.contiguous()?);
+    }
+    let file_name = output
+        .file_name()
+        .ok_or_else(|| Error::format(output, "output is not a file path"))?;
+    let tmp = output.with_file_name(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = candle_core::safetensors::save(&out, &tmp)
+        .map_err(|e| Error::format(&tmp, format!("cannot write: {e}")))
+        .and_then(|()| std::fs::rename(&tmp, output).map_err(|e| Error::io(output, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    Ok(ConvertReport {
+        tensors: out.len(),
+        parameters,
+        nested_key: key.map(str::to_string),
+    })
+}

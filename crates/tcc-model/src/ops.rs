@@ -1,0 +1,331 @@
+//! Fused CPU kernels for the element-wise parts of a DiT block.
+//!
+//! candle's `Tensor::gelu` runs on one thread and its broadcast ops make a
+//! pass per operation; these kernels are parallel (rayon) and fused. On other
+//! devices they fall back to candle's composed operations, with the same
+//! formulas.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
+};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements per parallel work item of the element-wise kernels.
+const CHUNK: usize = 4096;
+
+/// A float element type the kernels compute on in f32.
+trait Elem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Elem for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+fn contiguous<'a, T>(src: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&src[a..b]),
+        None => candle_core::bail!("{what}: input has to be contiguous"),
+    }
+}
+
+/// tanh-approximate GELU, `0.5 x (1 + tanh(z)) = x * sigmoid(2z)` with
+/// `z = sqrt(2/pi) (x + 0.044715 x^3)`.
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let z = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * z).exp())
+}
+
+struct FastGelu;
+
+impl CustomOp1 for FastGelu {
+    fn name(&self) -> &'static str {
+        "fast-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Elem>(src: &[T], layout: &Layout) -> Result<Vec<T>> {
+            let src = contiguous(src, layout, "fast-gelu")?;
+            let mut dst: Vec<T> = src.to_vec();
+            dst.par_chunks_mut(CHUNK).for_each(|c| {
+                for v in c {
+                    *v = T::from_f32(gelu_tanh(v.to_f32()));
+                }
+            });
+            Ok(dst)
+        }
+        let out = match storage {
+            CpuStorage::F32(s) => CpuStorage::F32(run(s, layout)?),
+            CpuStorage::F16(s) => CpuStorage::F16(run(s, layout)?),
+            CpuStorage::BF16(s) => CpuStorage::BF16(run(s, layout)?),
+            s => candle_core::bail!("fast-gelu: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// tanh-approximate GELU (PyTorch's `gelu(approximate="tanh")`): a parallel
+/// CPU kernel, `Tensor::gelu` (the same approximation) elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        x.contiguous()?.apply_op1_no_bwd(&FastGelu)
+    } else {
+        x.gelu()
+    }
+}
+
+/// `LayerNorm(x) * (1 + scale) + shift` over the last dim, without affine
+/// weights; `x` is `[B, T, D]`, `shift` and `scale` are `[B, D]`.
+struct LnModulate {
+    eps: f32,
+}
+
+impl CustomOp3 for LnModulate {
+    fn name(&self) -> &'static str {
+        "layer-norm-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let eps = self.eps;
+        let (_, t, d) = l1.shape().dims3()?;
+        fn run<T: Elem>(x: &[T], shift: &[T], scale: &[T], t: usize, d: usize, eps: f32) -> Vec<T> {
+            let mut dst = vec![T::from_f32(0.0); x.len()];
+            dst.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .enumerate()
+                .for_each(|(row, (out, x))| {
+                    let b = row / t;
+                    let shift = &shift[b * d..(b + 1) * d];
+                    let scale = &scale[b * d..(b + 1) * d];
+                    // Two passes: the centred variance does not cancel.
+                    let mean = x.iter().map(|v| v.to_f32()).sum::<f32>() / d as f32;
+                    let var = x
+                        .iter()
+                        .map(|v| {
+                            let c = v.to_f32() - mean;
+                            c * c
+                        })
+                        .sum::<f32>()
+                        / d as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    for i in 0..d {
+                        let n = (x[i].to_f32() - mean) * rstd;
+                        out[i] = T::from_f32(n * (1.0 + scale[i].to_f32()) + shift[i].to_f32());
+                    }
+                });
+            dst
+        }
+        let what = "layer-norm-modulate";
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(run(
+                contiguous(x, l1, what)?,
+                contiguous(a, l2, what)?,
+                contiguous(b, l3, what)?,
+                t,
+                d,
+                eps,
+            )),
+            (CpuStorage::F16(x), CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(run(
+                contiguous(x, l1, what)?,
+                contiguous(a, l2, what)?,
+                contiguous(b, l3, what)?,
+                t,
+                d,
+                eps,
+            )),
+            (CpuStorage::BF16(x), CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
+                CpuStorage::BF16(run(
+                    contiguous(x, l1, what)?,
+                    contiguous(a, l2, what)?,
+                    contiguous(b, l3, what)?,
+                    t,
+                    d,
+                    eps,
+                ))
+            }
+            _ => candle_core::bail!(
+                "layer-norm-modulate: unsupported dtypes {:?}, {:?}, {:?}",
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `LayerNorm(x) * (1 + scale) + shift` (LayerNorm without affine weights),
+/// computed in f32 whatever the dtype. `x` is `[B, T, D]`, `shift` and
+/// `scale` are `[B, D]`.
+pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let (b, _, d) = x.dims3()?;
+    for (name, v) in [("shift", shift), ("scale", scale)] {
+        if v.dims() != [b, d] || v.dtype() != x.dtype() {
+            candle_core::bail!(
+                "layer-norm-modulate: {name} is {:?} {:?}, expected [{b}, {d}] {:?}",
+                v.dims(),
+                v.dtype(),
+                x.dtype()
+            );
+        }
+    }
+    if fast_path(x) {
+        x.contiguous()?.apply_op3_no_bwd(
+            &shift.contiguous()?,
+            &scale.contiguous()?,
+            &LnModulate { eps: eps as f32 },
+        )
+    } else {
+        layer_norm_modulate_composed(x, shift, scale, eps)
+    }
+}
+
+/// The composed-operations form of [`layer_norm_modulate`] (any device).
+pub fn layer_norm_modulate_composed(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let c = x.broadcast_sub(&mean)?;
+    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+    let n = c.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let scale = (scale.to_dtype(DType::F32)? + 1.0)?.unsqueeze(1)?;
+    let shift = shift.to_dtype(DType::F32)?.unsqueeze(1)?;
+    n.broadcast_mul(&scale)?
+        .broadcast_add(&shift)?
+        .to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-amp, amp].
+    fn wave(shape: (usize, usize, usize), amp: f32, phase: f32) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2;
+        let v: Vec<f32> = (0..n)
+            .map(|i| amp * (i as f32 * 0.737 + phase).sin())
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+        d.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn gelu_matches_candle_tanh_gelu() {
+        let x = (Tensor::arange(-4000f32, 4000f32, &Device::Cpu).unwrap() / 500.0).unwrap();
+        let x = x.reshape((4, 2000)).unwrap();
+        let err = max_abs_diff(&gelu(&x).unwrap(), &x.gelu().unwrap());
+        assert!(err < 1e-5, "{err}");
+        // Non-contiguous input and half precision.
+        let xt = x.t().unwrap();
+        assert!(max_abs_diff(&gelu(&xt).unwrap(), &xt.gelu().unwrap()) < 1e-5);
+        for dt in [DType::F16, DType::BF16] {
+            let xh = x.to_dtype(dt).unwrap();
+            let err = max_abs_diff(
+                &gelu(&xh).unwrap(),
+                &xh.to_dtype(DType::F32).unwrap().gelu().unwrap(),
+            );
+            assert!(err < 3e-2, "{dt:?}: {err}");
+        }
+        // Extreme inputs stay finite: gelu(x) -> x for large x, -> 0 for very negative x.
+        let big = Tensor::new(&[-1e4f32, -50.0, 50.0, 1e4], &Device::Cpu).unwrap();
+        let v = gelu(&big).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v, vec![-0.0, -0.0, 50.0, 1e4]);
+    }
+
+    #[test]
+    fn layer_norm_modulate_matches_composed_form() {
+        let dev = Device::Cpu;
+        // A large common offset: the one-pass variance E[x^2] - E[x]^2 would cancel.
+        let x = (wave((2, 5, 64), 1.5, 0.0) + 1000.0).unwrap();
+        let shift = wave((1, 2, 64), 1.0, 1.0).squeeze(0).unwrap();
+        let scale = wave((1, 2, 64), 1.0, 2.0).squeeze(0).unwrap();
+        let fast = layer_norm_modulate(&x, &shift, &scale, 1e-6).unwrap();
+        let slow = layer_norm_modulate_composed(&x, &shift, &scale, 1e-6).unwrap();
+        let err = max_abs_diff(&fast, &slow);
+        assert!(err < 1e-3, "{err}");
+        // Each row of the normalised part has mean 0, variance 1 when scale = shift = 0.
+        let zero = Tensor::zeros((2, 64), DType::F32, &dev).unwrap();
+        let n = layer_norm_modulate(&x, &zero, &zero, 1e-6).unwrap();
+        let mean = n
+            .mean_keepdim(D::Minus1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let var = n.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let var_err = (var - 1.0).unwrap().abs().unwrap().max_all().unwrap();
+        // f32 at offset 1000 resolves 6e-5: the row mean is exact to ~1e-4.
+        assert!(mean.to_scalar::<f32>().unwrap() < 1e-3);
+        assert!(var_err.to_scalar::<f32>().unwrap() < 1e-3);
+        // Half precision: compare with the f32 computation on the same rounded input.
+        let x0 = wave((2, 5, 64), 3.0, 0.5);
+        for dt in [DType::F16, DType::BF16] {
+            let [xh, sh, sc] = [&x0, &shift, &scale].map(|v| v.to_dtype(dt).unwrap());
+            let h = layer_norm_modulate(&xh, &sh, &sc, 1e-6).unwrap();
+            assert_eq!(h.dtype(), dt);
+            let [xf, shf, scf] = [&xh, &sh, &sc].map(|v| v.to_dtype(DType::F32).unwrap());
+            let want = layer_norm_modulate_composed(&xf, &shf, &scf, 1e-6).unwrap();
+            let err = max_abs_diff(&h, &want);
+            assert!(err < 5e-2, "{dt:?}: {err}");
+        }
+        let bad = layer_norm_modulate(&x, &shift.narrow(1, 0, 32).unwrap(), &scale, 1e-6);
+        assert!(bad.unwrap_err().to_string().contains("shift"));
+    }
+}
