@@ -407,7 +407,7 @@ fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Te
                 return Err(Error::tensor(
                     &raw.tensors[&name].1,
                     &name,
-                    format!("differs from block 0's copy (max abs diff {diff:e}); DiT shares one timestep/class embedder across blocks"),
+                    format!("differs from block 0's copy (max abs diff {diff:.3e}); DiT shares one timestep/class embedder across blocks"),
                 ));
             }
         }
@@ -481,7 +481,7 @@ fn check_pos_embed(raw: &mut Raw, cfg: &DitConfig) -> Result<()> {
         return Err(Error::tensor(
             &file,
             "pos_embed",
-            format!("differs from the 2-D sin-cos embedding by {diff:e}"),
+            format!("differs from the 2-D sin-cos embedding by {diff:.3e}"),
         ));
     }
     Ok(())
