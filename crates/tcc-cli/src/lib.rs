@@ -1,15 +1,110 @@
 //! The `tcc` command-line interface.
+//!
+//! Every subcommand lives in its own module with an `Args` struct (clap
+//! derive) and a `run(args, &mut Io) -> Result<(), CliError>` function; to
+//! add one, add a variant to [`Command`] and a match arm in [`run`].
+//! Subcommands write their results to `io.out` and diagnostics to `io.err`,
+//! and report failure through [`CliError`], which carries the exit status.
+//!
+//! Exit status: 0 on success, 2 on invalid input (command line, schedule
+//! syntax or semantics; the diagnostics go to stderr), 1 on any other
+//! failure.
 
+mod check;
+mod common;
+mod plan;
+
+use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// Cache-accelerated Diffusion Transformer sampling with Trajectory-Consistent Calibration.
+pub use common::{load_plan, CliError, Io};
+
+const ABOUT: &str =
+    "Cache-accelerated Diffusion Transformer sampling with Trajectory-Consistent Calibration";
+
+const LONG_ABOUT: &str = "\
+Cache-accelerated Diffusion Transformer sampling with Trajectory-Consistent Calibration.
+
+A schedule file (.sched) says which model and sampler to use, which branch \
+outputs (attention, cross-attention, MLP) of which blocks are reused from an \
+earlier step instead of computed, and how the reuses are calibrated. tcc \
+compiles it into a plan: the table step x block x branch -> compute or \
+reuse, with the cost of every step and the predicted speedup over full \
+computation.
+
+Start by looking at a plan with `tcc plan --show`, then validate your own \
+schedules with `tcc check`. The schedule language is described in \
+docs/schedule-language.md, the plan and its cost model in docs/plan.md.";
+
+const EXAMPLES: &str = "\
+Examples:
+  tcc plan --show schedules/fora3.sched        what is computed, reused and what it costs
+  tcc plan --emit json schedules/fora3.sched   the compiled plan, its hash and costs
+  tcc plan --diff schedules/fora2.sched schedules/fora3.sched
+  tcc check schedules/*.sched                  validate schedules
+
+Exit status: 0 success, 2 invalid input (diagnostics on stderr), 1 other failure.";
+
 #[derive(Parser, Debug)]
-#[command(name = "tcc", version, about)]
-struct Cli {}
+#[command(
+    name = "tcc",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile a schedule and show, emit or compare its plan.
+    Plan(plan::Args),
+    /// Validate schedules: compile them and report errors, run nothing.
+    Check(check::Args),
+}
+
+/// Runs `tcc` with the process's arguments and standard streams.
 pub fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut io = Io {
+        out: &mut stdout.lock(),
+        err: &mut stderr.lock(),
+    };
+    ExitCode::from(run(std::env::args_os(), &mut io))
+}
+
+/// Runs `tcc` with the given arguments (the first is the program name) and
+/// returns the exit status.
+pub fn run<I, T>(args: I, io: &mut Io) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version come here too, with exit status 0.
+            let text = e.render().to_string();
+            let stream: &mut dyn Write = if e.use_stderr() { io.err } else { io.out };
+            let _ = stream.write_all(text.as_bytes());
+            return e.exit_code().clamp(0, 255) as u8;
+        }
+    };
+    let result = match cli.command {
+        Command::Plan(args) => plan::run(args, io),
+        Command::Check(args) => check::run(args, io),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => e.report(io),
+    }
 }
