@@ -2,12 +2,18 @@
 //! rules in order, then the limits, links every reuse to the step it reads,
 //! and marks the calibrated reuses. Every error points into the schedule.
 
+mod grid;
+mod model_dir;
+mod settings;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use tcc_schedule::{Diagnostics, Schedule};
 
-use crate::plan::Plan;
+use crate::plan::{Plan, StepPlan};
 
 /// Why a schedule file did not compile.
 #[derive(Debug)]
@@ -77,7 +83,41 @@ pub fn compile_file(path: &Path) -> Result<Plan, CompileError> {
 
 /// Compiles a parsed schedule for its model. `base_dir` resolves relative
 /// model and weights paths.
+///
+/// The model and the sampler are resolved first (family defaults for
+/// whatever the schedule leaves out); then every `[[cache]]` rule is applied
+/// in order, later rules overriding earlier ones, then the `[limits]`;
+/// then each reuse is linked to the latest earlier step that computed its
+/// (block, branch), and each delta reuse to the latest earlier step that
+/// computed its whole block range; last, the reuses of the calibrated steps
+/// are marked with a prior.
 pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics> {
-    let _ = (schedule, base_dir);
-    todo!("schedule compiler")
+    let (model, weights) = settings::resolve_model(&schedule.model, base_dir)?;
+    let sampler = settings::resolve_sampler(schedule.sampler.as_ref(), &model)?;
+    let mut grid = grid::Grid::new(sampler.steps, &model);
+    grid.apply_rules(&schedule.cache, &model)?;
+    if let Some(limits) = &schedule.limits {
+        grid.apply_limits(&limits.value)?;
+    }
+    let mut actions = grid.link()?;
+    let calibration = settings::resolve_calibration(schedule.calibration.as_ref(), &mut actions)?;
+    let steps = sampler
+        .timesteps()
+        .into_iter()
+        .zip(actions)
+        .enumerate()
+        .map(|(step, (timestep, actions))| StepPlan {
+            step,
+            timestep,
+            actions,
+        })
+        .collect();
+    Ok(Plan {
+        source: schedule.source_name.clone(),
+        weights,
+        model,
+        sampler,
+        calibration,
+        steps,
+    })
 }

@@ -122,7 +122,7 @@ pub fn every_offsets(n: f64, len: usize) -> Vec<usize> {
     let mut k = 0u64;
     loop {
         let x = (k as f64 * n).round();
-        if !(x < len as f64) {
+        if x >= len as f64 {
             return out;
         }
         out.push(x as usize);
