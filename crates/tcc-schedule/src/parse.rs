@@ -111,7 +111,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
             if !cx.diags.iter().any(|d| d.message.contains("[model]")) {
                 cx.diags.push(
                     Diagnostic::new("missing [model] section", Span::at(0), "expected [model]")
-                        .with_help("a schedule names its model, e.g.\n[model]\nname = \"tiny\""),
+                        .with_help("every schedule names its model: add `[model]` with `name = \"tiny\"` (or another preset) or `path = \"...\"`"),
                 );
             }
             return Err(cx.diags.into_result(()).unwrap_err());
@@ -135,6 +135,7 @@ fn toml_error(e: &toml::de::Error, text: &str) -> Diagnostic {
     let found = text.get(span.range()).unwrap_or("");
     let (headline, label) = match message.split_once(", expected ") {
         Some((what, expected)) => (what.to_string(), format!("expected {expected}")),
+        None if message == "duplicate key" => (message.clone(), "given twice".to_string()),
         None => (message.clone(), String::new()),
     };
     let mut d = Diagnostic::new(format!("TOML syntax: {headline}"), span, label);
@@ -146,7 +147,7 @@ fn toml_error(e: &toml::de::Error, text: &str) -> Diagnostic {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic());
-    if bare_word && message.contains("invalid") {
+    if bare_word && (message.contains("invalid") || message.contains("quoted")) {
         d = d.with_help(format!("strings are quoted: \"{found}\""));
     }
     d
@@ -187,19 +188,31 @@ fn with_suggestion(
     }
 }
 
+/// Edit distance where swapping two neighbouring characters costs 1
+/// (optimal string alignment).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 struct Cx<'t> {

@@ -50,7 +50,7 @@ fn unknown_model(name: &str, span: Span) -> Diagnostic {
         span,
         "not a built-in model",
     )
-    .with_help(format!(
+    .with_note(format!(
         "built-in models: {}; or write `path = \"...\"` for a diffusers model directory",
         ModelShape::PRESETS.join(", ")
     ));
@@ -58,7 +58,7 @@ fn unknown_model(name: &str, span: Span) -> Diagnostic {
         .iter()
         .find(|p| p.contains(name) || name.contains(*p));
     match close {
-        Some(p) if !name.is_empty() => d.with_note(format!("did you mean `{p}`?")),
+        Some(p) if !name.is_empty() => d.with_help(format!("did you mean `{p}`?")),
         _ => d,
     }
 }
@@ -170,7 +170,7 @@ fn not_finite(what: &str, v: &Spanned<f64>) -> Diagnostic {
     Diagnostic::new(
         format!("{what} is not a finite number"),
         v.span,
-        format!("{what} = {}", v.value),
+        "expected a finite number",
     )
 }
 
@@ -284,10 +284,10 @@ fn not_reuse_steps(bad: &[usize], actions: &[Vec<Vec<Action>>], span: Span) -> D
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let (what, verb) = if bad.len() == 1 {
-        (format!("step {list}"), "is")
+    let (what, rest) = if bad.len() == 1 {
+        (format!("step {list}"), "is not a reuse step")
     } else {
-        (format!("steps {list}"), "are")
+        (format!("steps {list}"), "are not reuse steps")
     };
     let first = bad[0];
     let why = if actions[first].iter().flatten().all(|a| a.is_compute()) {
@@ -295,10 +295,6 @@ fn not_reuse_steps(bad: &[usize], actions: &[Vec<Vec<Action>>], span: Span) -> D
     } else {
         format!("step {first} only reuses block-range deltas, which take no prior")
     };
-    Diagnostic::new(
-        format!("calibration {what} {verb} not a reuse step"),
-        span,
-        why,
-    )
-    .with_help("TCC priors correct reused branch outputs: pick steps where something is reused")
+    Diagnostic::new(format!("calibration {what} {rest}"), span, why)
+        .with_help("TCC priors correct reused branch outputs: pick steps where something is reused")
 }
