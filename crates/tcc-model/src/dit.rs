@@ -24,20 +24,22 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x W^T` without the bias.
+    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let (k, lead) = match dims.split_last() {
             Some((k, lead)) => (*k, lead),
             None => candle_core::bail!("linear: scalar input"),
         };
         let rows: usize = lead.iter().product();
-        let y = x
-            .reshape((rows, k))?
-            .matmul(&self.w.t()?)?
-            .broadcast_add(&self.b)?;
+        let y = x.reshape((rows, k))?.matmul(&self.w.t()?)?;
         let mut out = lead.to_vec();
         out.push(self.w.dim(0)?);
         y.reshape(out)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::bias_add(&self.matmul(x)?, &self.b)
     }
 }
 
@@ -439,7 +441,8 @@ impl BlockModel for Dit {
             Branch::Mlp => {
                 let eps = self.cfg.numerics.mlp_norm_eps;
                 let h = ops::layer_norm_modulate(x, &m.shift_mlp, &m.scale_mlp, eps)?;
-                blk.fc2.forward(&ops::gelu(&blk.fc1.forward(&h)?)?)
+                blk.fc2
+                    .forward(&ops::bias_gelu(&blk.fc1.matmul(&h)?, &blk.fc1.b)?)
             }
             Branch::Cross => candle_core::bail!("DiT has no cross-attention branch"),
         }
@@ -464,7 +467,7 @@ impl BlockModel for Dit {
                 x.dims()
             );
         }
-        x + out.broadcast_mul(&gate.unsqueeze(1)?)?
+        ops::gated_add(x, out, gate)
     }
 
     fn finish(&self, x: &Tensor, cond: &Conditioning) -> candle_core::Result<Tensor> {

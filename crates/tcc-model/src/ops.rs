@@ -7,7 +7,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -103,6 +103,191 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(&FastGelu)
     } else {
         x.gelu()
+    }
+}
+
+/// `x + b` with `b` broadcast over the rows of `x` (its last dim), optionally
+/// followed by the GELU.
+struct BiasAct {
+    gelu: bool,
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        if self.gelu {
+            "bias-gelu"
+        } else {
+            "bias-add"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l2.shape().elem_count();
+        let gelu = self.gelu;
+        fn run<T: Elem>(x: &[T], b: &[T], gelu: bool) -> Vec<T> {
+            let n = b.len();
+            let mut dst = vec![T::from_f32(0.0); x.len()];
+            let rows = (CHUNK / n).max(1);
+            dst.par_chunks_mut(rows * n)
+                .zip(x.par_chunks(rows * n))
+                .for_each(|(out, x)| {
+                    for (out, x) in out.chunks_mut(n).zip(x.chunks(n)) {
+                        for i in 0..n {
+                            let v = x[i].to_f32() + b[i].to_f32();
+                            out[i] = T::from_f32(if gelu { gelu_tanh(v) } else { v });
+                        }
+                    }
+                });
+            dst
+        }
+        if l1.dims().last() != Some(&n) {
+            candle_core::bail!("bias-add: input {:?}, bias of {n}", l1.dims());
+        }
+        let what = self.name();
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(b)) => CpuStorage::F32(run(
+                contiguous(x, l1, what)?,
+                contiguous(b, l2, what)?,
+                gelu,
+            )),
+            (CpuStorage::F16(x), CpuStorage::F16(b)) => CpuStorage::F16(run(
+                contiguous(x, l1, what)?,
+                contiguous(b, l2, what)?,
+                gelu,
+            )),
+            (CpuStorage::BF16(x), CpuStorage::BF16(b)) => CpuStorage::BF16(run(
+                contiguous(x, l1, what)?,
+                contiguous(b, l2, what)?,
+                gelu,
+            )),
+            _ => candle_core::bail!(
+                "{what}: unsupported dtypes {:?}, {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+fn bias_act(x: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+    if fast_path(x) && b.dtype() == x.dtype() && b.rank() == 1 {
+        x.contiguous()?
+            .apply_op2_no_bwd(&b.contiguous()?, &BiasAct { gelu })
+    } else {
+        let y = x.broadcast_add(b)?;
+        if gelu {
+            y.gelu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// `x + b`, `b` `[N]` broadcast over `x` `[..., N]` (parallel on the CPU).
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    bias_act(x, b, false)
+}
+
+/// `gelu(x + b)` (tanh approximation), `b` `[N]` broadcast over `x` `[..., N]`.
+pub fn bias_gelu(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    bias_act(x, b, true)
+}
+
+/// `x + out * gate`, `x` and `out` `[B, T, D]`, `gate` `[B, D]`.
+struct GatedAdd;
+
+impl CustomOp3 for GatedAdd {
+    fn name(&self) -> &'static str {
+        "gated-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, t, d) = l1.shape().dims3()?;
+        fn run<T: Elem>(x: &[T], out: &[T], gate: &[T], t: usize, d: usize) -> Vec<T> {
+            let mut dst = vec![T::from_f32(0.0); x.len()];
+            dst.par_chunks_mut(d)
+                .zip(x.par_chunks(d).zip(out.par_chunks(d)))
+                .enumerate()
+                .for_each(|(row, (dst, (x, out)))| {
+                    let b = row / t;
+                    let gate = &gate[b * d..(b + 1) * d];
+                    for i in 0..d {
+                        // Two roundings, as `x + out * gate` with candle ops.
+                        let g = T::from_f32(out[i].to_f32() * gate[i].to_f32());
+                        dst[i] = T::from_f32(x[i].to_f32() + g.to_f32());
+                    }
+                });
+            dst
+        }
+        let what = "gated-add";
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(o), CpuStorage::F32(g)) => CpuStorage::F32(run(
+                contiguous(x, l1, what)?,
+                contiguous(o, l2, what)?,
+                contiguous(g, l3, what)?,
+                t,
+                d,
+            )),
+            (CpuStorage::F16(x), CpuStorage::F16(o), CpuStorage::F16(g)) => CpuStorage::F16(run(
+                contiguous(x, l1, what)?,
+                contiguous(o, l2, what)?,
+                contiguous(g, l3, what)?,
+                t,
+                d,
+            )),
+            (CpuStorage::BF16(x), CpuStorage::BF16(o), CpuStorage::BF16(g)) => {
+                CpuStorage::BF16(run(
+                    contiguous(x, l1, what)?,
+                    contiguous(o, l2, what)?,
+                    contiguous(g, l3, what)?,
+                    t,
+                    d,
+                ))
+            }
+            _ => candle_core::bail!(
+                "gated-add: unsupported dtypes {:?}, {:?}, {:?}",
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `x + out * gate` (the gated residual update), `x` and `out` `[B, T, D]`,
+/// `gate` `[B, D]`. Bit-identical to
+/// `x + out.broadcast_mul(gate.unsqueeze(1))` with candle's ops.
+pub fn gated_add(x: &Tensor, out: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    if out.dims() != [b, t, d] || gate.dims() != [b, d] {
+        candle_core::bail!(
+            "gated-add: residual {:?}, branch output {:?}, gate {:?}",
+            x.dims(),
+            out.dims(),
+            gate.dims()
+        );
+    }
+    if fast_path(x) && out.dtype() == x.dtype() && gate.dtype() == x.dtype() {
+        x.contiguous()?
+            .apply_op3_no_bwd(&out.contiguous()?, &gate.contiguous()?, &GatedAdd)
+    } else {
+        x + out.broadcast_mul(&gate.unsqueeze(1)?)?
     }
 }
 
@@ -286,6 +471,41 @@ mod tests {
         let big = Tensor::new(&[-1e4f32, -50.0, 50.0, 1e4], &Device::Cpu).unwrap();
         let v = gelu(&big).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v, vec![-0.0, -0.0, 50.0, 1e4]);
+    }
+
+    #[test]
+    fn bias_and_gated_add_match_candle_ops() {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let x = wave((3, 7, 40), 2.0, 0.3).to_dtype(dt).unwrap();
+            let b = wave((1, 1, 40), 1.0, 1.1)
+                .flatten_all()
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
+            let want = x.broadcast_add(&b).unwrap();
+            assert_eq!(
+                max_abs_diff(&bias_add(&x, &b).unwrap(), &want),
+                0.0,
+                "{dt:?}"
+            );
+            let tol = if dt == DType::F32 { 1e-5 } else { 3e-2 };
+            let err = max_abs_diff(
+                &bias_gelu(&x, &b).unwrap(),
+                &want.to_dtype(DType::F32).unwrap().gelu().unwrap(),
+            );
+            assert!(err < tol, "{dt:?}: {err}");
+            // Bit-identical to the composed candle form, in every dtype.
+            let out = wave((3, 7, 40), 1.0, 2.2).to_dtype(dt).unwrap();
+            let gate = wave((1, 3, 40), 0.5, 0.7)
+                .squeeze(0)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
+            let want = (&x + out.broadcast_mul(&gate.unsqueeze(1).unwrap()).unwrap()).unwrap();
+            let got = gated_add(&x, &out, &gate).unwrap();
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{dt:?}");
+            assert!(gated_add(&x, &out.narrow(1, 0, 3).unwrap(), &gate).is_err());
+        }
     }
 
     #[test]
