@@ -1,36 +1,570 @@
+//! What each cache policy compiles to, cell by cell.
+
 use std::path::{Path, PathBuf};
+
+use tcc_core::{Branch, CalibMethod, CfgOrder, ModelFamily, SamplerKind};
 
 use super::*;
 use crate::plan::Action;
+
+const TINY: &str = "[model]\nname = \"tiny\"\n[sampler]\nsteps = 10\n";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+fn try_plan(text: &str) -> Result<Plan, String> {
+    let s = tcc_schedule::parse("t.sched", text).map_err(|d| d.render("t.sched", text))?;
+    compile(&s, Path::new("base")).map_err(|d| d.render("t.sched", text))
+}
+
+fn plan(text: &str) -> Plan {
+    try_plan(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(text: &str) -> String {
+    match try_plan(text) {
+        Ok(_) => panic!("compiled, but should not have:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// One character per step: `C` all computed, `R` every cell reused,
+/// `m` mixed.
+fn step_kinds(p: &Plan) -> String {
+    p.steps
+        .iter()
+        .map(|s| {
+            let all = s.actions.iter().flatten();
+            if s.is_full() {
+                'C'
+            } else if all.clone().all(|a| matches!(a, Action::Reuse { .. })) {
+                'R'
+            } else {
+                'm'
+            }
+        })
+        .collect()
+}
+
+const A: Branch = Branch::Attn;
+const M: Branch = Branch::Mlp;
+
+fn reuse(from: usize) -> Action {
+    Action::Reuse { from, prior: false }
+}
+
+#[test]
+fn no_rules_compute_everything() {
+    let p = plan(TINY);
+    assert_eq!(p.steps.len(), 10);
+    assert_eq!(step_kinds(&p), "CCCCCCCCCC");
+    assert_eq!(p.steps[3].actions.len(), 6);
+    assert_eq!(p.steps[3].actions[0].len(), 2);
+    let t: Vec<u32> = p.steps.iter().map(|s| s.timestep).collect();
+    assert_eq!(t, p.sampler.timesteps());
+    assert_eq!(p.source, "t.sched");
+    assert_eq!(p.weights, None);
+}
+
+#[test]
+fn fora_integer_interval_reuses_from_the_last_refresh() {
+    let p = plan(&format!("{TINY}[[cache]]\nrefresh = \"every 3\"\n"));
+    assert_eq!(step_kinds(&p), "CRRCRRCRRC");
+    for (step, from) in [(1, 0), (2, 0), (4, 3), (5, 3), (7, 6), (8, 6)] {
+        for block in [0, 5] {
+            for b in [A, M] {
+                assert_eq!(
+                    p.action(step, block, b),
+                    Some(reuse(from)),
+                    "{step} {block} {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fora_fractional_interval_rounds_offsets() {
+    // round(k * 2.5) = 0, 3 (2.5 rounds up), 5, 8 (7.5 rounds up)
+    let p = plan(&format!("{TINY}[[cache]]\nrefresh = \"every 2.5\"\n"));
+    assert_eq!(step_kinds(&p), "CRRCRCRRCR");
+    assert_eq!(p.action(4, 2, A), Some(reuse(3)));
+    assert_eq!(p.action(9, 2, M), Some(reuse(8)));
+}
+
+#[test]
+fn fora_on_pixart_reuses_cross_attention_too() {
+    let p = plan("[model]\nname = \"pixart-alpha-256\"\n[[cache]]\nrefresh = \"every 2\"\n");
+    assert_eq!(p.branches(), &[A, Branch::Cross, M]);
+    assert_eq!(p.action(1, 27, Branch::Cross), Some(reuse(0)));
+    assert_eq!(p.action(2, 27, Branch::Cross), Some(Action::Compute));
+}
+
+#[test]
+fn branches_and_blocks_limit_a_rule() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1..3\"\nbranches = \"mlp\"\nblocks = \"block >= 4\"\n"
+    ));
+    assert_eq!(p.action(1, 4, M), Some(reuse(0)));
+    assert_eq!(p.action(2, 5, M), Some(reuse(0)));
+    assert_eq!(p.action(1, 4, A), Some(Action::Compute));
+    assert_eq!(p.action(1, 3, M), Some(Action::Compute));
+    assert_eq!(p.action(3, 4, M), Some(Action::Compute));
+}
+
+#[test]
+fn later_rules_override_earlier_ones() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1..\"\n[[cache]]\ncompute = \"4\"\nblocks = \"0..2\"\n"
+    ));
+    assert_eq!(p.action(4, 1, A), Some(Action::Compute));
+    assert_eq!(p.action(4, 2, A), Some(reuse(0)));
+    // Block 1 reads step 4 from then on, block 2 still step 0.
+    assert_eq!(p.action(5, 1, A), Some(reuse(4)));
+    assert_eq!(p.action(5, 2, A), Some(reuse(0)));
+}
+
+#[test]
+fn mask_bits_and_presets() {
+    let p = plan(&format!("{TINY}[[cache]]\nmask = \"11010 0_1|101\"\n"));
+    assert_eq!(step_kinds(&p), "CCRCRRCCRC");
+    assert_eq!(p.action(5, 0, A), Some(reuse(3)));
+    let preset = plan(&format!("{TINY}[[cache]]\nmask = \"fast\"\n"));
+    let expected: String = tcc_schedule::mask_preset("fast", 10)
+        .unwrap()
+        .iter()
+        .map(|&c| if c { 'C' } else { 'R' })
+        .collect();
+    assert_eq!(step_kinds(&preset), expected);
+}
+
+#[test]
+fn l2c_table_sets_each_cell_and_dot_keeps() {
+    let text = format!(
+        "{TINY}[[cache]]\nreuse = \"5\"\n[[cache]]\nbranches = \"attn\"\ntable = [\n{}]\n",
+        [
+            "111111", "011111", "101101", "111111", "111111", "1..... ", "111111", "111111",
+            "111111", "000000",
+        ]
+        .iter()
+        .map(|r| format!("  \"{r}\",\n"))
+        .collect::<String>()
+    );
+    let p = plan(&text);
+    assert_eq!(p.action(1, 0, A), Some(reuse(0)));
+    assert_eq!(p.action(1, 1, A), Some(Action::Compute));
+    assert_eq!(p.action(2, 1, A), Some(reuse(1)));
+    assert_eq!(p.action(2, 4, A), Some(reuse(1)));
+    assert_eq!(p.action(2, 0, A), Some(Action::Compute));
+    // Row 5: block 0 computed by the table, blocks 1..6 keep the earlier
+    // rule's reuse; mlp is untouched by the table.
+    assert_eq!(p.action(5, 0, A), Some(Action::Compute));
+    assert_eq!(p.action(5, 3, A), Some(reuse(4)));
+    assert_eq!(p.action(5, 3, M), Some(reuse(4)));
+    assert_eq!(p.action(9, 2, A), Some(reuse(8)));
+    assert_eq!(p.action(9, 2, M), Some(Action::Compute));
+}
+
+#[test]
+fn table_over_selected_blocks_only() {
+    let rows = "  \"11\",\n".repeat(1) + &"  \"01\",\n".repeat(9);
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nblocks = \"2, 4\"\ntable = [\n{rows}]\n"
+    ));
+    assert_eq!(p.action(3, 2, A), Some(reuse(0)));
+    assert_eq!(p.action(3, 2, M), Some(reuse(0)));
+    assert_eq!(p.action(3, 4, A), Some(Action::Compute));
+    assert_eq!(p.action(3, 3, A), Some(Action::Compute));
+}
+
+#[test]
+fn delta_dit_links_to_the_last_step_computing_the_whole_range() {
+    // Step 1 reuses block 4's attention, so step 1 did not compute the whole
+    // range 3..6: the delta at step 2 must read step 0.
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1\"\nblocks = \"4\"\nbranches = \"attn\"\n\
+         [[cache]]\nreuse-delta = \"2, 4\"\nblocks = \"3..6\"\n\
+         [[cache]]\nreuse-delta = \"7..\"\nblocks = \"..=1\"\n"
+    ));
+    let delta = |start, end, from| Action::ReuseDelta { start, end, from };
+    for block in 3..6 {
+        for b in [A, M] {
+            assert_eq!(p.action(2, block, b), Some(delta(3, 6, 0)));
+            assert_eq!(p.action(4, block, b), Some(delta(3, 6, 3)));
+        }
+    }
+    assert_eq!(p.action(2, 2, A), Some(Action::Compute));
+    assert_eq!(p.action(7, 0, M), Some(delta(0, 2, 6)));
+    assert_eq!(p.action(9, 1, A), Some(delta(0, 2, 6)));
+    assert_eq!(p.action(9, 2, A), Some(Action::Compute));
+}
+
+#[test]
+fn a_later_rule_may_replace_a_whole_delta_range() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse-delta = \"1\"\nblocks = \"2..4\"\n[[cache]]\ncompute = \"1\"\n"
+    ));
+    assert!(p.steps[1].is_full());
+    let e = error(&format!(
+        "{TINY}[[cache]]\nreuse-delta = \"1\"\nblocks = \"2..4\"\n[[cache]]\ncompute = \"1\"\nblocks = \"3\"\n"
+    ));
+    assert!(
+        e.contains("overrides part of the delta range 2..4 at step 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn limits_warmup_cutoff_and_max_reuse() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1..\"\n[limits]\nwarmup = 2\ncutoff = 1\nmax-reuse = 3\n"
+    ));
+    assert_eq!(step_kinds(&p), "CCRRRCRRRC");
+    assert_eq!(p.action(8, 0, A), Some(reuse(5)));
+    let none = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1..\"\n[limits]\nmax-reuse = 0\n"
+    ));
+    assert_eq!(step_kinds(&none), "CCCCCCCCCC");
+}
+
+#[test]
+fn max_reuse_forces_a_whole_delta_range() {
+    // Block 3 is also reused on its own at step 1, so its run is one longer
+    // than block 4's: at step 3 it alone exceeds max-reuse 2, and the whole
+    // delta range 3..5 is computed there.
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nreuse = \"1\"\nblocks = \"3\"\n[[cache]]\nreuse-delta = \"2..5\"\nblocks = \"3..5\"\n\
+         [limits]\nmax-reuse = 2\n"
+    ));
+    for block in 3..5 {
+        assert_eq!(p.action(3, block, A), Some(Action::Compute), "{block}");
+    }
+    assert_eq!(
+        p.action(4, 4, M),
+        Some(Action::ReuseDelta {
+            start: 3,
+            end: 5,
+            from: 3
+        })
+    );
+}
+
+#[test]
+fn tcc_marks_priors_on_calibrated_reuse_steps_only() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 3\"\n[calibration]\nsteps = \"1, 5\"\nalpha = 1.75\n"
+    ));
+    assert_eq!(p.calibration.method, CalibMethod::Tcc);
+    assert_eq!(p.calibration.steps, vec![1, 5]);
+    assert_eq!(p.calibration.alpha, 1.75);
+    assert_eq!(
+        p.action(1, 2, A),
+        Some(Action::Reuse {
+            from: 0,
+            prior: true
+        })
+    );
+    assert_eq!(
+        p.action(5, 2, M),
+        Some(Action::Reuse {
+            from: 3,
+            prior: true
+        })
+    );
+    assert_eq!(p.action(2, 2, A), Some(reuse(0)));
+    let calibrated: Vec<usize> = p
+        .steps
+        .iter()
+        .filter(|s| s.is_calibrated())
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(calibrated, vec![1, 5]);
+}
+
+#[test]
+fn calibration_defaults_to_every_reuse_step() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 4\"\n[calibration]\n"
+    ));
+    assert_eq!(p.calibration.steps, vec![1, 2, 3, 5, 6, 7, 9]);
+    let none = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 4\"\n[calibration]\nmethod = \"none\"\nsteps = \"1\"\n"
+    ));
+    assert!(none.calibration.steps.is_empty());
+    assert!(none.steps.iter().all(|s| !s.is_calibrated()));
+    assert_eq!(plan(TINY).calibration, tcc_core::CalibrationSpec::default());
+}
+
+#[test]
+fn calibration_errors() {
+    let e = error(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 3\"\n[calibration]\nsteps = \"0..3\"\n"
+    ));
+    assert!(e.contains("calibration step 0 is not a reuse step"), "{e}");
+    let e = error(&format!(
+        "{TINY}[[cache]]\nreuse-delta = \"1\"\nblocks = \"0..2\"\n[calibration]\nsteps = \"1\"\n"
+    ));
+    assert!(e.contains("only reuses block-range deltas"), "{e}");
+    let e = error(&format!("{TINY}[calibration]\nalpha = 0.5\n"));
+    assert!(e.contains("nothing to calibrate"), "{e}");
+    let e = error(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 3\"\n[calibration]\nalpha = -inf\nsamples = 0\n"
+    ));
+    assert!(e.contains("alpha is not a finite number"), "{e}");
+    assert!(e.contains("no calibration samples"), "{e}");
+}
+
+#[test]
+fn sampler_defaults_follow_the_model_family() {
+    let tiny = plan("[model]\nname = \"tiny\"\n").sampler;
+    assert_eq!(
+        (
+            tiny.kind,
+            tiny.steps,
+            tiny.guidance_scale,
+            tiny.cfg_order,
+            tiny.guided_channels
+        ),
+        (SamplerKind::Ddim, 20, 1.5, CfgOrder::CondFirst, None)
+    );
+    let dit = plan("[model]\nname = \"dit-xl-2-256\"\n").sampler;
+    assert_eq!(
+        (dit.kind, dit.guided_channels),
+        (SamplerKind::Ddim, Some(3))
+    );
+    let pixart = plan("[model]\nname = \"pixart-alpha-256\"\n").sampler;
+    assert_eq!(
+        (
+            pixart.kind,
+            pixart.guidance_scale,
+            pixart.cfg_order,
+            pixart.guided_channels
+        ),
+        (SamplerKind::DpmSolverPp, 4.5, CfgOrder::UncondFirst, None)
+    );
+    let set = plan(
+        "[model]\nname = \"dit-xl-2-256\"\n[sampler]\nkind = \"ddpm\"\nsteps = 50\nguidance = 4\n\
+         cfg-order = \"uncond-first\"\nguided-channels = \"all\"\n",
+    )
+    .sampler;
+    assert_eq!(
+        (
+            set.kind,
+            set.steps,
+            set.guidance_scale,
+            set.cfg_order,
+            set.guided_channels
+        ),
+        (SamplerKind::Ddpm, 50, 4.0, CfgOrder::UncondFirst, None)
+    );
+}
+
+#[test]
+fn sampler_errors() {
+    for (settings, needle) in [
+        ("steps = 0", "0 sampling steps"),
+        ("steps = 1001", "1001 sampling steps"),
+        ("guidance = nan", "guidance scale is not a finite number"),
+        ("eta = -1.0", "eta = -1"),
+        ("guided-channels = 4", "4 guided channels"),
+        (
+            "kind = \"ddpm\"\neta = 0.0",
+            "`eta` given for the ddpm sampler",
+        ),
+    ] {
+        let e = error(&format!(
+            "[model]\nname = \"tiny\"\n[sampler]\n{settings}\n"
+        ));
+        assert!(e.contains(needle), "{settings}: {e}");
+    }
+}
+
+#[test]
+fn rule_errors_point_at_their_text() {
+    for (rule, needle) in [
+        (
+            "reuse = \"0..2\"",
+            "reuse with nothing cached: block 0 `attn` at step 0",
+        ),
+        ("reuse = \"1\"\nblocks = \"6\"", "block 6 is out of range"),
+        (
+            "reuse = \"1\"\nbranches = \"cross\"",
+            "model `tiny` has no `cross` branch",
+        ),
+        ("compute = \"10\"", "step 10 is out of range"),
+        ("compute = \"3..2\"", "empty range"),
+        ("compute = \"step % 0 == 1\"", "`step % 0`"),
+        ("compute = \"first 11\"", "more steps than there are"),
+        ("mask = \"101\"", "mask has 3 steps"),
+        ("mask = \"turbo\"", "unknown mask preset `turbo`"),
+        ("table = [\"111111\"]", "table has 1 rows"),
+        (
+            "reuse-delta = \"1\"\nbranches = \"attn\"",
+            "`branches` in a reuse-delta rule",
+        ),
+        (
+            "reuse-delta = \"1\"\nblocks = \"none\"",
+            "reuse-delta needs one contiguous block range",
+        ),
+        (
+            "reuse-delta = \"0\"\nblocks = \"1..3\"",
+            "blocks 1..3 reuse their delta at step 0",
+        ),
+    ] {
+        let e = error(&format!("{TINY}[[cache]]\n{rule}\n"));
+        assert!(e.contains(needle), "{rule}: {e}");
+        assert!(e.contains("--> t.sched:"), "{e}");
+    }
+    for (limits, needle) in [
+        ("warmup = 11", "warm-up of 11 steps"),
+        ("cutoff = 12", "cut-off of 12 steps"),
+    ] {
+        let e = error(&format!("{TINY}[limits]\n{limits}\n"));
+        assert!(e.contains(needle), "{limits}: {e}");
+    }
+}
+
+#[test]
+fn model_errors() {
+    let e = error("[model]\nname = \"dit-xl-2\"\n");
+    assert!(e.contains("unknown model `dit-xl-2`"), "{e}");
+    let e = error("[model]\npath = \"nowhere\"\n");
+    assert!(e.contains("cannot read the model at `nowhere`"), "{e}");
+    assert!(e.contains("base/nowhere"), "{e}");
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/compile/fixtures")
+}
+
+/// The configs were written by diffusers' `save_config`
+/// (fixtures/gen_configs.py): the shape read back must be the one the
+/// script asked for.
+#[test]
+fn model_directories_in_diffusers_layout() {
+    let text = "[model]\npath = \"dit-small\"\n[[cache]]\nrefresh = \"every 2\"\n";
+    let s = tcc_schedule::parse("x.sched", text).unwrap();
+    let p = compile(&s, &fixtures()).unwrap();
+    let m = &p.model;
+    assert_eq!(m.name, "dit-small");
+    assert_eq!(m.family, ModelFamily::Dit);
+    assert_eq!(
+        (m.depth, m.hidden, m.heads, m.patch, m.input_size),
+        (3, 16, 2, 2, 8)
+    );
+    assert_eq!(
+        (m.in_channels, m.out_channels, m.num_classes, m.mlp_ratio),
+        (4, 8, 10, 4.0)
+    );
+    assert_eq!(p.steps[1].actions.len(), 3);
+    // A latent DiT guides 3 channels, like DiT's own sampler.
+    assert_eq!(p.sampler.guided_channels, Some(3));
+    // Without `weights`, the weights are the model directory's.
+    assert_eq!(
+        p.weights.as_deref(),
+        Some(fixtures().join("dit-small").display().to_string().as_str())
+    );
+
+    let text = "[model]\npath = \"pixart-pipeline\"\nweights = \"w.safetensors\"\n";
+    let s = tcc_schedule::parse("x.sched", text).unwrap();
+    let p = compile(&s, &fixtures()).unwrap();
+    let m = &p.model;
+    assert_eq!(m.family, ModelFamily::Pixart);
+    assert_eq!(
+        (m.depth, m.hidden, m.heads, m.in_channels, m.out_channels),
+        (2, 16, 2, 4, 8)
+    );
+    assert_eq!(
+        (m.caption_dim, m.caption_tokens, m.num_classes),
+        (12, 120, 0)
+    );
+    assert_eq!(p.branches(), &[A, Branch::Cross, M]);
+    assert_eq!(
+        p.weights.as_deref(),
+        Some(
+            fixtures()
+                .join("w.safetensors")
+                .display()
+                .to_string()
+                .as_str()
+        )
+    );
+}
+
+#[test]
+fn compile_file_resolves_against_the_file_directory() {
+    let dir = tempfile_dir();
+    let path = dir.join("s.sched");
+    std::fs::write(&path, "[model]\nname = \"tiny\"\nweights = \"w.pt\"\n").unwrap();
+    let p = compile_file(&path).unwrap();
+    assert_eq!(p.weights, Some(dir.join("w.pt").display().to_string()));
+    assert_eq!(p.source, path.display().to_string());
+    std::fs::write(
+        &path,
+        "[model]\nname = \"tiny\"\n[[cache]]\nreuse = \"0\"\n",
+    )
+    .unwrap();
+    let e = compile_file(&path).unwrap_err();
+    assert!(matches!(e, CompileError::Invalid { .. }));
+    assert!(
+        e.to_string()
+            .contains(&format!("--> {}:4:10", path.display())),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcc-compile-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn every_shipped_schedule_compiles() {
     let dir = repo_root().join("schedules");
-    let mut n = 0;
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "sched") {
-            let plan = compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render()));
-            eprintln!("{}", path.display());
-            for st in &plan.steps {
-                let row: String = st
-                    .actions
-                    .iter()
-                    .map(|blk| match blk[0] {
-                        Action::Compute => 'C',
-                        Action::Reuse { prior: true, .. } => 'P',
-                        Action::Reuse { .. } => 'r',
-                        Action::ReuseDelta { .. } => 'd',
-                    })
-                    .collect();
-                eprintln!("  {:2} {:4} {row}", st.step, st.timestep);
-            }
-            n += 1;
+            compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render()));
+            names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
     }
-    assert!(n >= 11);
+    for required in [
+        "full",
+        "fora2",
+        "fora3",
+        "fora2.5",
+        "delta-dit",
+        "l2c-example",
+        "mask-fast",
+        "dit-xl2-fora2-tcc",
+        "dit-xl2-l2c-tcc",
+        "pixart-fora3-tcc",
+    ] {
+        assert!(names.iter().any(|n| n == required), "missing {required}");
+    }
+}
+
+#[test]
+fn paper_presets_match_the_spec_settings() {
+    let p = compile_file(&repo_root().join("schedules/dit-xl2-fora2-tcc.sched")).unwrap();
+    assert_eq!(
+        (p.model.depth, p.sampler.kind, p.sampler.steps),
+        (28, SamplerKind::Ddim, 20)
+    );
+    assert_eq!((p.sampler.guidance_scale, p.sampler.eta), (1.5, 0.0));
+    assert_eq!(step_kinds(&p), "CR".repeat(10));
+    assert_eq!(p.calibration.steps, vec![1, 3, 5, 7]);
+    assert_eq!(p.calibration.alpha, 1.75);
+
+    let p = compile_file(&repo_root().join("schedules/pixart-fora3-tcc.sched")).unwrap();
+    assert_eq!(p.sampler.kind, SamplerKind::DpmSolverPp);
+    assert_eq!((p.sampler.steps, p.sampler.guidance_scale), (20, 4.5));
+    assert_eq!(&step_kinds(&p)[..7], "CRRCRRC");
+    assert_eq!(p.calibration.steps, vec![1, 2, 4, 5]);
+    assert_eq!(p.calibration.alpha, 0.5);
+    assert_eq!(p.calibration.pooled_half, tcc_core::CfgHalf::Uncond);
 }

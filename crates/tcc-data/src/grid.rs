@@ -1,0 +1,119 @@
+//! Writing batches of images as one PNG grid.
+
+use std::io::Write;
+use std::path::Path;
+
+use image::{ImageEncoder, RgbImage};
+
+use crate::DataError;
+
+/// Maps a value in `[-1, 1]` to a byte: `clamp(127.5 x + 128, 0, 255)`
+/// truncated, the convention of DiT's `sample.py` and the ADM evaluator's
+/// sample files.
+pub fn to_u8(x: f32) -> u8 {
+    (127.5 * x + 128.0).clamp(0.0, 255.0) as u8
+}
+
+/// Layout of a grid: `nrow` images per row (torchvision's `make_grid`
+/// convention), `pad` pixels of mid-grey between and around images, each
+/// image pixel drawn as a `scale x scale` block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub nrow: usize,
+    pub pad: usize,
+    pub scale: usize,
+}
+
+impl Grid {
+    /// `nrow` images per row, 2 pixels padding, no upscaling.
+    pub fn new(nrow: usize) -> Self {
+        Self {
+            nrow,
+            pad: 2,
+            scale: 1,
+        }
+    }
+}
+
+/// Renders `images` (`[n, c, h, w]` back to back, values in `[-1, 1]`, `c`
+/// 1 or 3) as a grid image.
+pub fn grid_image(images: &[f32], shape: [usize; 4], grid: Grid) -> Result<RgbImage, DataError> {
+    let [n, c, h, w] = shape;
+    if !(c == 1 || c == 3) || n == 0 || h == 0 || w == 0 {
+        return Err(DataError::Invalid(format!(
+            "grid: image shape {shape:?} is not [n > 0, 1 or 3, h > 0, w > 0]"
+        )));
+    }
+    if images.len() != n * c * h * w {
+        return Err(DataError::Invalid(format!(
+            "grid: {} values do not make images of shape {shape:?}",
+            images.len()
+        )));
+    }
+    if grid.nrow == 0 || grid.scale == 0 {
+        return Err(DataError::Invalid(
+            "grid: nrow and scale must be positive".into(),
+        ));
+    }
+    let cols = grid.nrow.min(n);
+    let rows = n.div_ceil(cols);
+    let (cell_w, cell_h) = (w * grid.scale + grid.pad, h * grid.scale + grid.pad);
+    let (width, height) = (cols * cell_w + grid.pad, rows * cell_h + grid.pad);
+    if width > u32::MAX as usize || height > u32::MAX as usize {
+        return Err(DataError::Invalid(format!(
+            "grid: {width}x{height} pixels is too large"
+        )));
+    }
+    let mut out = RgbImage::from_pixel(width as u32, height as u32, image::Rgb([128, 128, 128]));
+    for (k, img) in images.chunks_exact(c * h * w).enumerate() {
+        let (x0, y0) = (
+            grid.pad + (k % cols) * cell_w,
+            grid.pad + (k / cols) * cell_h,
+        );
+        for y in 0..h * grid.scale {
+            for x in 0..w * grid.scale {
+                let idx = (y / grid.scale) * w + x / grid.scale;
+                let px = |ch: usize| to_u8(img[(if c == 1 { 0 } else { ch }) * h * w + idx]);
+                out.put_pixel(
+                    (x0 + x) as u32,
+                    (y0 + y) as u32,
+                    image::Rgb([px(0), px(1), px(2)]),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `images` (`[n, c, h, w]`, values in `[-1, 1]`) as a PNG grid with
+/// `nrow` images per row. Atomic: the PNG is written to a temporary file in
+/// the same directory and renamed over `path`.
+pub fn write_grid_png(
+    path: &Path,
+    images: &[f32],
+    shape: [usize; 4],
+    grid: Grid,
+) -> Result<(), DataError> {
+    let img = grid_image(images, shape, grid)?;
+    let err = |message: String| DataError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| err(e.to_string()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(e.to_string()))?;
+    tmp.write_all(&png).map_err(|e| err(e.to_string()))?;
+    tmp.persist(path).map_err(|e| err(e.error.to_string()))?;
+    Ok(())
+}
