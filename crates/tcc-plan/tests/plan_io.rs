@@ -319,6 +319,29 @@ fn diff_of_different_models_compares_costs_only() {
     assert!(text.contains("model.family: dit -> pixart"), "{text}");
 }
 
+/// Property (3) on the plans of the shipped schedules.
+#[test]
+fn shipped_schedules_round_trip_with_a_stable_hash() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "sched") {
+            continue;
+        }
+        let plan = tcc_plan::compile_file(&path).unwrap();
+        let hash = plan.hash();
+        let toml = Plan::from_toml(&plan.to_toml().unwrap()).unwrap();
+        let json = Plan::from_json(&plan.to_json().unwrap()).unwrap();
+        for back in [toml, json] {
+            assert_eq!(back, plan, "{}", path.display());
+            assert_eq!(back.hash(), hash, "{}", path.display());
+        }
+        count += 1;
+    }
+    assert!(count >= 10, "only {count} schedules in {}", dir.display());
+}
+
 // ---------------------------------------------------------------------------
 // Random valid plans.
 
