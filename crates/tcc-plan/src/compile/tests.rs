@@ -168,7 +168,7 @@ fn l2c_table_sets_each_cell_and_dot_keeps() {
 
 #[test]
 fn table_over_selected_blocks_only() {
-    let rows = "  \"11\",\n".repeat(1) + &"  \"01\",\n".repeat(9);
+    let rows = "  \"11\",\n".to_string() + &"  \"01\",\n".repeat(9);
     let p = plan(&format!(
         "{TINY}[[cache]]\nblocks = \"2, 4\"\ntable = [\n{rows}]\n"
     ));
