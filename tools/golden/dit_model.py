@@ -10,7 +10,11 @@ branch trivially vanishes) and writes, under
   the diffusers layout, as `save_pretrained` writes it.
 - `original.pt` (state dict nested under `ema`) and `original.safetensors`:
   the same weights in the layout of the original DiT code (facebookresearch/DiT
-  `models.py`), mapped by the table in `to_original` below.
+  `models.py`), mapped by the table in `to_original` below;
+  `original_plain.pt`: the same state dict at the top level (as the released
+  DiT-XL-2-256x256.pt); `original_train.pt`: a training checkpoint like
+  DiT's `train.py` writes, `{"model", "ema", "opt", "args"}`, whose `model`
+  differs from `ema` in one tensor (a loader must take `ema`).
 - `golden.safetensors`: inputs `x`, `t`, `y` (with the null class) and the
   expected outputs:
   - `out_diffusers`: `DiTTransformer2DModel.forward` (the reference for the
@@ -31,6 +35,7 @@ Run from the repository root: `python3 tools/golden/dit_model.py`.
 Needs torch and diffusers (tested with torch 2.15, diffusers 0.42).
 """
 
+import argparse
 import math
 import os
 
@@ -199,6 +204,17 @@ def main() -> None:
     clean.load_state_dict(model.state_dict())
     clean.save_pretrained(model_dir, safe_serialization=True)
     torch.save({"ema": orig}, os.path.join(OUT, "original.pt"))
+    torch.save(orig, os.path.join(OUT, "original_plain.pt"))
+    # torch.save stores shared storages once: only the changed tensor is extra.
+    trained = dict(orig)
+    trained["final_layer.linear.bias"] = orig["final_layer.linear.bias"] + 1.0
+    checkpoint = {
+        "model": trained,
+        "ema": orig,
+        "opt": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+        "args": argparse.Namespace(model="DiT-XL/2", image_size=256, num_classes=1000),
+    }
+    torch.save(checkpoint, os.path.join(OUT, "original_train.pt"))
     save_file(orig, os.path.join(OUT, "original.safetensors"))
 
     mod0 = captured["mod0"].chunk(6, dim=1)

@@ -121,6 +121,26 @@ fn original_pt_nested_under_ema_matches_original_dit() {
     check_forward(&pt, Some(&tiny_cfg()), "out_original");
 }
 
+/// A top-level state dict (as the released checkpoints) and a training
+/// checkpoint `{model, ema, opt, args}` whose `model` differs from `ema`:
+/// the loader takes `ema`.
+#[test]
+fn plain_and_training_checkpoints_load_the_ema_weights() {
+    let g = golden();
+    for name in ["original_plain.pt", "original_train.pt"] {
+        let path = fixtures().join(name);
+        let model = Dit::load(&path, Some(&tiny_cfg()), DType::F32, &Device::Cpu).unwrap();
+        let err = max_abs_diff(&run(&model, &g), &g["out_original"]);
+        assert!(err <= TOL_F32, "{name}: {err}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("train.safetensors");
+    let report = convert_checkpoint(&fixtures().join("original_train.pt"), &out).unwrap();
+    assert_eq!(report.nested_key.as_deref(), Some("ema"));
+    let report = convert_checkpoint(&fixtures().join("original_plain.pt"), &out).unwrap();
+    assert_eq!(report.nested_key, None);
+}
+
 #[test]
 fn original_safetensors_matches_original_dit() {
     check_forward(
