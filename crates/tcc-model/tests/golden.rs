@@ -112,6 +112,10 @@ fn diffusers_layout_matches_diffusers() {
     let model = Dit::load(&dir, None, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().numerics, Numerics::diffusers(1e-5));
     assert!(max_abs_diff(&run(&model, &golden()), &golden()["out_diffusers"]) <= TOL_F32);
+    // The weights file alone: the config.json beside it is used.
+    let file = dir.join("diffusion_pytorch_model.safetensors");
+    let model = Dit::load(&file, None, DType::F32, &Device::Cpu).unwrap();
+    assert!(max_abs_diff(&run(&model, &golden()), &golden()["out_diffusers"]) <= TOL_F32);
 }
 
 #[test]
@@ -165,6 +169,14 @@ fn pipeline_and_sharded_directories_load() {
     }
     let model = Dit::load(&pipe, Some(&tiny_cfg()), DType::F32, &Device::Cpu).unwrap();
     assert!(max_abs_diff(&run(&model, &g), &g["out_diffusers"]) <= TOL_F32);
+
+    // A lone diffusers-layout file: the requested shape, diffusers numerics
+    // with diffusers' default norm_eps (the fixture's too).
+    let lone = tmp.path().join("lone.safetensors");
+    std::fs::copy(src.join("diffusion_pytorch_model.safetensors"), &lone).unwrap();
+    let model = Dit::load(&lone, Some(&tiny_cfg()), DType::F32, &Device::Cpu).unwrap();
+    assert!(max_abs_diff(&run(&model, &g), &g["out_diffusers"]) <= TOL_F32);
+    assert!(Dit::load(&lone, None, DType::F32, &Device::Cpu).is_err());
 
     // Two shards and an index.
     let sharded = tmp.path().join("sharded");
