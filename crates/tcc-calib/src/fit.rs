@@ -5,7 +5,7 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 use tcc_core::{Pooling, PriorKind};
 
-use crate::{CalibError, PairStats};
+use crate::{CalibError, PairStats, Rows};
 
 /// A fitted prior for one (step, branch, layer):
 /// `corr = muA + s * (B - muB) @ R`, blended with `alpha` at run time.
@@ -126,7 +126,7 @@ fn identity(d: usize) -> Vec<f64> {
 /// positions `0..T` and the means are kept per token.
 pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, CalibError> {
     let d = stats.dim();
-    let (keys, a, b) = stats.rows()?;
+    let Rows { keys, a, b } = stats.rows()?;
     let n = keys.len();
     if n == 0 {
         return Err(CalibError::Empty("no paired rows to fit a prior on".into()));
@@ -184,7 +184,9 @@ pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, 
         }
     };
     if !s.is_finite() || r.iter().any(|x| !x.is_finite()) {
-        return Err(CalibError::NonFinite("the fitted prior is not finite".into()));
+        return Err(CalibError::NonFinite(
+            "the fitted prior is not finite".into(),
+        ));
     }
     let (mu_a, mu_b) = match pooling {
         Pooling::Tokens => (mu_a, mu_b),
@@ -216,6 +218,37 @@ pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, 
     })
 }
 
+/// The residual of a prior blended with `alpha` on the paired rows of
+/// `stats`: `(sum_i ||a_i - out(b_i)||^2, sum_i ||a_i - b_i||^2,
+/// sum_i ||a_i||^2)` with `out(b) = (1 - alpha) b + alpha corr(b)`.
+pub fn residual(
+    stats: &PairStats,
+    prior: &Prior,
+    pooling: Pooling,
+    alpha: f64,
+) -> Result<(f64, f64, f64), CalibError> {
+    let d = stats.dim();
+    let Rows { keys, a, b } = stats.rows()?;
+    let (mut after, mut before, mut norm) = (0.0, 0.0, 0.0);
+    for i in 0..keys.len() {
+        let (ai, bi) = (&a[i * d..(i + 1) * d], &b[i * d..(i + 1) * d]);
+        let mu_row = match pooling {
+            Pooling::Tokens => 0,
+            Pooling::Conditions => i,
+        };
+        let corr = prior.correct_row(bi, mu_row);
+        let out: Vec<f64> = bi
+            .iter()
+            .zip(&corr)
+            .map(|(b, c)| (1.0 - alpha) * b + alpha * c)
+            .collect();
+        after += sq_dist(ai, &out);
+        before += sq_dist(ai, bi);
+        norm += ai.iter().map(|x| x * x).sum::<f64>();
+    }
+    Ok((after, before, norm))
+}
+
 fn sq_dist(x: &[f64], y: &[f64]) -> f64 {
     x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum()
 }
@@ -227,7 +260,9 @@ mod tests {
 
     /// A small deterministic generator (the fit must not depend on `rand`).
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -255,7 +290,11 @@ mod tests {
     #[test]
     fn procrustes_rotation_is_orthogonal_and_reduces_the_loss() {
         let st = rotated_stats(40, 6, 1.3, 7);
-        for kind in [PriorKind::Shift, PriorKind::ScaleShift, PriorKind::Procrustes] {
+        for kind in [
+            PriorKind::Shift,
+            PriorKind::ScaleShift,
+            PriorKind::Procrustes,
+        ] {
             let fit = fit(&st, kind, Pooling::Tokens).unwrap();
             assert!(fit.loss_after <= fit.loss_before, "{kind:?}: {fit:?}");
             let d = fit.prior.dim;

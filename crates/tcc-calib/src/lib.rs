@@ -4,13 +4,19 @@
 //! blended as `(1 - alpha) B + alpha corr`. [`PairStats`] holds the paired
 //! statistics of one site as mergeable sums; [`fit`] fits a prior on them.
 
+mod apply;
 mod fit;
 mod priors;
 mod stats;
+mod walk;
 
-pub use fit::{fit, Fit, FoldedPrior, Prior};
+pub use apply::PriorHooks;
+pub use fit::{fit, residual, Fit, FoldedPrior, Prior};
 pub use priors::{write_atomically, PriorMeta, PriorSet, Site};
-pub use stats::{PairStats, Side};
+pub use stats::{PairStats, Rows, Side};
+pub use walk::{
+    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, Progress, StepReport,
+};
 
 /// Errors from calibration.
 #[derive(Debug, thiserror::Error)]

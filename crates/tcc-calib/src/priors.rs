@@ -59,7 +59,10 @@ impl PriorSet {
     pub fn save(&self, path: &Path) -> Result<(), CalibError> {
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut push = |name: String, shape: Vec<usize>, data: &[f64]| {
-            let bytes: Vec<u8> = data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+            let bytes: Vec<u8> = data
+                .iter()
+                .flat_map(|&x| (x as f32).to_le_bytes())
+                .collect();
             buffers.push((name, shape, bytes));
         };
         for (site, p) in &self.priors {
@@ -143,7 +146,10 @@ impl PriorSet {
                 .tensor(name)
                 .map_err(|_| bad(format!("missing tensor `{name}`")))?;
             if v.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", v.dtype())));
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected F32",
+                    v.dtype()
+                )));
             }
             let data: Vec<f64> = v
                 .data()
@@ -151,21 +157,31 @@ impl PriorSet {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
                 .collect();
             if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                return Err(bad(format!("tensor `{name}` has a non-finite value at {i}")));
+                return Err(bad(format!(
+                    "tensor `{name}` has a non-finite value at {i}"
+                )));
             }
             Ok((v.shape().to_vec(), data))
         };
         let mut sites: Vec<Site> = Vec::new();
         for name in st.names() {
             if let Some(prefix) = name.strip_suffix(".M") {
-                sites.push(parse_site(prefix).ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?);
+                sites.push(
+                    parse_site(prefix).ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?,
+                );
             }
         }
         sites.sort();
         let kinds = get("site_kinds")?;
-        let kinds: Vec<&str> = if kinds.is_empty() { vec![] } else { kinds.split(',').collect() };
+        let kinds: Vec<&str> = if kinds.is_empty() {
+            vec![]
+        } else {
+            kinds.split(',').collect()
+        };
         if kinds.len() != sites.len() {
-            return Err(bad("metadata `site_kinds` does not match the tensors".into()));
+            return Err(bad(
+                "metadata `site_kinds` does not match the tensors".into()
+            ));
         }
         let mut priors = BTreeMap::new();
         for (site, kind) in sites.into_iter().zip(kinds) {
@@ -174,8 +190,15 @@ impl PriorSet {
             let (mu_shape, mu_a) = read(&key(&site, "muA"))?;
             let (mu_b_shape, mu_b) = read(&key(&site, "muB"))?;
             let d = r_shape.get(1).copied().unwrap_or(0);
-            if r_shape != [d, d] || mu_shape.get(1) != Some(&d) || mu_b_shape != mu_shape || s.len() != 1 {
-                return Err(bad(format!("tensors of {} have inconsistent shapes", key(&site, "*"))));
+            if r_shape != [d, d]
+                || mu_shape.get(1) != Some(&d)
+                || mu_b_shape != mu_shape
+                || s.len() != 1
+            {
+                return Err(bad(format!(
+                    "tensors of {} have inconsistent shapes",
+                    key(&site, "*")
+                )));
             }
             priors.insert(
                 site,
@@ -283,8 +306,13 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = PriorSet::load(&path).unwrap_err().to_string();
-        assert!(err.contains("p.safetensors") && err.contains("safetensors"), "{err}");
-        let missing = PriorSet::load(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(
+            err.contains("p.safetensors") && err.contains("safetensors"),
+            "{err}"
+        );
+        let missing = PriorSet::load(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("nope"), "{missing}");
     }
 }

@@ -28,6 +28,14 @@ pub struct PairStats {
     b: BTreeMap<u64, RowSums>,
 }
 
+/// Paired row means, row-major `n x dim`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rows {
+    pub keys: Vec<u64>,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+}
+
 /// Which trajectory a vector comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -109,8 +117,8 @@ impl PairStats {
     }
 
     /// The paired rows: keys in ascending order, and the row means of `a`
-    /// and `b`, row-major `n x dim`.
-    pub fn rows(&self) -> Result<(Vec<u64>, Vec<f64>, Vec<f64>), CalibError> {
+    /// and `b`.
+    pub fn rows(&self) -> Result<Rows, CalibError> {
         let keys_a: Vec<u64> = self.a.keys().copied().collect();
         let keys_b: Vec<u64> = self.b.keys().copied().collect();
         if keys_a != keys_b {
@@ -133,7 +141,7 @@ impl PairStats {
             a.extend(ra.sum.iter().map(|s| s / ra.count as f64));
             b.extend(rb.sum.iter().map(|s| s / rb.count as f64));
         }
-        Ok((keys_a, a, b))
+        Ok(Rows { keys: keys_a, a, b })
     }
 
     /// Number of paired rows.
@@ -173,10 +181,10 @@ mod tests {
         // The values are small integers and halves: the sums are exact in
         // f64 whatever the order, so equality is exact.
         assert_eq!(left, one);
-        let (keys, a, _) = one.rows().unwrap();
-        assert_eq!(keys, vec![0, 1, 2, 3]);
+        let rows = one.rows().unwrap();
+        assert_eq!(rows.keys, vec![0, 1, 2, 3]);
         // Row 0 holds i = 0, 4, 8, 12, 16: mean 8.
-        assert_eq!(a[0], 8.0);
+        assert_eq!(rows.a[0], 8.0);
     }
 
     #[test]

@@ -67,23 +67,37 @@ fn fits_match_scipy() {
             let want = &case.fits[kind_name];
             let got = fit(&st, kind, Pooling::Tokens).unwrap();
             let ctx = format!("{} {kind_name}", case.name);
-            assert!(close(got.loss_before, case.loss_before, REL_TOL), "{ctx}: loss before");
+            assert!(
+                close(got.loss_before, case.loss_before, REL_TOL),
+                "{ctx}: loss before"
+            );
             assert!(
                 close(got.loss_after, want.loss, REL_TOL),
                 "{ctx}: loss {} vs scipy {}",
                 got.loss_after,
                 want.loss
             );
-            assert!(close(got.prior.s, want.s, REL_TOL), "{ctx}: s {} vs {}", got.prior.s, want.s);
+            assert!(
+                close(got.prior.s, want.s, REL_TOL),
+                "{ctx}: s {} vs {}",
+                got.prior.s,
+                want.s
+            );
             for j in 0..d {
-                assert!(close(got.prior.mu_a[j], want.mu_a[j], REL_TOL), "{ctx}: muA[{j}]");
+                assert!(
+                    close(got.prior.mu_a[j], want.mu_a[j], REL_TOL),
+                    "{ctx}: muA[{j}]"
+                );
             }
             let r = &got.prior.r;
             for i in 0..d {
                 for j in 0..d {
                     let dot: f64 = (0..d).map(|k| r[k * d + i] * r[k * d + j]).sum();
                     let id = if i == j { 1.0 } else { 0.0 };
-                    assert!((dot - id).abs() < ORTHO_TOL, "{ctx}: R^T R[{i},{j}] = {dot}");
+                    assert!(
+                        (dot - id).abs() < ORTHO_TOL,
+                        "{ctx}: R^T R[{i},{j}] = {dot}"
+                    );
                     // With fewer rows than dimensions the rotation is not
                     // unique: only the loss and scale are comparable.
                     if full_rank {

@@ -1,1 +1,48 @@
-//! The plan executor.
+//! The plan executor: runs a compiled [`Plan`] over a [`BlockModel`] and a
+//! sampler, one step at a time.
+//!
+//! At every step and for every block it computes the adaLN modulation (always:
+//! it is cheap and depends on the timestep), then per branch does what the
+//! plan says: compute the branch, reuse the cached pre-gate output, or skip a
+//! whole block range and add its cached residual delta. A [`Hooks`]
+//! implementation sees every pre-gate branch output before it is gated and may
+//! replace it; that is where calibration plugs in.
+//!
+//! The cache keeps only what the plan reads later: an output is stored only if
+//! a later step reuses it, and dropped after its last reader.
+
+mod cache;
+mod trajectory;
+
+pub use cache::CacheLayout;
+pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
+
+/// Errors from the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(
+        "the plan is for `{plan}` ({plan_depth} blocks) but the model has {model_depth} blocks"
+    )]
+    DepthMismatch {
+        plan: String,
+        plan_depth: usize,
+        model_depth: usize,
+    },
+    #[error("the plan's branches ({plan}) differ from the model's ({model})")]
+    BranchMismatch { plan: String, model: String },
+    #[error("step {step}, block {block}, {branch}: the plan reuses step {from}, but nothing from that step is cached (the plan is inconsistent)")]
+    MissingCache {
+        step: usize,
+        block: usize,
+        branch: tcc_core::Branch,
+        from: usize,
+    },
+    #[error("the trajectory has already run all {0} steps")]
+    Finished(usize),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Sampler(#[from] tcc_sampler::SamplerError),
+}
+
+pub type Result<T> = std::result::Result<T, ExecError>;

@@ -92,4 +92,16 @@ impl Plan {
         let i = self.branch_index(branch)?;
         self.steps.get(step)?.actions.get(block)?.get(i).copied()
     }
+
+    /// The same plan with every action `Compute`: the reference trajectory
+    /// of calibration and evaluation (same model, sampler and timesteps).
+    pub fn all_compute(&self) -> Plan {
+        let mut full = self.clone();
+        for step in &mut full.steps {
+            for row in &mut step.actions {
+                row.iter_mut().for_each(|a| *a = Action::Compute);
+            }
+        }
+        full
+    }
 }

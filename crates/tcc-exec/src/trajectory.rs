@@ -1,0 +1,279 @@
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use tcc_core::{Branch, CfgOrder};
+use tcc_model::BlockModel;
+use tcc_plan::{Action, Plan};
+use tcc_sampler::{NoiseRng, Sampler};
+
+use crate::{CacheLayout, ExecError, Result};
+
+/// Where a branch output belongs in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchSite {
+    pub step: usize,
+    pub block: usize,
+    pub branch: Branch,
+    /// `Compute` or `Reuse` (reuse-delta ranges have no branch outputs).
+    pub action: Action,
+}
+
+/// Observes, and may replace, pre-gate branch outputs during a run.
+pub trait Hooks {
+    /// Called with every pre-gate branch output right before it is gated:
+    /// computed outputs and reused ones (as read from the cache). Returning
+    /// `Some(t)` uses `t` instead; if that output is cached (a computed output
+    /// a later step reuses, or a reused one), `t` also replaces the cache
+    /// entry, so consecutive reuses chain from the replaced value. The
+    /// tensor covers the whole model batch (both CFG halves).
+    fn branch_output(&mut self, site: &BranchSite, out: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// Hooks that observe nothing and replace nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn branch_output(&mut self, _: &BranchSite, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// The inputs of one sampling run: initial noise and conditions.
+#[derive(Clone, Debug)]
+pub struct SampleBatch {
+    /// Initial latents `x_T`, `[B, C, H, W]`, f32.
+    pub noise: Tensor,
+    /// Conditions `[B, ...]` (class ids for DiT).
+    pub cond: Tensor,
+    /// The null condition `[B, ...]`, required when the plan uses CFG.
+    pub uncond: Option<Tensor>,
+    /// Seed of the sampler's own noise (DDPM, DDIM with eta > 0).
+    pub seed: u64,
+}
+
+/// One trajectory of a plan in progress: the latents, the sampler state and
+/// the cache. Advance it with [`Trajectory::step`]; several trajectories can
+/// advance side by side (the calibration pass walks a reference and an
+/// accelerated one together).
+pub struct Trajectory<'a, M: BlockModel> {
+    model: &'a M,
+    plan: &'a Plan,
+    layout: CacheLayout,
+    sampler: Sampler,
+    rng: NoiseRng,
+    x: Tensor,
+    cond_in: Tensor,
+    next: usize,
+    /// (block, branch index) -> (step it was computed at, pre-gate output).
+    cache: HashMap<(usize, usize), (usize, Tensor)>,
+    /// (start, end) -> (step, residual delta of blocks start..end).
+    delta: HashMap<(usize, usize), (usize, Tensor)>,
+}
+
+impl<'a, M: BlockModel> Trajectory<'a, M> {
+    pub fn new(model: &'a M, plan: &'a Plan, batch: &SampleBatch) -> Result<Self> {
+        if model.depth() != plan.model.depth {
+            return Err(ExecError::DepthMismatch {
+                plan: plan.model.name.clone(),
+                plan_depth: plan.model.depth,
+                model_depth: model.depth(),
+            });
+        }
+        if model.branches() != plan.branches() {
+            let names = |bs: &[Branch]| bs.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+            return Err(ExecError::BranchMismatch {
+                plan: names(plan.branches()),
+                model: names(model.branches()),
+            });
+        }
+        let cond_in = if plan.sampler.uses_cfg() {
+            let uncond = batch.uncond.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg("the plan uses CFG but no null condition was given".into())
+            })?;
+            match plan.sampler.cfg_order {
+                CfgOrder::CondFirst => Tensor::cat(&[&batch.cond, uncond], 0)?,
+                CfgOrder::UncondFirst => Tensor::cat(&[uncond, &batch.cond], 0)?,
+            }
+        } else {
+            batch.cond.clone()
+        };
+        Ok(Trajectory {
+            model,
+            plan,
+            layout: CacheLayout::new(plan),
+            sampler: Sampler::new(&plan.sampler)?,
+            rng: NoiseRng::new(batch.seed),
+            x: batch.noise.to_dtype(DType::F32)?,
+            cond_in,
+            next: 0,
+            cache: HashMap::new(),
+            delta: HashMap::new(),
+        })
+    }
+
+    /// The index of the next step to run.
+    pub fn next_step(&self) -> usize {
+        self.next
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.next >= self.plan.steps.len()
+    }
+
+    /// The current latents (after the steps run so far).
+    pub fn latents(&self) -> &Tensor {
+        &self.x
+    }
+
+    /// Number of cached tensors held right now (branch outputs + deltas).
+    pub fn cached_entries(&self) -> usize {
+        self.cache.len() + self.delta.len()
+    }
+
+    /// The cached pre-gate output that the next step will reuse for
+    /// `(block, branch index)`, as no hook has seen it yet; `None` if the
+    /// next step does not reuse that branch.
+    ///
+    /// A reused output depends only on the cache, not on the step's own
+    /// input, so calibration reads its statistics here before the step runs.
+    pub fn pending_reuse(&self, block: usize, branch_index: usize) -> Option<&Tensor> {
+        let step = self.plan.steps.get(self.next)?;
+        match step.actions.get(block)?.get(branch_index)? {
+            Action::Reuse { from, .. } => match self.cache.get(&(block, branch_index)) {
+                Some((at, t)) if at == from => Some(t),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Run the next step of the plan.
+    pub fn step(&mut self, hooks: &mut dyn Hooks) -> Result<()> {
+        let s = self.next;
+        let plan = self.plan;
+        let step = plan
+            .steps
+            .get(s)
+            .ok_or(ExecError::Finished(plan.steps.len()))?;
+        let model = self.model;
+        let branches = plan.branches();
+        let cfg = plan.sampler.uses_cfg();
+
+        let x_in = if cfg {
+            Tensor::cat(&[&self.x, &self.x], 0)?
+        } else {
+            self.x.clone()
+        };
+        let batch = x_in.dim(0)?;
+        let t = Tensor::full(step.timestep as f32, batch, x_in.device())?;
+        let (mut h, c) = model.embed(&x_in, &t, &self.cond_in, None)?;
+
+        let mut open_ranges: Vec<((usize, usize), Tensor)> = Vec::new();
+        let mut block = 0;
+        while block < model.depth() {
+            if let Action::ReuseDelta { start, end, from } = step.actions[block][0] {
+                let (at, d) = self
+                    .delta
+                    .get(&(start, end))
+                    .ok_or(ExecError::MissingCache {
+                        step: s,
+                        block,
+                        branch: branches[0],
+                        from,
+                    })?;
+                if *at != from {
+                    return Err(ExecError::MissingCache {
+                        step: s,
+                        block,
+                        branch: branches[0],
+                        from,
+                    });
+                }
+                h = (h + d)?;
+                block = end;
+                continue;
+            }
+            // Remember the residual stream entering each range whose delta
+            // this step stores.
+            for &(start, end) in &self.layout.store_delta[s] {
+                if start == block {
+                    open_ranges.push(((start, end), h.clone()));
+                }
+            }
+            let m = model.modulation(block, &c)?;
+            for (bi, &branch) in branches.iter().enumerate() {
+                let action = step.actions[block][bi];
+                let out = match action {
+                    Action::Compute => model.branch(block, branch, &h, &m, &c)?,
+                    Action::Reuse { from, .. } => match self.cache.get(&(block, bi)) {
+                        Some((at, t)) if *at == from => t.clone(),
+                        _ => {
+                            return Err(ExecError::MissingCache {
+                                step: s,
+                                block,
+                                branch,
+                                from,
+                            })
+                        }
+                    },
+                    Action::ReuseDelta { .. } => {
+                        unreachable!("a reuse-delta block was skipped above")
+                    }
+                };
+                let site = BranchSite {
+                    step: s,
+                    block,
+                    branch,
+                    action,
+                };
+                let out = hooks.branch_output(&site, &out)?.unwrap_or(out);
+                match action {
+                    Action::Compute if self.layout.store[s].contains(&(block, bi)) => {
+                        self.cache.insert((block, bi), (s, out.clone()));
+                    }
+                    Action::Reuse { from, .. } => {
+                        self.cache.insert((block, bi), (from, out.clone()));
+                    }
+                    _ => {}
+                }
+                h = model.add_branch(branch, &h, &m, &out)?;
+            }
+            block += 1;
+            let mut i = 0;
+            while i < open_ranges.len() {
+                if open_ranges[i].0 .1 == block {
+                    let (range, input) = open_ranges.swap_remove(i);
+                    self.delta.insert(range, (s, (&h - &input)?));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let out = model.finish(&h, &c)?.to_dtype(DType::F32)?;
+        let guided = tcc_sampler::guide(&out, &plan.sampler, plan.model.in_channels)?;
+        let noise = if self.sampler.needs_noise(s) {
+            Some(self.rng.randn(self.x.dims(), self.x.device())?)
+        } else {
+            None
+        };
+        self.x = self.sampler.step(s, &self.x, &guided, noise.as_ref())?;
+
+        for key in &self.layout.drop[s] {
+            self.cache.remove(key);
+        }
+        for key in &self.layout.drop_delta[s] {
+            self.delta.remove(key);
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Run every remaining step and return the final latents.
+    pub fn run(mut self, hooks: &mut dyn Hooks) -> Result<Tensor> {
+        while !self.is_done() {
+            self.step(hooks)?;
+        }
+        Ok(self.x)
+    }
+}

@@ -1,0 +1,402 @@
+//! The executor against hand-written loops on tiny random DiTs.
+//!
+//! Exactness claims here are bit-for-bit (`to_vec` equality), not within a
+//! tolerance: the executor must call the same model parts in the same order
+//! as the loops it replaces.
+
+use candle_core::{DType, Device, Tensor};
+use proptest::prelude::*;
+use tcc_core::{CalibrationSpec, CfgOrder, ModelShape, SamplerKind, SamplerSpec};
+use tcc_exec::{CacheLayout, NoHooks, SampleBatch, Trajectory};
+use tcc_model::{BlockModel, Dit, DitConfig};
+use tcc_plan::{Action, Plan, StepPlan};
+use tcc_sampler::{guide, sample_loop, NoiseRng, Sampler};
+
+fn shape(
+    depth: usize,
+    hidden: usize,
+    input_size: usize,
+    classes: usize,
+    learn_sigma: bool,
+) -> ModelShape {
+    ModelShape {
+        name: "test".into(),
+        family: tcc_core::ModelFamily::Dit,
+        depth,
+        hidden,
+        heads: 2,
+        patch: 2,
+        input_size,
+        in_channels: 4,
+        out_channels: if learn_sigma { 8 } else { 4 },
+        mlp_ratio: 4.0,
+        num_classes: classes,
+        caption_tokens: 0,
+        caption_dim: 0,
+    }
+}
+
+fn model(shape: &ModelShape, seed: u64) -> Dit {
+    let cfg = DitConfig::from_shape(shape).unwrap();
+    Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap()
+}
+
+/// A plan whose cell (step, block, branch) is computed iff `compute` says so,
+/// each reuse reading the latest earlier compute.
+fn plan(
+    shape: &ModelShape,
+    sampler: SamplerSpec,
+    compute: impl Fn(usize, usize, usize) -> bool,
+) -> Plan {
+    let ts = sampler.timesteps();
+    let nb = shape.branches().len();
+    let mut last = vec![vec![None; nb]; shape.depth];
+    let steps = (0..sampler.steps)
+        .map(|s| StepPlan {
+            step: s,
+            timestep: ts[s],
+            actions: (0..shape.depth)
+                .map(|b| {
+                    (0..nb)
+                        .map(|i| {
+                            if s == 0 || compute(s, b, i) {
+                                last[b][i] = Some(s);
+                                Action::Compute
+                            } else {
+                                Action::Reuse {
+                                    from: last[b][i].unwrap(),
+                                    prior: false,
+                                }
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        })
+        .collect();
+    Plan {
+        source: "test".into(),
+        weights: None,
+        model: shape.clone(),
+        sampler,
+        calibration: CalibrationSpec::default(),
+        steps,
+    }
+}
+
+fn batch(shape: &ModelShape, n: usize, seed: u64) -> SampleBatch {
+    let dev = Device::Cpu;
+    let noise = NoiseRng::new(seed)
+        .randn(
+            (n, shape.in_channels, shape.input_size, shape.input_size),
+            &dev,
+        )
+        .unwrap();
+    let labels: Vec<u32> = (0..n as u32)
+        .map(|i| i % shape.num_classes as u32)
+        .collect();
+    SampleBatch {
+        noise,
+        cond: Tensor::new(labels, &dev).unwrap(),
+        uncond: Some(Tensor::full(shape.num_classes as u32, n, &dev).unwrap()),
+        seed: seed ^ 0x5eed,
+    }
+}
+
+fn cond_in(spec: &SamplerSpec, b: &SampleBatch) -> Tensor {
+    if !spec.uses_cfg() {
+        return b.cond.clone();
+    }
+    let u = b.uncond.as_ref().unwrap();
+    match spec.cfg_order {
+        CfgOrder::CondFirst => Tensor::cat(&[&b.cond, u], 0).unwrap(),
+        CfgOrder::UncondFirst => Tensor::cat(&[u, &b.cond], 0).unwrap(),
+    }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+fn sampler_spec(
+    kind: SamplerKind,
+    steps: usize,
+    guidance: f64,
+    eta: f64,
+    order: CfgOrder,
+) -> SamplerSpec {
+    SamplerSpec {
+        kind,
+        steps,
+        guidance_scale: guidance,
+        eta,
+        cfg_order: order,
+        guided_channels: None,
+        ..SamplerSpec::default()
+    }
+}
+
+fn run_plan(m: &Dit, p: &Plan, b: &SampleBatch) -> Tensor {
+    Trajectory::new(m, p, b).unwrap().run(&mut NoHooks).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The all-compute plan is the plain sampler, bit for bit.
+    #[test]
+    fn all_compute_plan_is_the_plain_sampling_loop(
+        depth in 1usize..4,
+        hidden in prop::sample::select(vec![16usize, 32]),
+        input_size in prop::sample::select(vec![4usize, 8]),
+        learn_sigma in any::<bool>(),
+        kind in prop::sample::select(vec![SamplerKind::Ddim, SamplerKind::Ddpm, SamplerKind::DpmSolverPp]),
+        eta in prop::sample::select(vec![0.0, 0.7]),
+        guidance in prop::sample::select(vec![1.0, 1.5, 4.0]),
+        order in prop::sample::select(vec![CfgOrder::CondFirst, CfgOrder::UncondFirst]),
+        steps in 2usize..7,
+        seed in 0u64..1000,
+    ) {
+        let sh = shape(depth, hidden, input_size, 3, learn_sigma);
+        let m = model(&sh, seed);
+        let eta = if kind == SamplerKind::Ddim { eta } else { 0.0 };
+        let spec = sampler_spec(kind, steps, guidance, eta, order);
+        let p = plan(&sh, spec.clone(), |_, _, _| true);
+        let b = batch(&sh, 2, seed);
+        let got = run_plan(&m, &p, &b);
+
+        let c = cond_in(&spec, &b);
+        let mut rng = NoiseRng::new(b.seed);
+        let want = sample_loop(
+            &spec,
+            &b.noise,
+            |x, t| m.forward(x, t, &c, None),
+            |d| rng.randn(d, &Device::Cpu),
+        ).unwrap();
+        prop_assert_eq!(bits(&got), bits(&want));
+    }
+}
+
+/// FORA by hand: at refresh steps compute every branch and keep it, at the
+/// other steps reuse the kept outputs.
+fn fora_by_hand(
+    m: &Dit,
+    spec: &SamplerSpec,
+    b: &SampleBatch,
+    refresh: &dyn Fn(usize) -> bool,
+) -> Tensor {
+    let mut sampler = Sampler::new(spec).unwrap();
+    let mut rng = NoiseRng::new(b.seed);
+    let c_in = cond_in(spec, b);
+    let mut x = b.noise.clone();
+    let mut kept: Vec<Vec<Option<Tensor>>> = vec![vec![None; 2]; m.depth()];
+    for (i, &t) in spec.timesteps().iter().enumerate() {
+        let x_in = if spec.uses_cfg() {
+            Tensor::cat(&[&x, &x], 0).unwrap()
+        } else {
+            x.clone()
+        };
+        let tt = Tensor::full(t as f32, x_in.dim(0).unwrap(), &Device::Cpu).unwrap();
+        let (mut h, c) = m.embed(&x_in, &tt, &c_in, None).unwrap();
+        for (block, kept) in kept.iter_mut().enumerate() {
+            let md = m.modulation(block, &c).unwrap();
+            for (bi, &br) in m.branches().iter().enumerate() {
+                if refresh(i) {
+                    kept[bi] = Some(m.branch(block, br, &h, &md, &c).unwrap());
+                }
+                let out = kept[bi].clone().unwrap();
+                h = m.add_branch(br, &h, &md, &out).unwrap();
+            }
+        }
+        let out = m.finish(&h, &c).unwrap();
+        let g = guide(&out, spec, 4).unwrap();
+        let noise = sampler
+            .needs_noise(i)
+            .then(|| rng.randn(x.dims(), &Device::Cpu).unwrap());
+        x = sampler.step(i, &x, &g, noise.as_ref()).unwrap();
+    }
+    x
+}
+
+#[test]
+fn fora_plan_is_the_hand_written_fora_loop_and_differs_from_full() {
+    let sh = shape(3, 32, 8, 4, true);
+    let m = model(&sh, 11);
+    for (n, spec) in [
+        (
+            3.0,
+            sampler_spec(SamplerKind::Ddim, 10, 1.5, 0.0, CfgOrder::CondFirst),
+        ),
+        (
+            2.5,
+            sampler_spec(SamplerKind::DpmSolverPp, 9, 4.5, 0.0, CfgOrder::UncondFirst),
+        ),
+        (
+            2.0,
+            sampler_spec(SamplerKind::Ddpm, 6, 1.0, 0.0, CfgOrder::CondFirst),
+        ),
+    ] {
+        // Refresh offsets round(k * N), as FORA with a fractional N.
+        let refresh_steps: Vec<usize> = (0..spec.steps)
+            .map(|k| (k as f64 * n).round() as usize)
+            .take_while(|&s| s < spec.steps)
+            .collect();
+        let refresh = |s: usize| refresh_steps.contains(&s);
+        let p = plan(&sh, spec.clone(), |s, _, _| refresh(s));
+        let b = batch(&sh, 3, 5);
+        let got = run_plan(&m, &p, &b);
+        assert_eq!(
+            bits(&got),
+            bits(&fora_by_hand(&m, &spec, &b, &refresh)),
+            "N = {n}"
+        );
+
+        let full = run_plan(&m, &plan(&sh, spec.clone(), |_, _, _| true), &b);
+        let diff = (&got - &full)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff > 1e-4,
+            "N = {n}: a reusing plan gave the full result (max diff {diff})"
+        );
+    }
+}
+
+#[test]
+fn reuse_delta_adds_the_cached_residual_of_the_range() {
+    // Blocks 1..3 of 4 are skipped at odd steps; their residual delta is the
+    // one computed at the step before.
+    let sh = shape(4, 16, 4, 3, false);
+    let m = model(&sh, 3);
+    let spec = sampler_spec(SamplerKind::Ddim, 6, 2.0, 0.0, CfgOrder::CondFirst);
+    let mut p = plan(&sh, spec.clone(), |_, _, _| true);
+    for s in (1..6).step_by(2) {
+        for block in 1..3 {
+            for a in p.steps[s].actions[block].iter_mut() {
+                *a = Action::ReuseDelta {
+                    start: 1,
+                    end: 3,
+                    from: s - 1,
+                };
+            }
+        }
+    }
+    let b = batch(&sh, 2, 9);
+    let got = run_plan(&m, &p, &b);
+
+    let mut sampler = Sampler::new(&spec).unwrap();
+    let c_in = cond_in(&spec, &b);
+    let mut x = b.noise.clone();
+    let mut delta: Option<Tensor> = None;
+    for (i, &t) in spec.timesteps().iter().enumerate() {
+        let x_in = Tensor::cat(&[&x, &x], 0).unwrap();
+        let tt = Tensor::full(t as f32, x_in.dim(0).unwrap(), &Device::Cpu).unwrap();
+        let (mut h, c) = m.embed(&x_in, &tt, &c_in, None).unwrap();
+        let mut entering = None;
+        for block in 0..4 {
+            if i % 2 == 1 && (1..3).contains(&block) {
+                if block == 1 {
+                    h = (&h + delta.as_ref().unwrap()).unwrap();
+                }
+                continue;
+            }
+            if block == 1 {
+                entering = Some(h.clone());
+            }
+            let md = m.modulation(block, &c).unwrap();
+            for &br in m.branches() {
+                let out = m.branch(block, br, &h, &md, &c).unwrap();
+                h = m.add_branch(br, &h, &md, &out).unwrap();
+            }
+            if block == 2 {
+                delta = Some((&h - entering.as_ref().unwrap()).unwrap());
+            }
+        }
+        let out = m.finish(&h, &c).unwrap();
+        x = sampler
+            .step(i, &x, &guide(&out, &spec, 4).unwrap(), None)
+            .unwrap();
+    }
+    assert_eq!(bits(&got), bits(&x));
+}
+
+#[test]
+fn cache_holds_only_what_the_plan_reads_later() {
+    let sh = shape(3, 16, 4, 3, false);
+    let m = model(&sh, 1);
+    let spec = sampler_spec(SamplerKind::Ddim, 9, 1.5, 0.0, CfgOrder::CondFirst);
+    // FORA N = 3, but the last segment (steps 6..9) reuses only block 0.
+    let p = plan(&sh, spec, |s, b, _| s % 3 == 0 || (s >= 6 && b > 0));
+    let layout = CacheLayout::new(&p);
+    assert_eq!(layout.peak_entries(), 3 * 2);
+    assert_eq!(
+        layout.store[6].len(),
+        2,
+        "only block 0's two branches are kept at step 6"
+    );
+    let b = batch(&sh, 1, 2);
+    let mut traj = Trajectory::new(&m, &p, &b).unwrap();
+    let mut held = Vec::new();
+    while !traj.is_done() {
+        traj.step(&mut NoHooks).unwrap();
+        held.push(traj.cached_entries());
+    }
+    // After steps 0, 1 the cache is full; after step 2 (last reader) empty.
+    assert_eq!(held, vec![6, 6, 0, 6, 6, 0, 2, 2, 0]);
+}
+
+#[test]
+fn a_plan_for_another_model_is_refused() {
+    let sh = shape(2, 16, 4, 3, false);
+    let m = model(&shape(3, 16, 4, 3, false), 0);
+    let p = plan(
+        &sh,
+        sampler_spec(SamplerKind::Ddim, 3, 1.0, 0.0, CfgOrder::CondFirst),
+        |_, _, _| true,
+    );
+    let err = Trajectory::new(&m, &p, &batch(&sh, 1, 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("2 blocks") && err.contains("3 blocks"),
+        "{err}"
+    );
+}
+
+/// Two spellings of FORA N = 3 compile to one plan and sample identically.
+#[test]
+fn schedules_that_compile_to_one_plan_sample_identically() {
+    let compile = |text: &str| {
+        let s = tcc_schedule::parse("test.sched", text).unwrap();
+        tcc_plan::compile(&s, std::path::Path::new(".")).unwrap()
+    };
+    let head = "[model]\nname = \"tiny\"\n\n[sampler]\nkind = \"ddim\"\nsteps = 7\nguidance = 1.5\n\n[[cache]]\n";
+    let every = compile(&format!("{head}refresh = \"every 3\"\n"));
+    let mask = compile(&format!("{head}mask = \"1001001\"\n"));
+    assert_eq!(every, mask);
+
+    let sh = every.model.clone();
+    let m = model(&sh, 4);
+    let b = batch(&sh, 2, 8);
+    assert_eq!(
+        bits(&run_plan(&m, &every, &b)),
+        bits(&run_plan(&m, &mask, &b))
+    );
+    let full = compile(head.trim_end_matches("[[cache]]\n"));
+    assert_ne!(
+        bits(&run_plan(&m, &every, &b)),
+        bits(&run_plan(&m, &full, &b))
+    );
+}
