@@ -54,8 +54,10 @@ struct Block {
 
 /// A DiT with its weights, on one device, in one dtype.
 ///
-/// Inputs of any float dtype are cast to the weights' dtype; [`BlockModel::finish`]
-/// returns f32 whatever the dtype, so samplers run in f32.
+/// Inputs of any float dtype and on any device are moved to the model's
+/// device and cast to its dtype; [`BlockModel::finish`] returns f32 whatever
+/// the dtype, so samplers run in f32. Tokens, modulation and branch outputs
+/// are in the model's dtype.
 #[derive(Clone, Debug)]
 pub struct Dit {
     cfg: DitConfig,
@@ -206,8 +208,8 @@ impl Dit {
         Dit::build(cfg, tensors.into_iter().collect(), dtype, device)
     }
 
-    /// Builds the model from original-layout tensors (already validated; see
-    /// [`crate::load`]), casting them to `dtype` on `device`.
+    /// Builds the model from original-layout tensors (already validated by
+    /// [`Dit::load`]), casting them to `dtype` on `device`.
     pub(crate) fn build(
         cfg: &DitConfig,
         mut t: HashMap<String, Tensor>,
@@ -365,6 +367,7 @@ impl BlockModel for Dit {
         let p = cfg.patch;
         let (gh, gw) = (h / p, w / p);
         let patches = x
+            .to_device(&self.device)?
             .to_dtype(self.dtype)?
             .reshape((b, c, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
@@ -375,6 +378,7 @@ impl BlockModel for Dit {
             .broadcast_add(&self.pos_embed)?;
 
         let args = t
+            .to_device(&self.device)?
             .to_dtype(DType::F32)?
             .unsqueeze(1)?
             .broadcast_mul(&self.t_freqs.unsqueeze(0)?)?;
