@@ -11,23 +11,34 @@ use tcc_model::{BlockModel, Dit, DitConfig, DitSize};
 
 const BATCH: usize = 2;
 
-fn time<F: FnMut() -> candle_core::Result<Tensor>>(
-    iters: usize,
-    mut f: F,
-) -> candle_core::Result<(f64, f64)> {
-    for _ in 0..2 {
+/// A timed case: its name, the work, and its floating-point operations.
+type Case<'a> = (
+    &'a str,
+    Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>,
+    f64,
+);
+
+/// Times the cases round-robin (so that load from other processes on a
+/// shared machine hits them alike): (median ms, best ms) per case.
+fn time_interleaved(cases: &[Case], iters: usize) -> candle_core::Result<Vec<(f64, f64)>> {
+    for (_, f, _) in cases {
         f()?;
     }
-    let mut ms = Vec::with_capacity(iters);
+    let mut ms = vec![Vec::with_capacity(iters); cases.len()];
     for _ in 0..iters {
-        let start = Instant::now();
-        let out = f()?;
-        // Touch the result so nothing lazy escapes the timing.
-        out.dims();
-        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        for ((_, f, _), ms) in cases.iter().zip(&mut ms) {
+            let start = Instant::now();
+            f()?;
+            ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    ms.sort_by(f64::total_cmp);
-    Ok((ms[ms.len() / 2], ms[0]))
+    Ok(ms
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0])
+        })
+        .collect())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -82,52 +93,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.heads,
         rayon::current_num_threads()
     );
+    let a = Tensor::randn(0f32, 1.0, (BATCH * cfg.tokens(), cfg.hidden), &dev)?.to_dtype(dtype)?;
+    let w = Tensor::randn(0f32, 1.0, (cfg.mlp_hidden, cfg.hidden), &dev)?.to_dtype(dtype)?;
+    let g =
+        Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), cfg.mlp_hidden), &dev)?.to_dtype(dtype)?;
+    let cases: Vec<Case> = vec![
+        (
+            "modulation",
+            Box::new(|| Ok(model.modulation(0, &c)?.gate_mlp)),
+            flop_mod,
+        ),
+        (
+            "attn",
+            Box::new(|| model.branch(0, Branch::Attn, &h, &m, &c)),
+            flop_attn,
+        ),
+        (
+            "mlp",
+            Box::new(|| model.branch(0, Branch::Mlp, &h, &m, &c)),
+            flop_mlp,
+        ),
+        (
+            "full block",
+            Box::new(|| {
+                let m = model.modulation(0, &c)?;
+                let a = model.branch(0, Branch::Attn, &h, &m, &c)?;
+                let h = model.add_branch(Branch::Attn, &h, &m, &a)?;
+                let f = model.branch(0, Branch::Mlp, &h, &m, &c)?;
+                model.add_branch(Branch::Mlp, &h, &m, &f)
+            }),
+            flop_mod + flop_attn + flop_mlp,
+        ),
+        // Reference kernels: one fc1-sized matmul, and the MLP's GELU both ways.
+        (
+            "matmul fc1",
+            Box::new(|| a.matmul(&w.t()?)),
+            2.0 * b * tok * d * mh,
+        ),
+        ("gelu (op)", Box::new(|| tcc_model::ops::gelu(&g)), 0.0),
+        ("gelu (candle)", Box::new(|| g.gelu()), 0.0),
+    ];
+    let times = time_interleaved(&cases, iters)?;
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>10}",
+        "{:<14} {:>10} {:>10} {:>8} {:>10}",
         "part", "median ms", "best ms", "GFLOP", "GFLOP/s"
     );
-    let report = |name: &str, (med, best): (f64, f64), flop: f64| {
+    for ((name, _, flop), (med, best)) in cases.iter().zip(&times) {
+        let rate = if *flop > 0.0 {
+            format!("{:.1}", flop / 1e9 / (med / 1e3))
+        } else {
+            "-".into()
+        };
         println!(
-            "{name:<12} {med:>10.2} {best:>10.2} {:>10.2} {:>10.1}",
-            flop / 1e9,
-            flop / 1e9 / (med / 1e3)
+            "{name:<14} {med:>10.2} {best:>10.2} {:>8.2} {rate:>10}",
+            flop / 1e9
         );
-    };
-    let mod_t = time(iters, || Ok(model.modulation(0, &c)?.gate_mlp))?;
-    report("modulation", mod_t, flop_mod);
-    let attn_t = time(iters, || model.branch(0, Branch::Attn, &h, &m, &c))?;
-    report("attn", attn_t, flop_attn);
-    let mlp_t = time(iters, || model.branch(0, Branch::Mlp, &h, &m, &c))?;
-    report("mlp", mlp_t, flop_mlp);
-    let full_t = time(iters, || {
-        let m = model.modulation(0, &c)?;
-        let a = model.branch(0, Branch::Attn, &h, &m, &c)?;
-        let h = model.add_branch(Branch::Attn, &h, &m, &a)?;
-        let f = model.branch(0, Branch::Mlp, &h, &m, &c)?;
-        model.add_branch(Branch::Mlp, &h, &m, &f)
-    })?;
-    report("full block", full_t, flop_mod + flop_attn + flop_mlp);
+    }
     println!(
         "=> {} blocks: ~{:.2} s per CFG forward (batch {BATCH}) from the median",
         full.depth,
-        full.depth as f64 * full_t.0 / 1e3
-    );
-
-    // Reference kernels: one MLP-sized matmul, and the GELU of the MLP.
-    let a = Tensor::randn(0f32, 1.0, (BATCH * cfg.tokens(), cfg.hidden), &dev)?.to_dtype(dtype)?;
-    let w = Tensor::randn(0f32, 1.0, (cfg.mlp_hidden, cfg.hidden), &dev)?.to_dtype(dtype)?;
-    let mm = time(iters, || a.matmul(&w.t()?))?;
-    report("matmul fc1", mm, 2.0 * b * tok * d * mh);
-    let g =
-        Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), cfg.mlp_hidden), &dev)?.to_dtype(dtype)?;
-    let fast = time(iters, || tcc_model::ops::gelu(&g))?;
-    let slow = time(iters, || g.gelu())?;
-    println!(
-        "gelu [{BATCH}, {}, {}]: fast op {:.2} ms, Tensor::gelu {:.2} ms",
-        cfg.tokens(),
-        cfg.mlp_hidden,
-        fast.0,
-        slow.0
+        full.depth as f64 * times[3].0 / 1e3
     );
     Ok(())
 }
