@@ -4,6 +4,8 @@
 
 mod grid;
 mod model_dir;
+#[cfg(test)]
+mod proptests;
 mod settings;
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,9 @@ use crate::span::Spanned;
 /// The set of indices `0..len` a selector picks, as one flag per index.
 ///
 /// Indices written explicitly (a number, a range's ends, `first N`,
-/// `last N`, `every N from S`) must lie inside `0..len`; ranges must not
-/// be empty; `every N` needs N >= 1; `step % M` needs M >= 1. Predicates
+/// `last N`, `every N from S`) must lie inside `0..len` (an open range
+/// `a..` may start at `len` and select nothing); a range with both ends
+/// written must not be empty; `every N` needs N >= 1; `step % M` needs M >= 1. Predicates
 /// and `every` simply pick nothing beyond the end.
 pub fn eval_selector(sel: &Selector, kind: IndexKind, len: usize) -> Result<Vec<bool>, Diagnostic> {
     let mut out = vec![false; len];
@@ -24,9 +25,12 @@ pub fn eval_selector(sel: &Selector, kind: IndexKind, len: usize) -> Result<Vec<
             end,
             inclusive,
         } => {
-            let lo = match start {
-                Some(s) => in_range(s, sel, kind, len)?,
-                None => 0,
+            // An open end may leave the range empty (`1..` of a single
+            // step); an explicit start past the end may not.
+            let lo = match (start, end) {
+                (Some(s), None) if s as u128 <= len as u128 => s as usize,
+                (Some(s), _) => in_range(s, sel, kind, len)?,
+                (None, _) => 0,
             };
             // Exclusive ends may equal `len`: `0..20` is every one of 20 steps.
             let hi = match end {
@@ -35,7 +39,7 @@ pub fn eval_selector(sel: &Selector, kind: IndexKind, len: usize) -> Result<Vec<
                 Some(e) => return Err(out_of_range(e, sel, kind, len)),
                 None => len,
             };
-            if lo >= hi {
+            if lo >= hi && start.is_some() && end.is_some() {
                 return Err(
                     Diagnostic::new("empty range", sel.span, "this range selects nothing")
                         .with_help(
@@ -43,7 +47,9 @@ pub fn eval_selector(sel: &Selector, kind: IndexKind, len: usize) -> Result<Vec<
                         ),
                 );
             }
-            out[lo..hi].fill(true);
+            if lo < hi {
+                out[lo..hi].fill(true);
+            }
         }
         &SelNode::Every { n, from } => {
             if !(n >= 1.0 && n.is_finite()) {

@@ -61,6 +61,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
         diags: Diagnostics::new(),
     };
     let mut model = None;
+    let mut model_seen = false;
     let mut sampler = None;
     let mut cache = Vec::new();
     let mut limits = None;
@@ -69,6 +70,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
         let header = span_of(value);
         match key.get_ref().as_ref() {
             "model" => {
+                model_seen = true;
                 if let Some(t) = cx.section(key, value) {
                     model = cx.model(t, header);
                 }
@@ -108,7 +110,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
     let model = match model {
         Some(m) => m,
         None => {
-            if !cx.diags.iter().any(|d| d.message.contains("[model]")) {
+            if !model_seen {
                 cx.diags.push(
                     Diagnostic::new("missing [model] section", Span::at(0), "expected [model]")
                         .with_help("every schedule names its model: add `[model]` with `name = \"tiny\"` (or another preset) or `path = \"...\"`"),

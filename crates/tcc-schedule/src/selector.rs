@@ -67,7 +67,8 @@ fn describe(rule: Rule) -> &'static str {
         Rule::int | Rule::range_end => "a number",
         Rule::eq_op => "`==` or `!=`",
         Rule::cmp_op => "a comparison (`<`, `<=`, `>`, `>=`, `==`, `!=`)",
-        Rule::range_incl | Rule::range_excl => "`..` or `..=`",
+        Rule::range_incl => "`..=`",
+        Rule::range_excl => "`..`",
         Rule::branch_item | Rule::branch_include => "a branch (attn, cross, mlp or all)",
         Rule::branch_except => "`except`",
         Rule::bit | Rule::mask_bits => "`0` or `1`",
@@ -135,12 +136,34 @@ fn parse_u64(pair: &Pair<'_, Rule>, origin: Origin) -> Res<u64> {
     })
 }
 
+/// How deeply a selector may nest (parentheses and chained `except`s):
+/// far more than anyone writes, and little enough that no recursion over
+/// the tree can exhaust the stack.
+const MAX_NESTING: usize = 32;
+
 /// Parses a step or block selector.
 pub(crate) fn parse_selector(text: &str, origin: Origin, kind: IndexKind) -> Res<Selector> {
     let what = match kind {
         IndexKind::Step => "step selector",
         IndexKind::Block => "block selector",
     };
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+    }
+    if deepest + text.matches("except").count() > MAX_NESTING {
+        return Err(Diagnostic::new(
+            format!("{what} nested too deeply"),
+            origin.span(0, text.len()),
+            format!("at most {MAX_NESTING} levels of parentheses and `except`"),
+        ));
+    }
     let mut pairs =
         SelParser::parse(Rule::selector, text).map_err(|e| pest_error(e, text, origin, what))?;
     let top = pairs.next().expect("selector rule matched");

@@ -10,6 +10,11 @@ use tcc_core::{ModelFamily, ModelShape};
 /// `max_sequence_length`; the transformer's config does not hold it).
 const PIXART_CAPTION_TOKENS: usize = 120;
 
+/// Bounds on what a config may declare, so that a plan's table stays
+/// small: no real DiT comes near them.
+const MAX_DEPTH: usize = 1000;
+const MAX_WIDTH: usize = 1 << 20;
+
 /// Why a model directory gave no shape: a message and the file it is about.
 #[derive(Debug)]
 pub(crate) struct ModelDirError {
@@ -73,7 +78,9 @@ pub(crate) fn shape_from_config(json: &Value, name: &str) -> Result<ModelShape, 
     // diffusers' defaults for these two classes where a key is absent.
     let heads = int("num_attention_heads", Some(16))?;
     let head_dim = int("attention_head_dim", Some(72))?;
-    let hidden = heads * head_dim;
+    let hidden = heads
+        .checked_mul(head_dim)
+        .ok_or("num_attention_heads x attention_head_dim overflows")?;
     let in_channels = int("in_channels", Some(4))?;
     let patch = int("patch_size", Some(2))?;
     let input_size = int(
@@ -97,10 +104,16 @@ pub(crate) fn shape_from_config(json: &Value, name: &str) -> Result<ModelShape, 
             int("caption_channels", Some(4096))?,
         ),
     };
+    let depth = int("num_layers", Some(28))?;
+    if depth > MAX_DEPTH || hidden > MAX_WIDTH || input_size > MAX_WIDTH {
+        return Err(format!(
+            "implausible shape: {depth} layers, hidden size {hidden}, sample size {input_size}"
+        ));
+    }
     Ok(ModelShape {
         name: name.to_string(),
         family,
-        depth: int("num_layers", Some(28))?,
+        depth,
         hidden,
         heads,
         patch,
