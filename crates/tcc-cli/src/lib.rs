@@ -10,9 +10,13 @@
 //! syntax or semantics; the diagnostics go to stderr), 1 on any other
 //! failure.
 
+mod calibrate;
 mod check;
 mod common;
+mod output;
 mod plan;
+mod runtime;
+mod sample;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -69,6 +73,10 @@ enum Command {
     Plan(plan::Args),
     /// Validate schedules: compile them and report errors, run nothing.
     Check(check::Args),
+    /// Generate samples with a schedule's plan (and TCC priors, if given).
+    Sample(sample::Args),
+    /// Fit the TCC priors of a schedule's calibrated steps.
+    Calibrate(calibrate::Args),
 }
 
 /// Runs `tcc` with the process's arguments and standard streams.
@@ -102,6 +110,8 @@ where
     let result = match cli.command {
         Command::Plan(args) => plan::run(args, io),
         Command::Check(args) => check::run(args, io),
+        Command::Sample(args) => sample::run(args, io),
+        Command::Calibrate(args) => calibrate::run(args, io),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,214 @@
+//! `tcc calibrate`: fit the TCC priors of a schedule's calibrated steps.
+
+use std::path::PathBuf;
+
+use candle_core::DType;
+use tcc_calib::{calibrate, CalibBatch, PriorMeta, PriorSet, Progress};
+use tcc_core::{CalibMethod, CalibMode};
+
+use crate::common::{load_plan, CliError, Io};
+use crate::runtime::{load_model, progress, Inputs, ModelArgs};
+
+const EXAMPLES: &str = "\
+Examples:
+  tcc calibrate schedules/fora3.sched
+  tcc calibrate schedules/fora3.sched --mode one-shot --out fora3.oneshot.safetensors
+  tcc calibrate schedules/fora3.sched --samples 256 --seed 7
+
+The walk goes once over the plan: reference trajectories first, then the
+accelerated trajectories of all calibration samples side by side; before each
+calibrated step its reused outputs are pooled, its priors fitted and (in
+`consistent` mode) applied from that step on. The priors file is bound to the
+plan's hash: `tcc sample --priors` refuses it for any other plan.";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The schedule (.sched); its [calibration] section says which steps,
+    /// alpha, prior kind, pooling, samples and seed.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Where to write the priors (default: FILE's name with
+    /// `.priors.safetensors`, in the current directory).
+    #[arg(long, value_name = "PRIORS")]
+    out: Option<PathBuf>,
+    /// Override the schedule's mode: `consistent` (each step fitted on the
+    /// trajectory the earlier priors shifted) or `one-shot` (ablation).
+    #[arg(long, value_parser = ["consistent", "one-shot"])]
+    mode: Option<String>,
+    /// Override the number of calibration samples.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Override the calibration seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Samples per model batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    let mut plan = load_plan(&args.file)?;
+    if plan.calibration.method != CalibMethod::Tcc {
+        return Err(CliError::input(format!(
+            "{}: the schedule does not ask for calibration: set `[calibration] method = \"tcc\"` and its `steps`",
+            args.file.display()
+        )));
+    }
+    // Overrides are part of what the priors were fitted with, but not of the
+    // plan the priors apply to: the hash is taken before them.
+    let plan_hash = plan.hash().to_string();
+    let mode = match args.mode.as_deref() {
+        Some("one-shot") => CalibMode::OneShot,
+        Some(_) => CalibMode::Consistent,
+        None => plan.calibration.mode,
+    };
+    if let Some(n) = args.samples {
+        plan.calibration.samples = n;
+    }
+    if let Some(s) = args.seed {
+        plan.calibration.seed = s;
+    }
+    let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
+    if n == 0 || args.batch_size == 0 {
+        return Err(CliError::input(
+            "the number of samples and the batch size must be at least 1",
+        ));
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "schedule".into());
+        PathBuf::from(format!("{stem}.priors.safetensors"))
+    });
+    let model = load_model(&plan, &args.model)?;
+
+    let x_t = noise(&plan, seed, n)?;
+    let classes: Vec<u32> = (0..n)
+        .map(|i| (i % plan.model.num_classes) as u32)
+        .collect();
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = args.batch_size.min(n - start);
+        batches.push(CalibBatch {
+            batch: batch(&plan, &x_t, &classes, start, len, seed)?,
+            conditions: classes[start..start + len]
+                .iter()
+                .map(|&c| c as u64)
+                .collect(),
+        });
+        start += len;
+    }
+    writeln!(
+        io.out,
+        "calibrating {} ({} mode, {} prior, alpha {}) on {n} samples, seed {seed}",
+        plan.source,
+        name(&mode),
+        name(&plan.calibration.prior),
+        plan.calibration.alpha
+    )?;
+    let nb = batches.len() as u64;
+    let sites = tcc_calib::calibrated_sites(&plan).len() as u64;
+    let bar = progress("calibrating", nb + nb * sites);
+    let started = std::time::Instant::now();
+    let result = calibrate(
+        &model,
+        &plan,
+        &batches,
+        mode,
+        DType::F32,
+        &mut |p| match p {
+            Progress::Reference { .. } | Progress::Accelerated { .. } => bar.inc(1),
+            Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
+        },
+    )
+    .map_err(|e| CliError::Failure(e.to_string()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+
+    writeln!(
+        io.out,
+        "\nstep  sites  rows  rel. distance to reference (pooled rows)"
+    )?;
+    writeln!(io.out, "                   before prior   after prior")?;
+    for s in &result.steps {
+        writeln!(
+            io.out,
+            "{:>4}  {:>5}  {:>4}  {:>12.4}   {:>11.4}",
+            s.step, s.sites, s.rows, s.rel_before, s.rel_after
+        )?;
+    }
+    let c = &result.cost;
+    let branches = plan.branches().len() as f64;
+    let blocks = |x: u64| x as f64 / branches;
+    writeln!(
+        io.out,
+        "\ncost in block evaluations (one block = its {} branches, one batch):",
+        plan.branches().len()
+    )?;
+    writeln!(
+        io.out,
+        "  reference trajectories    {:>10.0}",
+        blocks(c.reference)
+    )?;
+    writeln!(
+        io.out,
+        "  accelerated trajectories  {:>10.0}",
+        blocks(c.accelerated)
+    )?;
+    writeln!(
+        io.out,
+        "  total (this walk)         {:>10.0}",
+        blocks(c.reference + c.accelerated)
+    )?;
+    writeln!(
+        io.out,
+        "  bound: 1 ref + 1 acc per batch {:>5.0}",
+        blocks(c.one_pass_bound)
+    )?;
+    writeln!(
+        io.out,
+        "  re-run from the refresh step   {:>5.0}",
+        blocks(c.rerun_from_refresh)
+    )?;
+    writeln!(
+        io.out,
+        "  re-run from step 0             {:>5.0}",
+        blocks(c.rerun_from_start)
+    )?;
+
+    let set = PriorSet {
+        meta: PriorMeta {
+            plan_hash,
+            model: plan.model.name.clone(),
+            alpha: plan.calibration.alpha,
+            mode,
+            prior: plan.calibration.prior,
+            samples: n,
+            seed,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        priors: result.priors,
+    };
+    set.save(&out)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    writeln!(
+        io.out,
+        "\nwrote {} priors to {} in {secs:.1}s",
+        set.priors.len(),
+        out.display()
+    )?;
+    Ok(())
+}
+
+fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

@@ -1,0 +1,202 @@
+//! `tcc sample`: generate with a plan (cache, and priors if given).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use tcc_calib::{PriorHooks, PriorSet};
+use tcc_exec::{Hooks, NoHooks};
+use tcc_metrics::{DataRange, ErrorStats};
+
+use crate::common::{load_plan, CliError, Io};
+use crate::output::{to_nhwc_u8, write_npz};
+use crate::runtime::{load_model, run_plan, Inputs, ModelArgs};
+
+const EXAMPLES: &str = "\
+Examples:
+  tcc sample schedules/fora3.sched --grid out.png
+  tcc sample schedules/fora3.sched --n 100 --class 3 --out samples/
+  tcc sample schedules/fora3.sched --priors fora3.priors.safetensors --vs-full
+  tcc sample schedules/full.sched --n 1000 --npz full.npz
+
+The same --seed gives the same samples: sample i's noise is the i-th draw of
+the seed's stream whatever the batch size. Without --class, sample i has
+class i mod (number of classes). Schedules naming the `tiny` model without
+weights use the embedded testbed model.";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The schedule (.sched) to sample with.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of samples.
+    #[arg(long, short = 'n', default_value_t = 16)]
+    n: usize,
+    /// Generate only this class (default: cycle through the classes).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Samples per model batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Apply the TCC priors of this file (from `tcc calibrate`).
+    #[arg(long, value_name = "PRIORS")]
+    priors: Option<PathBuf>,
+    /// Write one PNG per sample into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write all samples as one PNG grid (one column per class when cycling
+    /// through the classes).
+    #[arg(long, value_name = "PNG")]
+    grid: Option<PathBuf>,
+    /// Write the samples as an ADM-evaluator `.npz` (uint8 NHWC in `arr_0`,
+    /// labels in `arr_1`).
+    #[arg(long, value_name = "NPZ")]
+    npz: Option<PathBuf>,
+    /// Also run full computation from the same noise and report each
+    /// sample's error against it (relative L2, PSNR).
+    #[arg(long)]
+    vs_full: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    if args.n == 0 || args.batch_size == 0 {
+        return Err(CliError::input("--n and --batch-size must be at least 1"));
+    }
+    let plan = load_plan(&args.file)?;
+    let model = load_model(&plan, &args.model)?;
+    let mut hooks: Box<dyn Hooks> = match &args.priors {
+        Some(path) => {
+            let set = PriorSet::load(path).map_err(CliError::input)?;
+            set.check_binding(&plan.hash().to_string(), &plan.model.name)
+                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+            Box::new(
+                PriorHooks::from_set(&set, DType::F32, &Device::Cpu)
+                    .map_err(|e| CliError::Failure(e.to_string()))?,
+            )
+        }
+        None => Box::new(NoHooks),
+    };
+    let classes = classes(&plan, args.class, args.n)?;
+    let x_t = noise(&plan, args.seed, args.n)?;
+    let (x, time) = run_plan(
+        &model,
+        &plan,
+        &x_t,
+        &classes,
+        args.batch_size,
+        args.seed,
+        hooks.as_mut(),
+        "sampling",
+    )?;
+    writeln!(
+        io.out,
+        "sampled {} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
+        args.n,
+        plan.model.name,
+        plan.source,
+        time.as_secs_f64(),
+        1e3 * time.as_secs_f64() / (args.n * plan.steps.len()) as f64
+    )?;
+
+    if args.vs_full {
+        let full = plan.all_compute();
+        let (reference, full_time) = run_plan(
+            &model,
+            &full,
+            &x_t,
+            &classes,
+            args.batch_size,
+            args.seed,
+            &mut NoHooks,
+            "full",
+        )?;
+        let mut err = ErrorStats::new(DataRange::Signed);
+        let (a, b) = (flat(&x)?, flat(&reference)?);
+        err.add_batch(&a, &b, args.n)
+            .map_err(|e| CliError::Failure(e.to_string()))?;
+        writeln!(
+            io.out,
+            "vs full computation: relative L2 {:.4} ± {:.4}, PSNR {:.2} ± {:.2} dB (n = {}); wall-time speedup {:.2}x",
+            err.rel_l2.mean(),
+            err.rel_l2.std(),
+            err.psnr.mean(),
+            err.psnr.std(),
+            err.rel_l2.n(),
+            full_time.as_secs_f64() / time.as_secs_f64()
+        )?;
+    }
+
+    let images = || -> Result<Vec<f32>, CliError> {
+        if plan.model.in_channels != 3 {
+            return Err(CliError::input(format!(
+                "model `{}` samples {}-channel latents: decoding them to images needs a VAE, which tcc does not have yet",
+                plan.model.name, plan.model.in_channels
+            )));
+        }
+        flat(&x)
+    };
+    let s = plan.model.input_size;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+        let imgs = images()?;
+        let per = 3 * s * s;
+        for (i, c) in classes.iter().enumerate() {
+            let path = dir.join(format!("{:06}_class{c}.png", i));
+            tcc_data::write_grid_png(
+                &path,
+                &imgs[i * per..(i + 1) * per],
+                [1, 3, s, s],
+                tcc_data::Grid {
+                    nrow: 1,
+                    pad: 0,
+                    scale: 1,
+                },
+            )
+            .map_err(|e| CliError::Failure(e.to_string()))?;
+        }
+        writeln!(io.out, "wrote {} PNGs to {}", args.n, dir.display())?;
+    }
+    if let Some(path) = &args.grid {
+        let imgs = images()?;
+        let nrow = if args.class.is_none() {
+            plan.model.num_classes.min(args.n)
+        } else {
+            args.n.min(10)
+        };
+        tcc_data::write_grid_png(
+            path,
+            &imgs,
+            [args.n, 3, s, s],
+            tcc_data::Grid {
+                nrow,
+                pad: 2,
+                scale: 4,
+            },
+        )
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+        writeln!(io.out, "wrote grid {}", path.display())?;
+    }
+    if let Some(path) = &args.npz {
+        let imgs = images()?;
+        write_npz(
+            path,
+            &to_nhwc_u8(&imgs, args.n, s, s),
+            [args.n, s, s, 3],
+            Some(&classes),
+        )?;
+        writeln!(io.out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>, CliError> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| CliError::Failure(e.to_string()))
+}
