@@ -1,0 +1,145 @@
+"""Train the embedded default model: a tiny class-conditional DiT on the
+procedural shapes dataset (crates/tcc-data), in diffusers layout.
+
+Reproducible: fixed seeds, single process, CPU. Run from the repository root:
+
+    cargo run --release -p tcc-data --example export_dataset -- target/shapes.safetensors 60000
+    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
+        --out assets/tiny-dit --minutes 50
+
+It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
+EMA weights) and <out>/training.json (what was run, losses, wall time).
+Requires torch and diffusers from PyPI.
+"""
+
+import argparse
+import copy
+import json
+import math
+import pathlib
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from diffusers import DiTTransformer2DModel
+
+
+def tie_embedders(model):
+    """DiT has one timestep/class embedder; diffusers keeps a copy in every
+    block (`transformer_blocks.i.norm1.emb`). Train one shared module."""
+    shared = model.transformer_blocks[0].norm1.emb
+    for block in model.transformer_blocks[1:]:
+        block.norm1.emb = shared
+
+
+def untie_embedders(model):
+    """Give every block its own (identical) copy again before saving, as the
+    diffusers layout stores them."""
+    shared = model.transformer_blocks[0].norm1.emb
+    for block in model.transformer_blocks[1:]:
+        block.norm1.emb = copy.deepcopy(shared)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="safetensors with `images` u8 [N,3,32,32] and `labels` i64 [N]")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget")
+    ap.add_argument("--max-steps", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    data = load_file(args.data)
+    images = data["images"].float() / 127.5 - 1.0
+    labels = data["labels"].long()
+    n, c, h, w = images.shape
+    num_classes = int(labels.max()) + 1
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=4,
+        attention_head_dim=32,
+        in_channels=c,
+        out_channels=c,
+        num_layers=6,
+        sample_size=h,
+        patch_size=4,
+        num_embeds_ada_norm=num_classes,
+    )
+    tie_embedders(model)
+    ema = DiTTransformer2DModel.from_config(model.config)
+    tie_embedders(ema)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.2f}M parameters, {n} images, {num_classes} classes")
+
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    budget = args.minutes * 60.0
+    start = time.time()
+    losses = []
+    step = 0
+    model.train()
+    while step < args.max_steps and time.time() - start < budget:
+        frac = (time.time() - start) / budget
+        # Short warm-up, then cosine decay over the wall-clock budget.
+        lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n, (args.batch,), generator=gen)
+        x0, y = images[idx], labels[idx]
+        # Random horizontal flips would change the glyph classes' meaning: none.
+        t = torch.randint(0, 1000, (args.batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        pred = model(xt, timestep=t, class_labels=y).sample
+        loss = torch.nn.functional.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            recent = sum(losses[-50:]) / 50
+            print(f"step {step} loss {recent:.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    untie_embedders(ema)
+    ema.save_pretrained(out, safe_serialization=True)
+    summary = {
+        "steps": step,
+        "batch": args.batch,
+        "seconds": round(time.time() - start, 1),
+        "parameters": params,
+        "final_loss_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
+        "lr": args.lr,
+        "ema": args.ema,
+        "seed": args.seed,
+        "threads": args.threads,
+        "data": str(args.data),
+        "images": n,
+        "torch": torch.__version__,
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
