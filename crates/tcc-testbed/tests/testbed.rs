@@ -87,7 +87,7 @@ fn load_reports_the_file() {
 }
 
 /// The embedded statistics were computed with the embedded classifier, over
-/// the documented images, and match recomputing a slice of them.
+/// the documented images.
 #[test]
 fn reference_stats_match_the_embedded_classifier() {
     let (stats, meta) = reference_stats_with_metadata().unwrap();

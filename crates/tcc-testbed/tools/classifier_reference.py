@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 CRATE = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = CRATE / "assets" / "classifier.safetensors"
 OUT = CRATE / "tests" / "fixtures" / "classifier_reference.safetensors"
-STRIDES = [1, 2, 2, 2]
+# Strides of conv0..conv3 (`CONVS` in src/classifier.rs).
+STRIDES = [2, 2, 1, 2]
 
 
 def main() -> None:
