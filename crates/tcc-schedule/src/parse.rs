@@ -293,10 +293,11 @@ impl<'t> Cx<'t> {
             "\"",
             "'",
         ] {
-            let close = &open[..open.len().min(3)].trim_end_matches(['\r', '\n']);
+            // The closing quote is the opening one without its line break.
+            let close = open.trim_end_matches(['\r', '\n']);
             if raw.starts_with(open)
                 && raw[open.len()..].starts_with(value)
-                && &raw[open.len() + value.len()..] == *close
+                && &raw[open.len() + value.len()..] == close
             {
                 return Origin::exact(whole.start + open.len(), whole);
             }
