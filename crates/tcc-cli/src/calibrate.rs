@@ -87,16 +87,14 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     });
     let model = load_model(&plan, &args.model)?;
 
-    let x_t = noise(&plan, seed, n)?;
-    let classes: Vec<u32> = (0..n)
-        .map(|i| (i % plan.model.num_classes) as u32)
-        .collect();
+    let inputs = Inputs::new(&plan, seed, n, None)?;
+    let classes = &inputs.classes;
     let mut batches = Vec::new();
     let mut start = 0;
     while start < n {
         let len = args.batch_size.min(n - start);
         batches.push(CalibBatch {
-            batch: batch(&plan, &x_t, &classes, start, len, seed)?,
+            batch: inputs.batch(&plan, start, len)?,
             conditions: classes[start..start + len]
                 .iter()
                 .map(|&c| c as u64)

@@ -81,15 +81,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         None => Box::new(NoHooks),
     };
-    let classes = classes(&plan, args.class, args.n)?;
-    let x_t = noise(&plan, args.seed, args.n)?;
+    let inputs = Inputs::new(&plan, args.seed, args.n, args.class)?;
+    let classes = &inputs.classes;
     let (x, time) = run_plan(
         &model,
         &plan,
-        &x_t,
-        &classes,
+        &inputs,
         args.batch_size,
-        args.seed,
         hooks.as_mut(),
         "sampling",
     )?;
@@ -108,10 +106,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         let (reference, full_time) = run_plan(
             &model,
             &full,
-            &x_t,
-            &classes,
+            &inputs,
             args.batch_size,
-            args.seed,
             &mut NoHooks,
             "full",
         )?;
