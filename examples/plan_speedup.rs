@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         text = replace_steps(&text, n);
     }
     let parsed = tcc_schedule::parse(&schedule, &text).map_err(|d| d.render(&schedule, &text))?;
-    let mut plan = tcc_plan::compile(&parsed, Path::new(".")).map_err(|d| d.render(&schedule, &text))?;
+    let mut plan =
+        tcc_plan::compile(&parsed, Path::new(".")).map_err(|d| d.render(&schedule, &text))?;
     // Timing the cache alone: priors are a separate cost.
     plan.calibration.method = tcc_core::CalibMethod::None;
     for s in &mut plan.steps {
@@ -58,7 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = DitConfig::from_shape(&plan.model)?;
     let model = Dit::random(&cfg, 0, DType::F32, &Device::Cpu)?;
     let m = &plan.model;
-    let noise = NoiseRng::new(0).randn((1, m.in_channels, m.input_size, m.input_size), &Device::Cpu)?;
+    let noise =
+        NoiseRng::new(0).randn((1, m.in_channels, m.input_size, m.input_size), &Device::Cpu)?;
     let batch = SampleBatch {
         noise,
         cond: Tensor::new(&[1u32], &Device::Cpu)?,
@@ -107,8 +109,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step_macs = full_cost.total as f64 / full.steps.len() as f64;
     let f_ms = median(&mut full_step_ms);
     let r_ms = median(&mut reuse_step_ms);
-    println!("full step:   {f_ms:8.1} ms  ({:.1} ms per block, {:.1} GFLOP/s)", f_ms / m.depth as f64, 2.0 * step_macs / (f_ms * 1e6));
-    println!("reuse step:  {r_ms:8.1} ms  ({:.1} ms per block)", r_ms / m.depth as f64);
+    println!(
+        "full step:   {f_ms:8.1} ms  ({:.1} ms per block, {:.1} GFLOP/s)",
+        f_ms / m.depth as f64,
+        2.0 * step_macs / (f_ms * 1e6)
+    );
+    println!(
+        "reuse step:  {r_ms:8.1} ms  ({:.1} ms per block)",
+        r_ms / m.depth as f64
+    );
     println!("full run:    {tf:8.2} s (median)");
     println!("plan run:    {tp:8.2} s (median)");
     println!(

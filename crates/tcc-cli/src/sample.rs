@@ -184,7 +184,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             path,
             &to_nhwc_u8(&imgs, args.n, s, s),
             [args.n, s, s, 3],
-            Some(&classes),
+            Some(classes),
         )?;
         writeln!(io.out, "wrote {}", path.display())?;
     }

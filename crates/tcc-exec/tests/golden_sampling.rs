@@ -70,7 +70,10 @@ fn executor_reproduces_diffusers_sampling_runs() {
             uncond: Some(Tensor::new(&[null, null], &dev).unwrap()),
             seed: 0,
         };
-        let got = Trajectory::new(&model, &plan, &batch).unwrap().run(&mut NoHooks).unwrap();
+        let got = Trajectory::new(&model, &plan, &batch)
+            .unwrap()
+            .run(&mut NoHooks)
+            .unwrap();
         let want = &expected[&format!("{run}.x{}", spec.steps)];
         let err = (&got - want)
             .unwrap()
