@@ -11,18 +11,6 @@ fn fail(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failure(format!("{}: {e}", path.display()))
 }
 
-/// Write `bytes` to `path` atomically.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(path, e))?;
-    tmp.write_all(bytes).map_err(|e| fail(path, e))?;
-    tmp.persist(path).map_err(|e| fail(path, e.error))?;
-    Ok(())
-}
-
 /// Images `[n, 3, h, w]` in `[-1, 1]` as uint8 NHWC, DiT's `sample.py`
 /// conversion.
 pub fn to_nhwc_u8(images: &[f32], n: usize, h: usize, w: usize) -> Vec<u8> {
@@ -88,7 +76,9 @@ pub fn write_npz(
         }
         zip.finish().map_err(|e| fail(path, e))?;
     }
-    write_atomically(path, &buf.into_inner())
+    // The same temp-file-and-rename writer the priors files use.
+    tcc_calib::write_atomically(path, &buf.into_inner())
+        .map_err(|e| CliError::Failure(e.to_string()))
 }
 
 #[cfg(test)]
