@@ -1,7 +1,7 @@
 //! Fitting one prior: orthogonal Procrustes with an isotropic scale, and the
 //! two simpler ablations.
 
-use faer::Mat;
+use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 use tcc_core::{Pooling, PriorKind};
 
@@ -172,8 +172,9 @@ pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, 
             let svd = cross
                 .svd()
                 .map_err(|e| CalibError::Numerics(format!("SVD did not converge: {e:?}")))?;
-            let rot = svd.U() * svd.V().transpose();
-            let trace_s: f64 = (0..d).map(|i| svd.S()[i]).sum();
+            let sv: Vec<f64> = (0..d).map(|i| svd.S()[i]).collect();
+            let trace_s: f64 = sv.iter().sum();
+            let rot = complete_rotation(svd.U(), svd.V(), &sv)?;
             let mut r = vec![0.0; d * d];
             for i in 0..d {
                 for j in 0..d {
@@ -216,6 +217,40 @@ pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, 
         loss_before,
         loss_after,
     })
+}
+
+/// `R = U V^T` where the cross-covariance determines it, and the rotation
+/// closest to the identity where it does not.
+///
+/// With fewer rows than dimensions (the usual case: 1000 classes against
+/// D = 1152 for DiT-XL/2, 10 against 128 for the testbed) `Bc^T Ac` has a
+/// null space of dimension `D - rank`, and the SVD's singular vectors there
+/// are arbitrary: `U V^T` would rotate directions no calibration row ever
+/// moved along, which corrupts every token at sampling time. Every
+/// completion has the same calibration loss; we pick the one that maximises
+/// `tr(R)` (equivalently minimises `||R - I||_F`): on the complements,
+/// `R_null = U_n Q V_n^T` with `Q = W P^T` from `svd(V_n^T U_n) = P S W^T`.
+fn complete_rotation(
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    sv: &[f64],
+) -> Result<Mat<f64>, CalibError> {
+    let d = sv.len();
+    let max = sv.iter().cloned().fold(0.0, f64::max);
+    let tol = max * 1e-9;
+    let rank = sv.iter().filter(|&&x| x > tol).count();
+    let (ur, vr) = (u.subcols(0, rank), v.subcols(0, rank));
+    let mut rot = ur * vr.transpose();
+    if rank < d {
+        let (un, vn) = (u.subcols(rank, d - rank), v.subcols(rank, d - rank));
+        let c = vn.transpose() * un;
+        let inner = c
+            .svd()
+            .map_err(|e| CalibError::Numerics(format!("SVD did not converge: {e:?}")))?;
+        let q = inner.V() * inner.U().transpose();
+        rot += un * q * vn.transpose();
+    }
+    Ok(rot)
 }
 
 /// The residual of a prior blended with `alpha` on the paired rows of
@@ -313,6 +348,74 @@ mod tests {
         // The data were scaled by 1.3: the fitted scale undoes it.
         assert!((p.prior.s - 1.0 / 1.3).abs() < 0.02, "s = {}", p.prior.s);
         assert!(p.loss_after < 0.05 * p.loss_before);
+    }
+
+    fn is_orthogonal(r: &[f64], d: usize, tol: f64) -> bool {
+        (0..d).all(|i| {
+            (0..d).all(|j| {
+                let dot: f64 = (0..d).map(|k| r[k * d + i] * r[k * d + j]).sum();
+                (dot - if i == j { 1.0 } else { 0.0 }).abs() < tol
+            })
+        })
+    }
+
+    #[test]
+    fn fewer_rows_than_dimensions_leave_unseen_directions_alone() {
+        // 5 rows in 12 dimensions: Bc^T Ac has rank <= 4. Rows live in the
+        // first 6 coordinates; the other 6 are never seen, and R must act as
+        // the identity on them (not an arbitrary SVD completion).
+        let (n, d, seen) = (5, 12, 6);
+        let mut g = 11;
+        let mut st = PairStats::new(d);
+        for i in 0..n {
+            let mut a = vec![0.0f32; d];
+            for v in a.iter_mut().take(seen) {
+                *v = lcg(&mut g);
+            }
+            let mut b = a.clone();
+            let (x, y) = (b[0], b[1]);
+            b[0] = 0.8 * x - 0.6 * y;
+            b[1] = 0.6 * x + 0.8 * y;
+            st.add(Side::Reference, i as u64, &a).unwrap();
+            st.add(Side::Accelerated, i as u64, &b).unwrap();
+        }
+        let f = fit(&st, PriorKind::Procrustes, Pooling::Tokens).unwrap();
+        let r = &f.prior.r;
+        assert!(is_orthogonal(r, d, 1e-10));
+        for i in seen..d {
+            for j in 0..d {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!(
+                    (r[i * d + j] - want).abs() < 1e-10,
+                    "R[{i},{j}] = {}",
+                    r[i * d + j]
+                );
+                assert!(
+                    (r[j * d + i] - want).abs() < 1e-10,
+                    "R[{j},{i}] = {}",
+                    r[j * d + i]
+                );
+            }
+        }
+        // The rotation in the seen plane is undone exactly.
+        assert!(f.loss_after < 1e-12 * f.loss_before, "{f:?}");
+    }
+
+    #[test]
+    fn already_aligned_rows_give_the_identity_even_when_rank_deficient() {
+        let (n, d) = (4, 9);
+        let mut g = 5;
+        let mut st = PairStats::new(d);
+        for i in 0..n {
+            let a: Vec<f32> = (0..d).map(|_| lcg(&mut g)).collect();
+            st.add(Side::Reference, i as u64, &a).unwrap();
+            st.add(Side::Accelerated, i as u64, &a).unwrap();
+        }
+        let f = fit(&st, PriorKind::Procrustes, Pooling::Tokens).unwrap();
+        assert!((f.prior.s - 1.0).abs() < 1e-12, "s = {}", f.prior.s);
+        for (k, (x, y)) in f.prior.r.iter().zip(identity(d)).enumerate() {
+            assert!((x - y).abs() < 1e-10, "R[{k}] = {x}");
+        }
     }
 
     #[test]
