@@ -5,7 +5,7 @@ Reproducible: fixed seeds, single process, CPU. Run from the repository root:
 
     cargo run --release -p tcc-data --example export_dataset -- target/shapes.safetensors 60000
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
-        --out assets/tiny-dit --minutes 50
+        --out crates/tcc-testbed/assets/tiny-dit --steps 5000 --batch 64
 
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
 EMA weights) and <out>/training.json (what was run, losses, wall time).
@@ -41,14 +41,23 @@ def untie_embedders(model):
         block.norm1.emb = copy.deepcopy(shared)
 
 
+def save(ema, out):
+    """Save untied copies so the on-disk layout is plain diffusers."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy_ = copy.deepcopy(ema)
+    untie_embedders(copy_)
+    copy_.save_pretrained(out, safe_serialization=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="safetensors with `images` u8 [N,3,32,32] and `labels` i64 [N]")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget")
-    ap.add_argument("--max-steps", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--steps", type=int, default=5000, help="optimizer steps (the LR schedule spans them)")
+    ap.add_argument("--minutes", type=float, default=90.0, help="safety cap on wall-clock time; stopping early is recorded")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--checkpoint-every", type=int, default=1000, help="also save the EMA weights under <out>/step-N")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -90,10 +99,11 @@ def main():
     losses = []
     step = 0
     model.train()
-    while step < args.max_steps and time.time() - start < budget:
-        frac = (time.time() - start) / budget
-        # Short warm-up, then cosine decay over the wall-clock budget.
-        lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    while step < args.steps and time.time() - start < budget:
+        frac = step / args.steps
+        # Short warm-up, then cosine decay over the step budget (step-based so
+        # that a run is reproducible whatever else the machine is doing).
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (args.batch,), generator=gen)
@@ -118,13 +128,14 @@ def main():
         if step % 50 == 0:
             recent = sum(losses[-50:]) / 50
             print(f"step {step} loss {recent:.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
+            save(ema, pathlib.Path(args.out) / f"step-{step}")
 
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    untie_embedders(ema)
-    ema.save_pretrained(out, safe_serialization=True)
+    save(ema, out)
     summary = {
         "steps": step,
+        "steps_planned": args.steps,
         "batch": args.batch,
         "seconds": round(time.time() - start, 1),
         "parameters": params,
