@@ -40,7 +40,6 @@ fn full_plan(model: &Dit, spec: SamplerSpec) -> Plan {
 }
 
 #[test]
-#[ignore = "the fixture model has independent per-block timestep/class embedders (diffusers allows it), which tcc-model refuses: DiT shares one; see the open issue"]
 fn executor_reproduces_diffusers_sampling_runs() {
     let dir = fixtures();
     let dev = Device::Cpu;

@@ -69,13 +69,35 @@ pub struct Dit {
     pos_embed: Tensor,
     /// Timestep frequencies `[FREQ_EMBED_DIM / 2]`, f32.
     t_freqs: Tensor,
+    /// The timestep/class embedder (DiT has one; for diffusers weights with
+    /// distinct per-block copies, block 0's, which the final layer uses).
+    embedder: Embedder,
+    /// Per-block embedders, when the weights hold distinct copies (diffusers
+    /// keeps one in every block and allows them to differ); empty otherwise.
+    block_embedders: Vec<Embedder>,
+    blocks: Vec<Block>,
+    final_ada: Linear,
+    final_linear: Linear,
+}
+
+/// Name prefix (under `blocks.{i}.`) of a block's own embedder, for
+/// diffusers weights whose per-block embedder copies differ.
+pub(crate) const BLOCK_EMBEDDER: &str = "embedder";
+
+/// DiT's conditioning embedder: `c = MLP(freq(t)) + table[y]`.
+#[derive(Clone, Debug)]
+struct Embedder {
     t_mlp0: Linear,
     t_mlp2: Linear,
     /// `[num_classes + 1, D]`; the last row is the null class.
     y_table: Tensor,
-    blocks: Vec<Block>,
-    final_ada: Linear,
-    final_linear: Linear,
+}
+
+impl Embedder {
+    fn forward(&self, freq: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let t_emb = self.t_mlp2.forward(&silu(&self.t_mlp0.forward(freq)?)?)?;
+        t_emb + self.y_table.index_select(ids, 0)?
+    }
 }
 
 /// The 2-D sin-cos position embedding of DiT (and MAE), `[T, D]` row-major,
@@ -255,6 +277,26 @@ impl Dit {
         let final_ada = lin("final_layer.adaLN_modulation.1")?;
         let final_linear = lin("final_layer.linear")?;
         let y_table = take(&mut t, "y_embedder.embedding_table.weight")?;
+        let mut block_embedders = Vec::new();
+        if t.contains_key(&format!(
+            "blocks.0.{BLOCK_EMBEDDER}.t_embedder.mlp.0.weight"
+        )) {
+            for i in 0..cfg.depth {
+                let e = format!("blocks.{i}.{BLOCK_EMBEDDER}");
+                let mut lin = |name: &str| -> Result<Linear> {
+                    Ok(Linear {
+                        w: take(&mut t, &format!("{e}.{name}.weight"))?,
+                        b: take(&mut t, &format!("{e}.{name}.bias"))?,
+                    })
+                };
+                let (t_mlp0, t_mlp2) = (lin("t_embedder.mlp.0")?, lin("t_embedder.mlp.2")?);
+                block_embedders.push(Embedder {
+                    t_mlp0,
+                    t_mlp2,
+                    y_table: take(&mut t, &format!("{e}.y_embedder.embedding_table.weight"))?,
+                });
+            }
+        }
         let side = cfg.input_size / cfg.patch;
         let pos: Vec<f32> = pos_embed_2d(d, side)
             .into_iter()
@@ -270,9 +312,12 @@ impl Dit {
             x_embed,
             pos_embed,
             t_freqs,
-            t_mlp0,
-            t_mlp2,
-            y_table,
+            embedder: Embedder {
+                t_mlp0,
+                t_mlp2,
+                y_table,
+            },
+            block_embedders,
             blocks,
             final_ada,
             final_linear,
@@ -383,7 +428,6 @@ impl BlockModel for Dit {
             .unsqueeze(1)?
             .broadcast_mul(&self.t_freqs.unsqueeze(0)?)?;
         let freq = Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(self.dtype)?;
-        let t_emb = self.t_mlp2.forward(&silu(&self.t_mlp0.forward(&freq)?)?)?;
 
         let ids = match cond.dtype() {
             DType::U32 => cond.clone(),
@@ -406,16 +450,37 @@ impl BlockModel for Dit {
                 cfg.num_classes
             );
         }
-        let y_emb = self
-            .y_table
-            .index_select(&ids.to_device(&self.device)?, 0)?;
-        let c = (t_emb + y_emb)?;
-        Ok((tokens, Conditioning { c, context: None }))
+        let ids = ids.to_device(&self.device)?;
+        let c = self.embedder.forward(&freq, &ids)?;
+        let per_block = if self.block_embedders.is_empty() {
+            None
+        } else {
+            Some(
+                self.block_embedders
+                    .iter()
+                    .map(|e| e.forward(&freq, &ids))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            )
+        };
+        Ok((
+            tokens,
+            Conditioning {
+                c,
+                per_block,
+                context: None,
+            },
+        ))
     }
 
     fn modulation(&self, block: usize, cond: &Conditioning) -> candle_core::Result<Modulation> {
         let blk = self.block(block)?;
-        let m = blk.ada.forward(&silu(&cond.c)?)?;
+        let c = match &cond.per_block {
+            Some(cs) => cs.get(block).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no conditioning for block {block}"))
+            })?,
+            None => &cond.c,
+        };
+        let m = blk.ada.forward(&silu(c)?)?;
         let d = self.cfg.hidden;
         let part = |i: usize| m.narrow(1, i * d, d)?.contiguous();
         Ok(Modulation {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{DitConfig, Numerics, FREQ_EMBED_DIM};
-use crate::dit::{original_shapes, pos_embed_2d, Dit};
+use crate::dit::{original_shapes, pos_embed_2d, Dit, BLOCK_EMBEDDER};
 use crate::error::{Error, Result};
 
 /// The two naming schemes of DiT weights.
@@ -376,9 +376,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
 }
 
-/// Maps validated diffusers tensors to the original names (fusing q, k, v),
-/// after checking that every block holds the same embedder: diffusers copies
-/// the timestep/class embedder into each block, and DiT has only one.
+/// Maps validated diffusers tensors to the original names (fusing q, k, v).
+/// The per-block embedder copies become DiT's one embedder when they are
+/// identical, and stay per block (`blocks.{i}.embedder.*`) when not.
 fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Tensor>> {
     let get = |name: &str| raw.tensors[name].0.clone();
     let emb_parts = [
@@ -398,20 +398,31 @@ fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Te
         ),
     ];
     let mut out = HashMap::new();
-    for (part, orig) in emb_parts {
+    // DiT shares one embedder; diffusers stores a copy per block and lets
+    // them differ. Identical copies become the one embedder; distinct ones
+    // are kept per block (block 0's also conditions the final layer, as in
+    // diffusers).
+    let mut distinct = false;
+    for (part, _) in emb_parts {
         let first = get(&format!("transformer_blocks.0.norm1.emb.{part}"));
         for i in 1..cfg.depth {
             let name = format!("transformer_blocks.{i}.norm1.emb.{part}");
-            let diff = max_abs_diff(&get(&name), &first)?;
-            if diff != 0.0 {
-                return Err(Error::tensor(
-                    &raw.tensors[&name].1,
-                    &name,
-                    format!("differs from block 0's copy (max abs diff {diff:.3e}); DiT shares one timestep/class embedder across blocks"),
-                ));
+            distinct |= max_abs_diff(&get(&name), &first)? != 0.0;
+        }
+    }
+    for (part, orig) in emb_parts {
+        out.insert(
+            orig.to_string(),
+            get(&format!("transformer_blocks.0.norm1.emb.{part}")),
+        );
+        if distinct {
+            for i in 0..cfg.depth {
+                out.insert(
+                    format!("blocks.{i}.{BLOCK_EMBEDDER}.{orig}"),
+                    get(&format!("transformer_blocks.{i}.norm1.emb.{part}")),
+                );
             }
         }
-        out.insert(orig.to_string(), first);
     }
     let pairs = [
         ("pos_embed.proj.weight", "x_embedder.proj.weight"),

@@ -16,6 +16,10 @@ pub struct Conditioning {
     /// The adaLN input, `[B, D]` (DiT: t_emb + y_emb; PixArt: the shared
     /// timestep embedding).
     pub c: Tensor,
+    /// Per-block adaLN inputs `[B, D]`, when the model's blocks have their
+    /// own embedders (diffusers DiT weights may); `c` then feeds the final
+    /// layer only.
+    pub per_block: Option<Vec<Tensor>>,
     /// Cross-attention context `[B, L, D]` and its key mask `[B, L]`
     /// (1 = attend), for models with a `cross` branch.
     pub context: Option<(Tensor, Option<Tensor>)>,
