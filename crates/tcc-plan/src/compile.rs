@@ -68,6 +68,22 @@ impl std::error::Error for CompileError {
 /// Reads, parses and compiles a schedule file. Relative model and weights
 /// paths are resolved against the file's directory.
 pub fn compile_file(path: &Path) -> Result<Plan, CompileError> {
+    compile_file_with(path, |_| {})
+}
+
+/// Like [`compile_file`], with the sampler's number of steps replaced by
+/// `steps` (to evaluate a schedule at another step count than it names).
+/// Step selectors of the schedule keep their meaning on the new count.
+pub fn compile_file_with_steps(path: &Path, steps: u64) -> Result<Plan, CompileError> {
+    compile_file_with(path, |schedule| {
+        let sampler = schedule
+            .sampler
+            .get_or_insert_with(|| tcc_schedule::Spanned::unplaced(Default::default()));
+        sampler.value.steps = Some(tcc_schedule::Spanned::unplaced(steps));
+    })
+}
+
+fn compile_file_with(path: &Path, edit: impl FnOnce(&mut Schedule)) -> Result<Plan, CompileError> {
     let text = std::fs::read_to_string(path).map_err(|source| CompileError::Io {
         path: path.to_path_buf(),
         source,
@@ -78,7 +94,8 @@ pub fn compile_file(path: &Path) -> Result<Plan, CompileError> {
         source_text: text.clone(),
         diagnostics,
     };
-    let schedule = tcc_schedule::parse(&name, &text).map_err(invalid)?;
+    let mut schedule = tcc_schedule::parse(&name, &text).map_err(invalid)?;
+    edit(&mut schedule);
     let base = path.parent().unwrap_or(Path::new(""));
     compile(&schedule, base).map_err(invalid)
 }

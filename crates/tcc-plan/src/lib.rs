@@ -7,7 +7,7 @@
 mod compile;
 mod plan;
 
-pub use compile::{compile, compile_file, CompileError};
+pub use compile::{compile, compile_file, compile_file_with_steps, CompileError};
 pub use plan::{Action, Plan, StepPlan};
 pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
 
