@@ -15,7 +15,7 @@ pub use fit::{fit, residual, Fit, FoldedPrior, Prior};
 pub use priors::{write_atomically, PriorMeta, PriorSet, Site};
 pub use stats::{PairStats, Rows, Side};
 pub use walk::{
-    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, Progress, StepReport,
+    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, Pooler, Progress, StepReport,
 };
 
 /// Errors from calibration.

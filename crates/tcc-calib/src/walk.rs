@@ -127,16 +127,18 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
     }
 }
 
-/// How to turn one branch output into statistics rows.
-#[derive(Clone, Copy)]
-struct Pooler {
+/// How to turn one branch output into statistics rows: the plan's pooling
+/// mode and pooled CFG half. `tcc eval` uses it to measure online the same
+/// pooled-row distances that calibration reports offline.
+#[derive(Clone, Copy, Debug)]
+pub struct Pooler {
     pooling: Pooling,
     half: CfgHalf,
     cfg: Option<CfgOrder>,
 }
 
 impl Pooler {
-    fn new(plan: &Plan) -> Pooler {
+    pub fn new(plan: &Plan) -> Pooler {
         Pooler {
             pooling: plan.calibration.pooling,
             half: plan.calibration.pooled_half,
@@ -145,7 +147,7 @@ impl Pooler {
     }
 
     /// Add the pooled rows of `out` (`[B or 2B, T, D]`) to `stats`.
-    fn add(
+    pub fn add(
         &self,
         out: &Tensor,
         conditions: &[u64],

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use candle_core::DType;
-use tcc_calib::{calibrate, CalibBatch, PriorMeta, PriorSet, Progress};
+use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
 use tcc_core::{CalibMethod, CalibMode};
+use tcc_model::Dit;
+use tcc_plan::Plan;
 
 use crate::common::{load_plan, CliError, Io};
 use crate::runtime::{load_model, progress, Inputs, ModelArgs};
@@ -86,22 +88,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         PathBuf::from(format!("{stem}.priors.safetensors"))
     });
     let model = load_model(&plan, &args.model)?;
-
-    let inputs = Inputs::new(&plan, seed, n, None)?;
-    let classes = &inputs.classes;
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = args.batch_size.min(n - start);
-        batches.push(CalibBatch {
-            batch: inputs.batch(&plan, start, len)?,
-            conditions: classes[start..start + len]
-                .iter()
-                .map(|&c| c as u64)
-                .collect(),
-        });
-        start += len;
-    }
     writeln!(
         io.out,
         "calibrating {} ({} mode, {} prior, alpha {}) on {n} samples, seed {seed}",
@@ -110,24 +96,14 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         name(&plan.calibration.prior),
         plan.calibration.alpha
     )?;
-    let nb = batches.len() as u64;
-    let sites = tcc_calib::calibrated_sites(&plan).len() as u64;
-    let bar = progress("calibrating", nb + nb * sites);
-    let started = std::time::Instant::now();
-    let result = calibrate(
+    let (set, result, secs) = fit_priors(
         &model,
         &plan,
-        &batches,
+        plan_hash,
         mode,
-        DType::F32,
-        &mut |p| match p {
-            Progress::Reference { .. } | Progress::Accelerated { .. } => bar.inc(1),
-            Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
-        },
-    )
-    .map_err(|e| CliError::Failure(e.to_string()))?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
+        args.batch_size,
+        "calibrating",
+    )?;
 
     writeln!(
         io.out,
@@ -180,19 +156,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         blocks(c.rerun_from_start)
     )?;
 
-    let set = PriorSet {
-        meta: PriorMeta {
-            plan_hash,
-            model: plan.model.name.clone(),
-            alpha: plan.calibration.alpha,
-            mode,
-            prior: plan.calibration.prior,
-            samples: n,
-            seed,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        },
-        priors: result.priors,
-    };
     set.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
     writeln!(
@@ -204,7 +167,62 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     Ok(())
 }
 
-fn name<T: serde::Serialize>(v: &T) -> String {
+/// Fits the priors of `plan`'s calibrated steps in `mode`, on
+/// `plan.calibration.samples` samples drawn from `plan.calibration.seed`
+/// (classes cycling), and binds them to `plan_hash`. Returns the set, the
+/// walk's report and its wall time in seconds.
+pub(crate) fn fit_priors(
+    model: &Dit,
+    plan: &Plan,
+    plan_hash: String,
+    mode: CalibMode,
+    batch_size: usize,
+    label: &str,
+) -> Result<(PriorSet, Calibration, f64), CliError> {
+    let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
+    let inputs = Inputs::new(plan, seed, n, None)?;
+    let classes = &inputs.classes;
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = batch_size.min(n - start);
+        batches.push(CalibBatch {
+            batch: inputs.batch(plan, start, len)?,
+            conditions: classes[start..start + len]
+                .iter()
+                .map(|&c| c as u64)
+                .collect(),
+        });
+        start += len;
+    }
+    let nb = batches.len() as u64;
+    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
+    let bar = progress(label, nb + nb * sites);
+    let started = std::time::Instant::now();
+    let result = calibrate(model, plan, &batches, mode, DType::F32, &mut |p| match p {
+        Progress::Reference { .. } | Progress::Accelerated { .. } => bar.inc(1),
+        Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
+    })
+    .map_err(|e| CliError::Failure(e.to_string()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let set = PriorSet {
+        meta: PriorMeta {
+            plan_hash,
+            model: plan.model.name.clone(),
+            alpha: plan.calibration.alpha,
+            mode,
+            prior: plan.calibration.prior,
+            samples: n,
+            seed,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        priors: result.priors.clone(),
+    };
+    Ok((set, result, secs))
+}
+
+pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -13,6 +13,8 @@
 mod calibrate;
 mod check;
 mod common;
+mod convert;
+mod eval;
 mod output;
 mod plan;
 mod runtime;
@@ -77,6 +79,10 @@ enum Command {
     Sample(sample::Args),
     /// Fit the TCC priors of a schedule's calibrated steps.
     Calibrate(calibrate::Args),
+    /// Measure full vs cache vs cache + priors on held-out seeds.
+    Eval(eval::Args),
+    /// Convert an original DiT checkpoint (.pt) to safetensors.
+    Convert(convert::Args),
 }
 
 /// Runs `tcc` with the process's arguments and standard streams.
@@ -112,6 +118,8 @@ where
         Command::Check(args) => check::run(args, io),
         Command::Sample(args) => sample::run(args, io),
         Command::Calibrate(args) => calibrate::run(args, io),
+        Command::Eval(args) => eval::run(args, io),
+        Command::Convert(args) => convert::run(args, io),
     };
     match result {
         Ok(()) => 0,

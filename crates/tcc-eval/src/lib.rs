@@ -1,0 +1,26 @@
+//! Evaluation of cached and calibrated plans against full computation.
+//!
+//! [`evaluate`] runs, for every sample batch of every seed set, the full
+//! computation and each variant (cache, cache + priors, ...) side by side,
+//! one step at a time. It measures what SPEC's `eval` asks for:
+//!
+//! - per sample: relative L2 and PSNR of the final latents against full
+//!   computation from the same noise and condition;
+//! - per seed set: Fréchet distance and class accuracy through a
+//!   [`Scorer`] (the testbed's classifier; none for latent models), wall time;
+//! - per step: the deviation of each variant's latents from the reference
+//!   trajectory, and at reuse steps the distance between the branch output
+//!   the variant used (after its prior) and the one full computation
+//!   computed: the online counterpart of `tcc calibrate`'s table.
+//!
+//! Hooks (priors) are passed in: this crate does not know how priors are
+//! fitted or stored, and the model is any [`BlockModel`].
+
+mod plot;
+mod run;
+
+pub use plot::{plot_deviation, Series};
+pub use run::{
+    evaluate, held_out, EvalError, Progress, Report, Scorer, SeedSet, SetMetrics, StepDistance,
+    Variant, VariantReport,
+};

@@ -1,0 +1,481 @@
+//! The evaluation run: full computation and the variants side by side.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+use tcc_calib::{PairStats, Pooler, Side};
+use tcc_core::Branch;
+use tcc_exec::{BranchSite, ExecError, Hooks, SampleBatch, Trajectory};
+use tcc_metrics::{
+    psnr, rel_l2, wilcoxon_signed_rank, BranchDistances, DataRange, FeatureStats, Summary, Wilcoxon,
+};
+use tcc_model::BlockModel;
+use tcc_plan::{Action, Plan};
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The inputs cannot be evaluated as given (held-out overlap, plans of
+    /// different lengths, empty seed sets).
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Metrics(#[from] tcc_metrics::MetricsError),
+    #[error("pooled statistics: {0}")]
+    Calib(#[from] tcc_calib::CalibError),
+    #[error("scoring the samples: {0}")]
+    Scorer(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Scores final samples: features for the Fréchet distance and predicted
+/// classes for accuracy (the testbed's classifier). Latent models without a
+/// decoder and classifier have no scorer; FD and accuracy are then absent.
+pub trait Scorer {
+    /// Row-major features `[n, dim]` and the predicted class of each of the
+    /// final latents `x` (`[n, C, H, W]`).
+    fn score(&self, x: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String>;
+    /// The real data's feature statistics that FD compares against.
+    fn reference(&self) -> &FeatureStats;
+}
+
+/// One seed set: the batches of (noise, condition) drawn from one seed, and
+/// the class label of every sample in batch order.
+pub struct SeedSet {
+    pub seed: u64,
+    pub batches: Vec<SampleBatch>,
+    pub labels: Vec<u32>,
+    /// The condition key of every sample (the class), for pooled rows.
+    pub conditions: Vec<u64>,
+}
+
+/// A cached variant: its plan (same steps as full computation) and the
+/// hooks that apply its priors (`NoHooks` for the plain cache).
+pub struct Variant<'a> {
+    pub name: String,
+    pub plan: &'a Plan,
+    pub hooks: Box<dyn Hooks + 'a>,
+}
+
+/// Progress: `samples` more samples advanced one step in `variant`
+/// (`None` = full computation).
+pub struct Progress {
+    pub samples: usize,
+}
+
+/// Metrics of one variant on one seed set.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetMetrics {
+    pub seed: u64,
+    /// Fréchet distance of the samples' features to the real data's.
+    pub fd: Option<f64>,
+    /// Fraction of samples classified as their class.
+    pub accuracy: Option<f64>,
+    /// Mean per-sample relative L2 of the final latents against full
+    /// computation (absent for full computation itself).
+    pub rel_l2: Option<f64>,
+    /// Mean per-sample PSNR (dB, latents taken in [-1, 1]) against full.
+    pub psnr: Option<f64>,
+    /// Wall time in the model and the variant's hooks, seconds.
+    pub seconds: f64,
+    /// Full computation's time over this variant's on the same seed set.
+    pub speedup: f64,
+}
+
+/// Distances at one step, pooled over all samples, blocks and branches.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepDistance {
+    pub step: usize,
+    /// `sqrt(Σ ||x_var - x_full||^2 / Σ ||x_full||^2)` of the latents
+    /// after this step.
+    pub latent_rel_l2: f64,
+    /// At reuse steps: per-sample relative L2 of the branch output the
+    /// variant used (after its prior) against the one full computation
+    /// computed at the same step, pooled over samples, blocks and branches.
+    pub branch_rel_l2: Option<f64>,
+    /// At reuse steps: the same on the calibration's pooled rows (per
+    /// condition, mean over tokens), the quantity `tcc calibrate` reports.
+    pub pooled_rel: Option<f64>,
+}
+
+/// Everything measured for one variant (index 0 is full computation).
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantReport {
+    pub name: String,
+    pub sets: Vec<SetMetrics>,
+    pub steps: Vec<StepDistance>,
+    /// Per-sample relative L2 against full, all seed sets in order.
+    #[serde(skip)]
+    pub sample_rel_l2: Vec<f64>,
+}
+
+impl VariantReport {
+    /// Mean and sample std over seed sets of one metric.
+    pub fn over_sets(&self, f: impl Fn(&SetMetrics) -> Option<f64>) -> Option<Summary> {
+        let v: Vec<f64> = self.sets.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| Summary::of(&v))
+    }
+}
+
+/// A paired Wilcoxon signed-rank test on per-sample relative L2.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairedTest {
+    pub a: String,
+    pub b: String,
+    /// Median of `a - b` over samples (negative: `a` is closer to full).
+    pub median_difference: f64,
+    /// Fraction of samples where `a` is closer to full than `b`.
+    pub a_better: f64,
+    pub test: Wilcoxon,
+}
+
+/// The evaluation's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub samples_per_set: usize,
+    pub variants: Vec<VariantReport>,
+    pub tests: Vec<PairedTest>,
+}
+
+/// Checks that no evaluation seed was used for calibration.
+pub fn held_out(eval_seeds: &[u64], calibration_seeds: &[(String, u64)]) -> Result<(), EvalError> {
+    for (what, s) in calibration_seeds {
+        if eval_seeds.contains(s) {
+            return Err(EvalError::Input(format!(
+                "evaluation seed {s} is the calibration seed of {what}: evaluate on held-out seeds (choose other --seeds)"
+            )));
+        }
+    }
+    let mut seen = HashSet::new();
+    for s in eval_seeds {
+        if !seen.insert(s) {
+            return Err(EvalError::Input(format!(
+                "evaluation seed {s} is given twice: seed sets must be distinct"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs full computation and every variant on every seed set and measures
+/// them. `tests` names pairs of variants to compare with a paired Wilcoxon
+/// test on per-sample relative L2.
+pub fn evaluate<M: BlockModel>(
+    model: &M,
+    full: &Plan,
+    variants: &mut [Variant<'_>],
+    sets: &[SeedSet],
+    scorer: Option<&dyn Scorer>,
+    tests: &[(&str, &str)],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, EvalError> {
+    let nsteps = full.steps.len();
+    for v in variants.iter() {
+        if v.plan.steps.len() != nsteps {
+            return Err(EvalError::Input(format!(
+                "variant `{}` has {} steps, full computation {nsteps}: only plans of one sampler can be compared step by step",
+                v.name,
+                v.plan.steps.len()
+            )));
+        }
+    }
+    if sets.is_empty() || sets.iter().any(|s| s.labels.is_empty()) {
+        return Err(EvalError::Input("no samples to evaluate".into()));
+    }
+    let nv = variants.len();
+    // The (block, branch) pairs that some variant reuses, per step.
+    let wanted: Vec<HashSet<(usize, Branch)>> = (0..nsteps)
+        .map(|k| {
+            let mut w = HashSet::new();
+            for v in variants.iter() {
+                for (block, actions) in v.plan.steps[k].actions.iter().enumerate() {
+                    for (bi, a) in actions.iter().enumerate() {
+                        if matches!(a, Action::Reuse { .. }) {
+                            w.insert((block, v.plan.branches()[bi]));
+                        }
+                    }
+                }
+            }
+            w
+        })
+        .collect();
+    let pooler = Pooler::new(full);
+
+    let mut per_set: Vec<Vec<SetMetrics>> = vec![Vec::new(); nv + 1];
+    let mut sample_rel: Vec<Vec<f64>> = vec![Vec::new(); nv + 1];
+    // Per variant, per step: (Σ||x_v - x_full||^2, Σ||x_full||^2).
+    let mut latent: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, 0.0); nsteps]; nv];
+    let mut branch: Vec<BranchDistances> = vec![BranchDistances::new(); nv];
+    let mut pooled: Vec<HashMap<(usize, Branch, usize), PairStats>> = vec![HashMap::new(); nv];
+
+    for set in sets {
+        let mut finals: Vec<Vec<Tensor>> = vec![Vec::new(); nv + 1];
+        let mut times = vec![Duration::ZERO; nv + 1];
+        let mut offset = 0;
+        for batch in &set.batches {
+            let b = batch.noise.dim(0)?;
+            let conditions = set
+                .conditions
+                .get(offset..offset + b)
+                .ok_or_else(|| EvalError::Input("fewer conditions than samples".into()))?;
+            offset += b;
+            let mut reference = Trajectory::new(model, full, batch)?;
+            let mut trajs = variants
+                .iter()
+                .map(|v| Trajectory::new(model, v.plan, batch))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (k, wanted) in wanted.iter().enumerate() {
+                let mut rec = Recorder {
+                    wanted,
+                    outputs: HashMap::new(),
+                };
+                let t0 = Instant::now();
+                reference.step(&mut rec)?;
+                times[0] += t0.elapsed();
+                progress(Progress { samples: b });
+                let x_ref = reference.latents().flatten_all()?.to_vec1::<f32>()?;
+                for (vi, (v, traj)) in variants.iter_mut().zip(trajs.iter_mut()).enumerate() {
+                    let mut obs = Observer {
+                        inner: v.hooks.as_mut(),
+                        reference: &rec.outputs,
+                        distances: &mut branch[vi],
+                        pooled: &mut pooled[vi],
+                        pooler,
+                        conditions,
+                        overhead: Duration::ZERO,
+                        error: None,
+                    };
+                    let t0 = Instant::now();
+                    traj.step(&mut obs)?;
+                    let spent = t0.elapsed().saturating_sub(obs.overhead);
+                    if let Some(e) = obs.error {
+                        return Err(e);
+                    }
+                    times[vi + 1] += spent;
+                    progress(Progress { samples: b });
+                    let x = traj.latents().flatten_all()?.to_vec1::<f32>()?;
+                    let (d, r) = x.iter().zip(&x_ref).fold((0.0, 0.0), |(d, r), (&p, &q)| {
+                        let (p, q) = (p as f64, q as f64);
+                        (d + (p - q) * (p - q), r + q * q)
+                    });
+                    latent[vi][k].0 += d;
+                    latent[vi][k].1 += r;
+                }
+            }
+            finals[0].push(reference.latents().clone());
+            for (vi, t) in trajs.iter().enumerate() {
+                finals[vi + 1].push(t.latents().clone());
+            }
+        }
+        let finals: Vec<Tensor> = finals
+            .iter()
+            .map(|f| Tensor::cat(f, 0))
+            .collect::<Result<_, _>>()?;
+        let n = set.labels.len();
+        let full_x = finals[0].flatten_all()?.to_vec1::<f32>()?;
+        let per = full_x.len() / n;
+        for (vi, x) in finals.iter().enumerate() {
+            let (fd, accuracy) = match scorer {
+                Some(s) => {
+                    let (features, predicted) = s.score(x).map_err(EvalError::Scorer)?;
+                    let mut stats = FeatureStats::new(s.reference().dim());
+                    stats.add_batch(&features)?;
+                    let fd = stats.frechet_distance(s.reference())?;
+                    let correct = predicted
+                        .iter()
+                        .zip(&set.labels)
+                        .filter(|(p, l)| **p == **l as usize)
+                        .count();
+                    (Some(fd), Some(correct as f64 / n as f64))
+                }
+                None => (None, None),
+            };
+            let (rel, ps) = if vi == 0 {
+                (None, None)
+            } else {
+                let xv = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut rels = Vec::with_capacity(n);
+                let mut psnrs = Summary::new();
+                for (a, r) in xv.chunks_exact(per).zip(full_x.chunks_exact(per)) {
+                    rels.push(rel_l2(a, r)?);
+                    let clamp =
+                        |v: &[f32]| v.iter().map(|x| x.clamp(-1.0, 1.0)).collect::<Vec<_>>();
+                    psnrs.add(psnr(&clamp(a), &clamp(r), DataRange::Signed)?);
+                }
+                let mean = Summary::of(&rels).mean();
+                sample_rel[vi].extend(rels);
+                (Some(mean), Some(psnrs.mean()))
+            };
+            per_set[vi].push(SetMetrics {
+                seed: set.seed,
+                fd,
+                accuracy,
+                rel_l2: rel,
+                psnr: ps,
+                seconds: times[vi].as_secs_f64(),
+                speedup: times[0].as_secs_f64() / times[vi].as_secs_f64(),
+            });
+        }
+    }
+
+    let mut reports = Vec::with_capacity(nv + 1);
+    let names: Vec<String> = std::iter::once("full".to_string())
+        .chain(variants.iter().map(|v| v.name.clone()))
+        .collect();
+    for (vi, name) in names.iter().enumerate() {
+        let steps = if vi == 0 {
+            Vec::new()
+        } else {
+            let per_step = branch[vi - 1].per_step();
+            let pooled_step = pooled_per_step(&pooled[vi - 1])?;
+            latent[vi - 1]
+                .iter()
+                .enumerate()
+                .map(|(k, &(d, r))| StepDistance {
+                    step: k,
+                    latent_rel_l2: if r > 0.0 { (d / r).sqrt() } else { 0.0 },
+                    branch_rel_l2: per_step.get(&k).map(|s| s.pooled_rel_l2()),
+                    pooled_rel: pooled_step.get(&k).copied(),
+                })
+                .collect()
+        };
+        reports.push(VariantReport {
+            name: name.clone(),
+            sets: std::mem::take(&mut per_set[vi]),
+            steps,
+            sample_rel_l2: std::mem::take(&mut sample_rel[vi]),
+        });
+    }
+    let mut paired = Vec::new();
+    for &(a, b) in tests {
+        let find = |n: &str| {
+            reports
+                .iter()
+                .find(|r| r.name == n)
+                .ok_or_else(|| EvalError::Input(format!("no variant named `{n}` to test")))
+        };
+        let (ra, rb) = (find(a)?, find(b)?);
+        let x = &ra.sample_rel_l2;
+        let y = &rb.sample_rel_l2;
+        let mut d: Vec<f64> = x.iter().zip(y).map(|(p, q)| p - q).collect();
+        d.sort_by(f64::total_cmp);
+        let median = if d.is_empty() {
+            f64::NAN
+        } else if d.len() % 2 == 1 {
+            d[d.len() / 2]
+        } else {
+            0.5 * (d[d.len() / 2 - 1] + d[d.len() / 2])
+        };
+        paired.push(PairedTest {
+            a: a.to_string(),
+            b: b.to_string(),
+            median_difference: median,
+            a_better: x.iter().zip(y).filter(|(p, q)| p < q).count() as f64 / x.len().max(1) as f64,
+            test: wilcoxon_signed_rank(x, y)?,
+        });
+    }
+    Ok(Report {
+        samples_per_set: sets[0].labels.len(),
+        variants: reports,
+        tests: paired,
+    })
+}
+
+/// Per step: `sqrt(Σ ||a_i - b_i||^2 / Σ ||a_i||^2)` over the pooled rows of
+/// all its sites, as `tcc calibrate` computes "before" and "after".
+fn pooled_per_step(
+    stats: &HashMap<(usize, Branch, usize), PairStats>,
+) -> Result<BTreeMap<usize, f64>, EvalError> {
+    let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for ((step, _, _), st) in stats {
+        let rows = st.rows()?;
+        let e = sums.entry(*step).or_default();
+        for (a, b) in rows.a.iter().zip(&rows.b) {
+            e.0 += (a - b) * (a - b);
+            e.1 += a * a;
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, (d, n))| (k, if n > 0.0 { (d / n).sqrt() } else { 0.0 }))
+        .collect())
+}
+
+/// Keeps full computation's outputs at the sites some variant reuses.
+struct Recorder<'a> {
+    wanted: &'a HashSet<(usize, Branch)>,
+    outputs: HashMap<(usize, Branch), Tensor>,
+}
+
+impl Hooks for Recorder<'_> {
+    fn branch_output(
+        &mut self,
+        site: &BranchSite,
+        out: &Tensor,
+    ) -> tcc_exec::Result<Option<Tensor>> {
+        if self.wanted.contains(&(site.block, site.branch)) {
+            self.outputs.insert((site.block, site.branch), out.clone());
+        }
+        Ok(None)
+    }
+}
+
+/// Runs a variant's own hooks, then measures the output it used at reuse
+/// sites; the measuring time is kept apart from the variant's time.
+struct Observer<'a> {
+    inner: &'a mut dyn Hooks,
+    reference: &'a HashMap<(usize, Branch), Tensor>,
+    distances: &'a mut BranchDistances,
+    pooled: &'a mut HashMap<(usize, Branch, usize), PairStats>,
+    pooler: Pooler,
+    conditions: &'a [u64],
+    overhead: Duration,
+    error: Option<EvalError>,
+}
+
+impl Observer<'_> {
+    fn measure(&mut self, site: &BranchSite, used: &Tensor) -> Result<(), EvalError> {
+        let Some(r) = self.reference.get(&(site.block, site.branch)) else {
+            return Ok(());
+        };
+        let n = used.dim(0)?;
+        let u = used.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let rv = r.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.distances
+            .add_samples(site.step, site.branch.name(), site.block, &u, &rv, n)?;
+        let st = self
+            .pooled
+            .entry((site.step, site.branch, site.block))
+            .or_insert_with(|| PairStats::new(used.dim(2).unwrap_or(0)));
+        self.pooler.add(r, self.conditions, Side::Reference, st)?;
+        self.pooler
+            .add(used, self.conditions, Side::Accelerated, st)?;
+        Ok(())
+    }
+}
+
+impl Hooks for Observer<'_> {
+    fn branch_output(
+        &mut self,
+        site: &BranchSite,
+        out: &Tensor,
+    ) -> tcc_exec::Result<Option<Tensor>> {
+        let replaced = self.inner.branch_output(site, out)?;
+        if matches!(site.action, Action::Reuse { .. }) && self.error.is_none() {
+            let t0 = Instant::now();
+            let used = replaced.as_ref().unwrap_or(out);
+            if let Err(e) = self.measure(site, used) {
+                self.error = Some(e);
+            }
+            self.overhead += t0.elapsed();
+        }
+        Ok(replaced)
+    }
+}
