@@ -13,14 +13,6 @@ use tcc_sampler::NoiseRng;
 
 use crate::common::CliError;
 
-/// The embedded testbed model's weights (diffusers layout), found through
-/// the source tree this binary was built from, so `cargo run` works from any
-/// working directory.
-const TINY_DIT_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tcc-testbed/assets/tiny-dit"
-);
-
 /// Options shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -42,13 +34,19 @@ pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
     match &plan.weights {
         Some(path) => Dit::load(Path::new(path), Some(&cfg), DType::F32, &device).map_err(CliError::input),
         None if plan.model.name == "tiny" => {
-            let dir = Path::new(TINY_DIT_DIR);
-            Dit::load(dir, Some(&cfg), DType::F32, &device).map_err(|e| {
-                CliError::Failure(format!(
-                    "cannot load the testbed model (this build expects it in {}): {e}",
-                    dir.display()
-                ))
-            })
+            let model = tcc_testbed::tiny_dit(DType::F32, &device)
+                .map_err(|e| CliError::Failure(format!("the embedded testbed model: {e}")))?;
+            let got = model.config();
+            let same = (got.depth, got.hidden, got.heads, got.patch, got.input_size)
+                == (cfg.depth, cfg.hidden, cfg.heads, cfg.patch, cfg.input_size)
+                && (got.in_channels, got.out_channels, got.num_classes)
+                    == (cfg.in_channels, cfg.out_channels, cfg.num_classes);
+            if !same {
+                return Err(CliError::Failure(
+                    "the embedded testbed model does not have the `tiny` preset's shape".into(),
+                ));
+            }
+            Ok(model)
         }
         None => Err(CliError::input(format!(
             "{}: model `{}` has no weights: add `weights = \"PATH\"` to its [model] section, or pass --random-weights SEED for a timing run",

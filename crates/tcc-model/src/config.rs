@@ -257,7 +257,13 @@ impl DitConfig {
     /// diffusers numerics.
     pub fn from_diffusers_config(path: &Path) -> Result<DitConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: DiffusersConfig = serde_json::from_str(&text).map_err(|e| {
+        DitConfig::from_diffusers_json(&text, path)
+    }
+
+    /// The config of a diffusers `config.json` given as text; `path` names
+    /// it in messages.
+    pub fn from_diffusers_json(text: &str, path: &Path) -> Result<DitConfig> {
+        let raw: DiffusersConfig = serde_json::from_str(text).map_err(|e| {
             Error::Config(format!(
                 "{}: line {}, column {}: {e}",
                 path.display(),

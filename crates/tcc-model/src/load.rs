@@ -499,6 +499,36 @@ fn check_pos_embed(raw: &mut Raw, cfg: &DitConfig) -> Result<()> {
 }
 
 impl Dit {
+    /// Loads diffusers-layout weights held in memory (a `config.json` and a
+    /// `diffusion_pytorch_model.safetensors`, e.g. embedded in a binary with
+    /// `include_bytes!`), with the same checks as [`Dit::load`]. `origin`
+    /// names them in messages.
+    pub fn load_diffusers_bytes(
+        origin: &str,
+        config_json: &str,
+        weights: &[u8],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Dit> {
+        let origin = PathBuf::from(origin);
+        let cfg = DitConfig::from_diffusers_json(config_json, &origin.join("config.json"))?;
+        let map = candle_core::safetensors::load_buffer(weights, &Device::Cpu)
+            .map_err(|e| Error::format(&origin, format!("cannot read as safetensors: {e}")))?;
+        let tensors = map
+            .into_iter()
+            .map(|(n, t)| (n, (t, origin.clone())))
+            .collect();
+        let raw = Raw { tensors, origin };
+        if raw.layout()? != WeightsLayout::Diffusers {
+            return Err(Error::format(&raw.origin, "not diffusers-layout weights"));
+        }
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", raw.origin.display())))?;
+        validate(&raw, &diffusers_shapes(&cfg), &[])?;
+        let tensors = diffusers_to_original(raw, &cfg)?;
+        Dit::build(&cfg, tensors, dtype, device)
+    }
+
     /// Loads DiT weights from `path`, cast to `dtype` on `device`.
     ///
     /// `path` is a diffusers model directory (`config.json` and

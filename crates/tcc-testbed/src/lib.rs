@@ -10,17 +10,22 @@
 //! - [`reference_stats`]: feature statistics of real held-out images
 //!   (`examples/reference_stats.rs`).
 //!
-//! Both are embedded in the binary, so they work from any directory.
+//! - [`tiny_dit`]: the default model itself, a 6-block DiT trained on the
+//!   shapes (`tools/train/train_tiny_dit.py`).
+//!
+//! All three are embedded in the binary, so they work from any directory.
 
 mod classifier;
 mod error;
 mod reference;
+mod tiny_dit;
 
 pub use classifier::{Classifier, CLASSIFIER_SEED, FEATURE_DIM};
 pub use error::{Result, TestbedError};
 pub use reference::{
     reference_stats, reference_stats_with_metadata, stats_from_bytes, REFERENCE_START,
 };
+pub use tiny_dit::{tiny_dit, TINY_DIT_CONFIG, TINY_DIT_TRAINING};
 
 /// Seed of the training split of the shapes data set.
 pub const TRAIN_SEED: u64 = 0;

@@ -167,3 +167,32 @@ fn forward_matches_pytorch_reference() {
         }
     }
 }
+
+#[test]
+fn embedded_tiny_dit_is_the_shipped_diffusers_directory() {
+    use tcc_model::BlockModel;
+    let dev = candle_core::Device::Cpu;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-dit");
+    let embedded = tcc_testbed::tiny_dit(candle_core::DType::F32, &dev).unwrap();
+    let from_dir = tcc_model::Dit::load(&dir, None, candle_core::DType::F32, &dev).unwrap();
+    let x = fixed_latents(&dev);
+    let t = candle_core::Tensor::new(&[500f32, 20.0], &dev).unwrap();
+    let y = candle_core::Tensor::new(&[3u32, 10], &dev).unwrap();
+    let a = embedded.forward(&x, &t, &y, None).unwrap();
+    let b = from_dir.forward(&x, &t, &y, None).unwrap();
+    let (a, b) = (
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert_eq!(a, b);
+    let training: serde_json::Value = serde_json::from_str(tcc_testbed::TINY_DIT_TRAINING).unwrap();
+    assert!(training["steps"].as_u64().unwrap() > 0);
+}
+
+/// Deterministic input latents `[2, 3, 32, 32]` without a sampler crate.
+fn fixed_latents(dev: &candle_core::Device) -> candle_core::Tensor {
+    let v: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    candle_core::Tensor::from_vec(v, (2, 3, 32, 32), dev).unwrap()
+}
