@@ -3,17 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use tcc_calib::{PriorHooks, PriorSet};
 use tcc_core::{CalibMethod, CalibMode};
 use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
 use tcc_exec::NoHooks;
-use tcc_metrics::{FeatureStats, Summary};
+use tcc_metrics::Summary;
 use tcc_plan::Plan;
 
 use crate::calibrate::{fit_priors, name};
 use crate::common::{load_plan, CliError, Io};
 use crate::runtime::{load_model, progress, Inputs, ModelArgs};
+use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -226,49 +227,6 @@ fn load_priors(
         )));
     }
     Ok(set)
-}
-
-/// The testbed classifier and the real data's feature statistics.
-struct TestbedScorer {
-    classifier: tcc_testbed::Classifier,
-    reference: FeatureStats,
-}
-
-impl TestbedScorer {
-    fn new() -> Result<TestbedScorer, CliError> {
-        let fail =
-            |e: &dyn std::fmt::Display| CliError::Failure(format!("testbed classifier: {e}"));
-        Ok(TestbedScorer {
-            classifier: tcc_testbed::Classifier::load_embedded(&Device::Cpu)
-                .map_err(|e| fail(&e))?,
-            reference: tcc_testbed::reference_stats().map_err(|e| fail(&e))?,
-        })
-    }
-}
-
-impl Scorer for TestbedScorer {
-    fn score(&self, x: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String> {
-        let go = || -> Result<(Vec<f64>, Vec<usize>), Box<dyn std::error::Error>> {
-            let images = x.clamp(-1f32, 1f32)?;
-            let (mut features, mut predicted) = (Vec::new(), Vec::new());
-            let n = images.dim(0)?;
-            let mut start = 0;
-            while start < n {
-                let len = 256.min(n - start);
-                let chunk = images.narrow(0, start, len)?;
-                let f = self.classifier.features(&chunk)?.to_dtype(DType::F64)?;
-                features.extend(f.flatten_all()?.to_vec1::<f64>()?);
-                predicted.extend(self.classifier.predict(&chunk)?);
-                start += len;
-            }
-            Ok((features, predicted))
-        };
-        go().map_err(|e| e.to_string())
-    }
-
-    fn reference(&self) -> &FeatureStats {
-        &self.reference
-    }
 }
 
 const COLORS: [[u8; 3]; 4] = [[214, 39, 40], [255, 127, 14], [44, 160, 44], [31, 119, 180]];

@@ -19,6 +19,7 @@ mod output;
 mod plan;
 mod runtime;
 mod sample;
+mod scoring;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -10,6 +10,7 @@ use tcc_metrics::{DataRange, ErrorStats};
 use crate::common::{load_plan, CliError, Io};
 use crate::output::{to_nhwc_u8, write_npz};
 use crate::runtime::{load_model, run_plan, Inputs, ModelArgs};
+use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -100,6 +101,19 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         time.as_secs_f64(),
         1e3 * time.as_secs_f64() / (args.n * plan.steps.len()) as f64
     )?;
+
+    if plan.model.name == "tiny" && plan.weights.is_none() && args.model.random_weights.is_none()
+    {
+        let scorer = TestbedScorer::new()?;
+        if args.n >= 2 {
+            let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
+            writeln!(
+                io.out,
+                "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
+                args.n
+            )?;
+        }
+    }
 
     if args.vs_full {
         let full = plan.all_compute();
