@@ -102,8 +102,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         1e3 * time.as_secs_f64() / (args.n * plan.steps.len()) as f64
     )?;
 
-    if plan.model.name == "tiny" && plan.weights.is_none() && args.model.random_weights.is_none()
-    {
+    if plan.model.name == "tiny" && plan.weights.is_none() && args.model.random_weights.is_none() {
         let scorer = TestbedScorer::new()?;
         if args.n >= 2 {
             let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
