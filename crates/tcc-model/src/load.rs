@@ -30,13 +30,13 @@ const DIFFUSERS_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
 const NESTING_KEYS: [&str; 4] = ["ema", "model", "state_dict", "module"];
 
 /// Tensors by name, each with the file it came from.
-type Named = BTreeMap<String, (Tensor, PathBuf)>;
+pub(crate) type Named = BTreeMap<String, (Tensor, PathBuf)>;
 
 /// Tensors read from one weights source.
-struct Raw {
-    tensors: Named,
+pub(crate) struct Raw {
+    pub(crate) tensors: Named,
     /// What the user named, for messages about the whole source.
-    origin: PathBuf,
+    pub(crate) origin: PathBuf,
 }
 
 impl Raw {
@@ -189,7 +189,7 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Where the weights of a path are.
-enum Source {
+pub(crate) enum Source {
     /// A diffusers model directory: its `config.json` and weight files.
     Diffusers {
         config: PathBuf,
@@ -198,7 +198,7 @@ enum Source {
     File(PathBuf),
 }
 
-fn resolve(path: &Path) -> Result<Source> {
+pub(crate) fn resolve(path: &Path) -> Result<Source> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_dir() {
         return Ok(Source::File(path.to_path_buf()));
@@ -229,7 +229,7 @@ fn resolve(path: &Path) -> Result<Source> {
     Ok(Source::Diffusers { config, files })
 }
 
-fn read_source(path: &Path, src: &Source) -> Result<Raw> {
+pub(crate) fn read_source(path: &Path, src: &Source) -> Result<Raw> {
     match src {
         Source::File(f) => read_file(f),
         Source::Diffusers { files, .. } => {
@@ -286,7 +286,11 @@ fn diffusers_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Checks names, shapes, dtypes and values against `expected` (plus the
 /// `optional` names, whose shapes are checked by the caller).
-fn validate(raw: &Raw, expected: &[(String, Vec<usize>)], optional: &[&str]) -> Result<()> {
+pub(crate) fn validate(
+    raw: &Raw,
+    expected: &[(String, Vec<usize>)],
+    optional: &[&str],
+) -> Result<()> {
     for (name, _) in expected {
         if !raw.has(name) {
             return Err(Error::tensor(&raw.origin, name, "missing"));
@@ -311,7 +315,7 @@ fn validate(raw: &Raw, expected: &[(String, Vec<usize>)], optional: &[&str]) -> 
         return Err(Error::tensor(
             file,
             first,
-            format!("unexpected: not part of this DiT (wrong depth or layout?){more}"),
+            format!("unexpected: not part of this model (wrong depth or layout?){more}"),
         ));
     }
     for (name, shape) in expected {
