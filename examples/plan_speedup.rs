@@ -7,6 +7,8 @@
 //!
 //! Default: `schedules/fora3.sched`'s cache rules on a DiT-XL/2-shaped model
 //! (`--model dit-xl-2-256`), batch 1 with CFG (model batch 2), 256 tokens.
+//! `--model pixart-alpha-256` times PixArt-α instead (random caption
+//! embeddings, 120 tokens; no T5).
 //! Full and cached runs alternate `--rounds` times so that load from other
 //! processes hits both alike; the report gives medians and their ratio,
 //! measured in one run. Also prints ms per block and GFLOP/s for a full step
@@ -16,9 +18,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use tcc_core::ModelFamily;
 use tcc_exec::{NoHooks, SampleBatch, Trajectory};
-use tcc_model::{Dit, DitConfig};
-use tcc_plan::PlanCost;
+use tcc_model::{BlockModel, Dit, DitConfig, PixArt, PixArtConfig};
+use tcc_plan::{Plan, PlanCost};
 use tcc_sampler::NoiseRng;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,18 +59,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let full = plan.all_compute();
-    let cfg = DitConfig::from_shape(&plan.model)?;
-    let model = Dit::random(&cfg, 0, DType::F32, &Device::Cpu)?;
     let m = &plan.model;
-    let noise =
-        NoiseRng::new(0).randn((1, m.in_channels, m.input_size, m.input_size), &Device::Cpu)?;
-    let batch = SampleBatch {
-        noise,
-        cond: Tensor::new(&[1u32], &Device::Cpu)?,
-        uncond: Some(Tensor::new(&[m.num_classes as u32], &Device::Cpu)?),
-        seed: 0,
-    };
+    let dev = Device::Cpu;
+    let noise = NoiseRng::new(0).randn((1, m.in_channels, m.input_size, m.input_size), &dev)?;
+    match m.family {
+        ModelFamily::Dit => {
+            let model = Dit::random(&DitConfig::from_shape(m)?, 0, DType::F32, &dev)?;
+            let batch = SampleBatch {
+                noise,
+                cond: Tensor::new(&[1u32], &dev)?,
+                uncond: Some(Tensor::new(&[m.num_classes as u32], &dev)?),
+                seed: 0,
+            };
+            report(&model, &schedule, &plan, &full, &batch, rounds)
+        }
+        ModelFamily::Pixart => {
+            let model = PixArt::random(&PixArtConfig::from_shape(m)?, 0, DType::F32, &dev)?;
+            // Random caption embeddings stand in for T5's (timing only).
+            let caption = NoiseRng::new(1).randn((1, m.caption_tokens, m.caption_dim), &dev)?;
+            let batch = SampleBatch {
+                noise,
+                uncond: Some(caption.zeros_like()?),
+                cond: caption,
+                seed: 0,
+            };
+            report(&model, &schedule, &plan, &full, &batch, rounds)
+        }
+    }
+}
 
+fn report<M: BlockModel>(
+    model: &M,
+    schedule: &str,
+    plan: &Plan,
+    full: &Plan,
+    batch: &SampleBatch,
+    rounds: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let m = &plan.model;
     println!(
         "{} on {} ({} blocks, D={}, {} tokens, model batch {}), {} steps, {} rounds",
         schedule,
@@ -84,15 +113,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut full_step_ms = Vec::new();
     let mut reuse_step_ms = Vec::new();
     for _ in 0..rounds {
-        for (p, times) in [(&full, &mut full_times), (&plan, &mut plan_times)] {
-            let mut traj = Trajectory::new(&model, p, &batch)?;
+        for (p, times) in [(full, &mut full_times), (plan, &mut plan_times)] {
+            let mut traj = Trajectory::new(model, p, batch)?;
             let start = Instant::now();
             while !traj.is_done() {
                 let s = traj.next_step();
                 let t0 = Instant::now();
                 traj.step(&mut NoHooks)?;
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
-                if std::ptr::eq(p, &full) {
+                if std::ptr::eq(p, full) {
                     full_step_ms.push(ms);
                 } else if !p.steps[s].is_full() {
                     reuse_step_ms.push(ms);
@@ -102,10 +131,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let (tf, tp) = (median(&mut full_times), median(&mut plan_times));
-    let cost = PlanCost::of(&plan);
+    let cost = PlanCost::of(plan);
     let predicted = cost.speedup();
     let measured = tf / tp;
-    let full_cost = PlanCost::of(&full);
+    let full_cost = PlanCost::of(full);
     let step_macs = full_cost.total as f64 / full.steps.len() as f64;
     let f_ms = median(&mut full_step_ms);
     let r_ms = median(&mut reuse_step_ms);
