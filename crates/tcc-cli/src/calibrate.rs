@@ -8,7 +8,7 @@ use tcc_core::{CalibMethod, CalibMode};
 use tcc_model::Dit;
 use tcc_plan::Plan;
 
-use crate::common::{load_plan, CliError, Io};
+use crate::common::{beside_cwd, load_plan, CliError, Io};
 use crate::runtime::{load_model, progress, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -79,14 +79,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "the number of samples and the batch size must be at least 1",
         ));
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "schedule".into());
-        PathBuf::from(format!("{stem}.priors.safetensors"))
-    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
     let model = load_model(&plan, &args.model)?;
     writeln!(
         io.out,

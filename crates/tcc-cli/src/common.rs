@@ -2,7 +2,7 @@
 //! and loading a schedule into a plan.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tcc_plan::{CompileError, Plan};
 
@@ -81,4 +81,15 @@ pub fn load_plan(path: &Path) -> Result<Plan, CliError> {
     let mut plan = tcc_plan::compile_file(path)?;
     plan.source = path.display().to_string();
     Ok(plan)
+}
+
+/// The default output of a command run on schedule `file`: its file stem
+/// with `suffix`, in the current directory (`fora3.sched` ->
+/// `fora3.priors.safetensors`).
+pub fn beside_cwd(file: &Path, suffix: &str) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "schedule".into());
+    PathBuf::from(format!("{stem}.{suffix}"))
 }

@@ -12,7 +12,7 @@ use tcc_metrics::Summary;
 use tcc_plan::Plan;
 
 use crate::calibrate::{fit_priors, name};
-use crate::common::{load_plan, CliError, Io};
+use crate::common::{beside_cwd, load_plan, CliError, Io};
 use crate::runtime::{load_model, progress, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -173,14 +173,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     .map_err(|e| CliError::Failure(e.to_string()))?;
     bar.finish_and_clear();
 
-    let plot = args.plot.clone().unwrap_or_else(|| {
-        let stem = args
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "schedule".into());
-        PathBuf::from(format!("{stem}.eval.png"))
-    });
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| beside_cwd(&args.file, "eval.png"));
     write_plot(&plot, &plan, &report)?;
 
     if args.json {
