@@ -1,8 +1,10 @@
 //! DiT hyper-parameters: presets, conversion from [`ModelShape`], and the
-//! diffusers `config.json` of `DiTTransformer2DModel`.
+//! diffusers `config.json` of `DiTTransformer2DModel`; the checks and the
+//! `config.json` reading that PixArt-α's config shares.
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tcc_core::{ModelFamily, ModelShape};
 
@@ -207,41 +209,23 @@ impl DitConfig {
 
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let positive = [
-            ("depth", self.depth),
-            ("hidden", self.hidden),
-            ("heads", self.heads),
-            ("patch", self.patch),
-            ("input_size", self.input_size),
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("mlp_hidden", self.mlp_hidden),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        if !self.hidden.is_multiple_of(self.heads) {
-            return Err(format!(
-                "hidden {} is not divisible by heads {}",
-                self.hidden, self.heads
-            ));
-        }
-        // The 2-D sin-cos position embedding splits D into 4 quarters.
-        if !self.hidden.is_multiple_of(4) {
-            return Err(format!("hidden {} is not divisible by 4", self.hidden));
-        }
-        if !self.input_size.is_multiple_of(self.patch) {
-            return Err(format!(
-                "input size {} is not divisible by patch {}",
-                self.input_size, self.patch
-            ));
-        }
-        let eps = self.numerics.mlp_norm_eps;
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(format!("norm eps {eps} must be positive"));
-        }
+        check_sizes(
+            &[
+                ("depth", self.depth),
+                ("hidden", self.hidden),
+                ("heads", self.heads),
+                ("patch", self.patch),
+                ("input_size", self.input_size),
+                ("in_channels", self.in_channels),
+                ("out_channels", self.out_channels),
+                ("mlp_hidden", self.mlp_hidden),
+            ],
+            self.hidden,
+            self.heads,
+            self.input_size,
+            self.patch,
+        )?;
+        check_positive("norm eps", self.numerics.mlp_norm_eps)?;
         let half = (FREQ_EMBED_DIM / 2) as f64;
         if !(self.numerics.freq_shift.is_finite() && self.numerics.freq_shift < half) {
             return Err(format!(
@@ -256,24 +240,109 @@ impl DitConfig {
     /// the older `Transformer2DModel` export of the DiT checkpoints), with
     /// diffusers numerics.
     pub fn from_diffusers_config(path: &Path) -> Result<DitConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        DitConfig::from_diffusers_json(&text, path)
+        read_diffusers_config(path, DiffusersConfig::into_config)
     }
 
     /// The config of a diffusers `config.json` given as text; `path` names
     /// it in messages.
     pub fn from_diffusers_json(text: &str, path: &Path) -> Result<DitConfig> {
-        let raw: DiffusersConfig = serde_json::from_str(text).map_err(|e| {
-            Error::Config(format!(
-                "{}: line {}, column {}: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        raw.into_config()
-            .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+        parse_diffusers_json(text, path, DiffusersConfig::into_config)
     }
+}
+
+/// Checks that the `positive` sizes are, that `hidden` splits into `heads`
+/// and into the 4 quarters of the 2-D sin-cos position embedding, and that
+/// `patch` divides `input_size`.
+pub(crate) fn check_sizes(
+    positive: &[(&str, usize)],
+    hidden: usize,
+    heads: usize,
+    input_size: usize,
+    patch: usize,
+) -> std::result::Result<(), String> {
+    for &(name, v) in positive {
+        if v == 0 {
+            return Err(format!("{name} must be positive"));
+        }
+    }
+    if !hidden.is_multiple_of(heads) {
+        return Err(format!("hidden {hidden} is not divisible by heads {heads}"));
+    }
+    if !hidden.is_multiple_of(4) {
+        return Err(format!("hidden {hidden} is not divisible by 4"));
+    }
+    if !input_size.is_multiple_of(patch) {
+        return Err(format!(
+            "input size {input_size} is not divisible by patch {patch}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `v` is positive and finite; `what` names it.
+pub(crate) fn check_positive(what: &str, v: f64) -> std::result::Result<(), String> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{what} {v} must be positive"))
+    }
+}
+
+/// Reads a diffusers `config.json` and converts it (see
+/// [`parse_diffusers_json`]).
+pub(crate) fn read_diffusers_config<R: DeserializeOwned, C>(
+    path: &Path,
+    into_config: impl FnOnce(R) -> std::result::Result<C, String>,
+) -> Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_diffusers_json(&text, path, into_config)
+}
+
+/// Parses the text of a diffusers `config.json` into its raw fields `R` and
+/// converts them with `into_config`. Errors name `path`, and the line and
+/// column of bad JSON.
+pub(crate) fn parse_diffusers_json<R: DeserializeOwned, C>(
+    text: &str,
+    path: &Path,
+    into_config: impl FnOnce(R) -> std::result::Result<C, String>,
+) -> Result<C> {
+    let raw: R = serde_json::from_str(text).map_err(|e| {
+        Error::Config(format!(
+            "{}: line {}, column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    into_config(raw).map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+}
+
+/// Refuses a string field `name` of a diffusers config set to anything
+/// but `want` (absent is fine).
+pub(crate) fn expect_value(
+    name: &str,
+    got: Option<&str>,
+    want: &str,
+) -> std::result::Result<(), String> {
+    match got {
+        Some(v) if v != want => Err(format!("{name} is `{v}`; only `{want}` is supported")),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses the diffusers settings neither model computes: LayerNorms with
+/// affine weights, attention projections without bias.
+pub(crate) fn check_norm_and_bias(
+    norm_elementwise_affine: Option<bool>,
+    attention_bias: Option<bool>,
+) -> std::result::Result<(), String> {
+    if norm_elementwise_affine == Some(true) {
+        return Err("norm_elementwise_affine = true is not supported".into());
+    }
+    if attention_bias == Some(false) {
+        return Err("attention_bias = false is not supported".into());
+    }
+    Ok(())
 }
 
 /// The fields of a diffusers DiT `config.json` that matter here.
@@ -306,24 +375,15 @@ impl DiffusersConfig {
                 ));
             }
         }
-        let expect = |name: &str, got: Option<&str>, want: &str| match got {
-            Some(v) if v != want => Err(format!("{name} is `{v}`; only `{want}` is supported")),
-            _ => Ok(()),
-        };
-        expect(
+        expect_value(
             "activation_fn",
             self.activation_fn.as_deref(),
             "gelu-approximate",
         )?;
         // Old `Transformer2DModel` exports leave norm_type out and switch to
         // adaLN-Zero because num_embeds_ada_norm and patch_size are set.
-        expect("norm_type", self.norm_type.as_deref(), "ada_norm_zero")?;
-        if self.norm_elementwise_affine == Some(true) {
-            return Err("norm_elementwise_affine = true is not supported".into());
-        }
-        if self.attention_bias == Some(false) {
-            return Err("attention_bias = false is not supported".into());
-        }
+        expect_value("norm_type", self.norm_type.as_deref(), "ada_norm_zero")?;
+        check_norm_and_bias(self.norm_elementwise_affine, self.attention_bias)?;
         if matches!(&self.cross_attention_dim, Some(v) if !v.is_null()) {
             return Err("cross_attention_dim is set: not a class-conditional DiT".into());
         }

@@ -8,14 +8,16 @@
 mod config;
 mod dit;
 mod error;
+mod layers;
 mod load;
 pub mod ops;
 mod parts;
 mod pixart;
 
 pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
-pub use dit::{pos_embed_2d, Dit};
+pub use dit::Dit;
 pub use error::{Error, Result};
+pub use layers::pos_embed_2d;
 pub use load::{convert_checkpoint, detect_layout, ConvertReport, WeightsLayout};
 pub use parts::{BlockModel, Conditioning, Modulation};
 pub use pixart::{PixArt, PixArtConfig};

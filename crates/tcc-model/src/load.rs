@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{DitConfig, Numerics, FREQ_EMBED_DIM};
-use crate::dit::{original_shapes, pos_embed_2d, Dit, BLOCK_EMBEDDER};
+use crate::dit::{original_shapes, Dit, BLOCK_EMBEDDER};
 use crate::error::{Error, Result};
+use crate::layers::{pos_embed_2d, push_linear, Shapes};
 
 /// The two naming schemes of DiT weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,15 +247,12 @@ pub(crate) fn read_source(path: &Path, src: &Source) -> Result<Raw> {
 }
 
 /// The names and shapes of the diffusers-layout tensors of `cfg`.
-fn diffusers_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
+fn diffusers_shapes(cfg: &DitConfig) -> Shapes {
     let d = cfg.hidden;
     let m = cfg.mlp_hidden;
     let p = cfg.patch;
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut lin = |name: String, out: usize, inp: usize| {
-        v.push((format!("{name}.weight"), vec![out, inp]));
-        v.push((format!("{name}.bias"), vec![out]));
-    };
+    let mut v = Shapes::new();
+    let mut lin = |name: String, out: usize, inp: usize| push_linear(&mut v, &name, out, inp);
     for i in 0..cfg.depth {
         let b = format!("transformer_blocks.{i}");
         lin(

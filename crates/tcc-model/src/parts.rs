@@ -36,6 +36,45 @@ pub struct Modulation {
     pub gate_mlp: Tensor,
 }
 
+impl Modulation {
+    /// The six vectors from `chunk(i)`, `i` = 0..6 in the order of the
+    /// fields (shift, scale, gate of `msa`, then of `mlp`).
+    pub(crate) fn from_chunks(chunk: impl Fn(usize) -> Result<Tensor>) -> Result<Modulation> {
+        Ok(Modulation {
+            shift_msa: chunk(0)?,
+            scale_msa: chunk(1)?,
+            gate_msa: chunk(2)?,
+            shift_mlp: chunk(3)?,
+            scale_mlp: chunk(4)?,
+            gate_mlp: chunk(5)?,
+        })
+    }
+}
+
+/// Block `block` of `blocks`; `model` names the model in the error.
+pub(crate) fn nth_block<'a, B>(blocks: &'a [B], block: usize, model: &str) -> Result<&'a B> {
+    match blocks.get(block) {
+        Some(b) => Ok(b),
+        None => candle_core::bail!(
+            "block {block} out of range (the {model} has {} blocks)",
+            blocks.len()
+        ),
+    }
+}
+
+/// Refuses a branch output `out` whose shape is not that of the residual
+/// stream `x`.
+pub(crate) fn check_branch_output(branch: Branch, x: &Tensor, out: &Tensor) -> Result<()> {
+    if out.dims() != x.dims() {
+        candle_core::bail!(
+            "{branch} branch output is {:?}, the residual stream {:?}",
+            out.dims(),
+            x.dims()
+        );
+    }
+    Ok(())
+}
+
 /// A transformer that can be run block by block and branch by branch.
 pub trait BlockModel {
     /// Number of blocks.

@@ -13,16 +13,23 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
-use rayon::prelude::*;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::silu;
 use serde::Deserialize;
 use tcc_core::{Branch, ModelFamily, ModelShape};
 
-use crate::config::FREQ_EMBED_DIM;
+use crate::config::{
+    check_norm_and_bias, check_positive, check_sizes, expect_value, parse_diffusers_json,
+    read_diffusers_config, FREQ_EMBED_DIM,
+};
 use crate::error::{Error, Result};
+use crate::layers::{
+    self, attend, fan_in_std, gelu_mlp, pos_embed_scaled, push_linear, Linear, PatchEmbed, Shapes,
+    Weights,
+};
 use crate::load::{self, Source};
 use crate::ops;
-use crate::parts::{BlockModel, Conditioning, Modulation};
+use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
 
 /// eps of the final LayerNorm (`norm_out`), fixed in diffusers.
 const FINAL_NORM_EPS: f64 = 1e-6;
@@ -144,69 +151,39 @@ impl PixArtConfig {
                     .into(),
             );
         }
-        let positive = [
-            ("depth", self.depth),
-            ("hidden", self.hidden),
-            ("heads", self.heads),
-            ("patch", self.patch),
-            ("input_size", self.input_size),
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("mlp_hidden", self.mlp_hidden),
-            ("caption_channels", self.caption_channels),
-            ("caption_tokens", self.caption_tokens),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        if !self.hidden.is_multiple_of(self.heads) {
-            return Err(format!(
-                "hidden {} is not divisible by heads {}",
-                self.hidden, self.heads
-            ));
-        }
-        if !self.hidden.is_multiple_of(4) {
-            return Err(format!("hidden {} is not divisible by 4", self.hidden));
-        }
-        if !self.input_size.is_multiple_of(self.patch) {
-            return Err(format!(
-                "input size {} is not divisible by patch {}",
-                self.input_size, self.patch
-            ));
-        }
-        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err(format!("norm eps {} must be positive", self.norm_eps));
-        }
-        let s = self.interpolation_scale;
-        if !(s > 0.0 && s.is_finite()) {
-            return Err(format!("interpolation scale {s} must be positive"));
-        }
-        Ok(())
+        check_sizes(
+            &[
+                ("depth", self.depth),
+                ("hidden", self.hidden),
+                ("heads", self.heads),
+                ("patch", self.patch),
+                ("input_size", self.input_size),
+                ("in_channels", self.in_channels),
+                ("out_channels", self.out_channels),
+                ("mlp_hidden", self.mlp_hidden),
+                ("caption_channels", self.caption_channels),
+                ("caption_tokens", self.caption_tokens),
+            ],
+            self.hidden,
+            self.heads,
+            self.input_size,
+            self.patch,
+        )?;
+        check_positive("norm eps", self.norm_eps)?;
+        check_positive("interpolation scale", self.interpolation_scale)
     }
 
     /// Reads the `config.json` of a diffusers `PixArtTransformer2DModel`
     /// (also the older `Transformer2DModel` export with
     /// `norm_type = "ada_norm_single"`).
     pub fn from_diffusers_config(path: &Path) -> Result<PixArtConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        PixArtConfig::from_diffusers_json(&text, path)
+        read_diffusers_config(path, DiffusersConfig::into_config)
     }
 
     /// The config of a diffusers `config.json` given as text; `path` names
     /// it in messages.
     pub fn from_diffusers_json(text: &str, path: &Path) -> Result<PixArtConfig> {
-        let raw: DiffusersConfig = serde_json::from_str(text).map_err(|e| {
-            Error::Config(format!(
-                "{}: line {}, column {}: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        raw.into_config()
-            .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+        parse_diffusers_json(text, path, DiffusersConfig::into_config)
     }
 }
 
@@ -259,22 +236,13 @@ impl DiffusersConfig {
                 ))
             }
         }
-        let expect = |name: &str, got: Option<&str>, want: &str| match got {
-            Some(v) if v != want => Err(format!("{name} is `{v}`; only `{want}` is supported")),
-            _ => Ok(()),
-        };
-        expect(
+        expect_value(
             "activation_fn",
             self.activation_fn.as_deref(),
             "gelu-approximate",
         )?;
-        expect("attention_type", self.attention_type.as_deref(), "default")?;
-        if self.norm_elementwise_affine == Some(true) {
-            return Err("norm_elementwise_affine = true is not supported".into());
-        }
-        if self.attention_bias == Some(false) {
-            return Err("attention_bias = false is not supported".into());
-        }
+        expect_value("attention_type", self.attention_type.as_deref(), "default")?;
+        check_norm_and_bias(self.norm_elementwise_affine, self.attention_bias)?;
         if self.only_cross_attention == Some(true) || self.double_self_attention == Some(true) {
             return Err(
                 "only_cross_attention / double_self_attention = true is not supported".into(),
@@ -315,33 +283,6 @@ impl DiffusersConfig {
     }
 }
 
-/// A linear layer `y = x W^T + b`, `W` `[out, in]`.
-#[derive(Clone, Debug)]
-struct Linear {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Linear {
-    /// `x W^T` without the bias.
-    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let (k, lead) = match dims.split_last() {
-            Some((k, lead)) => (*k, lead),
-            None => candle_core::bail!("linear: scalar input"),
-        };
-        let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, k))?.matmul(&self.w.t()?)?;
-        let mut out = lead.to_vec();
-        out.push(self.w.dim(0)?);
-        y.reshape(out)
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::bias_add(&self.matmul(x)?, &self.b)
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Block {
     /// `[6, D]`, added to the shared timestep vector.
@@ -368,10 +309,8 @@ pub struct PixArt {
     cfg: PixArtConfig,
     dtype: DType,
     device: Device,
-    /// The patch-embedding convolution as a matmul: `[D, C p p]`.
-    x_embed: Linear,
-    /// Fixed 2-D sin-cos position embedding `[1, T, D]`.
-    pos_embed: Tensor,
+    /// The patch embedding with the fixed 2-D sin-cos position embedding.
+    patch_embed: PatchEmbed,
     /// Timestep frequencies `[FREQ_EMBED_DIM / 2]`, f32.
     t_freqs: Tensor,
     t_mlp1: Linear,
@@ -387,57 +326,13 @@ pub struct PixArt {
     proj_out: Linear,
 }
 
-/// The 2-D sin-cos position embedding of diffusers' `PatchEmbed`, `[T, D]`
-/// row-major: token `n = i * side + j`; the first half of the channels
-/// encodes the column, the second the row, each as `[sin(pos w_k),
-/// cos(pos w_k)]`, `w_k = 10000^(-k / (D/4))`, at positions
-/// `k / (side / base_size) / interpolation_scale` (computed in f32, as
-/// diffusers does; the sines in f64).
-pub(crate) fn pos_embed_scaled(
-    hidden: usize,
-    side: usize,
-    base_size: usize,
-    interpolation_scale: f64,
-) -> Vec<f64> {
-    let quarter = hidden / 4;
-    let omega: Vec<f64> = (0..quarter)
-        .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))
-        .collect();
-    let step = (side as f64 / base_size as f64) as f32;
-    let scale = interpolation_scale as f32;
-    let pos = |k: usize| ((k as f32 / step) / scale) as f64;
-    let mut out = Vec::with_capacity(side * side * hidden);
-    for i in 0..side {
-        for j in 0..side {
-            for p in [pos(j), pos(i)] {
-                out.extend(omega.iter().map(|w| (p * w).sin()));
-                out.extend(omega.iter().map(|w| (p * w).cos()));
-            }
-        }
-    }
-    out
-}
-
-/// The timestep frequencies `exp(-ln(10000) k / half)`, computed in f32
-/// step by step as PyTorch does (diffusers `Timesteps`, shift 0).
-fn timestep_freqs() -> Vec<f32> {
-    let half = FREQ_EMBED_DIM / 2;
-    let neg_log = -(10000f64.ln()) as f32;
-    (0..half)
-        .map(|k| ((neg_log * k as f32) / half as f32).exp())
-        .collect()
-}
-
 /// The names (diffusers layout) and shapes of the tensors of `cfg`.
-pub(crate) fn diffusers_shapes(cfg: &PixArtConfig) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn diffusers_shapes(cfg: &PixArtConfig) -> Shapes {
     let d = cfg.hidden;
     let m = cfg.mlp_hidden;
     let p = cfg.patch;
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut lin = |name: &str, out: usize, inp: usize| {
-        v.push((format!("{name}.weight"), vec![out, inp]));
-        v.push((format!("{name}.bias"), vec![out]));
-    };
+    let mut v = Shapes::new();
+    let mut lin = |name: &str, out: usize, inp: usize| push_linear(&mut v, name, out, inp);
     lin(
         "adaln_single.emb.timestep_embedder.linear_1",
         d,
@@ -473,62 +368,6 @@ pub(crate) fn diffusers_shapes(cfg: &PixArtConfig) -> Vec<(String, Vec<usize>)> 
     v
 }
 
-/// SplitMix64: a small, fast, seedable generator (deterministic across
-/// platforms and candle versions, unlike `Tensor::randn`).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `n` samples of N(0, std^2) (Box-Muller).
-    fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let r = (-2.0 * self.uniform().ln()).sqrt() * std;
-            let a = std::f64::consts::TAU * self.uniform();
-            out.push((r * a.cos()) as f32);
-            out.push((r * a.sin()) as f32);
-        }
-        out.truncate(n);
-        out
-    }
-}
-
-fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::silu(x)
-}
-
-/// Multi-head attention: `q` `[B, H, Tq, hd]`, `k`, `v` `[B, H, Tk, hd]`,
-/// `bias` `[B, 1, 1, Tk]` f32 added to the scores. Softmax in f32.
-/// Returns `[B, Tq, H hd]`.
-fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    let (b, h, tq, hd) = q.dims4()?;
-    let dtype = q.dtype();
-    let q = (q * (hd as f64).powf(-0.5))?;
-    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, h * hd))
-}
-
 impl PixArt {
     /// A PixArt-α with seeded random weights, for benchmarks and tests.
     /// Weights are N(0, 1/fan_in), biases N(0, 0.02^2), the scale-shift
@@ -537,33 +376,19 @@ impl PixArt {
     /// non-zero. Same seed, same weights.
     pub fn random(cfg: &PixArtConfig, seed: u64, dtype: DType, device: &Device) -> Result<PixArt> {
         cfg.validate().map_err(Error::Config)?;
-        let d = cfg.hidden as f64;
-        let shapes = diffusers_shapes(cfg);
-        let tensors: Vec<(String, Tensor)> = shapes
-            .par_iter()
-            .enumerate()
-            .map(|(idx, (name, shape))| {
-                let mut rng = SplitMix64(seed ^ (idx as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                rng.next_u64();
-                let n: usize = shape.iter().product();
-                let std = if name.ends_with(".bias") {
-                    0.02
-                } else if name.ends_with("scale_shift_table") {
-                    1.0 / d.sqrt()
-                } else {
-                    let fan_in: usize = shape[1..].iter().product();
-                    let gain = if name == "adaln_single.linear.weight" {
-                        0.3
-                    } else {
-                        1.0
-                    };
-                    gain / (fan_in as f64).sqrt()
-                };
-                let t = Tensor::from_vec(rng.normals(n, std), shape.as_slice(), &Device::Cpu)?;
-                Ok((name.clone(), t))
-            })
-            .collect::<candle_core::Result<_>>()?;
-        PixArt::build(cfg, tensors.into_iter().collect(), dtype, device)
+        let table_std = 1.0 / (cfg.hidden as f64).sqrt();
+        let tensors = layers::random_tensors(&diffusers_shapes(cfg), seed, |name, shape| {
+            if name.ends_with(".bias") {
+                0.02
+            } else if name.ends_with("scale_shift_table") {
+                table_std
+            } else if name == "adaln_single.linear.weight" {
+                fan_in_std(shape, 0.3)
+            } else {
+                fan_in_std(shape, 1.0)
+            }
+        })?;
+        PixArt::build(cfg, tensors, dtype, device)
     }
 
     /// Loads a diffusers `PixArtTransformer2DModel` from `path`, cast to
@@ -601,52 +426,40 @@ impl PixArt {
     /// casting them to `dtype` on `device`.
     fn build(
         cfg: &PixArtConfig,
-        mut t: HashMap<String, Tensor>,
+        t: HashMap<String, Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<PixArt> {
         cfg.validate().map_err(Error::Config)?;
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::Config(format!(
-                "unsupported model dtype {dtype:?} (f32, f16, bf16)"
-            )));
-        }
-        let take = |t: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
-            let v = t
-                .remove(name)
-                .ok_or_else(|| Error::Config(format!("internal: tensor `{name}` missing")))?;
-            Ok(v.to_dtype(dtype)?.to_device(device)?)
-        };
-        let lin = |t: &mut HashMap<String, Tensor>, name: &str| -> Result<Linear> {
-            Ok(Linear {
-                w: take(t, &format!("{name}.weight"))?,
-                b: take(t, &format!("{name}.bias"))?,
-            })
-        };
+        let mut w = Weights::new(t, dtype, device)?;
         // Fused projections: the rows of q, k, v (or k, v) stacked.
-        let fused = |t: &mut HashMap<String, Tensor>, names: &[String]| -> Result<Linear> {
+        let fused = |w: &mut Weights, names: &[String]| -> Result<Linear> {
             let parts = names
                 .iter()
-                .map(|n| lin(t, n))
+                .map(|n| w.linear(n))
                 .collect::<Result<Vec<_>>>()?;
-            let w: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
-            let b: Vec<&Tensor> = parts.iter().map(|l| &l.b).collect();
+            let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+            let bs: Vec<&Tensor> = parts.iter().map(|l| &l.b).collect();
             Ok(Linear {
-                w: Tensor::cat(&w, 0)?,
-                b: Tensor::cat(&b, 0)?,
+                w: Tensor::cat(&ws, 0)?,
+                b: Tensor::cat(&bs, 0)?,
             })
         };
-        let d = cfg.hidden;
-        let mut x_embed = lin(&mut t, "pos_embed.proj")?;
-        x_embed.w = x_embed
-            .w
-            .reshape((d, cfg.in_channels * cfg.patch * cfg.patch))?;
-        let t_mlp1 = lin(&mut t, "adaln_single.emb.timestep_embedder.linear_1")?;
-        let t_mlp2 = lin(&mut t, "adaln_single.emb.timestep_embedder.linear_2")?;
-        let t_block = lin(&mut t, "adaln_single.linear")?;
-        let caption1 = lin(&mut t, "caption_projection.linear_1")?;
-        let caption2 = lin(&mut t, "caption_projection.linear_2")?;
-        let proj_out = lin(&mut t, "proj_out")?;
+        let side = cfg.input_size / cfg.patch;
+        let patch_embed = PatchEmbed::new(
+            &mut w,
+            "pos_embed.proj",
+            cfg.in_channels,
+            cfg.patch,
+            cfg.input_size,
+            pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale),
+        )?;
+        let t_mlp1 = w.linear("adaln_single.emb.timestep_embedder.linear_1")?;
+        let t_mlp2 = w.linear("adaln_single.emb.timestep_embedder.linear_2")?;
+        let t_block = w.linear("adaln_single.linear")?;
+        let caption1 = w.linear("caption_projection.linear_1")?;
+        let caption2 = w.linear("caption_projection.linear_2")?;
+        let proj_out = w.linear("proj_out")?;
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let b = format!("transformer_blocks.{i}");
@@ -654,31 +467,24 @@ impl PixArt {
                     parts.iter().map(|p| format!("{b}.{attn}.{p}")).collect()
                 };
                 Ok(Block {
-                    table: take(&mut t, &format!("{b}.scale_shift_table"))?,
-                    qkv: fused(&mut t, &names("attn1", &["to_q", "to_k", "to_v"]))?,
-                    proj: lin(&mut t, &format!("{b}.attn1.to_out.0"))?,
-                    cross_q: lin(&mut t, &format!("{b}.attn2.to_q"))?,
-                    cross_kv: fused(&mut t, &names("attn2", &["to_k", "to_v"]))?,
-                    cross_proj: lin(&mut t, &format!("{b}.attn2.to_out.0"))?,
-                    fc1: lin(&mut t, &format!("{b}.ff.net.0.proj"))?,
-                    fc2: lin(&mut t, &format!("{b}.ff.net.2"))?,
+                    table: w.take(&format!("{b}.scale_shift_table"))?,
+                    qkv: fused(&mut w, &names("attn1", &["to_q", "to_k", "to_v"]))?,
+                    proj: w.linear(&format!("{b}.attn1.to_out.0"))?,
+                    cross_q: w.linear(&format!("{b}.attn2.to_q"))?,
+                    cross_kv: fused(&mut w, &names("attn2", &["to_k", "to_v"]))?,
+                    cross_proj: w.linear(&format!("{b}.attn2.to_out.0"))?,
+                    fc1: w.linear(&format!("{b}.ff.net.0.proj"))?,
+                    fc2: w.linear(&format!("{b}.ff.net.2"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_table = take(&mut t, "scale_shift_table")?;
-        let side = cfg.input_size / cfg.patch;
-        let pos: Vec<f32> = pos_embed_scaled(d, side, side, cfg.interpolation_scale)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        let pos_embed = Tensor::from_vec(pos, (1, side * side, d), device)?.to_dtype(dtype)?;
-        let t_freqs = Tensor::from_vec(timestep_freqs(), FREQ_EMBED_DIM / 2, device)?;
+        let final_table = w.take("scale_shift_table")?;
+        let t_freqs = layers::timestep_freqs(0.0, device)?;
         Ok(PixArt {
             cfg: cfg.clone(),
             dtype,
             device: device.clone(),
-            x_embed,
-            pos_embed,
+            patch_embed,
             t_freqs,
             t_mlp1,
             t_mlp2,
@@ -704,28 +510,7 @@ impl PixArt {
     }
 
     fn block(&self, block: usize) -> candle_core::Result<&Block> {
-        match self.blocks.get(block) {
-            Some(b) => Ok(b),
-            None => candle_core::bail!(
-                "block {block} out of range (the PixArt-α has {} blocks)",
-                self.blocks.len()
-            ),
-        }
-    }
-
-    /// Self-attention of the (already modulated) tokens `h` `[B, T, D]`.
-    fn self_attention(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, d) = h.dims3()?;
-        let heads = self.cfg.heads;
-        let hd = d / heads;
-        let qkv = blk
-            .qkv
-            .forward(h)?
-            .reshape((b, t, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let out = attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None)?;
-        blk.proj.forward(&out)
+        nth_block(&self.blocks, block, "PixArt-α")
     }
 
     /// Cross-attention from `x` `[B, T, D]` to the caption tokens `ctx`
@@ -784,16 +569,7 @@ impl BlockModel for PixArt {
         cond_mask: Option<&Tensor>,
     ) -> candle_core::Result<(Tensor, Conditioning)> {
         let cfg = &self.cfg;
-        let (b, c, h, w) = x.dims4()?;
-        if c != cfg.in_channels || h != cfg.input_size || w != cfg.input_size {
-            candle_core::bail!(
-                "PixArt-α input is {:?}, expected [B, {}, {}, {}]",
-                x.dims(),
-                cfg.in_channels,
-                cfg.input_size,
-                cfg.input_size
-            );
-        }
+        let b = self.patch_embed.check_input("PixArt-α", x)?;
         if t.dims() != [b] {
             candle_core::bail!("PixArt-α timesteps are {:?}, expected [{b}]", t.dims());
         }
@@ -831,32 +607,12 @@ impl BlockModel for PixArt {
             None => None,
         };
 
-        let p = cfg.patch;
-        let (gh, gw) = (h / p, w / p);
-        let patches = x
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b, gh * gw, c * p * p))?;
-        let tokens = self
-            .x_embed
-            .forward(&patches)?
-            .broadcast_add(&self.pos_embed)?;
-
-        let args = t
-            .to_device(&self.device)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(1)?
-            .broadcast_mul(&self.t_freqs.unsqueeze(0)?)?;
-        let freq = Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(self.dtype)?;
+        let tokens = self.patch_embed.forward(x)?;
+        let freq = layers::timestep_embedding(t, &self.t_freqs, self.dtype)?;
         let t_emb = self.t_mlp2.forward(&silu(&self.t_mlp1.forward(&freq)?)?)?;
 
         let caption = cond.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let context = self.caption2.forward(&ops::bias_gelu(
-            &self.caption1.matmul(&caption)?,
-            &self.caption1.b,
-        )?)?;
+        let context = gelu_mlp(&self.caption1, &self.caption2, &caption)?;
         Ok((
             tokens,
             Conditioning {
@@ -879,14 +635,7 @@ impl BlockModel for PixArt {
             .reshape((b, 6, d))?
             .broadcast_add(&blk.table.unsqueeze(0)?)?;
         let part = |i: usize| m.narrow(1, i, 1)?.squeeze(1)?.contiguous();
-        Ok(Modulation {
-            shift_msa: part(0)?,
-            scale_msa: part(1)?,
-            gate_msa: part(2)?,
-            shift_mlp: part(3)?,
-            scale_mlp: part(4)?,
-            gate_mlp: part(5)?,
-        })
+        Modulation::from_chunks(part)
     }
 
     fn branch(
@@ -902,7 +651,7 @@ impl BlockModel for PixArt {
         match branch {
             Branch::Attn => {
                 let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, eps)?;
-                self.self_attention(blk, &h)
+                layers::self_attention(&blk.qkv, &blk.proj, self.cfg.heads, &h)
             }
             Branch::Cross => {
                 let Some((ctx, mask)) = &cond.context else {
@@ -912,8 +661,7 @@ impl BlockModel for PixArt {
             }
             Branch::Mlp => {
                 let h = ops::layer_norm_modulate(x, &m.shift_mlp, &m.scale_mlp, eps)?;
-                blk.fc2
-                    .forward(&ops::bias_gelu(&blk.fc1.matmul(&h)?, &blk.fc1.b)?)
+                gelu_mlp(&blk.fc1, &blk.fc2, &h)
             }
         }
     }
@@ -927,13 +675,7 @@ impl BlockModel for PixArt {
         m: &Modulation,
         out: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        if out.dims() != x.dims() {
-            candle_core::bail!(
-                "{branch} branch output is {:?}, the residual stream {:?}",
-                out.dims(),
-                x.dims()
-            );
-        }
+        check_branch_output(branch, x, out)?;
         match branch {
             Branch::Attn => ops::gated_add(x, out, &m.gate_msa),
             Branch::Mlp => ops::gated_add(x, out, &m.gate_mlp),
@@ -943,7 +685,8 @@ impl BlockModel for PixArt {
 
     fn finish(&self, x: &Tensor, cond: &Conditioning) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
-        let (b, t, _) = x.dims3()?;
+        // The rank of `x` is checked before anything is computed.
+        x.dims3()?;
         let st = self
             .final_table
             .unsqueeze(0)?
@@ -952,37 +695,13 @@ impl BlockModel for PixArt {
         let scale = st.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?;
         let h = ops::layer_norm_modulate(x, &shift, &scale, FINAL_NORM_EPS)?;
         let h = self.proj_out.forward(&h)?;
-        let (p, c) = (cfg.patch, cfg.out_channels);
-        let side = cfg.input_size / p;
-        if t != side * side {
-            candle_core::bail!("finish: {t} tokens, expected {}", side * side);
-        }
-        h.reshape((b, side, side, p, p, c))?
-            .permute((0, 5, 1, 3, 2, 4))?
-            .reshape((b, c, side * p, side * p))?
-            .to_dtype(DType::F32)
+        layers::unpatchify(&h, cfg.input_size / cfg.patch, cfg.patch, cfg.out_channels)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pos_embed_scales_positions() {
-        // Scale 1, base = grid: DiT's embedding at integer positions.
-        let a = pos_embed_scaled(16, 4, 4, 1.0);
-        let b = crate::pos_embed_2d(16, 4);
-        assert_eq!(a, b);
-        // Scale 0.5 (PixArt-α 256 px): token (i, j) sits at (2i, 2j).
-        let half = pos_embed_scaled(16, 4, 4, 0.5);
-        let big = crate::pos_embed_2d(16, 8);
-        let (i, j) = (1, 3);
-        assert_eq!(
-            &half[(i * 4 + j) * 16..(i * 4 + j + 1) * 16],
-            &big[(2 * i * 8 + 2 * j) * 16..(2 * i * 8 + 2 * j + 1) * 16]
-        );
-    }
 
     #[test]
     fn presets_and_config_errors() {

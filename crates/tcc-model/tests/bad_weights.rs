@@ -1,33 +1,21 @@
 //! Bad weights and bad inputs give clear errors (naming the tensor and the
 //! file), never a panic.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use tcc_model::{convert_checkpoint, BlockModel, Dit, DitConfig, Numerics};
+use common::{dit_tiny_cfg as tiny_cfg, load_tensors};
+use tcc_model::{convert_checkpoint, BlockModel, Dit, DitConfig};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dit_tiny")
-}
-
-fn tiny_cfg() -> DitConfig {
-    DitConfig {
-        depth: 2,
-        hidden: 32,
-        heads: 2,
-        patch: 2,
-        input_size: 8,
-        in_channels: 4,
-        out_channels: 8,
-        mlp_hidden: 128,
-        num_classes: 10,
-        numerics: Numerics::ORIGINAL,
-    }
+    common::fixtures("dit_tiny")
 }
 
 fn original() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("original.safetensors"), &Device::Cpu).unwrap()
+    load_tensors(&fixtures().join("original.safetensors"))
 }
 
 /// Writes `tensors` to `dir/name` and returns the load error message.
@@ -234,11 +222,7 @@ fn diffusers_directory_errors() {
     // Blocks whose embedder copies differ: diffusers conditions each block
     // with its own copy, and so does tcc (numbers checked against diffusers
     // in tcc-exec's golden sampling-run test). Only block 1 changes here.
-    let mut t = candle_core::safetensors::load(
-        src.join("diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let mut t = load_tensors(&src.join("diffusion_pytorch_model.safetensors"));
     let name = "transformer_blocks.1.norm1.emb.timestep_embedder.linear_2.bias";
     let changed = (&t[name] + 0.5).unwrap();
     t.insert(name.into(), changed);

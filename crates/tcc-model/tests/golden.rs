@@ -9,10 +9,13 @@
 //!   settings that differ patched);
 //! - intermediate values of the diffusers forward for block 0.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::{dit_tiny_cfg as tiny_cfg, load_tensors, max_abs, max_abs_diff};
 use tcc_core::Branch;
 use tcc_model::{
     convert_checkpoint, detect_layout, BlockModel, Dit, DitConfig, Numerics, WeightsLayout,
@@ -27,51 +30,11 @@ const TOL_F16_REL: f32 = 5e-3;
 const TOL_BF16_REL: f32 = 2.5e-2;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dit_tiny")
+    common::fixtures("dit_tiny")
 }
 
 fn golden() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// The fixture's shape, as a caller would name it (original numerics).
-fn tiny_cfg() -> DitConfig {
-    DitConfig {
-        depth: 2,
-        hidden: 32,
-        heads: 2,
-        patch: 2,
-        input_size: 8,
-        in_channels: 4,
-        out_channels: 8,
-        mlp_hidden: 128,
-        num_classes: 10,
-        numerics: Numerics::ORIGINAL,
-    }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    load_tensors(&fixtures().join("golden.safetensors"))
 }
 
 fn run(model: &Dit, g: &HashMap<String, Tensor>) -> Tensor {
@@ -182,11 +145,7 @@ fn pipeline_and_sharded_directories_load() {
     let sharded = tmp.path().join("sharded");
     std::fs::create_dir_all(&sharded).unwrap();
     std::fs::copy(src.join("config.json"), sharded.join("config.json")).unwrap();
-    let all = candle_core::safetensors::load(
-        src.join("diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let all = load_tensors(&src.join("diffusion_pytorch_model.safetensors"));
     let mut shards: [HashMap<String, Tensor>; 2] = Default::default();
     let mut weight_map = serde_json::Map::new();
     for (name, t) in all {
@@ -333,10 +292,8 @@ fn convert_pt_to_safetensors() {
     let out = tmp.path().join("dit.safetensors");
     let report = convert_checkpoint(&fixtures().join("original.pt"), &out).unwrap();
     assert_eq!(report.nested_key.as_deref(), Some("ema"));
-    let converted = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let reference =
-        candle_core::safetensors::load(fixtures().join("original.safetensors"), &Device::Cpu)
-            .unwrap();
+    let converted = load_tensors(&out);
+    let reference = load_tensors(&fixtures().join("original.safetensors"));
     assert_eq!(report.tensors, reference.len());
     assert_eq!(converted.len(), reference.len());
     for (name, t) in &reference {

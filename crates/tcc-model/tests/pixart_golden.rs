@@ -10,10 +10,13 @@
 //! output `out`, the same forward in float64 `out_f64` (the float32
 //! reference is 1.2e-6 from it), and intermediate values.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::{load_tensors, max_abs, max_abs_diff};
 use tcc_core::Branch;
 use tcc_model::{BlockModel, PixArt, PixArtConfig};
 
@@ -22,28 +25,15 @@ use tcc_model::{BlockModel, PixArt, PixArtConfig};
 const TOL_F32: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart_tiny")
+    common::fixtures("pixart_tiny")
 }
 
 fn golden() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap()
+    load_tensors(&fixtures().join("golden.safetensors"))
 }
 
 fn model() -> PixArt {
     PixArt::load(&fixtures().join("model"), DType::F32, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn forward(m: &PixArt, g: &HashMap<String, Tensor>, caption: &Tensor) -> Tensor {
@@ -109,11 +99,7 @@ fn forward_matches_diffusers() {
     );
     // Block 1's modulation: its scale-shift table plus the shared 6 D vector,
     // in diffusers' order.
-    let weights = candle_core::safetensors::load(
-        fixtures().join("model/diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let weights = load_tensors(&fixtures().join("model/diffusion_pytorch_model.safetensors"));
     let table = &weights["transformer_blocks.1.scale_shift_table"];
     let t6 = g["t6"].reshape((2, 6, 32)).unwrap();
     let want = t6.broadcast_add(&table.unsqueeze(0).unwrap()).unwrap();
@@ -225,11 +211,7 @@ fn edited_copy(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::Tem
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("model");
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut w = candle_core::safetensors::load(
-        src.join("diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let mut w = load_tensors(&src.join("diffusion_pytorch_model.safetensors"));
     edit(&mut w);
     candle_core::safetensors::save(&w, dir.path().join("diffusion_pytorch_model.safetensors"))
         .unwrap();
@@ -351,13 +333,7 @@ fn random_weights_are_deterministic_per_seed() {
 fn half_precision_runs_close_to_f32() {
     let g = golden();
     let full = &g["out"];
-    let scale = full
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(full);
     for (dt, rel) in [(DType::F16, 2.5e-3f32), (DType::BF16, 2.5e-2)] {
         let m = PixArt::load(&fixtures().join("model"), dt, &Device::Cpu).unwrap();
         let out = forward(&m, &g, &g["caption"]);

@@ -1,0 +1,407 @@
+//! The pieces DiT and PixArt-α share: the linear layer, the patch embedding,
+//! timestep and position embeddings, attention, seeded random weights, and
+//! the reader that moves checkpoint tensors into a model.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
+
+use crate::config::FREQ_EMBED_DIM;
+use crate::error::{Error, Result};
+use crate::ops;
+
+/// Tensor names and shapes, as a model expects them in a checkpoint.
+pub(crate) type Shapes = Vec<(String, Vec<usize>)>;
+
+/// Appends the `{name}.weight` `[out, inp]` and `{name}.bias` `[out]` of a
+/// linear layer to `shapes`.
+pub(crate) fn push_linear(shapes: &mut Shapes, name: &str, out: usize, inp: usize) {
+    shapes.push((format!("{name}.weight"), vec![out, inp]));
+    shapes.push((format!("{name}.bias"), vec![out]));
+}
+
+/// A linear layer `y = x W^T + b`, `W` `[out, in]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Linear {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
+}
+
+impl Linear {
+    /// `x W^T` without the bias.
+    pub(crate) fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let (k, lead) = match dims.split_last() {
+            Some((k, lead)) => (*k, lead),
+            None => candle_core::bail!("linear: scalar input"),
+        };
+        let rows: usize = lead.iter().product();
+        let y = x.reshape((rows, k))?.matmul(&self.w.t()?)?;
+        let mut out = lead.to_vec();
+        out.push(self.w.dim(0)?);
+        y.reshape(out)
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::bias_add(&self.matmul(x)?, &self.b)
+    }
+}
+
+/// `fc2(gelu_tanh(fc1(x)))`, the bias and GELU of `fc1` fused.
+pub(crate) fn gelu_mlp(fc1: &Linear, fc2: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    fc2.forward(&ops::bias_gelu(&fc1.matmul(x)?, &fc1.b)?)
+}
+
+/// Checkpoint tensors on their way into a model: taken by name, cast to the
+/// model's dtype and moved to its device.
+pub(crate) struct Weights {
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Refuses model dtypes other than f32, f16 and bf16.
+    pub(crate) fn new(
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Weights> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Config(format!(
+                "unsupported model dtype {dtype:?} (f32, f16, bf16)"
+            )));
+        }
+        Ok(Weights {
+            tensors,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub(crate) fn take(&mut self, name: &str) -> Result<Tensor> {
+        let v = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::Config(format!("internal: tensor `{name}` missing")))?;
+        Ok(v.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The linear layer `{name}.weight`, `{name}.bias`.
+    pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
+        Ok(Linear {
+            w: self.take(&format!("{name}.weight"))?,
+            b: self.take(&format!("{name}.bias"))?,
+        })
+    }
+}
+
+/// The patch embedding: the `p x p` stride-`p` convolution as a matmul, plus
+/// the fixed position embedding.
+#[derive(Clone, Debug)]
+pub(crate) struct PatchEmbed {
+    /// `[D, C p p]`.
+    proj: Linear,
+    /// `[1, T, D]`.
+    pos: Tensor,
+    patch: usize,
+    in_channels: usize,
+    input_size: usize,
+}
+
+impl PatchEmbed {
+    /// The convolution `{name}` of `weights` (`[D, C, p, p]`) and the position
+    /// embedding `pos` (`[T, D]` row-major, as [`pos_embed_2d`] makes it).
+    pub(crate) fn new(
+        weights: &mut Weights,
+        name: &str,
+        in_channels: usize,
+        patch: usize,
+        input_size: usize,
+        pos: Vec<f64>,
+    ) -> Result<PatchEmbed> {
+        let mut proj = weights.linear(name)?;
+        let d = proj.w.dim(0)?;
+        proj.w = proj.w.reshape((d, in_channels * patch * patch))?;
+        let tokens = pos.len() / d;
+        let pos: Vec<f32> = pos.into_iter().map(|v| v as f32).collect();
+        let pos =
+            Tensor::from_vec(pos, (1, tokens, d), &weights.device)?.to_dtype(weights.dtype)?;
+        Ok(PatchEmbed {
+            proj,
+            pos,
+            patch,
+            in_channels,
+            input_size,
+        })
+    }
+
+    /// Checks that `x` is `[B, C, H, W]` with the model's channels and size
+    /// and returns B; `model` names the model in messages.
+    pub(crate) fn check_input(&self, model: &str, x: &Tensor) -> candle_core::Result<usize> {
+        let (b, c, h, w) = x.dims4()?;
+        if c != self.in_channels || h != self.input_size || w != self.input_size {
+            candle_core::bail!(
+                "{model} input is {:?}, expected [B, {}, {}, {}]",
+                x.dims(),
+                self.in_channels,
+                self.input_size,
+                self.input_size
+            );
+        }
+        Ok(b)
+    }
+
+    /// `x` `[B, C, H, W]` (checked, any float dtype and device) -> tokens
+    /// `[B, T, D]` in the model's dtype, on its device.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let patches = x
+            .to_device(self.pos.device())?
+            .to_dtype(self.pos.dtype())?
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, gh * gw, c * p * p))?;
+        self.proj.forward(&patches)?.broadcast_add(&self.pos)
+    }
+}
+
+/// The output tokens `h` `[B, T, p p C]` as an image `[B, C, side p, side p]`
+/// in f32.
+pub(crate) fn unpatchify(
+    h: &Tensor,
+    side: usize,
+    p: usize,
+    c: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, _) = h.dims3()?;
+    if t != side * side {
+        candle_core::bail!("finish: {t} tokens, expected {}", side * side);
+    }
+    h.reshape((b, side, side, p, p, c))?
+        .permute((0, 5, 1, 3, 2, 4))?
+        .reshape((b, c, side * p, side * p))?
+        .to_dtype(DType::F32)
+}
+
+/// The 2-D sin-cos position embedding of DiT (and MAE), `[T, D]` row-major,
+/// computed in f64. Token `n = i * side + j` (row i, column j); the first half
+/// of the channels encodes the column j, the second half the row i; each half
+/// is `[sin(pos w_k), cos(pos w_k)]` with `w_k = 10000^(-k / (D/4))`.
+pub fn pos_embed_2d(hidden: usize, side: usize) -> Vec<f64> {
+    sincos_2d(hidden, side, |k| k as f64)
+}
+
+/// The 2-D sin-cos position embedding of diffusers' `PatchEmbed`: that of
+/// [`pos_embed_2d`] at positions `k / (side / base_size) /
+/// interpolation_scale` (computed in f32, as diffusers does; the sines in
+/// f64).
+pub(crate) fn pos_embed_scaled(
+    hidden: usize,
+    side: usize,
+    base_size: usize,
+    interpolation_scale: f64,
+) -> Vec<f64> {
+    let step = (side as f64 / base_size as f64) as f32;
+    let scale = interpolation_scale as f32;
+    sincos_2d(hidden, side, |k| ((k as f32 / step) / scale) as f64)
+}
+
+/// [`pos_embed_2d`] with grid index `k` at position `pos(k)`.
+fn sincos_2d(hidden: usize, side: usize, pos: impl Fn(usize) -> f64) -> Vec<f64> {
+    let quarter = hidden / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))
+        .collect();
+    let mut out = Vec::with_capacity(side * side * hidden);
+    for i in 0..side {
+        for j in 0..side {
+            for p in [pos(j), pos(i)] {
+                out.extend(omega.iter().map(|w| (p * w).sin()));
+                out.extend(omega.iter().map(|w| (p * w).cos()));
+            }
+        }
+    }
+    out
+}
+
+/// The timestep frequencies `exp(-ln(10000) k / (half - shift))`
+/// `[FREQ_EMBED_DIM / 2]`, computed in f32 step by step as PyTorch does, so
+/// that `t * freq` rounds the same.
+pub(crate) fn timestep_freqs(shift: f64, device: &Device) -> candle_core::Result<Tensor> {
+    let half = FREQ_EMBED_DIM / 2;
+    let neg_log = -(10000f64.ln()) as f32;
+    let denom = (half as f64 - shift) as f32;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| ((neg_log * k as f32) / denom).exp())
+        .collect();
+    Tensor::from_vec(freqs, half, device)
+}
+
+/// The sinusoidal timestep embedding `[cos(t f), sin(t f)]` `[B,
+/// FREQ_EMBED_DIM]` of the timesteps `t` `[B]`, computed in f32 and cast to
+/// `dtype`; `freqs` from [`timestep_freqs`].
+pub(crate) fn timestep_embedding(
+    t: &Tensor,
+    freqs: &Tensor,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    let args = t
+        .to_device(freqs.device())?
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs.unsqueeze(0)?)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype)
+}
+
+/// Multi-head attention: `q` `[B, H, Tq, hd]`, `k`, `v` `[B, H, Tk, hd]`,
+/// `bias` `[B, 1, 1, Tk]` f32 added to the scores. Softmax in f32 (a
+/// half-precision sum over 256+ keys loses digits). Returns `[B, Tq, H hd]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, h, tq, hd) = q.dims4()?;
+    let dtype = q.dtype();
+    let q = (q * (hd as f64).powf(-0.5))?;
+    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, h * hd))
+}
+
+/// Multi-head self-attention of `h` `[B, T, D]`: the fused projection `qkv`
+/// (`[3D, D]`), then `proj`.
+pub(crate) fn self_attention(
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    h: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, t, d) = h.dims3()?;
+    let hd = d / heads;
+    let qkv = qkv
+        .forward(h)?
+        .reshape((b, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let out = attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None)?;
+    proj.forward(&out)
+}
+
+/// SplitMix64: a small, fast, seedable generator (deterministic across
+/// platforms and candle versions, unlike `Tensor::randn`).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `n` samples of N(0, std^2) (Box-Muller).
+    fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let r = (-2.0 * self.uniform().ln()).sqrt() * std;
+            let a = std::f64::consts::TAU * self.uniform();
+            out.push((r * a.cos()) as f32);
+            out.push((r * a.sin()) as f32);
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// Seeded random f32 tensors on the CPU, one per entry of `shapes`, drawn
+/// from N(0, std(name, shape)^2). Each tensor has its own stream (seed and
+/// index), so the same seed gives the same weights however they are
+/// scheduled.
+pub(crate) fn random_tensors(
+    shapes: &[(String, Vec<usize>)],
+    seed: u64,
+    std: impl Fn(&str, &[usize]) -> f64 + Sync,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    shapes
+        .par_iter()
+        .enumerate()
+        .map(|(idx, (name, shape))| {
+            let mut rng = SplitMix64(seed ^ (idx as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            rng.next_u64();
+            let n: usize = shape.iter().product();
+            let values = rng.normals(n, std(name, shape));
+            Ok((
+                name.clone(),
+                Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?,
+            ))
+        })
+        .collect()
+}
+
+/// `gain / sqrt(fan_in)`, the fan-in being the product of all dimensions but
+/// the first.
+pub(crate) fn fan_in_std(shape: &[usize], gain: f64) -> f64 {
+    let fan_in: usize = shape[1..].iter().product();
+    gain / (fan_in as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pos_embed_layout() {
+        // D = 8: quarter = 2, omega = [1, 1/100].
+        let pe = pos_embed_2d(8, 3);
+        let tok = |i: usize, j: usize| &pe[(i * 3 + j) * 8..(i * 3 + j + 1) * 8];
+        let (i, j) = (2.0f64, 1.0f64);
+        let want = [
+            j.sin(),
+            (j / 100.0).sin(),
+            j.cos(),
+            (j / 100.0).cos(),
+            i.sin(),
+            (i / 100.0).sin(),
+            i.cos(),
+            (i / 100.0).cos(),
+        ];
+        for (a, b) in tok(2, 1).iter().zip(want) {
+            assert!((a - b).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn pos_embed_scales_positions() {
+        // Scale 1, base = grid: DiT's embedding at integer positions.
+        let a = pos_embed_scaled(16, 4, 4, 1.0);
+        let b = pos_embed_2d(16, 4);
+        assert_eq!(a, b);
+        // Scale 0.5 (PixArt-α 256 px): token (i, j) sits at (2i, 2j).
+        let half = pos_embed_scaled(16, 4, 4, 0.5);
+        let big = pos_embed_2d(16, 8);
+        let (i, j) = (1, 3);
+        assert_eq!(
+            &half[(i * 4 + j) * 16..(i * 4 + j + 1) * 16],
+            &big[(2 * i * 8 + 2 * j) * 16..(2 * i * 8 + 2 * j + 1) * 16]
+        );
+    }
+}
