@@ -7,6 +7,12 @@ Reproducible: fixed seeds, single process, CPU. Run from the repository root:
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
         --out crates/tcc-testbed/assets/tiny-dit --steps 5000 --batch 64
 
+A second stage continues from the first one's weights (fresh optimizer and
+EMA, min-SNR weighting):
+
+    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
+        --init <stage-1 out> --out crates/tcc-testbed/assets/tiny-dit --steps 3500 --min-snr 5
+
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
 EMA weights) and <out>/training.json (what was run, losses, wall time).
 Requires torch and diffusers from PyPI.
@@ -57,6 +63,8 @@ def main():
     ap.add_argument("--minutes", type=float, default=90.0, help="safety cap on wall-clock time; stopping early is recorded")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", help="start from these diffusers-layout weights (a previous run's output) instead of a seeded initialisation")
+    ap.add_argument("--min-snr", type=float, default=0.0, help="min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE")
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="also save the EMA weights under <out>/step-N")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,6 +89,8 @@ def main():
         patch_size=4,
         num_embeds_ada_norm=num_classes,
     )
+    if args.init:
+        model = DiTTransformer2DModel.from_pretrained(args.init)
     tie_embedders(model)
     ema = DiTTransformer2DModel.from_config(model.config)
     tie_embedders(ema)
@@ -114,7 +124,13 @@ def main():
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         pred = model(xt, timestep=t, class_labels=y).sample
-        loss = torch.nn.functional.mse_loss(pred, eps)
+        if args.min_snr > 0:
+            # min-SNR-gamma for epsilon prediction: weight min(SNR, g) / SNR.
+            snr = (ab / (1 - ab)).view(-1)
+            w = torch.clamp(snr, max=args.min_snr) / snr
+            loss = (w * ((pred - eps) ** 2).mean(dim=(1, 2, 3))).mean()
+        else:
+            loss = torch.nn.functional.mse_loss(pred, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -136,6 +152,8 @@ def main():
     summary = {
         "steps": step,
         "steps_planned": args.steps,
+        "init": args.init,
+        "min_snr": args.min_snr,
         "batch": args.batch,
         "seconds": round(time.time() - start, 1),
         "parameters": params,
