@@ -3,30 +3,12 @@
 //! output that agrees with the library it prints.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use tcc_plan::{Format, Plan, PlanCost, PlanDiff, PlanDocument};
 
-fn tcc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tcc"))
-        .args(args)
-        .output()
-        .expect("the tcc binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
-}
-
-/// Asserts exit status 2, nothing on stdout, a message on stderr, no panic.
-fn assert_bad_input(out: &Output) -> String {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
+mod common;
+use common::{assert_bad_input, tcc, text};
 
 /// The plan the library compiles, named by the path as given.
 fn compiled(path: &str) -> Plan {

@@ -3,37 +3,9 @@
 //! errors (exit status 2, no panic) for priors that do not belong.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn tcc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tcc"))
-        .args(args)
-        .output()
-        .expect("the tcc binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
-}
-
-fn assert_ok(out: &Output) -> String {
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
-    stdout
-}
-
-fn assert_bad_input(out: &Output) -> String {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
+mod common;
+use common::{assert_bad_input, assert_ok, tcc};
 
 /// Calibrates fora3 on 4 samples into `dir`, in both modes.
 fn priors(dir: &Path) -> (String, String) {

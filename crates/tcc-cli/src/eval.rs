@@ -87,12 +87,21 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // The priors: given files (checked against this plan) or fitted here.
     let mut calibrated: Vec<(String, PriorSet)> = Vec::new();
     if plan.calibration.method == CalibMethod::Tcc {
-        for (label, path, mode) in [
+        // Check the given files before spending time fitting the others.
+        let wanted = [
             ("one-shot", &args.one_shot_priors, CalibMode::OneShot),
             ("tcc", &args.priors, CalibMode::Consistent),
-        ] {
-            let set = match path {
-                Some(path) => load_priors(path, &plan, &hash, mode)?,
+        ];
+        let mut given = Vec::new();
+        for (_, path, mode) in &wanted {
+            given.push(match path {
+                Some(path) => Some(load_priors(path, &plan, &hash, *mode)?),
+                None => None,
+            });
+        }
+        for ((label, _, mode), set) in wanted.into_iter().zip(given) {
+            let set = match set {
+                Some(set) => set,
                 None => {
                     writeln!(
                         log,
