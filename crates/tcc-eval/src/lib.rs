@@ -21,6 +21,6 @@ mod run;
 
 pub use plot::{plot_deviation, Series};
 pub use run::{
-    evaluate, held_out, EvalError, Progress, Report, Scorer, SeedSet, SetMetrics, StepDistance,
-    Variant, VariantReport,
+    evaluate, held_out, EvalError, PairedTest, Progress, Report, Scorer, SeedSet, SetMetrics,
+    StepDistance, Variant, VariantReport,
 };

@@ -64,8 +64,8 @@ pub struct Variant<'a> {
     pub hooks: Box<dyn Hooks + 'a>,
 }
 
-/// Progress: `samples` more samples advanced one step in `variant`
-/// (`None` = full computation).
+/// Progress: `samples` more samples advanced one step (in full computation
+/// or one of the variants).
 pub struct Progress {
     pub samples: usize,
 }
