@@ -24,6 +24,10 @@ use tcc_model::{BlockModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::{Plan, PlanCost};
 use tcc_sampler::NoiseRng;
 
+/// The same allocator as the `tcc` binary, so timings match what users get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut schedule = "schedules/fora3.sched".to_string();
