@@ -47,6 +47,31 @@ def untie_embedders(model):
         block.norm1.emb = copy.deepcopy(shared)
 
 
+def dit_init(model):
+    """The DiT paper's initialisation (diffusers' random init is PyTorch's
+    default): Xavier-uniform linears and patch embedding, N(0, 0.02) label
+    and timestep embeddings, and adaLN-Zero: every modulation layer and the
+    output projection start at zero, so each block starts as the identity."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    w = model.pos_embed.proj.weight
+    torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    torch.nn.init.zeros_(model.pos_embed.proj.bias)
+    emb = model.transformer_blocks[0].norm1.emb
+    torch.nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
+    torch.nn.init.normal_(emb.timestep_embedder.linear_1.weight, std=0.02)
+    torch.nn.init.normal_(emb.timestep_embedder.linear_2.weight, std=0.02)
+    for block in model.transformer_blocks:
+        torch.nn.init.zeros_(block.norm1.linear.weight)
+        torch.nn.init.zeros_(block.norm1.linear.bias)
+    for layer in (model.proj_out_1, model.proj_out_2):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+
+
 def save(ema, out):
     """Save untied copies so the on-disk layout is plain diffusers."""
     out.mkdir(parents=True, exist_ok=True)
@@ -69,40 +94,58 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda; the same seed gives a different (equally valid) run on another device")
+    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--dit-init", action="store_true", help="the DiT paper's initialisation with adaLN-Zero (see dit_init)")
+    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                    help="cosine decays to 5%% over --steps; constant keeps the peak (EMA does the averaging), so any checkpoint is a finished model")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
     data = load_file(args.data)
-    images = data["images"].float() / 127.5 - 1.0
-    labels = data["labels"].long()
+    images = (data["images"].float() / 127.5 - 1.0).to(dev)
+    labels = data["labels"].long().to(dev)
     n, c, h, w = images.shape
     num_classes = int(labels.max()) + 1
 
     model = DiTTransformer2DModel(
-        num_attention_heads=4,
-        attention_head_dim=32,
+        num_attention_heads=args.heads,
+        attention_head_dim=args.head_dim,
         in_channels=c,
         out_channels=c,
-        num_layers=6,
+        num_layers=args.layers,
         sample_size=h,
-        patch_size=4,
+        patch_size=args.patch,
         num_embeds_ada_norm=num_classes,
     )
     if args.init:
         model = DiTTransformer2DModel.from_pretrained(args.init)
+    model.to(dev)
     tie_embedders(model)
+    if args.dit_init and not args.init:
+        dit_init(model)
     ema = DiTTransformer2DModel.from_config(model.config)
     tie_embedders(ema)
+    ema.to(dev)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, {n} images, {num_classes} classes")
 
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0).float().to(dev)
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, **fused)
+    # Draws come from a CPU generator whatever the device, so a run's data
+    # order and noise depend only on the seed.
     gen = torch.Generator().manual_seed(args.seed)
+    ema_params = list(ema.parameters())
+    model_params = list(model.parameters())
 
     budget = args.minutes * 60.0
     start = time.time()
@@ -113,14 +156,16 @@ def main():
         frac = step / args.steps
         # Short warm-up, then cosine decay over the step budget (step-based so
         # that a run is reproducible whatever else the machine is doing).
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (step + 1) / 200)
+        if args.lr_schedule == "cosine":
+            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (args.batch,), generator=gen)
-        x0, y = images[idx], labels[idx]
+        x0, y = images[idx.to(dev)], labels[idx.to(dev)]
         # Random horizontal flips would change the glyph classes' meaning: none.
-        t = torch.randint(0, 1000, (args.batch,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen).to(dev)
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         pred = model(xt, timestep=t, class_labels=y).sample
@@ -137,11 +182,11 @@ def main():
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
-        losses.append(loss.item())
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
+        losses.append(loss.detach())
         step += 1
         if step % 50 == 0:
+            losses[-50:] = [float(v) for v in losses[-50:]]
             recent = sum(losses[-50:]) / 50
             print(f"step {step} loss {recent:.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
@@ -157,7 +202,11 @@ def main():
         "batch": args.batch,
         "seconds": round(time.time() - start, 1),
         "parameters": params,
-        "final_loss_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
+        "final_loss_100": float(sum(losses[-100:])) / max(1, len(losses[-100:])),
+        "device": str(dev),
+        "lr_schedule": args.lr_schedule,
+        "dit_init": args.dit_init,
+        "architecture": {"patch": args.patch, "heads": args.heads, "head_dim": args.head_dim, "layers": args.layers},
         "lr": args.lr,
         "ema": args.ema,
         "seed": args.seed,

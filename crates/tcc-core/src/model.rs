@@ -131,7 +131,7 @@ impl ModelShape {
                 in_channels: 3,
                 out_channels: 3,
                 num_classes: 10,
-                ..dit(6, 128, 4, 4, 32)
+                ..dit(6, 128, 4, 2, 32)
             },
             "dit-s-2-256" => dit(12, 384, 6, 2, 32),
             "dit-b-2-256" => dit(12, 768, 12, 2, 32),
