@@ -73,6 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 noise,
                 cond: Tensor::new(&[1u32], &dev)?,
                 uncond: Some(Tensor::new(&[m.num_classes as u32], &dev)?),
+                cond_mask: None,
+                uncond_mask: None,
                 seed: 0,
             };
             report(&model, &schedule, &plan, &full, &batch, rounds)
@@ -84,6 +86,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let batch = SampleBatch {
                 noise,
                 uncond: Some(caption.zeros_like()?),
+                cond_mask: None,
+                uncond_mask: None,
                 cond: caption,
                 seed: 0,
             };

@@ -53,6 +53,8 @@ fn batch(plan: &Plan, seed: u64, classes: &[u32]) -> SampleBatch {
             .unwrap(),
         cond: Tensor::new(classes, &dev).unwrap(),
         uncond: Some(Tensor::full(m.num_classes as u32, n, &dev).unwrap()),
+        cond_mask: None,
+        uncond_mask: None,
         seed,
     }
 }

@@ -102,6 +102,8 @@ impl Inputs {
             noise: self.noise.narrow(0, start, len).map_err(fail)?,
             cond: Tensor::new(&self.classes[start..start + len], &dev).map_err(fail)?,
             uncond: Some(Tensor::full(plan.model.num_classes as u32, len, &dev).map_err(fail)?),
+            cond_mask: None,
+            uncond_mask: None,
             // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
             seed: self.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(start as u64 + 1),
         })

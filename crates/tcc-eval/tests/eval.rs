@@ -59,6 +59,8 @@ fn seed_set(plan: &Plan, seed: u64, n: usize, batch: usize) -> SeedSet {
             noise: noise.narrow(0, start, len).unwrap(),
             cond: Tensor::new(&labels[start..start + len], &dev).unwrap(),
             uncond: Some(Tensor::full(m.num_classes as u32, len, &dev).unwrap()),
+            cond_mask: None,
+            uncond_mask: None,
             seed,
         });
         start += len;

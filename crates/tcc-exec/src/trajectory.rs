@@ -48,6 +48,11 @@ pub struct SampleBatch {
     pub cond: Tensor,
     /// The null condition `[B, ...]`, required when the plan uses CFG.
     pub uncond: Option<Tensor>,
+    /// Key mask of `cond` `[B, L]` (1 = attend, 0 = padding): PixArt's
+    /// caption mask. `None` attends to every token.
+    pub cond_mask: Option<Tensor>,
+    /// Key mask of `uncond`; with CFG, give both masks or neither.
+    pub uncond_mask: Option<Tensor>,
     /// Seed of the sampler's own noise (DDPM, DDIM with eta > 0).
     pub seed: u64,
 }
@@ -64,6 +69,8 @@ pub struct Trajectory<'a, M: BlockModel> {
     rng: NoiseRng,
     x: Tensor,
     cond_in: Tensor,
+    /// The key mask matching `cond_in`, if the batch has masks.
+    mask_in: Option<Tensor>,
     next: usize,
     /// (block, branch index) -> (step it was computed at, pre-gate output).
     cache: HashMap<(usize, usize), (usize, Tensor)>,
@@ -98,6 +105,20 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         } else {
             batch.cond.clone()
         };
+        let mask_in = match (&batch.cond_mask, &batch.uncond_mask) {
+            (None, None) => None,
+            (Some(m), _) if !plan.sampler.uses_cfg() => Some(m.clone()),
+            (Some(m), Some(u)) => Some(match plan.sampler.cfg_order {
+                CfgOrder::CondFirst => Tensor::cat(&[m, u], 0)?,
+                CfgOrder::UncondFirst => Tensor::cat(&[u, m], 0)?,
+            }),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "the plan uses CFG: give a key mask for both the condition and the null condition, or for neither".into(),
+                )
+                .into())
+            }
+        };
         Ok(Trajectory {
             model,
             plan,
@@ -106,6 +127,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             rng: NoiseRng::new(batch.seed),
             x: batch.noise.to_dtype(DType::F32)?,
             cond_in,
+            mask_in,
             next: 0,
             cache: HashMap::new(),
             delta: HashMap::new(),
@@ -167,7 +189,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         };
         let batch = x_in.dim(0)?;
         let t = Tensor::full(step.timestep as f32, batch, x_in.device())?;
-        let (mut h, c) = model.embed(&x_in, &t, &self.cond_in, None)?;
+        let (mut h, c) = model.embed(&x_in, &t, &self.cond_in, self.mask_in.as_ref())?;
 
         let mut open_ranges: Vec<((usize, usize), Tensor)> = Vec::new();
         let mut block = 0;

@@ -99,6 +99,8 @@ fn batch(shape: &ModelShape, n: usize, seed: u64) -> SampleBatch {
         noise,
         cond: Tensor::new(labels, &dev).unwrap(),
         uncond: Some(Tensor::full(shape.num_classes as u32, n, &dev).unwrap()),
+        cond_mask: None,
+        uncond_mask: None,
         seed: seed ^ 0x5eed,
     }
 }
@@ -142,7 +144,7 @@ fn sampler_spec(
     }
 }
 
-fn run_plan(m: &Dit, p: &Plan, b: &SampleBatch) -> Tensor {
+fn run_plan<M: BlockModel>(m: &M, p: &Plan, b: &SampleBatch) -> Tensor {
     Trajectory::new(m, p, b).unwrap().run(&mut NoHooks).unwrap()
 }
 
@@ -399,4 +401,131 @@ fn schedules_that_compile_to_one_plan_sample_identically() {
         bits(&run_plan(&m, &every, &b)),
         bits(&run_plan(&m, &full, &b))
     );
+}
+
+/// A tiny random PixArt-α (3 branches per block, cross-attention to
+/// `tokens` caption tokens of width 6).
+fn pixart(tokens: usize) -> (ModelShape, tcc_model::PixArt) {
+    let sh = ModelShape {
+        name: "test-pixart".into(),
+        family: tcc_core::ModelFamily::Pixart,
+        depth: 2,
+        hidden: 32,
+        heads: 2,
+        patch: 2,
+        input_size: 8,
+        in_channels: 4,
+        out_channels: 8,
+        mlp_ratio: 4.0,
+        num_classes: 0,
+        caption_tokens: tokens,
+        caption_dim: 6,
+    };
+    let cfg = tcc_model::PixArtConfig::from_shape(&sh).unwrap();
+    let m = tcc_model::PixArt::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    (sh, m)
+}
+
+/// Captions of 2 samples: sample 0 has 3 real tokens, sample 1 has 5; the
+/// null caption has 1. `junk` changes every padding position (and nothing
+/// else), so runs that honour the masks must not see it.
+fn captioned_batch(sh: &ModelShape, junk: f64) -> SampleBatch {
+    let dev = Device::Cpu;
+    let l = sh.caption_tokens;
+    let mask = |lens: &[usize]| {
+        let v: Vec<f32> = lens
+            .iter()
+            .flat_map(|&n| (0..l).map(move |i| if i < n { 1.0 } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(v, (lens.len(), l), &dev).unwrap()
+    };
+    let (cm, um) = (mask(&[3, 5]), mask(&[1, 1]));
+    let with_junk = |seed: u64, m: &Tensor| {
+        let e = NoiseRng::new(seed)
+            .randn((2, l, sh.caption_dim), &dev)
+            .unwrap();
+        let pad = (1.0 - m).unwrap().unsqueeze(2).unwrap();
+        e.broadcast_add(&(pad * junk).unwrap()).unwrap()
+    };
+    SampleBatch {
+        noise: NoiseRng::new(5).randn((2, 4, 8, 8), &dev).unwrap(),
+        cond: with_junk(6, &cm),
+        uncond: Some(with_junk(7, &um)),
+        cond_mask: Some(cm),
+        uncond_mask: Some(um),
+        seed: 9,
+    }
+}
+
+#[test]
+fn caption_masks_reach_cross_attention_in_both_cfg_halves() {
+    let (sh, m) = pixart(8);
+    for order in [CfgOrder::UncondFirst, CfgOrder::CondFirst] {
+        let spec = sampler_spec(SamplerKind::DpmSolverPp, 6, 4.5, 0.0, order);
+        // FORA N=2 over all three branches, cross included.
+        let p = plan(&sh, spec.clone(), |s, _, _| s % 2 == 0);
+        let clean = captioned_batch(&sh, 0.0);
+        let junk = captioned_batch(&sh, 3.0);
+        // Padding is invisible when the masks are passed ...
+        assert_eq!(
+            bits(&run_plan(&m, &p, &clean)),
+            bits(&run_plan(&m, &p, &junk))
+        );
+        // ... and visible without them, so the assertion above can fail.
+        let unmasked = |b: &SampleBatch| SampleBatch {
+            cond_mask: None,
+            uncond_mask: None,
+            ..b.clone()
+        };
+        assert_ne!(
+            bits(&run_plan(&m, &p, &unmasked(&clean))),
+            bits(&run_plan(&m, &p, &unmasked(&junk)))
+        );
+        // The all-compute plan with masks is the model's own masked forward
+        // pass inside the plain sampling loop.
+        let full = plan(&sh, spec.clone(), |_, _, _| true);
+        let c_in = cond_in(&spec, &junk);
+        let mask_in = match order {
+            CfgOrder::CondFirst => Tensor::cat(
+                &[
+                    junk.cond_mask.as_ref().unwrap(),
+                    junk.uncond_mask.as_ref().unwrap(),
+                ],
+                0,
+            ),
+            CfgOrder::UncondFirst => Tensor::cat(
+                &[
+                    junk.uncond_mask.as_ref().unwrap(),
+                    junk.cond_mask.as_ref().unwrap(),
+                ],
+                0,
+            ),
+        }
+        .unwrap();
+        let mut rng = NoiseRng::new(junk.seed);
+        let by_hand = sample_loop(
+            &spec,
+            &junk.noise,
+            |x, t| m.forward(x, t, &c_in, Some(&mask_in)),
+            |d| rng.randn(d, &Device::Cpu),
+        )
+        .unwrap();
+        assert_eq!(bits(&run_plan(&m, &full, &junk)), bits(&by_hand));
+    }
+}
+
+#[test]
+fn cfg_with_one_mask_is_refused() {
+    let (sh, m) = pixart(4);
+    let spec = sampler_spec(SamplerKind::Ddim, 3, 4.5, 0.0, CfgOrder::UncondFirst);
+    let p = plan(&sh, spec, |_, _, _| true);
+    let b = SampleBatch {
+        uncond_mask: None,
+        ..captioned_batch(&sh, 0.0)
+    };
+    let err = Trajectory::new(&m, &p, &b)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("key mask"), "{err}");
 }

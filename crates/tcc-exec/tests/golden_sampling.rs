@@ -67,6 +67,8 @@ fn executor_reproduces_diffusers_sampling_runs() {
             noise: x_t.clone(),
             cond: Tensor::new(labels.as_slice(), &dev).unwrap(),
             uncond: Some(Tensor::new(&[null, null], &dev).unwrap()),
+            cond_mask: None,
+            uncond_mask: None,
             seed: 0,
         };
         let got = Trajectory::new(&model, &plan, &batch)
