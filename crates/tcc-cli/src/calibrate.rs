@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use candle_core::DType;
 use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
 use tcc_core::{CalibMethod, CalibMode};
-use tcc_model::Dit;
+use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
 use crate::common::{beside_cwd, load_plan, CliError, Io};
-use crate::runtime::{load_model, progress, Inputs, ModelArgs};
+use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -84,6 +84,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
     let model = load_model(&plan, &args.model)?;
+    let captions = Captions::for_plan(&plan, &args.model)?;
     writeln!(
         io.out,
         "calibrating {} ({} mode, {} prior, alpha {}) on {n} samples, seed {seed}",
@@ -94,6 +95,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     )?;
     let (set, result, secs) = fit_priors(
         &model,
+        captions.as_ref(),
         &plan,
         plan_hash,
         mode,
@@ -168,7 +170,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
 /// (classes cycling), and binds them to `plan_hash`. Returns the set, the
 /// walk's report and its wall time in seconds.
 pub(crate) fn fit_priors(
-    model: &Dit,
+    model: &AnyModel,
+    captions: Option<&Captions>,
     plan: &Plan,
     plan_hash: String,
     mode: CalibMode,
@@ -176,18 +179,15 @@ pub(crate) fn fit_priors(
     label: &str,
 ) -> Result<(PriorSet, Calibration, f64), CliError> {
     let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
-    let inputs = Inputs::new(plan, seed, n, None)?;
-    let classes = &inputs.classes;
+    let inputs = Inputs::new(plan, seed, n, None, captions)?;
+    let conditions = inputs.conditions();
     let mut batches = Vec::new();
     let mut start = 0;
     while start < n {
         let len = batch_size.min(n - start);
         batches.push(CalibBatch {
             batch: inputs.batch(plan, start, len)?,
-            conditions: classes[start..start + len]
-                .iter()
-                .map(|&c| c as u64)
-                .collect(),
+            conditions: conditions[start..start + len].to_vec(),
         });
         start += len;
     }

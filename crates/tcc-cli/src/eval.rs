@@ -13,7 +13,7 @@ use tcc_plan::Plan;
 
 use crate::calibrate::{fit_priors, name};
 use crate::common::{beside_cwd, load_plan, CliError, Io};
-use crate::runtime::{load_model, progress, Inputs, ModelArgs};
+use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
@@ -82,6 +82,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     };
     let hash = plan.hash().to_string();
     let model = load_model(&plan, &args.model)?;
+    let captions = Captions::for_plan(&plan, &args.model)?;
     let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
 
     // The priors: given files (checked against this plan) or fitted here.
@@ -108,7 +109,16 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         "fitting {label} priors ({} samples, seed {}, alpha {})",
                         plan.calibration.samples, plan.calibration.seed, plan.calibration.alpha
                     )?;
-                    fit_priors(&model, &plan, hash.clone(), mode, args.batch_size, label)?.0
+                    fit_priors(
+                        &model,
+                        captions.as_ref(),
+                        &plan,
+                        hash.clone(),
+                        mode,
+                        args.batch_size,
+                        label,
+                    )?
+                    .0
                 }
             };
             calibrated.push((label.to_string(), set));
@@ -143,7 +153,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let full = plan.all_compute();
     let mut sets = Vec::new();
     for &seed in &args.seeds {
-        let inputs = Inputs::new(&plan, seed, args.n, None)?;
+        let inputs = Inputs::new(&plan, seed, args.n, None, captions.as_ref())?;
         let mut batches = Vec::new();
         let mut start = 0;
         while start < args.n {
@@ -154,8 +164,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         sets.push(SeedSet {
             seed,
             batches,
-            conditions: inputs.classes.iter().map(|&c| c as u64).collect(),
-            labels: inputs.classes.clone(),
+            conditions: inputs.conditions(),
+            labels: inputs.labels.clone(),
         });
     }
     let scorer = if plan.model.name == "tiny" && args.model.random_weights.is_none() {

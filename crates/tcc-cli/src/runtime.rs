@@ -1,13 +1,14 @@
 //! What the commands that run a model share: loading the model a plan
 //! names, building seeded batches of (noise, condition), and running plans.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use tcc_core::ModelFamily;
 use tcc_exec::{Hooks, SampleBatch, Trajectory};
-use tcc_model::{Dit, DitConfig};
+use tcc_model::{AnyModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
@@ -20,19 +21,64 @@ pub struct ModelArgs {
     /// (for timing runs of large models whose weights you do not have).
     #[arg(long, value_name = "SEED")]
     pub random_weights: Option<u64>,
+    /// Text-conditional models (PixArt-α): a prompt; repeat for several.
+    /// Sample i gets prompt i mod (number of prompts).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompt: Vec<String>,
+    /// Text-conditional models: a file with one prompt per line (blank lines
+    /// are skipped); added after the --prompt ones.
+    #[arg(long = "prompts", value_name = "FILE")]
+    pub prompts_file: Option<PathBuf>,
+    /// Where caption embeddings are cached between runs (default:
+    /// $XDG_CACHE_HOME/tcc/embeddings or ~/.cache/tcc/embeddings).
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_cache: Option<PathBuf>,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failure(e.to_string())
 }
 
 /// The model a plan names: the schedule's `weights`, the embedded testbed
 /// model for `tiny`, or random weights when asked for.
-pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
+pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<AnyModel, CliError> {
+    match plan.model.family {
+        ModelFamily::Dit => load_dit(plan, args).map(AnyModel::Dit),
+        ModelFamily::Pixart => {
+            let device = Device::Cpu;
+            let cfg = PixArtConfig::from_shape(&plan.model).map_err(CliError::input)?;
+            if let Some(seed) = args.random_weights {
+                return PixArt::random(&cfg, seed, DType::F32, &device)
+                    .map(AnyModel::PixArt)
+                    .map_err(fail);
+            }
+            match &plan.weights {
+                Some(path) => PixArt::load(Path::new(path), DType::F32, &device)
+                    .map(AnyModel::PixArt)
+                    .map_err(CliError::input),
+                None => Err(no_weights(plan)),
+            }
+        }
+    }
+}
+
+fn no_weights(plan: &Plan) -> CliError {
+    CliError::input(format!(
+        "{}: model `{}` has no weights: add `weights = \"PATH\"` to its [model] section, or pass --random-weights SEED for a timing run",
+        plan.source, plan.model.name
+    ))
+}
+
+fn load_dit(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
     let device = Device::Cpu;
     let cfg = DitConfig::from_shape(&plan.model).map_err(CliError::input)?;
     if let Some(seed) = args.random_weights {
-        return Dit::random(&cfg, seed, DType::F32, &device)
-            .map_err(|e| CliError::Failure(e.to_string()));
+        return Dit::random(&cfg, seed, DType::F32, &device).map_err(fail);
     }
     match &plan.weights {
-        Some(path) => Dit::load(Path::new(path), Some(&cfg), DType::F32, &device).map_err(CliError::input),
+        Some(path) => {
+            Dit::load(Path::new(path), Some(&cfg), DType::F32, &device).map_err(CliError::input)
+        }
         None if plan.model.name == "tiny" => {
             let model = tcc_testbed::tiny_dit(DType::F32, &device)
                 .map_err(|e| CliError::Failure(format!("the embedded testbed model: {e}")))?;
@@ -48,64 +94,229 @@ pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
             }
             Ok(model)
         }
-        None => Err(CliError::input(format!(
-            "{}: model `{}` has no weights: add `weights = \"PATH\"` to its [model] section, or pass --random-weights SEED for a timing run",
-            plan.source, plan.model.name
-        ))),
+        None => Err(no_weights(plan)),
     }
 }
 
-/// The inputs of a sampling run: initial noise and class of every sample.
-pub struct Inputs {
+/// The diffusers pipeline directory a plan's weights live in (the folder
+/// holding `transformer/`, `text_encoder/`, `tokenizer/`, `vae/`), if any.
+pub fn pipeline_dir(plan: &Plan) -> Option<PathBuf> {
+    let w = PathBuf::from(plan.weights.as_ref()?);
+    [w.clone(), w.parent()?.to_path_buf()]
+        .into_iter()
+        .find(|d| d.join("transformer").is_dir())
+}
+
+/// Caption embeddings of the prompts of a text-conditional run, and of the
+/// empty (null) prompt that classifier-free guidance pairs them with.
+pub struct Captions {
+    pub prompts: Vec<String>,
+    /// `[P, L, C]` and `[P, L]` (1 = token, 0 = padding).
+    pub emb: Tensor,
+    pub mask: Tensor,
+    /// `[1, L, C]` and `[1, L]`.
+    pub null_emb: Tensor,
+    pub null_mask: Tensor,
+}
+
+impl Captions {
+    /// The captions of `args` for `plan`: `None` for class-conditional
+    /// models. Prompts are encoded by the pipeline's T5 (cached on disk);
+    /// with `--random-weights` and no prompts, seeded random embeddings
+    /// stand in (timing runs).
+    pub fn for_plan(plan: &Plan, args: &ModelArgs) -> Result<Option<Captions>, CliError> {
+        let m = &plan.model;
+        if m.family != ModelFamily::Pixart {
+            if !args.prompt.is_empty() || args.prompts_file.is_some() {
+                return Err(CliError::input(format!(
+                    "model `{}` is class-conditional: --prompt / --prompts apply to text-conditional models (PixArt-α)",
+                    m.name
+                )));
+            }
+            return Ok(None);
+        }
+        let mut prompts = args.prompt.clone();
+        if let Some(path) = &args.prompts_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+            prompts.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+            if prompts.is_empty() {
+                return Err(CliError::input(format!(
+                    "{}: no prompts in the file",
+                    path.display()
+                )));
+            }
+        }
+        let (l, c) = (m.caption_tokens, m.caption_dim);
+        if prompts.is_empty() {
+            if let Some(seed) = args.random_weights {
+                let dev = Device::Cpu;
+                let emb = NoiseRng::new(seed ^ 0xc4)
+                    .randn((1, l, c), &dev)
+                    .map_err(fail)?;
+                let ones = Tensor::ones((1, l), DType::F32, &dev).map_err(fail)?;
+                return Ok(Some(Captions {
+                    prompts: vec!["<random embedding>".into()],
+                    null_emb: emb.zeros_like().map_err(fail)?,
+                    null_mask: ones.clone(),
+                    emb,
+                    mask: ones,
+                }));
+            }
+            return Err(CliError::input(format!(
+                "model `{}` is text-conditional: give --prompt TEXT or --prompts FILE",
+                m.name
+            )));
+        }
+        let dir = pipeline_dir(plan).ok_or_else(|| {
+            CliError::input(format!(
+                "{}: encoding prompts needs a diffusers pipeline directory (transformer/, text_encoder/, tokenizer/) as the model's weights",
+                plan.source
+            ))
+        })?;
+        let mut encoder = tcc_text::TextEncoder::load(
+            &dir.join("text_encoder"),
+            &dir.join("tokenizer"),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .map_err(CliError::input)?;
+        if encoder.d_model() != c {
+            return Err(CliError::input(format!(
+                "{}: the text encoder gives {}-wide embeddings, the transformer expects {c}",
+                dir.display(),
+                encoder.d_model()
+            )));
+        }
+        let cache_dir = match &args.embeddings_cache {
+            Some(d) => d.clone(),
+            None => default_cache_dir(),
+        };
+        let cache = tcc_text::EmbeddingCache::open(cache_dir).map_err(fail)?;
+        let (emb, mask) = encoder.encode_cached(&cache, &prompts, l).map_err(fail)?;
+        let (null_emb, null_mask) = encoder
+            .encode_cached(&cache, &[String::new()], l)
+            .map_err(fail)?;
+        Ok(Some(Captions {
+            prompts,
+            emb,
+            mask: mask.to_dtype(DType::F32).map_err(fail)?,
+            null_emb,
+            null_mask: null_mask.to_dtype(DType::F32).map_err(fail)?,
+        }))
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("tcc").join("embeddings")
+}
+
+/// The inputs of a sampling run: initial noise and the condition of every
+/// sample.
+pub struct Inputs<'a> {
     /// `[n, C, H, W]`, drawn in sample order from one stream of `seed`, so
     /// a sample's noise does not depend on the batch size.
     pub noise: Tensor,
-    pub classes: Vec<u32>,
+    /// Class id (class-conditional models) or prompt index (text) of every
+    /// sample.
+    pub labels: Vec<u32>,
+    pub captions: Option<&'a Captions>,
     pub seed: u64,
 }
 
-impl Inputs {
-    /// `n` samples of `seed`, all of `class` or cycling through the classes.
-    pub fn new(plan: &Plan, seed: u64, n: usize, class: Option<usize>) -> Result<Inputs, CliError> {
+impl<'a> Inputs<'a> {
+    /// `n` samples of `seed`: all of `class` or cycling through the classes,
+    /// or cycling through the prompts of `captions`.
+    pub fn new(
+        plan: &Plan,
+        seed: u64,
+        n: usize,
+        class: Option<usize>,
+        captions: Option<&'a Captions>,
+    ) -> Result<Inputs<'a>, CliError> {
         let m = &plan.model;
-        let k = m.num_classes;
-        let classes = match class {
-            Some(c) if c >= k => {
+        let labels = match (captions, class) {
+            (Some(_), Some(_)) => {
+                return Err(CliError::input(format!(
+                    "--class applies to class-conditional models; `{}` takes prompts",
+                    m.name
+                )))
+            }
+            (Some(c), None) => (0..n).map(|i| (i % c.prompts.len()) as u32).collect(),
+            (None, Some(c)) if c >= m.num_classes => {
                 return Err(CliError::input(format!(
                     "--class {c} is out of range: model `{}` has classes 0..{}",
                     m.name,
-                    k - 1
+                    m.num_classes.saturating_sub(1)
                 )))
             }
-            Some(c) => vec![c as u32; n],
-            None => (0..n).map(|i| (i % k) as u32).collect(),
+            (None, Some(c)) => vec![c as u32; n],
+            (None, None) => (0..n).map(|i| (i % m.num_classes.max(1)) as u32).collect(),
         };
         let noise = NoiseRng::new(seed)
             .randn((n, m.in_channels, m.input_size, m.input_size), &Device::Cpu)
-            .map_err(|e| CliError::Failure(e.to_string()))?;
+            .map_err(fail)?;
         Ok(Inputs {
             noise,
-            classes,
+            labels,
+            captions,
             seed,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.classes.len()
+        self.labels.len()
+    }
+
+    /// The row key of every sample for calibration: its class or prompt.
+    pub fn conditions(&self) -> Vec<u64> {
+        self.labels.iter().map(|&c| c as u64).collect()
     }
 
     /// Samples `start..start+len` as one executor batch.
     pub fn batch(&self, plan: &Plan, start: usize, len: usize) -> Result<SampleBatch, CliError> {
-        let fail = |e: candle_core::Error| CliError::Failure(e.to_string());
         let dev = Device::Cpu;
-        Ok(SampleBatch {
-            noise: self.noise.narrow(0, start, len).map_err(fail)?,
-            cond: Tensor::new(&self.classes[start..start + len], &dev).map_err(fail)?,
-            uncond: Some(Tensor::full(plan.model.num_classes as u32, len, &dev).map_err(fail)?),
-            cond_mask: None,
-            uncond_mask: None,
-            // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
-            seed: self.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(start as u64 + 1),
+        let labels = &self.labels[start..start + len];
+        let noise = self.noise.narrow(0, start, len).map_err(fail)?;
+        // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
+        let seed = self.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(start as u64 + 1);
+        Ok(match self.captions {
+            None => SampleBatch {
+                noise,
+                cond: Tensor::new(labels, &dev).map_err(fail)?,
+                uncond: Some(Tensor::full(plan.model.num_classes as u32, len, &dev).map_err(fail)?),
+                cond_mask: None,
+                uncond_mask: None,
+                seed,
+            },
+            Some(c) => {
+                let idx = Tensor::new(labels, &dev).map_err(fail)?;
+                let rep = |t: &Tensor| -> Result<Tensor, CliError> {
+                    let dims: Vec<usize> = std::iter::once(len)
+                        .chain(t.dims()[1..].iter().copied())
+                        .collect();
+                    t.broadcast_as(dims)
+                        .and_then(|t| t.contiguous())
+                        .map_err(fail)
+                };
+                SampleBatch {
+                    noise,
+                    cond: c.emb.index_select(&idx, 0).map_err(fail)?,
+                    cond_mask: Some(c.mask.index_select(&idx, 0).map_err(fail)?),
+                    uncond: Some(rep(&c.null_emb)?),
+                    uncond_mask: Some(rep(&c.null_mask)?),
+                    seed,
+                }
+            }
         })
     }
 }
@@ -113,7 +324,7 @@ impl Inputs {
 /// Run `plan` over all `n` samples in batches, with a progress bar; returns
 /// the final latents `[n, C, H, W]` and the wall time spent in the model.
 pub fn run_plan(
-    model: &Dit,
+    model: &AnyModel,
     plan: &Plan,
     inputs: &Inputs,
     batch_size: usize,

@@ -9,7 +9,7 @@ use tcc_metrics::{DataRange, ErrorStats};
 
 use crate::common::{load_plan, CliError, Io};
 use crate::output::{to_nhwc_u8, write_npz};
-use crate::runtime::{load_model, run_plan, Inputs, ModelArgs};
+use crate::runtime::{load_model, pipeline_dir, run_plan, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
@@ -82,8 +82,23 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         None => Box::new(NoHooks),
     };
-    let inputs = Inputs::new(&plan, args.seed, args.n, args.class)?;
-    let classes = &inputs.classes;
+    let captions = Captions::for_plan(&plan, &args.model)?;
+    // Pixel-space models sample images; latent models need the pipeline's
+    // VAE, checked before sampling so a missing one fails fast.
+    let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
+    let vae = if writes_images && plan.model.in_channels != 3 {
+        let dir = pipeline_dir(&plan).map(|d| d.join("vae")).ok_or_else(|| {
+            CliError::input(format!(
+                "model `{}` samples {}-channel latents: writing images needs a VAE, and its weights are not a diffusers pipeline directory with vae/",
+                plan.model.name, plan.model.in_channels
+            ))
+        })?;
+        Some(tcc_vae::VaeDecoder::load(&dir, DType::F32, &Device::Cpu).map_err(CliError::input)?)
+    } else {
+        None
+    };
+    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref())?;
+    let classes = &inputs.labels;
     let (x, time) = run_plan(
         &model,
         &plan,
@@ -140,23 +155,38 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         )?;
     }
 
-    let images = || -> Result<Vec<f32>, CliError> {
-        if plan.model.in_channels != 3 {
-            return Err(CliError::input(format!(
-                "model `{}` samples {}-channel latents: decoding them to images needs a VAE, which tcc does not have yet",
-                plan.model.name, plan.model.in_channels
-            )));
+    let decoded = std::cell::OnceCell::new();
+    let images = || -> Result<(Vec<f32>, usize), CliError> {
+        if let Some(d) = decoded.get() {
+            return Ok(Clone::clone(d));
         }
-        flat(&x)
+        let s = plan.model.input_size;
+        let out = match &vae {
+            None => (flat(&x)?, s),
+            Some(vae) => {
+                let bar = crate::runtime::progress("decoding", args.n as u64);
+                let img = vae
+                    .decode_with_progress(&x, |done, _| bar.set_position(done as u64))
+                    .map_err(|e| CliError::Failure(e.to_string()))?;
+                bar.finish_and_clear();
+                (flat(&img)?, s * vae.config().upscale())
+            }
+        };
+        let _ = decoded.set(out.clone());
+        Ok(out)
     };
-    let s = plan.model.input_size;
+    let what = if captions.is_some() {
+        "prompt"
+    } else {
+        "class"
+    };
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
-        let imgs = images()?;
+        let (imgs, s) = images()?;
         let per = 3 * s * s;
         for (i, c) in classes.iter().enumerate() {
-            let path = dir.join(format!("{:06}_class{c}.png", i));
+            let path = dir.join(format!("{:06}_{what}{c}.png", i));
             tcc_data::write_grid_png(
                 &path,
                 &imgs[i * per..(i + 1) * per],
@@ -172,8 +202,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         writeln!(io.out, "wrote {} PNGs to {}", args.n, dir.display())?;
     }
     if let Some(path) = &args.grid {
-        let imgs = images()?;
-        let nrow = if args.class.is_none() {
+        let (imgs, s) = images()?;
+        let nrow = if let Some(c) = &captions {
+            c.prompts.len().min(args.n)
+        } else if args.class.is_none() {
             plan.model.num_classes.min(args.n)
         } else {
             args.n.min(10)
@@ -192,7 +224,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         writeln!(io.out, "wrote grid {}", path.display())?;
     }
     if let Some(path) = &args.npz {
-        let imgs = images()?;
+        let (imgs, s) = images()?;
         write_npz(
             path,
             &to_nhwc_u8(&imgs, args.n, s, s),

@@ -3,8 +3,10 @@
 //!
 //! [`Dit`] is the class-conditional DiT of Peebles & Xie: built from random
 //! weights ([`Dit::random`]) or loaded from the original or the diffusers
-//! checkpoint layout ([`Dit::load`]).
+//! checkpoint layout ([`Dit::load`]). [`PixArt`] is PixArt-α's transformer;
+//! [`AnyModel`] holds either.
 
+mod any;
 mod config;
 mod dit;
 mod error;
@@ -14,6 +16,7 @@ pub mod ops;
 mod parts;
 mod pixart;
 
+pub use any::AnyModel;
 pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
 pub use dit::Dit;
 pub use error::{Error, Result};

@@ -1,0 +1,209 @@
+//! PixArt-α end to end through the binary, on a tiny random pipeline:
+//! prompt -> T5 tokens -> caption embeddings (cached) -> latents (cached
+//! plan, caption masks) -> VAE -> PNG; calibration with one row per prompt
+//! and priors on the cross branch; clear errors for missing parts.
+//!
+//! The pipeline is assembled from three committed fixtures: the transformer
+//! (tools/golden/tiny_pixart_pipeline.py), the tiny T5 and tokenizer of
+//! crates/tcc-text and the tiny VAE of crates/tcc-vae.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_bad_input, assert_ok, tcc};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// `dir/pipe` with transformer/, text_encoder/, tokenizer/ and vae/, and
+/// `dir/NAME.sched` files for it: full computation and FORA N=2 with priors
+/// on steps 1 and 3.
+fn pipeline(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pipe = dir.join("pipe");
+    copy_dir(
+        &root.join("tests/fixtures/tiny-pixart/transformer"),
+        &pipe.join("transformer"),
+    );
+    let text = root.join("crates/tcc-text/tests/fixtures/tiny-pipeline");
+    copy_dir(&text.join("text_encoder"), &pipe.join("text_encoder"));
+    copy_dir(&text.join("tokenizer"), &pipe.join("tokenizer"));
+    copy_dir(
+        &root.join("crates/tcc-vae/tests/fixtures/tiny-vae"),
+        &pipe.join("vae"),
+    );
+    let head = "[model]\npath = \"pipe\"\n\n[sampler]\nkind = \"dpm-solver++\"\nsteps = 4\nguidance = 4.5\n";
+    std::fs::write(dir.join("full.sched"), head).unwrap();
+    std::fs::write(
+        dir.join("fora.sched"),
+        format!(
+            "{head}\n[[cache]]\nrefresh = \"every 2\"\n\n[calibration]\nmethod = \"tcc\"\nsteps = \"1, 3\"\nalpha = 0.5\nsamples = 4\nseed = 0\n"
+        ),
+    )
+    .unwrap();
+    pipe
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn prompts_become_images_deterministically_and_embeddings_are_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline(d);
+    let cache = d.join("emb");
+    let run = |sched: &str, prompts: &[&str], png: &str| {
+        let mut args = vec!["sample", sched, "--n", "3", "--grid", png];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        args.extend(["--embeddings-cache", s(&cache)]);
+        let out = assert_ok(&tcc(&args));
+        std::fs::read(png).unwrap_or_else(|e| panic!("{png}: {e}\n{out}"))
+    };
+    let full = s(&d.join("full.sched")).to_string();
+    let fora = s(&d.join("fora.sched")).to_string();
+    let a = run(
+        &full,
+        &["a red square", "two blue discs"],
+        s(&d.join("a.png")),
+    );
+    // Two prompts and the null prompt were encoded and cached.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+    let again = run(
+        &full,
+        &["a red square", "two blue discs"],
+        s(&d.join("b.png")),
+    );
+    assert_eq!(a, again, "same seed and prompts must give the same image");
+    let other = run(
+        &full,
+        &["a green star", "two blue discs"],
+        s(&d.join("c.png")),
+    );
+    assert_ne!(a, other, "the prompt must reach the image");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
+    let cached = run(
+        &fora,
+        &["a red square", "two blue discs"],
+        s(&d.join("d.png")),
+    );
+    assert_ne!(
+        a, cached,
+        "FORA reuses branch outputs, so its samples differ"
+    );
+
+    // The grid has one column per prompt and holds decoded images: 8x8
+    // latents, VAE upscale 8 -> 64x64 pixels, scale 4, 2 px padding.
+    let img = image::load_from_memory(&a).unwrap();
+    assert_eq!((img.width(), img.height()), (2 + 2 * (4 * 64 + 2), 2 + 2 * (4 * 64 + 2)));
+}
+
+#[test]
+fn calibration_fits_cross_branch_priors_from_prompt_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline(d);
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "a red square\n\ntwo blue discs\na green star\n").unwrap();
+    let priors = d.join("p.safetensors");
+    let out = assert_ok(&tcc(&[
+        "calibrate",
+        s(&d.join("fora.sched")),
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&priors),
+        "--embeddings-cache",
+        s(&d.join("emb")),
+    ]));
+    assert!(priors.is_file(), "{out}");
+    let names = safetensors::SafeTensors::deserialize(&std::fs::read(&priors).unwrap())
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    assert!(
+        names.iter().any(|n| n.contains("cross")),
+        "no cross-branch prior in {names:?}"
+    );
+    // The priors apply when sampling with the same plan.
+    assert_ok(&tcc(&[
+        "sample",
+        s(&d.join("fora.sched")),
+        "--n",
+        "2",
+        "--prompts",
+        s(&prompts),
+        "--priors",
+        s(&priors),
+        "--embeddings-cache",
+        s(&d.join("emb")),
+    ]));
+}
+
+#[test]
+fn missing_pipeline_parts_and_misplaced_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pipe = pipeline(d);
+    let full = d.join("full.sched");
+    let cache = d.join("emb");
+
+    // No prompt for a text-conditional model.
+    let err = assert_bad_input(&tcc(&["sample", s(&full), "--n", "1"]));
+    assert!(err.contains("--prompt"), "{err}");
+    // --class is for class-conditional models.
+    let err = assert_bad_input(&tcc(&[
+        "sample",
+        s(&full),
+        "--n",
+        "1",
+        "--prompt",
+        "x",
+        "--class",
+        "1",
+    ]));
+    assert!(err.contains("--class"), "{err}");
+    // --prompt is for text-conditional models.
+    let err = assert_bad_input(&tcc(&["sample", "schedules/full.sched", "--prompt", "x"]));
+    assert!(err.contains("class-conditional"), "{err}");
+
+    std::fs::remove_dir_all(pipe.join("vae")).unwrap();
+    let err = assert_bad_input(&tcc(&[
+        "sample",
+        s(&full),
+        "--n",
+        "1",
+        "--prompt",
+        "x",
+        "--grid",
+        s(&d.join("g.png")),
+        "--embeddings-cache",
+        s(&cache),
+    ]));
+    assert!(err.contains("vae"), "{err}");
+    assert!(!d.join("g.png").exists());
+
+    std::fs::remove_file(pipe.join("tokenizer/tokenizer.json")).unwrap();
+    let err = assert_bad_input(&tcc(&[
+        "sample",
+        s(&full),
+        "--n",
+        "1",
+        "--prompt",
+        "x",
+        "--embeddings-cache",
+        s(&cache),
+    ]));
+    assert!(err.contains("tokenizer"), "{err}");
+}
