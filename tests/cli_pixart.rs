@@ -104,7 +104,10 @@ fn prompts_become_images_deterministically_and_embeddings_are_cached() {
     // The grid has one column per prompt and holds decoded images: 8x8
     // latents, VAE upscale 8 -> 64x64 pixels, scale 4, 2 px padding.
     let img = image::load_from_memory(&a).unwrap();
-    assert_eq!((img.width(), img.height()), (2 + 2 * (4 * 64 + 2), 2 + 2 * (4 * 64 + 2)));
+    assert_eq!(
+        (img.width(), img.height()),
+        (2 + 2 * (4 * 64 + 2), 2 + 2 * (4 * 64 + 2))
+    );
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub struct ModelArgs {
     /// $XDG_CACHE_HOME/tcc/embeddings or ~/.cache/tcc/embeddings).
     #[arg(long, value_name = "DIR")]
     pub embeddings_cache: Option<PathBuf>,
+    /// Precision of the T5 text encoder: bf16 (T5-XXL ~9.5 GB) or f32
+    /// (~19 GB). Embeddings are converted to f32 either way.
+    #[arg(long, value_name = "DTYPE", default_value = "bf16", value_parser = ["bf16", "f32"])]
+    pub text_dtype: String,
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -182,7 +186,11 @@ impl Captions {
         let mut encoder = tcc_text::TextEncoder::load(
             &dir.join("text_encoder"),
             &dir.join("tokenizer"),
-            DType::F32,
+            if args.text_dtype == "f32" {
+                DType::F32
+            } else {
+                DType::BF16
+            },
             &Device::Cpu,
         )
         .map_err(CliError::input)?;
