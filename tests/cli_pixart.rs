@@ -210,3 +210,61 @@ fn missing_pipeline_parts_and_misplaced_flags_are_clear_errors() {
     ]));
     assert!(err.contains("tokenizer"), "{err}");
 }
+
+/// The SPEC's PixArt-α preset, on the tiny pipeline instead of the 256px
+/// model and with 6 calibration samples instead of 1000, compiles,
+/// calibrates (priors on the cross branch, pooled over the unconditional
+/// half) and evaluates.
+#[test]
+fn the_pixart_preset_calibrates_and_evaluates_on_a_tiny_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline(d);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let preset = std::fs::read_to_string(root.join("schedules/pixart-fora3-tcc.sched")).unwrap();
+    assert!(preset.contains("name = \"pixart-alpha-256\"") && preset.contains("samples = 1000"));
+    let sched = d.join("preset.sched");
+    std::fs::write(
+        &sched,
+        preset
+            .replace("name = \"pixart-alpha-256\"", "path = \"pipe\"")
+            .replace("samples = 1000", "samples = 6"),
+    )
+    .unwrap();
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "a red square\ntwo blue discs\na green star\n").unwrap();
+    let cache = d.join("emb");
+    let common = ["--prompts", s(&prompts), "--embeddings-cache", s(&cache)];
+    let priors = d.join("p.safetensors");
+    let mut args = vec!["calibrate", s(&sched), "--out", s(&priors)];
+    args.extend(common);
+    let out = assert_ok(&tcc(&args));
+    assert!(out.contains("step"), "{out}");
+    let plot = d.join("plot.png");
+    let mut args = vec![
+        "eval",
+        s(&sched),
+        "--priors",
+        s(&priors),
+        "--n",
+        "3",
+        "--seeds",
+        "7,8",
+        "--plot",
+        s(&plot),
+        "--json",
+    ];
+    args.extend(common);
+    let json: serde_json::Value = serde_json::from_str(&assert_ok(&tcc(&args))).unwrap();
+    let names: Vec<&str> = json["report"]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["full", "cache", "one-shot", "tcc"]);
+    // Cached sampling differs from full computation on every seed set.
+    for set in json["report"]["variants"][1]["sets"].as_array().unwrap() {
+        assert!(set["rel_l2"].as_f64().unwrap() > 0.0, "{set}");
+    }
+}
