@@ -181,33 +181,21 @@ fn missing_pipeline_parts_and_misplaced_flags_are_clear_errors() {
     let err = assert_bad_input(&tcc(&["sample", "schedules/full.sched", "--prompt", "x"]));
     assert!(err.contains("class-conditional"), "{err}");
 
+    // One prompt, one sample, with the embeddings cache and `extra`.
+    let one = |extra: &[&str]| {
+        let mut args = vec!["sample", s(&full), "--n", "1", "--prompt", "x"];
+        args.extend(["--embeddings-cache", s(&cache)]);
+        args.extend(extra);
+        tcc(&args)
+    };
     std::fs::remove_dir_all(pipe.join("vae")).unwrap();
-    let err = assert_bad_input(&tcc(&[
-        "sample",
-        s(&full),
-        "--n",
-        "1",
-        "--prompt",
-        "x",
-        "--grid",
-        s(&d.join("g.png")),
-        "--embeddings-cache",
-        s(&cache),
-    ]));
+    let grid = d.join("g.png");
+    let err = assert_bad_input(&one(&["--grid", s(&grid)]));
     assert!(err.contains("vae"), "{err}");
-    assert!(!d.join("g.png").exists());
+    assert!(!grid.exists());
 
     std::fs::remove_file(pipe.join("tokenizer/tokenizer.json")).unwrap();
-    let err = assert_bad_input(&tcc(&[
-        "sample",
-        s(&full),
-        "--n",
-        "1",
-        "--prompt",
-        "x",
-        "--embeddings-cache",
-        s(&cache),
-    ]));
+    let err = assert_bad_input(&one(&[]));
     assert!(err.contains("tokenizer"), "{err}");
 }
 

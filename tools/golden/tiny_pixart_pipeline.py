@@ -13,34 +13,22 @@ Run from the repository root: python3 tools/golden/tiny_pixart_pipeline.py
 """
 
 import os
+import sys
 
 import torch
 from diffusers import PixArtTransformer2DModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pixart_model import CFG  # noqa: E402
 
 OUT = os.path.join("tests", "fixtures", "tiny-pixart", "transformer")
 
 
 def main():
     torch.manual_seed(0)
-    model = PixArtTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=8,
-        num_layers=2,
-        cross_attention_dim=32,
-        attention_bias=True,
-        sample_size=8,
-        patch_size=2,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-        caption_channels=32,
-        interpolation_scale=0.5,
-        use_additional_conditions=False,
-    )
+    # pixart_model.py's tiny configuration, with captions as wide as the
+    # tiny T5's output.
+    model = PixArtTransformer2DModel(**dict(CFG, caption_channels=32))
     # Random everything (zero-initialised tables and projections included),
     # so that every branch, the cross one too, moves the output.
     with torch.no_grad():
