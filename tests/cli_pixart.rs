@@ -5,7 +5,8 @@
 //!
 //! The pipeline is assembled from three committed fixtures: the transformer
 //! (tools/golden/tiny_pixart_pipeline.py), the tiny T5 and tokenizer of
-//! crates/tcc-text and the tiny VAE of crates/tcc-vae.
+//! crates/tcc-text and the tiny VAE of crates/tcc-vae. The last test runs a
+//! latent DiT pipeline (DiT-XL/2's layout) through the same VAE.
 
 mod common;
 
@@ -255,4 +256,33 @@ fn the_pixart_preset_calibrates_and_evaluates_on_a_tiny_pipeline() {
     for set in json["report"]["variants"][1]["sets"].as_array().unwrap() {
         assert!(set["rel_l2"].as_f64().unwrap() > 0.0, "{set}");
     }
+}
+
+/// DiT-XL/2 is a latent model too: a diffusers DiT pipeline folder
+/// (transformer/ + vae/) samples into decoded images through the same VAE.
+#[test]
+fn a_latent_dit_pipeline_writes_decoded_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(
+        &root.join("crates/tcc-model/tests/fixtures/dit_tiny/diffusers"),
+        &d.join("pipe/transformer"),
+    );
+    copy_dir(
+        &root.join("crates/tcc-vae/tests/fixtures/tiny-vae"),
+        &d.join("pipe/vae"),
+    );
+    let sched = d.join("dit.sched");
+    std::fs::write(
+        &sched,
+        "[model]\npath = \"pipe\"\n\n[sampler]\nkind = \"ddim\"\nsteps = 3\nguidance = 1.5\n",
+    )
+    .unwrap();
+    let out = d.join("imgs");
+    assert_ok(&tcc(&["sample", s(&sched), "--n", "2", "--out", s(&out)]));
+    let first = out.join("000000_class0.png");
+    let img = image::open(&first).unwrap_or_else(|e| panic!("{}: {e}", first.display()));
+    // 8x8 latents, VAE upscale 8.
+    assert_eq!((img.width(), img.height()), (64, 64));
 }
