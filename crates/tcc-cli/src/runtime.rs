@@ -57,9 +57,11 @@ pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<AnyModel, CliError> {
                     .map_err(fail);
             }
             match &plan.weights {
-                Some(path) => PixArt::load(Path::new(path), DType::F32, &device)
-                    .map(AnyModel::PixArt)
-                    .map_err(CliError::input),
+                Some(path) => {
+                    PixArt::load_with_config(Path::new(path), Some(&cfg), DType::F32, &device)
+                        .map(AnyModel::PixArt)
+                        .map_err(CliError::input)
+                }
                 None => Err(no_weights(plan)),
             }
         }

@@ -45,7 +45,7 @@ impl Raw {
         self.tensors.contains_key(name)
     }
 
-    fn layout(&self) -> Result<WeightsLayout> {
+    pub(crate) fn layout(&self) -> Result<WeightsLayout> {
         match (self.has(ORIGINAL_MARKER), self.has(DIFFUSERS_MARKER)) {
             (true, false) => Ok(WeightsLayout::Original),
             (false, true) => Ok(WeightsLayout::Diffusers),

@@ -27,7 +27,7 @@ use crate::layers::{
     self, attend, fan_in_std, gelu_mlp, pos_embed_scaled, push_linear, Linear, PatchEmbed, Shapes,
     Weights,
 };
-use crate::load::{self, Source};
+use crate::load::{self, Raw, Source, WeightsLayout};
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
 
@@ -324,6 +324,8 @@ pub struct PixArt {
     /// timestep.
     final_table: Tensor,
     proj_out: Linear,
+    /// `y_embedder.y_embedding` of an original checkpoint.
+    null_caption: Option<Tensor>,
 }
 
 /// The names (diffusers layout) and shapes of the tensors of `cfg`.
@@ -368,6 +370,208 @@ pub(crate) fn diffusers_shapes(cfg: &PixArtConfig) -> Shapes {
     v
 }
 
+/// The learned null caption of an original checkpoint.
+const NULL_CAPTION: &str = "y_embedder.y_embedding";
+
+/// Linear layers renamed one to one, original name -> diffusers name.
+const ORIGINAL_LINEARS: [(&str, &str); 7] = [
+    ("x_embedder.proj", "pos_embed.proj"),
+    (
+        "t_embedder.mlp.0",
+        "adaln_single.emb.timestep_embedder.linear_1",
+    ),
+    (
+        "t_embedder.mlp.2",
+        "adaln_single.emb.timestep_embedder.linear_2",
+    ),
+    ("t_block.1", "adaln_single.linear"),
+    ("y_embedder.y_proj.fc1", "caption_projection.linear_1"),
+    ("y_embedder.y_proj.fc2", "caption_projection.linear_2"),
+    ("final_layer.linear", "proj_out"),
+];
+
+/// Per-block linear layers renamed one to one (under `blocks.{i}` /
+/// `transformer_blocks.{i}`).
+const ORIGINAL_BLOCK_LINEARS: [(&str, &str); 5] = [
+    ("attn.proj", "attn1.to_out.0"),
+    ("cross_attn.q_linear", "attn2.to_q"),
+    ("cross_attn.proj", "attn2.to_out.0"),
+    ("mlp.fc1", "ff.net.0.proj"),
+    ("mlp.fc2", "ff.net.2"),
+];
+
+/// The names (original PixArt-α layout) and shapes of the tensors of
+/// `cfg`, the fixed `pos_embed` buffer aside.
+fn original_shapes(cfg: &PixArtConfig) -> Shapes {
+    let d = cfg.hidden;
+    let m = cfg.mlp_hidden;
+    let p = cfg.patch;
+    let mut v = Shapes::new();
+    let mut lin = |name: &str, out: usize, inp: usize| push_linear(&mut v, name, out, inp);
+    lin("t_embedder.mlp.0", d, FREQ_EMBED_DIM);
+    lin("t_embedder.mlp.2", d, d);
+    lin("t_block.1", 6 * d, d);
+    lin("y_embedder.y_proj.fc1", d, cfg.caption_channels);
+    lin("y_embedder.y_proj.fc2", d, d);
+    for i in 0..cfg.depth {
+        let b = format!("blocks.{i}");
+        lin(&format!("{b}.attn.qkv"), 3 * d, d);
+        lin(&format!("{b}.attn.proj"), d, d);
+        lin(&format!("{b}.cross_attn.q_linear"), d, d);
+        lin(&format!("{b}.cross_attn.kv_linear"), 2 * d, d);
+        lin(&format!("{b}.cross_attn.proj"), d, d);
+        lin(&format!("{b}.mlp.fc1"), m, d);
+        lin(&format!("{b}.mlp.fc2"), d, m);
+    }
+    lin("final_layer.linear", p * p * cfg.out_channels, d);
+    for i in 0..cfg.depth {
+        v.push((format!("blocks.{i}.scale_shift_table"), vec![6, d]));
+    }
+    v.push(("final_layer.scale_shift_table".into(), vec![2, d]));
+    v.push((
+        "x_embedder.proj.weight".into(),
+        vec![d, cfg.in_channels, p, p],
+    ));
+    v.push(("x_embedder.proj.bias".into(), vec![d]));
+    v.push((
+        NULL_CAPTION.into(),
+        vec![cfg.caption_tokens, cfg.caption_channels],
+    ));
+    v
+}
+
+/// Renames validated original-layout tensors (null caption removed) to the
+/// diffusers names, splitting the fused self-attention `qkv` in thirds
+/// (q, k, v) and the cross-attention `kv_linear` in halves (k, v), as
+/// diffusers' `convert_pixart_alpha_to_diffusers.py` does.
+fn original_to_diffusers(
+    mut t: HashMap<String, Tensor>,
+    cfg: &PixArtConfig,
+) -> Result<HashMap<String, Tensor>> {
+    let d = cfg.hidden;
+    let mut out = HashMap::new();
+    let take = |t: &mut HashMap<String, Tensor>, name: &str| t.remove(name).expect("validated");
+    let mut renames: Vec<(String, String)> = ORIGINAL_LINEARS
+        .iter()
+        .map(|(o, n)| (o.to_string(), n.to_string()))
+        .collect();
+    for i in 0..cfg.depth {
+        for (o, n) in ORIGINAL_BLOCK_LINEARS {
+            renames.push((
+                format!("blocks.{i}.{o}"),
+                format!("transformer_blocks.{i}.{n}"),
+            ));
+        }
+    }
+    for (o, n) in &renames {
+        for kind in ["weight", "bias"] {
+            out.insert(format!("{n}.{kind}"), take(&mut t, &format!("{o}.{kind}")));
+        }
+    }
+    for i in 0..cfg.depth {
+        let (o, n) = (format!("blocks.{i}"), format!("transformer_blocks.{i}"));
+        for kind in ["weight", "bias"] {
+            let qkv = take(&mut t, &format!("{o}.attn.qkv.{kind}"));
+            for (k, part) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
+                out.insert(
+                    format!("{n}.attn1.{part}.{kind}"),
+                    qkv.narrow(0, k * d, d)?.contiguous()?,
+                );
+            }
+            let kv = take(&mut t, &format!("{o}.cross_attn.kv_linear.{kind}"));
+            for (k, part) in ["to_k", "to_v"].into_iter().enumerate() {
+                out.insert(
+                    format!("{n}.attn2.{part}.{kind}"),
+                    kv.narrow(0, k * d, d)?.contiguous()?,
+                );
+            }
+        }
+        out.insert(
+            format!("{n}.scale_shift_table"),
+            take(&mut t, &format!("{o}.scale_shift_table")),
+        );
+    }
+    out.insert(
+        "scale_shift_table".into(),
+        take(&mut t, "final_layer.scale_shift_table"),
+    );
+    debug_assert!(t.is_empty(), "unmapped: {:?}", t.keys());
+    Ok(out)
+}
+
+/// Checks an original checkpoint's fixed `pos_embed` buffer `[1, N, D]`
+/// against the embedding `cfg` computes (interpolation scale included),
+/// then drops it. Tolerance 2e-3: the buffer may be stored in f16.
+fn check_original_pos_embed(raw: &mut Raw, cfg: &PixArtConfig) -> Result<()> {
+    let Some((t, file)) = raw.tensors.remove("pos_embed") else {
+        return Ok(());
+    };
+    let side = cfg.input_size / cfg.patch;
+    let want = [1, side * side, cfg.hidden];
+    if t.dims() != want {
+        return Err(Error::tensor(
+            &file,
+            "pos_embed",
+            format!(
+                "has shape {:?}, expected {want:?} (input size {}, patch {})",
+                t.dims(),
+                cfg.input_size,
+                cfg.patch
+            ),
+        ));
+    }
+    let computed = Tensor::from_vec(
+        pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale),
+        (1, side * side, cfg.hidden),
+        &Device::Cpu,
+    )?;
+    let diff = (t.to_dtype(DType::F64)? - computed)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?;
+    if diff.is_nan() || diff > 2e-3 {
+        return Err(Error::tensor(
+            &file,
+            "pos_embed",
+            format!(
+                "differs from the 2-D sin-cos embedding of interpolation scale {} by {diff:.3e} \
+                 (wrong resolution preset?)",
+                cfg.interpolation_scale
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the config of a diffusers directory against the requested one.
+fn check_same_shape(file: &Path, got: &PixArtConfig, want: &PixArtConfig) -> Result<()> {
+    let fields = [
+        ("depth", got.depth, want.depth),
+        ("hidden size", got.hidden, want.hidden),
+        ("heads", got.heads, want.heads),
+        ("patch", got.patch, want.patch),
+        ("input size", got.input_size, want.input_size),
+        ("in channels", got.in_channels, want.in_channels),
+        ("out channels", got.out_channels, want.out_channels),
+        ("MLP width", got.mlp_hidden, want.mlp_hidden),
+        (
+            "caption channels",
+            got.caption_channels,
+            want.caption_channels,
+        ),
+    ];
+    for (name, g, w) in fields {
+        if g != w {
+            return Err(Error::Config(format!(
+                "{}: {name} is {g}, but the requested model has {w}",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl PixArt {
     /// A PixArt-α with seeded random weights, for benchmarks and tests.
     /// Weights are N(0, 1/fan_in), biases N(0, 0.02^2), the scale-shift
@@ -395,31 +599,104 @@ impl PixArt {
     /// `dtype` on `device`: a model directory (`config.json` and
     /// `diffusion_pytorch_model.safetensors`, or shards with their
     /// `.index.json`), a pipeline directory (its `transformer/` is used), or
-    /// one weights file with the `config.json` beside it.
+    /// one weights file with the `config.json` beside it. Same as
+    /// [`PixArt::load_with_config`] without a config, so original-layout
+    /// checkpoints (which carry none) are refused.
     ///
     /// Every tensor is checked: missing, unexpected, mis-shaped and
     /// non-finite tensors are errors naming the tensor and the file.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<PixArt> {
+        PixArt::load_with_config(path, None, dtype, device)
+    }
+
+    /// Loads PixArt-α weights from `path`, cast to `dtype` on `device`, in
+    /// either layout (told apart by the tensor names):
+    ///
+    /// - diffusers (`PixArtTransformer2DModel`), as for [`PixArt::load`]:
+    ///   the `config.json` of the directory (or beside a lone file) is used,
+    ///   and `cfg`, when given, must agree with it; a lone file without a
+    ///   `config.json` takes `cfg`;
+    /// - the original PixArt-α checkpoint (`PixArt-XL-2-256x256.pth`, ...):
+    ///   a PyTorch `.pth` (or safetensors) state dict, maybe nested under
+    ///   `state_dict` (or `ema`, `model`, `module`), with the names of the
+    ///   original repository (`x_embedder.proj`, `blocks.{i}.attn.qkv`,
+    ///   `blocks.{i}.cross_attn.kv_linear`, ...). It has no config: `cfg` is
+    ///   required. Its fixed `pos_embed` buffer, when present, must match
+    ///   the embedding `cfg` computes (so a wrong interpolation scale is
+    ///   caught); its learned null caption `y_embedder.y_embedding` is kept
+    ///   ([`PixArt::null_caption`]).
+    ///
+    /// Every tensor is checked: missing, unexpected, mis-shaped and
+    /// non-finite tensors are errors naming the tensor (as the file names
+    /// it) and the file.
+    pub fn load_with_config(
+        path: &Path,
+        cfg: Option<&PixArtConfig>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<PixArt> {
         let src = load::resolve(path)?;
-        let config: PathBuf = match &src {
-            Source::Diffusers { config, .. } => config.clone(),
+        let mut raw = load::read_source(path, &src)?;
+        if raw.layout()? == WeightsLayout::Original {
+            let cfg = cfg.ok_or_else(|| {
+                Error::format(
+                    path,
+                    "an original PixArt-α checkpoint has no config: name the model shape",
+                )
+            })?;
+            cfg.validate()
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            check_original_pos_embed(&mut raw, cfg)?;
+            load::validate(&raw, &original_shapes(cfg), &[])?;
+            let mut tensors: HashMap<String, Tensor> =
+                raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect();
+            let null = tensors
+                .remove(NULL_CAPTION)
+                .expect("validated")
+                .to_dtype(dtype)?
+                .to_device(device)?;
+            let tensors = original_to_diffusers(tensors, cfg)?;
+            let mut model = PixArt::build(cfg, tensors, dtype, device)?;
+            model.null_caption = Some(null);
+            return Ok(model);
+        }
+        let config: Option<PathBuf> = match &src {
+            Source::Diffusers { config, .. } => Some(config.clone()),
             Source::File(f) => f
                 .parent()
                 .map(|d| d.join("config.json"))
-                .filter(|c| c.is_file())
-                .ok_or_else(|| {
-                    Error::format(
-                        f,
-                        "PixArt-α weights need the diffusers config.json beside them \
-                         (the original PixArt-α checkpoint layout is not supported)",
-                    )
-                })?,
+                .filter(|c| c.is_file()),
         };
-        let cfg = PixArtConfig::from_diffusers_config(&config)?;
-        let raw = load::read_source(path, &src)?;
+        let cfg = match (config, cfg) {
+            (Some(config), want) => {
+                let got = PixArtConfig::from_diffusers_config(&config)?;
+                if let Some(want) = want {
+                    check_same_shape(&config, &got, want)?;
+                }
+                got
+            }
+            (None, Some(want)) => want.clone(),
+            (None, None) => {
+                return Err(Error::format(
+                    path,
+                    "PixArt-α weights need the diffusers config.json beside them, \
+                     or the model shape from the caller",
+                ))
+            }
+        };
         load::validate(&raw, &diffusers_shapes(&cfg), &[])?;
         let tensors = raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect();
         PixArt::build(&cfg, tensors, dtype, device)
+    }
+
+    /// The learned null caption embedding `[caption tokens, caption
+    /// channels]` of an original checkpoint (`y_embedder.y_embedding`, in
+    /// the model's dtype and device): the original sampling scripts feed it
+    /// as the unconditional caption of classifier-free guidance. `None` for
+    /// diffusers weights (diffusers drops it; its pipeline encodes an empty
+    /// prompt instead) and random ones.
+    pub fn null_caption(&self) -> Option<&Tensor> {
+        self.null_caption.as_ref()
     }
 
     /// Builds the model from diffusers-layout tensors (already validated),
@@ -494,6 +771,7 @@ impl PixArt {
             blocks,
             final_table,
             proj_out,
+            null_caption: None,
         })
     }
 
