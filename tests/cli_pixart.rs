@@ -259,30 +259,48 @@ fn the_pixart_preset_calibrates_and_evaluates_on_a_tiny_pipeline() {
 }
 
 /// DiT-XL/2 is a latent model too: a diffusers DiT pipeline folder
-/// (transformer/ + vae/) samples into decoded images through the same VAE.
+/// (transformer/ + vae/) samples into decoded images through the same VAE,
+/// and `--pipeline` supplies the VAE when the weights stand alone.
 #[test]
 fn a_latent_dit_pipeline_writes_decoded_images() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("crates/tcc-model/tests/fixtures/dit_tiny/diffusers"),
-        &d.join("pipe/transformer"),
-    );
-    copy_dir(
-        &root.join("crates/tcc-vae/tests/fixtures/tiny-vae"),
-        &d.join("pipe/vae"),
-    );
-    let sched = d.join("dit.sched");
-    std::fs::write(
-        &sched,
-        "[model]\npath = \"pipe\"\n\n[sampler]\nkind = \"ddim\"\nsteps = 3\nguidance = 1.5\n",
-    )
-    .unwrap();
+    let dit = root.join("crates/tcc-model/tests/fixtures/dit_tiny/diffusers");
+    let vae = root.join("crates/tcc-vae/tests/fixtures/tiny-vae");
+    copy_dir(&dit, &d.join("pipe/transformer"));
+    copy_dir(&vae, &d.join("pipe/vae"));
+    copy_dir(&dit, &d.join("alone"));
+    copy_dir(&vae, &d.join("other/vae"));
+    let sampler = "[sampler]\nkind = \"ddim\"\nsteps = 3\nguidance = 1.5\n";
+    let (in_pipe, alone) = (d.join("pipe.sched"), d.join("alone.sched"));
+    std::fs::write(&in_pipe, format!("[model]\npath = \"pipe\"\n\n{sampler}")).unwrap();
+    std::fs::write(&alone, format!("[model]\npath = \"alone\"\n\n{sampler}")).unwrap();
+
     let out = d.join("imgs");
-    assert_ok(&tcc(&["sample", s(&sched), "--n", "2", "--out", s(&out)]));
+    assert_ok(&tcc(&["sample", s(&in_pipe), "--n", "2", "--out", s(&out)]));
     let first = out.join("000000_class0.png");
     let img = image::open(&first).unwrap_or_else(|e| panic!("{}: {e}", first.display()));
     // 8x8 latents, VAE upscale 8.
     assert_eq!((img.width(), img.height()), (64, 64));
+
+    let out2 = d.join("imgs2");
+    let err = assert_bad_input(&tcc(&["sample", s(&alone), "--n", "2", "--out", s(&out2)]));
+    assert!(err.contains("--pipeline"), "{err}");
+    assert!(!out2.exists());
+    let other = d.join("other");
+    assert_ok(&tcc(&[
+        "sample",
+        s(&alone),
+        "--n",
+        "2",
+        "--out",
+        s(&out2),
+        "--pipeline",
+        s(&other),
+    ]));
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(out2.join("000000_class0.png")).unwrap()
+    );
 }

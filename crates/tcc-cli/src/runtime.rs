@@ -37,6 +37,11 @@ pub struct ModelArgs {
     /// (~19 GB). Embeddings are converted to f32 either way.
     #[arg(long, value_name = "DTYPE", default_value = "bf16", value_parser = ["bf16", "f32"])]
     pub text_dtype: String,
+    /// A diffusers pipeline folder to take text_encoder/, tokenizer/ and
+    /// vae/ from (default: the folder of the model's weights). Needed when
+    /// the weights are a single checkpoint file, such as PixArt's `.pth`.
+    #[arg(long, value_name = "DIR")]
+    pub pipeline: Option<PathBuf>,
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -104,9 +109,13 @@ fn load_dit(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
     }
 }
 
-/// The diffusers pipeline directory a plan's weights live in (the folder
-/// holding `transformer/`, `text_encoder/`, `tokenizer/`, `vae/`), if any.
-pub fn pipeline_dir(plan: &Plan) -> Option<PathBuf> {
+/// The diffusers pipeline directory to take the text encoder and VAE from:
+/// `--pipeline`, else the folder holding `transformer/` that the plan's
+/// weights live in, if any.
+pub fn pipeline_dir(plan: &Plan, args: &ModelArgs) -> Option<PathBuf> {
+    if let Some(dir) = &args.pipeline {
+        return Some(dir.clone());
+    }
     let w = PathBuf::from(plan.weights.as_ref()?);
     [w.clone(), w.parent()?.to_path_buf()]
         .into_iter()
@@ -179,9 +188,9 @@ impl Captions {
                 m.name
             )));
         }
-        let dir = pipeline_dir(plan).ok_or_else(|| {
+        let dir = pipeline_dir(plan, args).ok_or_else(|| {
             CliError::input(format!(
-                "{}: encoding prompts needs a diffusers pipeline directory (transformer/, text_encoder/, tokenizer/) as the model's weights",
+                "{}: encoding prompts needs a diffusers pipeline directory with text_encoder/ and tokenizer/: make it the model's weights or pass --pipeline DIR",
                 plan.source
             ))
         })?;

@@ -87,9 +87,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // VAE, checked before sampling so a missing one fails fast.
     let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
     let vae = if writes_images && plan.model.in_channels != 3 {
-        let dir = pipeline_dir(&plan).map(|d| d.join("vae")).ok_or_else(|| {
+        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
             CliError::input(format!(
-                "model `{}` samples {}-channel latents: writing images needs a VAE, and its weights are not a diffusers pipeline directory with vae/",
+                "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
                 plan.model.name, plan.model.in_channels
             ))
         })?;
