@@ -464,40 +464,55 @@ fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Te
     Ok(out)
 }
 
-/// Checks an original checkpoint's `pos_embed` buffer against the computed
-/// embedding (it is fixed, so it must agree), then drops it.
-fn check_pos_embed(raw: &mut Raw, cfg: &DitConfig) -> Result<()> {
+/// Checks an original checkpoint's fixed `pos_embed` buffer `[1, N, D]`
+/// against the embedding the config computes (`expected`, `side x side`
+/// positions of width `hidden`), within `tol`, then drops it. `what` names
+/// the expected embedding in the message.
+pub(crate) fn check_pos_embed_buffer(
+    raw: &mut Raw,
+    side: usize,
+    hidden: usize,
+    expected: Vec<f64>,
+    tol: f64,
+    what: &str,
+) -> Result<()> {
     let Some((t, file)) = raw.tensors.remove("pos_embed") else {
         return Ok(());
     };
-    let side = cfg.input_size / cfg.patch;
-    let want = [1, side * side, cfg.hidden];
+    let want = [1, side * side, hidden];
     if t.dims() != want {
         return Err(Error::tensor(
             &file,
             "pos_embed",
             format!(
-                "has shape {:?}, expected {want:?} (input size {}, patch {})",
-                t.dims(),
-                cfg.input_size,
-                cfg.patch
+                "has shape {:?}, expected {want:?} ({side}x{side} patches)",
+                t.dims()
             ),
         ));
     }
-    let computed = Tensor::from_vec(
-        pos_embed_2d(cfg.hidden, side),
-        (1, side * side, cfg.hidden),
-        &Device::Cpu,
-    )?;
+    let computed = Tensor::from_vec(expected, (1, side * side, hidden), &Device::Cpu)?;
     let diff = max_abs_diff(&t, &computed)?;
-    if diff.is_nan() || diff > 1e-5 {
+    if diff.is_nan() || diff > tol {
         return Err(Error::tensor(
             &file,
             "pos_embed",
-            format!("differs from the 2-D sin-cos embedding by {diff:.3e}"),
+            format!("differs from {what} by {diff:.3e}"),
         ));
     }
     Ok(())
+}
+
+fn check_pos_embed(raw: &mut Raw, cfg: &DitConfig) -> Result<()> {
+    let side = cfg.input_size / cfg.patch;
+    let expected = pos_embed_2d(cfg.hidden, side);
+    check_pos_embed_buffer(
+        raw,
+        side,
+        cfg.hidden,
+        expected,
+        1e-5,
+        "the 2-D sin-cos embedding",
+    )
 }
 
 impl Dit {

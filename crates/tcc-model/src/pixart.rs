@@ -499,49 +499,17 @@ fn original_to_diffusers(
     Ok(out)
 }
 
-/// Checks an original checkpoint's fixed `pos_embed` buffer `[1, N, D]`
-/// against the embedding `cfg` computes (interpolation scale included),
-/// then drops it. Tolerance 2e-3: the buffer may be stored in f16.
+/// Checks an original checkpoint's fixed `pos_embed` buffer against the
+/// embedding `cfg` computes (interpolation scale included), then drops it.
+/// Tolerance 2e-3: the buffer may be stored in f16.
 fn check_original_pos_embed(raw: &mut Raw, cfg: &PixArtConfig) -> Result<()> {
-    let Some((t, file)) = raw.tensors.remove("pos_embed") else {
-        return Ok(());
-    };
     let side = cfg.input_size / cfg.patch;
-    let want = [1, side * side, cfg.hidden];
-    if t.dims() != want {
-        return Err(Error::tensor(
-            &file,
-            "pos_embed",
-            format!(
-                "has shape {:?}, expected {want:?} (input size {}, patch {})",
-                t.dims(),
-                cfg.input_size,
-                cfg.patch
-            ),
-        ));
-    }
-    let computed = Tensor::from_vec(
-        pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale),
-        (1, side * side, cfg.hidden),
-        &Device::Cpu,
-    )?;
-    let diff = (t.to_dtype(DType::F64)? - computed)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?;
-    if diff.is_nan() || diff > 2e-3 {
-        return Err(Error::tensor(
-            &file,
-            "pos_embed",
-            format!(
-                "differs from the 2-D sin-cos embedding of interpolation scale {} by {diff:.3e} \
-                 (wrong resolution preset?)",
-                cfg.interpolation_scale
-            ),
-        ));
-    }
-    Ok(())
+    let expected = pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale);
+    let what = format!(
+        "the 2-D sin-cos embedding of interpolation scale {} (wrong resolution preset?)",
+        cfg.interpolation_scale
+    );
+    load::check_pos_embed_buffer(raw, side, cfg.hidden, expected, 2e-3, &what)
 }
 
 /// Checks the config of a diffusers directory against the requested one.
