@@ -362,7 +362,12 @@ fn check_same_shape(file: &Path, got: &DitConfig, want: &DitConfig) -> Result<()
         ("MLP width", got.mlp_hidden, want.mlp_hidden),
         ("classes", got.num_classes, want.num_classes),
     ];
-    for (name, g, w) in fields {
+    check_fields(file, &fields)
+}
+
+/// Refuses a config file whose `(name, found, requested)` fields differ.
+pub(crate) fn check_fields(file: &Path, fields: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, g, w) in fields {
         if g != w {
             return Err(Error::Config(format!(
                 "{}: {name} is {g}, but the requested model has {w}",

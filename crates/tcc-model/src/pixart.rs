@@ -529,15 +529,7 @@ fn check_same_shape(file: &Path, got: &PixArtConfig, want: &PixArtConfig) -> Res
             want.caption_channels,
         ),
     ];
-    for (name, g, w) in fields {
-        if g != w {
-            return Err(Error::Config(format!(
-                "{}: {name} is {g}, but the requested model has {w}",
-                file.display()
-            )));
-        }
-    }
-    Ok(())
+    load::check_fields(file, &fields)
 }
 
 impl PixArt {
