@@ -1,17 +1,18 @@
 """Train the embedded default model: a tiny class-conditional DiT on the
 procedural shapes dataset (crates/tcc-data), in diffusers layout.
 
-Reproducible: fixed seeds, single process, CPU. Run from the repository root:
+Reproducible for a seed on a given device. The shipped weights
+(crates/tcc-testbed/assets/tiny-dit, see training.json there and
+docs/testbed.md) come from two stages on one GPU; run from the repository
+root:
 
     cargo run --release -p tcc-data --example export_dataset -- target/shapes.safetensors 60000
-    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
-        --out crates/tcc-testbed/assets/tiny-dit --steps 5000 --batch 64
+    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --out <stage1> \
+        --device cuda --patch 2 --batch 128 --lr-schedule constant --steps 3175
+    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --init <stage1> \
+        --out crates/tcc-testbed/assets/tiny-dit --device cuda --patch 2 --batch 128 --steps 4000
 
-A second stage continues from the first one's weights (fresh optimizer and
-EMA, min-SNR weighting):
-
-    python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors \
-        --init <stage-1 out> --out crates/tcc-testbed/assets/tiny-dit --steps 3500 --min-snr 5
+On a 2-core CPU one such step takes 5-9 s (10-18 h in all).
 
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
 EMA weights) and <out>/training.json (what was run, losses, wall time).
