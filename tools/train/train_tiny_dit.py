@@ -10,8 +10,10 @@ root:
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --out <stage1> \
         --device cuda --patch 2 --batch 128 --lr-schedule constant --steps 3175
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --init <stage1> \
-        --out crates/tcc-testbed/assets/tiny-dit --device cuda --patch 2 --batch 128 --steps 4000
+        --out <stage2> --device cuda --patch 2 --batch 128 --steps 4000
 
+then copy <stage2>/config.json and diffusion_pytorch_model.safetensors into
+the assets folder (training.json there records both stages).
 On a 2-core CPU one such step takes 5-9 s (10-18 h in all).
 
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
