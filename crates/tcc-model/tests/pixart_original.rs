@@ -27,23 +27,11 @@ fn original() -> PathBuf {
     fixtures().join("original.pth")
 }
 
-/// The fixture's shape, as the caller (the schedule's preset) names it.
+/// The fixture's shape, as the caller (the schedule's preset) would name
+/// it; taken from the diffusers copy's config.json, which
+/// `pixart_golden.rs` checks field by field.
 fn cfg() -> PixArtConfig {
-    PixArtConfig {
-        depth: 2,
-        hidden: 32,
-        heads: 2,
-        patch: 2,
-        input_size: 8,
-        in_channels: 4,
-        out_channels: 8,
-        mlp_hidden: 128,
-        caption_channels: 24,
-        caption_tokens: 120,
-        interpolation_scale: 0.5,
-        norm_eps: 1e-6,
-        use_additional_conditions: false,
-    }
+    PixArtConfig::from_diffusers_config(&fixtures().join("model/config.json")).unwrap()
 }
 
 fn load(path: &Path, cfg: Option<&PixArtConfig>) -> tcc_model::Result<PixArt> {
