@@ -14,7 +14,7 @@ root:
 
 then copy <stage2>/config.json and diffusion_pytorch_model.safetensors into
 the assets folder (training.json there records both stages).
-On a 2-core CPU one such step takes 5-9 s (10-18 h in all).
+On our 2-core CPU one such step took 9.3 s (measured under load): ~18 h in all.
 
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
 EMA weights) and <out>/training.json (what was run, losses, wall time).
