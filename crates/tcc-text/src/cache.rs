@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::encoder::hex;
+use crate::precision::TextPrecision;
 use crate::{Result, TextError};
 
 /// A directory of caption embeddings: one `<key>.safetensors` per (encoder
@@ -37,12 +38,19 @@ impl EmbeddingCache {
 
     /// The hex sha256 key of one entry: each field length-prefixed, so no
     /// two different tuples share a key.
-    pub fn key(identity: &str, dtype: DType, max_tokens: usize, prompt: &str) -> String {
+    /// Dense precisions use candle's dtype names (`f32`, `bf16`), quantized
+    /// ones their GGUF names (`q8_0`, ...).
+    pub fn key(
+        identity: &str,
+        precision: impl Into<TextPrecision>,
+        max_tokens: usize,
+        prompt: &str,
+    ) -> String {
         let mut h = Sha256::new();
         for field in [
             "tcc-text/embedding/v1".as_bytes(),
             identity.as_bytes(),
-            dtype.as_str().as_bytes(),
+            precision.into().as_str().as_bytes(),
             &(max_tokens as u64).to_le_bytes(),
             prompt.as_bytes(),
         ] {

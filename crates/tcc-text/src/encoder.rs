@@ -3,13 +3,16 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use candle_transformers::models::quantized_t5;
 use candle_transformers::models::t5::{Config, T5EncoderModel};
 use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::cache::EmbeddingCache;
+use crate::precision::{Quant, TextPrecision};
 use crate::{Result, TextError};
 
 /// PixArt-α's caption length: diffusers' `PixArtAlphaPipeline` pads and
@@ -27,14 +30,29 @@ pub struct Tokens {
     pub len: usize,
 }
 
+/// candle-transformers' dense or GGUF-quantized T5 encoder.
+enum Model {
+    Dense(T5EncoderModel),
+    Quantized(quantized_t5::T5EncoderModel),
+}
+
+impl Model {
+    fn forward(&mut self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Model::Dense(m) => m.forward(ids),
+            Model::Quantized(m) => m.forward(ids),
+        }
+    }
+}
+
 /// The T5 encoder and tokenizer of a PixArt-α pipeline.
 pub struct TextEncoder {
-    model: T5EncoderModel,
+    model: Model,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     config: Config,
     pad_id: u32,
-    dtype: DType,
+    precision: TextPrecision,
     device: Device,
     identity: String,
     prompts_encoded: u64,
@@ -46,7 +64,7 @@ impl std::fmt::Debug for TextEncoder {
             .field("d_model", &self.config.d_model)
             .field("num_layers", &self.config.num_layers)
             .field("vocab_size", &self.config.vocab_size)
-            .field("dtype", &self.dtype)
+            .field("precision", &self.precision)
             .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
@@ -73,7 +91,9 @@ fn require(path: &Path, what: &'static str) -> Result<()> {
 /// Parses a transformers `T5Config` JSON into candle's `Config`, filling in
 /// transformers' defaults for the fields candle requires but recent
 /// transformers versions may leave out, and forcing the encoder-only shape.
-fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config> {
+/// Also returns the completed JSON, from which the quantized model's config
+/// (same fields, private in candle) is read.
+pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<(Config, serde_json::Value)> {
     let bad = |message: String| TextError::Config {
         path: path.to_path_buf(),
         message,
@@ -105,7 +125,7 @@ fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config> {
     // Encoder only: no cross-attention layers, no key/value cache.
     obj.insert("is_decoder".into(), serde_json::json!(false));
     obj.insert("use_cache".into(), serde_json::json!(false));
-    let config: Config = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let config: Config = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
     for (name, v) in [
         ("vocab_size", config.vocab_size),
         ("d_model", config.d_model),
@@ -122,12 +142,12 @@ fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config> {
             return Err(bad(format!("{name} is 0")));
         }
     }
-    Ok(config)
+    Ok((config, value))
 }
 
 /// The safetensors files of a `text_encoder/` folder: `model.safetensors`,
 /// or the shards `model.safetensors.index.json` lists.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
@@ -172,7 +192,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// A hex sha256 over what identifies an encoder cheaply: config.json,
 /// tokenizer.json and, per weights file, its name, length and first and last
 /// MiB (hashing 19 GB of T5-XXL at every start would take minutes).
-fn identity(config: &[u8], tokenizer: &[u8], weights: &[PathBuf]) -> Result<String> {
+pub(crate) fn identity(config: &[u8], tokenizer: &[u8], weights: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -218,25 +238,48 @@ impl TextEncoder {
     /// Loads the T5 encoder from a diffusers pipeline's `text_encoder/`
     /// folder and the tokenizer from its `tokenizer/tokenizer.json`.
     ///
-    /// `dtype` is the weights' and activations' type: `F32` or `BF16`
-    /// (T5-XXL's encoder is ~19 GB in f32, ~9.5 GB in bf16); the weights are
-    /// memory-mapped and converted on load. Outputs are f32 either way.
+    /// `precision` is how the weights are held:
+    /// - `DType::F32` or `DType::BF16` (T5-XXL's encoder is ~19 GB in f32,
+    ///   ~9.5 GB in bf16): the safetensors weights are memory-mapped and
+    ///   converted on load; activations run in that dtype;
+    /// - [`Quant::Q8_0`] / [`Quant::Q4_0`] (~5 / ~2.7 GB): the GGUF file
+    ///   `text_encoder/model.q8_0.gguf` (or `model.q4_0.gguf`) written once by
+    ///   [`quantize_encoder`](crate::quantize_encoder) (`tcc quantize-t5`);
+    ///   activations run in f32.
+    ///
+    /// Outputs are f32 either way.
     pub fn load(
         dir_text_encoder: &Path,
         dir_tokenizer: &Path,
-        dtype: DType,
+        precision: impl Into<TextPrecision>,
         device: &Device,
     ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16) {
-            return Err(TextError::UnsupportedDType(dtype));
+        let precision = precision.into();
+        if let TextPrecision::Dense(dtype) = precision {
+            if !matches!(dtype, DType::F32 | DType::BF16) {
+                return Err(TextError::UnsupportedDType(dtype));
+            }
         }
         require(dir_text_encoder, "text encoder directory")?;
         require(dir_tokenizer, "tokenizer directory")?;
         let config_path = dir_text_encoder.join("config.json");
         require(&config_path, "T5 config")?;
         let config_bytes = read(&config_path)?;
-        let config = parse_config(&config_path, &config_bytes)?;
-        let weights = weight_files(dir_text_encoder)?;
+        let (config, config_json) = parse_config(&config_path, &config_bytes)?;
+        let weights = match precision {
+            TextPrecision::Dense(_) => weight_files(dir_text_encoder)?,
+            TextPrecision::Quantized(quant) => {
+                let path = dir_text_encoder.join(quant.file_name());
+                if !path.exists() {
+                    return Err(TextError::MissingQuantized {
+                        path,
+                        quant: quant.as_str(),
+                        dir: dir_text_encoder.to_path_buf(),
+                    });
+                }
+                vec![path]
+            }
+        };
 
         let tokenizer_path = dir_tokenizer.join("tokenizer.json");
         if !tokenizer_path.exists() {
@@ -257,25 +300,37 @@ impl TextEncoder {
             .unwrap_or(config.pad_token_id as u32);
 
         let identity = identity(&config_bytes, &tokenizer_bytes, &weights)?;
-        // SAFETY: the files are memory-mapped read-only; as with every
-        // mmap-based loader, they must not be modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device) }.map_err(
-            |source| TextError::Weights {
-                path: weights[0].clone(),
-                source,
-            },
-        )?;
-        let model = T5EncoderModel::load(vb, &config).map_err(|source| TextError::Weights {
-            path: dir_text_encoder.to_path_buf(),
-            source,
-        })?;
+        let model = match precision {
+            TextPrecision::Dense(dtype) => {
+                // SAFETY: the files are memory-mapped read-only; as with every
+                // mmap-based loader, they must not be modified while loaded.
+                let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device) }
+                    .map_err(|source| TextError::Weights {
+                        path: weights[0].clone(),
+                        source,
+                    })?;
+                let model =
+                    T5EncoderModel::load(vb, &config).map_err(|source| TextError::Weights {
+                        path: dir_text_encoder.to_path_buf(),
+                        source,
+                    })?;
+                Model::Dense(model)
+            }
+            TextPrecision::Quantized(quant) => Model::Quantized(load_quantized(
+                &weights[0],
+                quant,
+                &config_path,
+                config_json,
+                device,
+            )?),
+        };
         Ok(Self {
             model,
             tokenizer,
             tokenizer_path,
             config,
             pad_id,
-            dtype,
+            precision,
             device: device.clone(),
             identity,
             prompts_encoded: 0,
@@ -287,9 +342,9 @@ impl TextEncoder {
         self.config.d_model
     }
 
-    /// The weights' and activations' dtype.
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    /// How the weights are held (dense dtype or quantization).
+    pub fn precision(&self) -> TextPrecision {
+        self.precision
     }
 
     /// Where the encoder runs and its outputs live.
@@ -383,7 +438,7 @@ impl TextEncoder {
         let tokens = self.tokenize(prompts, max_tokens)?;
         let keys: Vec<String> = prompts
             .iter()
-            .map(|p| EmbeddingCache::key(&self.identity, self.dtype, max_tokens, p))
+            .map(|p| EmbeddingCache::key(&self.identity, self.precision, max_tokens, p))
             .collect();
         let mut rows: Vec<Option<Tensor>> = Vec::with_capacity(prompts.len());
         let mut misses = Vec::new();
@@ -476,6 +531,47 @@ impl TextEncoder {
     }
 }
 
+/// Reads a GGUF T5 encoder written by [`quantize_encoder`](crate::quantize_encoder)
+/// (or any GGUF with the same tensor names), checking that the file says it
+/// holds `quant` when it says anything.
+pub(crate) fn load_quantized(
+    path: &Path,
+    quant: Quant,
+    config_path: &Path,
+    config_json: serde_json::Value,
+    device: &Device,
+) -> Result<quantized_t5::T5EncoderModel> {
+    let weights_err = |source| TextError::Weights {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(|source| TextError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = gguf_file::Content::read(&mut file).map_err(weights_err)?;
+    if let Some(v) = content.metadata.get(crate::quantize::META_QUANT) {
+        let stored = v.to_string().map_err(weights_err)?;
+        if stored.as_str() != quant.as_str() {
+            return Err(TextError::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the file holds {stored} weights, not {}: its name and contents disagree",
+                    quant.as_str()
+                ),
+            });
+        }
+    }
+    drop(file);
+    let config: quantized_t5::Config =
+        serde_json::from_value(config_json).map_err(|e| TextError::Config {
+            path: config_path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let vb = quantized_t5::VarBuilder::from_gguf(path, device).map_err(weights_err)?;
+    quantized_t5::T5EncoderModel::load(vb, &config).map_err(weights_err)
+}
+
 fn mask_row(t: &Tokens, max_tokens: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..max_tokens)
         .map(|k| if k < t.len { 1.0 } else { 0.0 })
@@ -492,7 +588,7 @@ mod tests {
         let json = br#"{"vocab_size": 10, "d_model": 8, "d_kv": 2, "d_ff": 16,
             "num_layers": 1, "num_heads": 4, "relative_attention_num_buckets": 8,
             "feed_forward_proj": "gated-gelu", "is_decoder": true}"#;
-        let c = parse_config(Path::new("config.json"), json).unwrap();
+        let (c, _) = parse_config(Path::new("config.json"), json).unwrap();
         assert!(!c.is_decoder);
         assert!(c.feed_forward_proj.gated);
         assert_eq!(c.pad_token_id, 0);

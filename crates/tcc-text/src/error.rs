@@ -21,6 +21,25 @@ pub enum TextError {
     )]
     MissingTokenizerJson { dir: PathBuf },
 
+    /// A quantized precision was asked for, but its GGUF file has not been
+    /// written yet.
+    #[error(
+        "{path} not found: the {quant} text encoder is made once from the safetensors weights \
+         with: tcc quantize-t5 {dir} --type {quant}",
+        path = path.display(),
+        dir = dir.display()
+    )]
+    MissingQuantized {
+        path: PathBuf,
+        quant: &'static str,
+        dir: PathBuf,
+    },
+
+    /// A tensor cannot be quantized, or the checkpoint has nothing to
+    /// quantize.
+    #[error("quantizing {path}: {message}", path = path.display())]
+    Quantize { path: PathBuf, message: String },
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}", path = path.display())]
     Io {
@@ -57,8 +76,11 @@ pub enum TextError {
         vocab_size: usize,
     },
 
-    /// Only `F32` and `BF16` are supported (T5 overflows in `F16`).
-    #[error("unsupported dtype {0:?} for the T5 encoder: use F32 or BF16 (T5 overflows in F16)")]
+    /// Only `F32` and `BF16` are supported dense (T5 overflows in `F16`).
+    #[error(
+        "unsupported dtype {0:?} for the T5 encoder: use F32 or BF16 (T5 overflows in F16), \
+         or a quantized GGUF (q8_0, q4_0)"
+    )]
     UnsupportedDType(DType),
 
     /// A bad argument (e.g. `max_tokens == 0`).

@@ -7,12 +7,16 @@
 //!   (`config.json` + `model.safetensors`, or shards listed in
 //!   `model.safetensors.index.json`) with candle-transformers' T5 encoder,
 //!   and `tokenizer/tokenizer.json` with the `tokenizers` crate.
+//! - [`quantize_encoder`] writes the encoder's linear layers as a GGUF file
+//!   of `q8_0` or `q4_0` blocks (`text_encoder/model.q8_0.gguf`), which
+//!   `TextEncoder::load` reads with candle-transformers' `quantized_t5` when
+//!   asked for [`TextPrecision::Quantized`].
 //! - [`TextEncoder::encode`] tokenises as diffusers' `PixArtAlphaPipeline`
 //!   does (`padding="max_length", max_length=120, truncation=True,
 //!   add_special_tokens=True`) and runs the encoder. The mask is `f32`,
 //!   1.0 for real tokens (the closing `</s>` included) and 0.0 for padding.
 //! - [`EmbeddingCache`] / [`TextEncoder::encode_cached`]: one safetensors
-//!   file per (encoder, dtype, max_tokens, prompt), written atomically.
+//!   file per (encoder, precision, max_tokens, prompt), written atomically.
 //!
 //! **Padding rows.** candle's `T5EncoderModel::forward` takes no attention
 //! mask, so each prompt is encoded on its real tokens only (prompts of equal
@@ -28,10 +32,14 @@
 mod cache;
 mod encoder;
 mod error;
+mod precision;
+mod quantize;
 
 pub use cache::EmbeddingCache;
 pub use encoder::{TextEncoder, Tokens, PIXART_MAX_TOKENS};
 pub use error::TextError;
+pub use precision::{Quant, TextPrecision};
+pub use quantize::{quantize_encoder, QuantizeReport};
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, TextError>;
