@@ -12,33 +12,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_bad_input, assert_ok, tcc};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
+use common::{assert_bad_input, assert_ok, copy_dir, tcc, tiny_pixart_pipeline};
 
 /// `dir/pipe` with transformer/, text_encoder/, tokenizer/ and vae/, and
 /// `dir/NAME.sched` files for it: full computation and FORA N=2 with priors
 /// on steps 1 and 3.
 fn pipeline(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pipe = dir.join("pipe");
-    copy_dir(
-        &root.join("tests/fixtures/tiny-pixart/transformer"),
-        &pipe.join("transformer"),
-    );
-    let text = root.join("crates/tcc-text/tests/fixtures/tiny-pipeline");
-    copy_dir(&text.join("text_encoder"), &pipe.join("text_encoder"));
-    copy_dir(&text.join("tokenizer"), &pipe.join("tokenizer"));
-    copy_dir(
-        &root.join("crates/tcc-vae/tests/fixtures/tiny-vae"),
-        &pipe.join("vae"),
-    );
+    tiny_pixart_pipeline(&pipe);
     let head = "[model]\npath = \"pipe\"\n\n[sampler]\nkind = \"dpm-solver++\"\nsteps = 4\nguidance = 4.5\n";
     std::fs::write(dir.join("full.sched"), head).unwrap();
     std::fs::write(

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs `tcc` with `args` from the repository root.
@@ -36,4 +37,31 @@ pub fn assert_ok(out: &Output) -> String {
         text(&out.stderr)
     );
     stdout
+}
+
+/// Copies the files of `from` (not its folders) into `to`, created if needed.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Assembles the tiny random PixArt-α pipeline in `pipe` from the committed
+/// fixtures: transformer/ (tools/golden/tiny_pixart_pipeline.py),
+/// text_encoder/ and tokenizer/ (crates/tcc-text), vae/ (crates/tcc-vae).
+pub fn tiny_pixart_pipeline(pipe: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(
+        &root.join("tests/fixtures/tiny-pixart/transformer"),
+        &pipe.join("transformer"),
+    );
+    let text = root.join("crates/tcc-text/tests/fixtures/tiny-pipeline");
+    copy_dir(&text.join("text_encoder"), &pipe.join("text_encoder"));
+    copy_dir(&text.join("tokenizer"), &pipe.join("tokenizer"));
+    copy_dir(
+        &root.join("crates/tcc-vae/tests/fixtures/tiny-vae"),
+        &pipe.join("vae"),
+    );
 }

@@ -8,7 +8,7 @@ use tcc_core::{CalibMethod, CalibMode};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
-use crate::common::{beside_cwd, load_plan, CliError, Io};
+use crate::common::{beside_cwd, CliError, Io};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -52,7 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    let mut plan = load_plan(&args.file)?;
+    let mut plan = args.model.load_plan(&args.file, None, io.err)?;
     if plan.calibration.method != CalibMethod::Tcc {
         return Err(CliError::input(format!(
             "{}: the schedule does not ask for calibration: set `[calibration] method = \"tcc\"` and its `steps`",

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use tcc_plan::PlanCost;
 
-use crate::common::{load_plan, CliError, Io};
+use crate::common::{load_plan_with, CliError, Io};
+use crate::hub::Need;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -26,7 +27,7 @@ pub struct Args {
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let mut failed = 0usize;
     for path in &args.files {
-        match load_plan(path) {
+        match load_plan_with(path, None, None, Need::Config, io.err) {
             Ok(plan) => {
                 let speedup = PlanCost::of(&plan).speedup();
                 writeln!(

@@ -12,7 +12,7 @@ use tcc_metrics::Summary;
 use tcc_plan::Plan;
 
 use crate::calibrate::{fit_priors, name};
-use crate::common::{beside_cwd, load_plan, CliError, Io};
+use crate::common::{beside_cwd, CliError, Io};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -71,15 +71,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.seeds.is_empty() {
         return Err(CliError::input("--seeds needs at least one seed"));
     }
-    let plan = match args.steps {
-        Some(0) => return Err(CliError::input("--steps must be at least 1")),
-        Some(s) => {
-            let mut p = tcc_plan::compile_file_with_steps(&args.file, s)?;
-            p.source = args.file.display().to_string();
-            p
-        }
-        None => load_plan(&args.file)?,
-    };
+    if args.steps == Some(0) {
+        return Err(CliError::input("--steps must be at least 1"));
+    }
+    let plan = args.model.load_plan(&args.file, args.steps, io.err)?;
     let hash = plan.hash().to_string();
     let model = load_model(&plan, &args.model)?;
     let captions = Captions::for_plan(&plan, &args.model)?;

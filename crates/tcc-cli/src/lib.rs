@@ -15,6 +15,7 @@ mod check;
 mod common;
 mod convert;
 mod eval;
+mod hub;
 mod output;
 mod plan;
 mod runtime;

@@ -6,7 +6,8 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, ValueEnum};
 use tcc_plan::{Format, PlanDiff, PlanDocument};
 
-use crate::common::{load_plan, CliError, Io};
+use crate::common::{load_plan_with, CliError, Io};
+use crate::hub::Need;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -41,6 +42,12 @@ pub struct Args {
     /// The schedule file (.sched); with --diff, two: A and B.
     #[arg(value_name = "FILE", required = true, num_args = 1..=2)]
     files: Vec<PathBuf>,
+
+    /// Take the model from SOURCE instead of the schedule's [model]
+    /// location: a diffusers folder, a checkpoint file, or hf:ORG/NAME[@REV]
+    /// (only its config.json is downloaded). With --diff, for both.
+    #[arg(long = "model", value_name = "SOURCE")]
+    model: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -80,8 +87,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     }
 
     if args.diff {
-        let a = load_plan(&args.files[0]);
-        let b = load_plan(&args.files[1]);
+        let mut load =
+            |file| load_plan_with(file, args.model.as_deref(), None, Need::Config, io.err);
+        let a = load(&args.files[0]);
+        let b = load(&args.files[1]);
         let (a, b) = match (a, b) {
             (Ok(a), Ok(b)) => (a, b),
             (a, b) => {
@@ -102,7 +111,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         return Ok(io.out.flush()?);
     }
 
-    let plan = load_plan(&args.files[0])?;
+    let plan = load_plan_with(
+        &args.files[0],
+        args.model.as_deref(),
+        None,
+        Need::Config,
+        io.err,
+    )?;
     let text = match args.emit {
         Some(format) => PlanDocument::new(plan)
             .render(format.into())

@@ -13,10 +13,18 @@ use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
 use crate::common::CliError;
+use crate::hub::Need;
 
 /// Options shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
+    /// Take the model from SOURCE instead of the schedule's [model]
+    /// location: a diffusers pipeline or transformer folder, a checkpoint
+    /// file (replaces only the weights), or hf:ORG/NAME[@REVISION],
+    /// downloaded into the Hugging Face cache (HF_HOME, HF_ENDPOINT,
+    /// HF_TOKEN). See docs/pixart.md.
+    #[arg(long = "model", value_name = "SOURCE")]
+    pub source: Option<String>,
     /// Run with seeded random weights instead of the schedule's weights
     /// (for timing runs of large models whose weights you do not have).
     #[arg(long, value_name = "SEED")]
@@ -42,6 +50,28 @@ pub struct ModelArgs {
     /// the weights are a single checkpoint file, such as PixArt's `.pth`.
     #[arg(long, value_name = "DIR")]
     pub pipeline: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// What of an `hf:` repository the run reads: configs only for random
+    /// weights, else the pipeline.
+    pub fn need(&self) -> Need {
+        if self.random_weights.is_some() {
+            Need::Config
+        } else {
+            Need::Pipeline
+        }
+    }
+
+    /// The schedule `file`'s plan, with `--model` and `steps` applied.
+    pub fn load_plan(
+        &self,
+        file: &Path,
+        steps: Option<u64>,
+        err: &mut dyn std::io::Write,
+    ) -> Result<Plan, CliError> {
+        crate::common::load_plan_with(file, self.source.as_deref(), steps, self.need(), err)
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {

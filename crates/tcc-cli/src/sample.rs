@@ -7,7 +7,7 @@ use tcc_calib::{PriorHooks, PriorSet};
 use tcc_exec::{Hooks, NoHooks};
 use tcc_metrics::{DataRange, ErrorStats};
 
-use crate::common::{load_plan, CliError, Io};
+use crate::common::{CliError, Io};
 use crate::output::{to_nhwc_u8, write_npz};
 use crate::runtime::{load_model, pipeline_dir, run_plan, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
@@ -18,11 +18,14 @@ Examples:
   tcc sample schedules/fora3.sched --n 100 --class 3 --out samples/
   tcc sample schedules/fora3.sched --priors fora3.priors.safetensors --vs-full
   tcc sample schedules/full.sched --n 1000 --npz full.npz
+  tcc sample pixart.sched --model hf:PixArt-alpha/PixArt-XL-2-256x256 --prompt \"a cat\" --grid out.png
 
 The same --seed gives the same samples: sample i's noise is the i-th draw of
 the seed's stream whatever the batch size. Without --class, sample i has
 class i mod (number of classes). Schedules naming the `tiny` model without
-weights use the embedded testbed model.";
+weights use the embedded testbed model. --model takes the model from a folder,
+a checkpoint or a Hugging Face Hub repository instead of the schedule's
+[model] section (docs/pixart.md).";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -68,7 +71,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.n == 0 || args.batch_size == 0 {
         return Err(CliError::input("--n and --batch-size must be at least 1"));
     }
-    let plan = load_plan(&args.file)?;
+    let plan = args.model.load_plan(&args.file, None, io.err)?;
     let model = load_model(&plan, &args.model)?;
     let mut hooks: Box<dyn Hooks> = match &args.priors {
         Some(path) => {

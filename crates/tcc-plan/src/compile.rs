@@ -83,7 +83,17 @@ pub fn compile_file_with_steps(path: &Path, steps: u64) -> Result<Plan, CompileE
     })
 }
 
-fn compile_file_with(path: &Path, edit: impl FnOnce(&mut Schedule)) -> Result<Plan, CompileError> {
+/// Like [`compile_file`], with `edit` applied to the parsed schedule before
+/// it is compiled: the way a caller overrides what a file says (the `tcc`
+/// command's `--model` and `--steps`, its `hf:` model sources). Values the
+/// edit inserts have no place in the file: give them [`Spanned::unplaced`]
+/// or the span of what they replace, which diagnostics then point at.
+///
+/// [`Spanned::unplaced`]: tcc_schedule::Spanned::unplaced
+pub fn compile_file_with(
+    path: &Path,
+    edit: impl FnOnce(&mut Schedule),
+) -> Result<Plan, CompileError> {
     let text = std::fs::read_to_string(path).map_err(|source| CompileError::Io {
         path: path.to_path_buf(),
         source,

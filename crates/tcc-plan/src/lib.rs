@@ -7,7 +7,9 @@
 mod compile;
 mod plan;
 
-pub use compile::{compile, compile_file, compile_file_with_steps, CompileError};
+pub use compile::{
+    compile, compile_file, compile_file_with, compile_file_with_steps, CompileError,
+};
 pub use plan::{Action, Plan, StepPlan};
 pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
 

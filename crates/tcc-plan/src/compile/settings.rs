@@ -32,13 +32,22 @@ pub(super) fn resolve_model(
             let dir = base_dir.join(path);
             match super::model_dir::shape_from_dir(&dir, path) {
                 Ok(shape) => Ok((shape, weights.or_else(|| Some(resolve(path))))),
-                Err(e) => Err(Diagnostic::new(
-                    format!("cannot read the model at `{path}`"),
-                    m.source.span,
-                    e.message,
-                )
-                .with_note(format!("looked at {}", e.file.display()))
-                .into()),
+                Err(e) => {
+                    let d = Diagnostic::new(
+                        format!("cannot read the model at `{path}`"),
+                        m.source.span,
+                        e.message,
+                    )
+                    .with_note(format!("looked at {}", e.file.display()));
+                    // This crate does no network I/O: the `tcc` command
+                    // downloads `hf:` sources and compiles the local copy.
+                    Err(if path.starts_with("hf:") {
+                        d.with_help("`hf:ORG/NAME` sources are downloaded by the `tcc` command before it compiles; compile the downloaded folder here")
+                    } else {
+                        d
+                    }
+                    .into())
+                }
             }
         }
     }

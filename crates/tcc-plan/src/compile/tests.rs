@@ -432,6 +432,10 @@ fn model_errors() {
     let e = error("[model]\npath = \"nowhere\"\n");
     assert!(e.contains("cannot read the model at `nowhere`"), "{e}");
     assert!(e.contains("base/nowhere"), "{e}");
+    assert!(!e.contains("hf:"), "{e}");
+    // Hub sources are the `tcc` command's to download, not the compiler's.
+    let e = error("[model]\npath = \"hf:org/name\"\n");
+    assert!(e.contains("downloaded by the `tcc` command"), "{e}");
 }
 
 fn fixtures() -> PathBuf {
