@@ -285,3 +285,65 @@ fn a_latent_dit_pipeline_writes_decoded_images() {
         std::fs::read(out2.join("000000_class0.png")).unwrap()
     );
 }
+
+#[test]
+fn a_quantized_text_encoder_is_made_by_quantize_t5_and_used_by_text_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pipe = pipeline(d);
+    let full = d.join("full.sched");
+    let cache = d.join("emb");
+    let run = |dtype: &str, png: &str| {
+        tcc(&[
+            "sample",
+            s(&full),
+            "--n",
+            "2",
+            "--prompt",
+            "a red square",
+            "--text-dtype",
+            dtype,
+            "--embeddings-cache",
+            s(&cache),
+            "--grid",
+            png,
+        ])
+    };
+    // Before quantizing: exit 2, and the message says how to make the file.
+    let err = assert_bad_input(&run("q8_0", s(&d.join("x.png"))));
+    assert!(
+        err.contains("model.q8_0.gguf") && err.contains("tcc quantize-t5"),
+        "{err}"
+    );
+    assert!(!d.join("x.png").exists());
+
+    let out = assert_ok(&tcc(&["quantize-t5", s(&pipe)]));
+    assert!(out.contains("14 linear weights as q8_0"), "{out}");
+    assert!(pipe.join("text_encoder/model.q8_0.gguf").is_file());
+    assert_ok(&run("q8_0", s(&d.join("q8.png"))));
+    assert_ok(&run("q8_0", s(&d.join("q8-again.png"))));
+    assert_ok(&run("f32", s(&d.join("f32.png"))));
+    let read = |n: &str| std::fs::read(d.join(n)).unwrap();
+    assert_eq!(read("q8.png"), read("q8-again.png"), "deterministic");
+    assert_ne!(
+        read("q8.png"),
+        read("f32.png"),
+        "the quantized encoder's embeddings must reach the image"
+    );
+    // Prompt + null prompt, once per precision.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
+
+    let custom = d.join("t5-q4.gguf");
+    let out = assert_ok(&tcc(&[
+        "quantize-t5",
+        s(&pipe.join("text_encoder")),
+        "--type",
+        "q4_0",
+        "--out",
+        s(&custom),
+    ]));
+    assert!(out.contains("as q4_0"), "{out}");
+    assert!(custom.is_file());
+    let err = assert_bad_input(&tcc(&["quantize-t5", s(d)]));
+    assert!(err.contains("no config.json"), "{err}");
+}

@@ -18,6 +18,7 @@ mod eval;
 mod hub;
 mod output;
 mod plan;
+mod quantize;
 mod runtime;
 mod sample;
 mod scoring;
@@ -85,6 +86,9 @@ enum Command {
     Eval(eval::Args),
     /// Convert an original DiT checkpoint (.pt) to safetensors.
     Convert(convert::Args),
+    /// Quantize a pipeline's T5 text encoder to a GGUF file (q8_0, q4_0).
+    #[command(name = "quantize-t5")]
+    QuantizeT5(quantize::Args),
 }
 
 /// Runs `tcc` with the process's arguments and standard streams.
@@ -122,6 +126,7 @@ where
         Command::Calibrate(args) => calibrate::run(args, io),
         Command::Eval(args) => eval::run(args, io),
         Command::Convert(args) => convert::run(args, io),
+        Command::QuantizeT5(args) => quantize::run(args, io),
     };
     match result {
         Ok(()) => 0,

@@ -41,9 +41,11 @@ pub struct ModelArgs {
     /// $XDG_CACHE_HOME/tcc/embeddings or ~/.cache/tcc/embeddings).
     #[arg(long, value_name = "DIR")]
     pub embeddings_cache: Option<PathBuf>,
-    /// Precision of the T5 text encoder: bf16 (T5-XXL ~9.5 GB) or f32
-    /// (~19 GB). Embeddings are converted to f32 either way.
-    #[arg(long, value_name = "DTYPE", default_value = "bf16", value_parser = ["bf16", "f32"])]
+    /// Precision of the T5 text encoder: bf16 (T5-XXL ~9.5 GB), f32
+    /// (~19 GB), or q8_0 / q4_0 (~5 / ~2.7 GB; the GGUF file that
+    /// `tcc quantize-t5` writes into text_encoder/). Embeddings are f32
+    /// either way.
+    #[arg(long, value_name = "DTYPE", default_value = "bf16", value_parser = ["bf16", "f32", "q8_0", "q4_0"])]
     pub text_dtype: String,
     /// A diffusers pipeline folder to take text_encoder/, tokenizer/ and
     /// vae/ from (default: the folder of the model's weights). Needed when
@@ -227,11 +229,9 @@ impl Captions {
         let mut encoder = tcc_text::TextEncoder::load(
             &dir.join("text_encoder"),
             &dir.join("tokenizer"),
-            if args.text_dtype == "f32" {
-                DType::F32
-            } else {
-                DType::BF16
-            },
+            args.text_dtype
+                .parse::<tcc_text::TextPrecision>()
+                .map_err(CliError::input)?,
             &Device::Cpu,
         )
         .map_err(CliError::input)?;
