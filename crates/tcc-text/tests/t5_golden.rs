@@ -7,10 +7,12 @@
 //! truncation=True, add_special_tokens=True)`, as diffusers' PixArt pipeline
 //! calls them). The fixtures live in `tests/fixtures/`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use tcc_text::{EmbeddingCache, TextEncoder, TextError};
+
+use common::{expected, max_abs_real, max_abs_real_impl, pipeline};
 
 /// f32: max abs difference to transformers' float32 output on real tokens.
 /// (The float32 reference is itself within 4e-6 of float64.)
@@ -23,69 +25,9 @@ const TOL_F32: f32 = 1e-4;
 /// A wrong mask or position bias is off by O(1).
 const TOL_BF16_FACTOR: f32 = 2.0;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn pipeline() -> (PathBuf, PathBuf) {
-    let p = fixtures().join("tiny-pipeline");
-    (p.join("text_encoder"), p.join("tokenizer"))
-}
-
-struct Expected {
-    prompts: Vec<String>,
-    max_tokens: usize,
-    ids: Vec<Vec<i64>>,
-    mask: Vec<Vec<f32>>,
-    embeddings: Tensor,
-    embeddings_bf16: Tensor,
-}
-
-fn expected() -> Expected {
-    let path = fixtures().join("t5_expected.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().as_ref().unwrap();
-    let prompts: Vec<String> = serde_json::from_str(&meta["prompts"]).unwrap();
-    let max_tokens: usize = meta["max_tokens"].parse().unwrap();
-    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-    Expected {
-        prompts,
-        max_tokens,
-        ids: map["input_ids"].to_vec2().unwrap(),
-        mask: map["mask"].to_vec2().unwrap(),
-        embeddings: map["embeddings"].clone(),
-        embeddings_bf16: map["embeddings_bf16"].clone(),
-    }
-}
-
 fn load(dtype: DType) -> TextEncoder {
     let (te, tok) = pipeline();
     TextEncoder::load(&te, &tok, dtype, &Device::Cpu).unwrap()
-}
-
-/// Max abs difference on the real-token rows; asserts `got`'s padding rows
-/// are 0 (ours are; transformers' are not).
-fn max_abs_real(got: &Tensor, want: &Tensor, mask: &[Vec<f32>]) -> f32 {
-    max_abs_real_impl(got, want, mask, true)
-}
-
-fn max_abs_real_impl(got: &Tensor, want: &Tensor, mask: &[Vec<f32>], zero_pad: bool) -> f32 {
-    let got: Vec<Vec<Vec<f32>>> = got.to_vec3().unwrap();
-    let want: Vec<Vec<Vec<f32>>> = want.to_vec3().unwrap();
-    let mut worst = 0f32;
-    for (b, m) in mask.iter().enumerate() {
-        for (k, &mk) in m.iter().enumerate() {
-            for (g, w) in got[b][k].iter().zip(&want[b][k]) {
-                if mk == 1.0 {
-                    worst = worst.max((g - w).abs());
-                } else if zero_pad {
-                    assert_eq!(*g, 0.0, "padding row {b},{k} is not zero");
-                }
-            }
-        }
-    }
-    worst
 }
 
 #[test]

@@ -8,11 +8,15 @@
 //! `q8_0` blocks as ggml's block dot product does, with the inputs of
 //! `t5_expected.safetensors`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use tcc_text::{quantize_encoder, EmbeddingCache, Quant, TextEncoder, TextError, TextPrecision};
+
+use common::{expected, fixtures};
 
 /// Dequantized weights: numpy and candle both compute `q * f16(d)` in f32
 /// from the same `round(x * (1 / d))`, so they must agree exactly.
@@ -23,10 +27,6 @@ const TOL_WEIGHTS: f32 = 0.0;
 /// by 0.28 (q8_0) and 2.3 (q4_0), so a wrong layout, scale or activation
 /// rounding cannot hide under it.
 const TOL_OUTPUT: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// A copy of the fixture's `text_encoder/` (quantizing writes into it).
 fn encoder_copy(dir: &Path) -> PathBuf {
@@ -51,40 +51,9 @@ fn reference() -> std::collections::HashMap<String, Tensor> {
     .unwrap()
 }
 
-struct Inputs {
-    prompts: Vec<String>,
-    max_tokens: usize,
-    mask: Vec<Vec<f32>>,
-    embeddings: Tensor,
-}
-
-fn inputs() -> Inputs {
-    let path = fixtures().join("t5_expected.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().as_ref().unwrap();
-    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-    Inputs {
-        prompts: serde_json::from_str(&meta["prompts"]).unwrap(),
-        max_tokens: meta["max_tokens"].parse().unwrap(),
-        mask: map["mask"].to_vec2().unwrap(),
-        embeddings: map["embeddings"].clone(),
-    }
-}
-
 /// Max abs difference over the real tokens' rows.
 fn max_abs_real(got: &Tensor, want: &Tensor, mask: &[Vec<f32>]) -> f32 {
-    let got: Vec<Vec<Vec<f32>>> = got.to_vec3().unwrap();
-    let want: Vec<Vec<Vec<f32>>> = want.to_vec3().unwrap();
-    let mut worst = 0f32;
-    for (b, m) in mask.iter().enumerate() {
-        for (k, _) in m.iter().enumerate().filter(|(_, &v)| v == 1.0) {
-            for (g, w) in got[b][k].iter().zip(&want[b][k]) {
-                worst = worst.max((g - w).abs());
-            }
-        }
-    }
-    worst
+    common::max_abs_real_impl(got, want, mask, false)
 }
 
 #[test]
@@ -137,7 +106,7 @@ fn quantized_encoder_matches_transformers_on_dequantized_weights() {
     let dir = tempfile::tempdir().unwrap();
     let te = encoder_copy(dir.path());
     let reference = reference();
-    let inp = inputs();
+    let inp = expected();
     for quant in Quant::ALL {
         quantize_encoder(&te, quant, &te.join(quant.file_name()), |_, _| {}).unwrap();
         let mut enc = TextEncoder::load(&te, &tokenizer_dir(), quant, &Device::Cpu).unwrap();
@@ -170,7 +139,7 @@ fn quantized_encoder_matches_transformers_on_dequantized_weights() {
 fn quantized_embeddings_have_their_own_cache_entries() {
     let dir = tempfile::tempdir().unwrap();
     let te = encoder_copy(dir.path());
-    let inp = inputs();
+    let inp = expected();
     quantize_encoder(
         &te,
         Quant::Q8_0,
