@@ -534,3 +534,47 @@ fn hub_failures_are_one_line_errors() {
     // A local --model that does not exist.
     assert_error(&run("no/such/dir", &hub.url), 2, "--model no/such/dir");
 }
+
+#[test]
+fn quantize_t5_writes_into_the_snapshot_where_text_dtype_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hf_home, hub) = setup(d);
+    let model = "hf:test-org/tiny-pixart";
+    let out = tcc_hub(&["quantize-t5", model], &hub.url, &hf_home, &[]);
+    let text = assert_ok(&out);
+    let gguf = hf_home
+        .join("hub/models--test-org--tiny-pixart/snapshots")
+        .join(COMMIT)
+        .join("text_encoder/model.q8_0.gguf");
+    assert!(gguf.is_file(), "{text}");
+    assert!(text.contains("model.q8_0.gguf"), "{text}");
+    let before = hub.requests().len();
+    let png = d.join("q8.png");
+    let (sched, emb) = (d.join("full.sched"), d.join("emb"));
+    let args = [
+        "sample",
+        s(&sched),
+        "--model",
+        model,
+        "--text-dtype",
+        "q8_0",
+        "--prompt",
+        "a red square",
+        "--n",
+        "1",
+        "--embeddings-cache",
+        s(&emb),
+        "--grid",
+        s(&png),
+    ];
+    assert_ok(&tcc_hub(&args, &hub.url, &hf_home, &[]));
+    assert!(png.is_file());
+    // Only the listing was asked for, and the quantized file (which the
+    // repository does not list) is still there.
+    assert_eq!(
+        hub.requests()[before..],
+        ["GET /api/models/test-org/tiny-pixart/revision/main"]
+    );
+    assert!(gguf.is_file());
+}

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use tcc_text::{Quant, TextError};
 
 use crate::common::{CliError, Io};
+use crate::hub::{self, HubSource, Need};
 use crate::runtime::progress;
 
 const EXAMPLES: &str = "\
 Examples:
   tcc quantize-t5 PixArt-XL-2-256x256                 # writes text_encoder/model.q8_0.gguf
   tcc quantize-t5 PixArt-XL-2-256x256 --type q4_0
+  tcc quantize-t5 hf:PixArt-alpha/PixArt-XL-2-256x256  # into the Hub cache's snapshot
   tcc sample pixart.sched --text-dtype q8_0 --prompt \"a red cube\" --grid out.png
 
 The linear layers' weights become q8_0 (8.5 bits per weight; T5-XXL's
@@ -24,7 +26,10 @@ into place. docs/pixart.md gives the speed and accuracy measured per type.";
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// A diffusers pipeline folder, or its `text_encoder/` folder.
+    /// A diffusers pipeline folder, its `text_encoder/` folder, or an
+    /// `hf:ORG/NAME[@REVISION]` pipeline (downloaded first; the file is
+    /// written into its snapshot in the Hugging Face cache, where
+    /// `--model hf:... --text-dtype TYPE` finds it).
     #[arg(value_name = "DIR")]
     dir: PathBuf,
     /// The block quantization.
@@ -38,8 +43,15 @@ pub struct Args {
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let quant: Quant = args.quant.parse().map_err(CliError::input)?;
-    let nested = args.dir.join("text_encoder");
-    let dir = if nested.is_dir() { nested } else { args.dir };
+    let root = match HubSource::parse(&args.dir.to_string_lossy()) {
+        Some(source) => {
+            let source = source.map_err(CliError::input)?;
+            hub::resolve(&source, Need::Pipeline, io.err)?
+        }
+        None => args.dir,
+    };
+    let nested = root.join("text_encoder");
+    let dir = if nested.is_dir() { nested } else { root };
     if !dir.join("config.json").is_file() {
         return Err(CliError::input(format!(
             "{}: no config.json: expected a diffusers pipeline folder or its text_encoder/ folder",
