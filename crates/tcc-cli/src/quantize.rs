@@ -18,10 +18,10 @@ Examples:
 
 The linear layers' weights become q8_0 (8.5 bits per weight; T5-XXL's
 encoder ~5 GB) or q4_0 (4.5 bits; ~2.7 GB) blocks; embeddings, the position
-bias and layer norms stay f32. Quantizing reads the f32/bf16 safetensors
-once (T5-XXL: ~19 GB memory-mapped, ~6 GB of memory while writing). The
-file is written to a temporary file, loaded back as an encoder, then renamed
-into place. docs/pixart.md gives the speed and accuracy measured per type.";
+bias and layer norms stay f32. Quantizing memory-maps the f32/bf16
+safetensors and holds the quantized tensors in memory while writing (for
+T5-XXL in q8_0, ~5.5 GB by size). The file is written to a temporary file,
+loaded back as an encoder, then renamed into place. docs/pixart.md gives the speed and accuracy measured per type.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
