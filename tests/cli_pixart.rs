@@ -346,4 +346,7 @@ fn a_quantized_text_encoder_is_made_by_quantize_t5_and_used_by_text_dtype() {
     assert!(custom.is_file());
     let err = assert_bad_input(&tcc(&["quantize-t5", s(d)]));
     assert!(err.contains("no config.json"), "{err}");
+    let nowhere = d.join("no-such-dir/t5.gguf");
+    let err = assert_bad_input(&tcc(&["quantize-t5", s(&pipe), "--out", s(&nowhere)]));
+    assert!(err.contains("no-such-dir"), "{err}");
 }

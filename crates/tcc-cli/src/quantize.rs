@@ -65,6 +65,14 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             out.display()
         )));
     }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(CliError::input(format!(
+                "{}: no such directory to write into",
+                parent.display()
+            )));
+        }
+    }
     let bar = progress(&format!("quantize {}", quant.as_str()), 0);
     let report = tcc_text::quantize_encoder(&dir, quant, &out, |done, total| {
         bar.set_length(total as u64);
