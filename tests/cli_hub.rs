@@ -181,6 +181,15 @@ fn serve(mut stream: TcpStream, repos: &Repos, base: &str, log: &Mutex<Vec<Strin
         };
         let tag = etag(bytes);
         let commit = ("X-Repo-Commit", COMMIT.to_string());
+        if is_lfs(file) && repo.ends_with("/broken-redirect") {
+            // A redirect without its Location header.
+            return reply(
+                &mut stream,
+                "302 Found",
+                &[commit, ("X-Linked-Etag", format!("\"{tag}\""))],
+                b"",
+            );
+        }
         if is_lfs(file) {
             return reply(
                 &mut stream,
@@ -278,6 +287,7 @@ fn repos(pipe: &Path) -> Repos {
         .collect();
     let mut repos = Repos::new();
     repos.insert("test-org/gated".into(), files.clone());
+    repos.insert("test-org/broken-redirect".into(), files.clone());
     repos.insert("test-org/tiny-pixart".into(), files);
     repos.insert("test-org/no-transformer".into(), vae_only);
     repos
@@ -531,6 +541,17 @@ fn hub_failures_are_one_line_errors() {
     std::fs::write(&bad, "[model]\npath = \"hf:test-org/no-transformer\"\n").unwrap();
     let out = tcc_hub(&["check", s(&bad)], &hub.url, &hf_home, &[]);
     assert_error(&out, 2, "no transformer");
+    // A malformed answer (a redirect without Location, on which hf-hub
+    // panics inside) is a one-line error too.
+    let err = assert_error(
+        &run("hf:test-org/broken-redirect", &hub.url),
+        1,
+        "did not answer as the Hub does",
+    );
+    assert!(
+        err.contains("hf:test-org/broken-redirect") && err.contains("location"),
+        "{err}"
+    );
     // A local --model that does not exist.
     assert_error(&run("no/such/dir", &hub.url), 2, "--model no/such/dir");
 }

@@ -301,6 +301,24 @@ fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Runs `f`, turning a panic into an error carrying its message. hf-hub 0.5
+/// `expect`s parts of a server's answer (a redirect's `Location` header):
+/// a malformed answer must give tcc's one-line error, not a crash. The
+/// panic hook is silenced meanwhile so that nothing is printed twice.
+fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "an unexpected answer".into())
+    })
+}
+
 /// Downloads files of one commit into its snapshot, skipping those there.
 struct Fetch<'a> {
     src: &'a HubSource,
@@ -328,9 +346,14 @@ impl Fetch<'_> {
                 self.snapshot.display()
             )?;
         }
-        let path = self
-            .repo
-            .download_with_progress(file, Bar::new())
+        let repo = self.repo;
+        let path = without_panics(|| repo.download_with_progress(file, Bar::new()))
+            .map_err(|why| {
+                CliError::Failure(format!(
+                    "{}: downloading {file}: {} did not answer as the Hub does ({why})",
+                    self.src, self.endpoint
+                ))
+            })?
             .map_err(|e| self.download_error(file, e))?;
         if !path.starts_with(&self.snapshot) {
             return Err(CliError::Failure(format!(
