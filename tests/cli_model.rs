@@ -17,6 +17,8 @@ fn priors(dir: &Path) -> (String, String) {
             "schedules/fora3.sched",
             "--samples",
             "4",
+            "--validation-samples",
+            "2",
             "--mode",
             mode,
             "--out",
@@ -103,6 +105,161 @@ fn eval_reports_every_variant_tests_and_plot_and_refuses_foreign_priors() {
     // Priors of another schedule: both plan hashes are named.
     let e = assert_bad_input(&tcc(&["eval", "schedules/fora2.sched", "--priors", &tcc_p]));
     assert!(e.contains("tied to the exact plan"), "{e}");
+}
+
+/// FORA N=3 over 6 steps on the embedded model, priors chosen on
+/// validation samples among three families at every reuse step.
+const VALIDATED: &str = r#"
+[model]
+name = "tiny"
+
+[sampler]
+kind = "ddim"
+steps = 6
+guidance = 1.5
+
+[[cache]]
+refresh = "every 3"
+
+[calibration]
+pooling = "none"
+pooled-half = "both"
+samples = 4
+seed = 0
+select = "validated"
+candidates = ["shift", "affine", "diagonal"]
+ridge = [0.01, 1.0]
+validation-samples = 2
+"#;
+
+#[test]
+fn validated_calibration_writes_per_site_choices_that_sample_and_eval_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = dir.path().join("validated.sched");
+    std::fs::write(&sched, VALIDATED).unwrap();
+    let sched = sched.display().to_string();
+    let priors = dir.path().join("v.safetensors").display().to_string();
+    let stdout = assert_ok(&tcc(&["calibrate", &sched, "--out", &priors]));
+    // The step table has the validation columns and the end-to-end check.
+    assert!(
+        stdout.contains("validated among shift/affine/diagonal"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("latent before"), "{stdout}");
+    assert!(
+        stdout.contains("end to end on 2 validation samples (seed 1)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("chosen priors per step"), "{stdout}");
+    // Every reuse step (1, 2, 4, 5) has 12 calibrated sites.
+    assert!(stdout.contains("(48 calibrated sites)"), "{stdout}");
+
+    // `sample` applies the file (sites chosen to carry no prior included).
+    let npz = dir.path().join("s.npz").display().to_string();
+    assert_ok(&tcc(&[
+        "sample", &sched, "--priors", &priors, "--n", "2", "--npz", &npz,
+    ]));
+    assert!(Path::new(&npz).exists());
+}
+
+#[test]
+fn several_schedules_are_evaluated_side_by_side_with_oracle_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = dir.path().join("validated.sched");
+    std::fs::write(&sched, VALIDATED).unwrap();
+    let paper = dir.path().join("paper.sched");
+    std::fs::write(
+        &paper,
+        VALIDATED
+            .replace("select = \"validated\"\n", "")
+            .replace("candidates = [\"shift\", \"affine\", \"diagonal\"]\n", "")
+            .replace("pooling = \"none\"", "steps = \"1, 2\"\nalpha = 0.5")
+            .replace("ridge = [0.01, 1.0]\n", ""),
+    )
+    .unwrap();
+    let out = tcc(&[
+        "eval",
+        sched.to_str().unwrap(),
+        paper.to_str().unwrap(),
+        "--n",
+        "2",
+        "--seeds",
+        "5,6",
+        "--batch-size",
+        "2",
+        "--no-one-shot",
+        "--plot",
+        dir.path().join("p.png").to_str().unwrap(),
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&assert_ok(&out)).expect("JSON on stdout");
+    let names: Vec<&str> = doc["report"]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    // One full computation and one cache for both (same cache plan).
+    assert_eq!(
+        names,
+        ["full", "validated:cache", "validated:tcc", "paper:tcc"]
+    );
+    let tests: Vec<(String, String)> = doc["report"]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["a"].as_str().unwrap().into(),
+                t["b"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        tests.contains(&("paper:tcc".into(), "validated:tcc".into())),
+        "{tests:?}"
+    );
+    // The oracle: per calibrated step, never further from full computation
+    // than reusing as is (it may choose no prior).
+    let oracle = doc["oracle"].as_array().unwrap();
+    assert!(oracle
+        .iter()
+        .any(|r| r["variant"] == "paper:tcc" && r["step"] == 2));
+    for r in oracle {
+        let (before, best) = (r["before"].as_f64().unwrap(), r["oracle"].as_f64().unwrap());
+        assert!(best <= before + 1e-12, "{r}");
+    }
+
+    // Settings that cannot be validated are refused before any work.
+    let e = assert_bad_input(&tcc(&[
+        "calibrate",
+        sched.to_str().unwrap(),
+        "--validation-samples",
+        "0",
+    ]));
+    assert!(e.contains("validation samples"), "{e}");
+    let fixed_seed = dir.path().join("seeded.sched");
+    std::fs::write(&fixed_seed, format!("{VALIDATED}validation-seed = 3\n")).unwrap();
+    let e = assert_bad_input(&tcc(&[
+        "calibrate",
+        fixed_seed.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]));
+    assert!(
+        e.contains("validation seed 3 is the calibration seed"),
+        "{e}"
+    );
+    // The validation seed is held out from evaluation too.
+    let e = assert_bad_input(&tcc(&[
+        "eval",
+        sched.to_str().unwrap(),
+        "--seeds",
+        "1,2",
+        "--n",
+        "1",
+    ]));
+    assert!(e.contains("validation samples"), "{e}");
 }
 
 #[test]

@@ -7,12 +7,23 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Every `.sched` under `schedules/`, subfolders (`schedules/study/`)
+/// included, as paths relative to the package root.
 fn schedules() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir("schedules")
-        .expect("schedules/ exists (cargo runs tests from the package root)")
-        .map(|e| e.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sched"))
-        .collect();
+    fn walk(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir)
+            .expect("schedules/ exists (cargo runs tests from the package root)")
+        {
+            let path = e.expect("readable entry").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "sched") {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk("schedules".as_ref(), &mut files);
     files.sort();
     files
 }
@@ -23,9 +34,11 @@ fn every_shipped_schedule_shows_its_plan() {
     assert!(files.len() >= 10, "only {} schedules", files.len());
     let mut failed = Vec::new();
     for path in files {
-        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        // `study/fora3-affine` -> snapshot `study__fora3-affine`.
+        let inner = path.strip_prefix("schedules").unwrap().with_extension("");
+        let stem = inner.to_string_lossy().replace('/', "__");
         // Relative, as a user types it: the text shows the path as given.
-        let rel = format!("schedules/{}", path.file_name().unwrap().to_string_lossy());
+        let rel = path.to_string_lossy().into_owned();
         let out = Command::new(env!("CARGO_BIN_EXE_tcc"))
             .args(["plan", "--show", &rel])
             .output()

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use tcc_core::Branch;
 use tcc_exec::{BranchSite, ExecError, Hooks};
 use tcc_plan::Action;
 
@@ -16,10 +15,11 @@ use crate::{Prior, PriorSet, Site};
 /// reuse steps corrects the already-corrected output, as SPEC requires.
 #[derive(Clone, Debug, Default)]
 pub struct PriorHooks {
-    folded: HashMap<Site, (Tensor, Tensor)>,
-    /// Whether a marked reuse without a prior is an error (sampling with a
-    /// priors file) or passes through (during calibration, before the
-    /// prior of that step is fitted).
+    /// `None`: the site is calibrated but carries no prior (blend 0).
+    folded: HashMap<Site, Option<(Tensor, Tensor)>>,
+    /// Whether a marked reuse that the hooks do not know is an error
+    /// (sampling with a priors file) or passes through (during calibration,
+    /// before the prior of that step is fitted).
     strict: bool,
 }
 
@@ -29,8 +29,9 @@ impl PriorHooks {
         PriorHooks::default()
     }
 
-    /// Hooks for every prior of `set`, blended with the set's alpha. A
-    /// reuse the plan marks for a prior that the set lacks is an error.
+    /// Hooks for every site of `set`, each prior blended with its site's
+    /// alpha. A reuse the plan marks for a prior that the set does not
+    /// know is an error.
     pub fn from_set(
         set: &PriorSet,
         dtype: DType,
@@ -38,11 +39,17 @@ impl PriorHooks {
     ) -> candle_core::Result<PriorHooks> {
         let mut hooks = PriorHooks {
             folded: HashMap::new(),
-            // alpha = 0 folds every prior to the identity: nothing to apply.
-            strict: set.meta.alpha != 0.0,
+            // A format-1 set with alpha = 0 folds every prior to the
+            // identity: nothing to apply, whatever the plan marks.
+            strict: set.meta.alpha != 0.0 || !set.alphas.is_empty(),
         };
-        for (site, prior) in &set.priors {
-            hooks.insert(*site, prior, set.meta.alpha, dtype, device)?;
+        for site in set.sites() {
+            match set.priors.get(&site) {
+                Some(prior) => hooks.insert(site, prior, set.alpha(&site), dtype, device)?,
+                None => {
+                    hooks.folded.insert(site, None);
+                }
+            }
         }
         Ok(hooks)
     }
@@ -59,7 +66,7 @@ impl PriorHooks {
         device: &Device,
     ) -> candle_core::Result<()> {
         if alpha == 0.0 {
-            self.folded.remove(&site);
+            self.folded.insert(site, None);
             return Ok(());
         }
         let f = prior.fold(alpha);
@@ -69,20 +76,17 @@ impl PriorHooks {
         let rows = c.len() / d;
         let m = Tensor::from_vec(m, (d, d), device)?.to_dtype(dtype)?;
         let c = Tensor::from_vec(c, (rows, d), device)?.to_dtype(dtype)?;
-        self.folded.insert(site, (m, c));
+        self.folded.insert(site, Some((m, c)));
         Ok(())
     }
 
+    /// Number of sites that apply a prior.
     pub fn len(&self) -> usize {
-        self.folded.len()
+        self.folded.values().filter(|f| f.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.folded.is_empty()
-    }
-
-    fn get(&self, step: usize, branch: Branch, block: usize) -> Option<&(Tensor, Tensor)> {
-        self.folded.get(&(step, branch, block))
+        self.len() == 0
     }
 }
 
@@ -95,8 +99,12 @@ impl Hooks for PriorHooks {
         if !matches!(site.action, Action::Reuse { prior: true, .. }) {
             return Ok(None);
         }
-        match self.get(site.step, site.branch, site.block) {
-            Some((m, c)) => Ok(Some(out.broadcast_matmul(m)?.broadcast_add(c)?)),
+        match self
+            .folded
+            .get(&Site::new(site.step, site.branch, site.block))
+        {
+            Some(Some((m, c))) => Ok(Some(out.broadcast_matmul(m)?.broadcast_add(c)?)),
+            Some(None) => Ok(None),
             None if self.strict => Err(ExecError::Candle(candle_core::Error::Msg(format!(
                 "the plan marks step {}, {}, layer {} for a prior, but the priors file has none",
                 site.step, site.branch, site.block

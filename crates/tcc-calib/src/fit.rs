@@ -1,20 +1,25 @@
-//! Fitting one prior: orthogonal Procrustes with an isotropic scale, and the
-//! two simpler ablations.
+//! Fitting one prior: orthogonal Procrustes with an isotropic scale (the
+//! paper's), its two simpler ablations, and the richer families with the
+//! same folded run-time form (`affine`, `diagonal`, `lowrank`).
 
+use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 use tcc_core::{Pooling, PriorKind};
 
-use crate::{CalibError, PairStats, Rows};
+use crate::{CalibError, Moments, PairStats, Rows};
 
 /// A fitted prior for one (step, branch, layer):
 /// `corr = muA + s * (B - muB) @ R`, blended with `alpha` at run time.
+/// For the similarity families R is orthogonal (or the identity); for
+/// `affine`, `diagonal` and `lowrank` it is the fitted linear map W and
+/// `s = 1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prior {
     pub kind: PriorKind,
     pub dim: usize,
-    /// `D x D`, row-major, orthogonal (the identity for `shift` and
-    /// `scale-shift`).
+    /// `D x D`, row-major: orthogonal for `procrustes`, the identity for
+    /// `shift` and `scale-shift`, the fitted map W for the other families.
     pub r: Vec<f64>,
     pub s: f64,
     /// `rows x D` with rows = 1 (`tokens` pooling: one vector for every
@@ -116,107 +121,267 @@ fn identity(d: usize) -> Vec<f64> {
     r
 }
 
-/// Fit a prior of `kind` on paired statistics.
+/// Centred paired statistics: everything a fit needs, from pooled rows
+/// ([`Centered::from_pair_stats`]) or from second moments
+/// ([`Centered::from_moments`]).
+#[derive(Clone, Debug)]
+pub struct Centered {
+    /// Number of rows.
+    pub n: usize,
+    pub dim: usize,
+    pub mu_a: Vec<f64>,
+    pub mu_b: Vec<f64>,
+    /// `Bcᵀ Bc` and `Bcᵀ Ac` (`D x D`).
+    pub cbb: Mat<f64>,
+    pub cba: Mat<f64>,
+    /// `||Bc||²`.
+    pub bc2: f64,
+    /// Under `conditions` pooling: the row means of `a` and of `b`, which
+    /// the prior keeps per token position.
+    pub row_means: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Centered {
+    /// From pooled rows: the rows are centred first, exactly.
+    pub fn from_pair_stats(stats: &PairStats, pooling: Pooling) -> Result<Centered, CalibError> {
+        let d = stats.dim();
+        let Rows { keys, a, b } = stats.rows()?;
+        let n = keys.len();
+        if n == 0 {
+            return Err(CalibError::Empty("no paired rows to fit a prior on".into()));
+        }
+        if pooling == Pooling::Conditions && keys.iter().enumerate().any(|(i, &k)| k != i as u64) {
+            return Err(CalibError::Shape(
+                "`conditions` pooling needs one row per token position 0..T".into(),
+            ));
+        }
+        let mean = |x: &[f64]| -> Vec<f64> {
+            let mut mu = vec![0.0; d];
+            for row in x.chunks(d) {
+                for (m, v) in mu.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            mu.iter_mut().for_each(|m| *m /= n as f64);
+            mu
+        };
+        let (mu_a, mu_b) = (mean(&a), mean(&b));
+        let ac = Mat::<f64>::from_fn(n, d, |i, j| a[i * d + j] - mu_a[j]);
+        let bc = Mat::<f64>::from_fn(n, d, |i, j| b[i * d + j] - mu_b[j]);
+        Ok(Centered {
+            n,
+            dim: d,
+            cbb: bc.transpose() * &bc,
+            cba: bc.transpose() * &ac,
+            bc2: bc.squared_norm_l2(),
+            row_means: (pooling == Pooling::Conditions).then(|| (a.clone(), b.clone())),
+            mu_a,
+            mu_b,
+        })
+    }
+
+    /// From second moments: `Cbb = Σbᵀb - n μbᵀμb`, `Cba = Σbᵀa - n μbᵀμa`.
+    pub fn from_moments(m: &Moments) -> Result<Centered, CalibError> {
+        let d = m.dim();
+        let crate::moments::Sums {
+            n,
+            sum_a,
+            sum_b,
+            bb,
+            ba,
+        } = m.sums();
+        if n == 0.0 {
+            return Err(CalibError::Empty("no paired rows to fit a prior on".into()));
+        }
+        let mu_a: Vec<f64> = sum_a.iter().map(|x| x / n).collect();
+        let mu_b: Vec<f64> = sum_b.iter().map(|x| x / n).collect();
+        let cbb = Mat::<f64>::from_fn(d, d, |j, k| bb[j * d + k] - n * mu_b[j] * mu_b[k]);
+        let cba = Mat::<f64>::from_fn(d, d, |j, k| ba[j * d + k] - n * mu_b[j] * mu_a[k]);
+        let bc2 = (0..d).map(|j| cbb[(j, j)]).sum::<f64>().max(0.0);
+        Ok(Centered {
+            n: n as usize,
+            dim: d,
+            mu_a,
+            mu_b,
+            cbb,
+            cba,
+            bc2,
+            row_means: None,
+        })
+    }
+}
+
+/// Hyperparameters of the families that have them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Ridge strength `γ` of `affine` / `lowrank`: the penalty
+    /// `μ ||W - I||²` has `μ = γ tr(Bcᵀ Bc) / D`, so `γ` is relative to the
+    /// mean eigenvalue of `Bcᵀ Bc` and does not depend on the number of rows.
+    pub ridge: f64,
+    /// Rank of `lowrank` (capped at D).
+    pub rank: usize,
+}
+
+impl Default for Hyper {
+    fn default() -> Hyper {
+        Hyper {
+            ridge: 0.01,
+            rank: tcc_core::DEFAULT_RANK,
+        }
+    }
+}
+
+/// Fit a prior of `kind` on paired statistics (pooled rows).
 ///
 /// With rows `a_i`, `b_i` (row means of the pooled contributions):
 /// `muA, muB` are their means, `Ac, Bc` the centred rows,
 /// `U S V^T = svd(Bc^T Ac)`, `R = U V^T`, `s = tr(S) / ||Bc||^2`
 /// (`procrustes`); `R = I`, `s = <Ac, Bc> / ||Bc||^2` (`scale-shift`);
-/// `R = I`, `s = 1` (`shift`). Under `conditions` pooling the rows are token
-/// positions `0..T` and the means are kept per token.
+/// `R = I`, `s = 1` (`shift`); the other families as in [`fit_centered`].
+/// Under `conditions` pooling the rows are token positions `0..T` and the
+/// means are kept per token.
 pub fn fit(stats: &PairStats, kind: PriorKind, pooling: Pooling) -> Result<Fit, CalibError> {
-    let d = stats.dim();
-    let Rows { keys, a, b } = stats.rows()?;
-    let n = keys.len();
-    if n == 0 {
-        return Err(CalibError::Empty("no paired rows to fit a prior on".into()));
+    fit_with(stats, kind, pooling, Hyper::default())
+}
+
+/// [`fit`] with explicit hyperparameters.
+pub fn fit_with(
+    stats: &PairStats,
+    kind: PriorKind,
+    pooling: Pooling,
+    hyper: Hyper,
+) -> Result<Fit, CalibError> {
+    let centered = Centered::from_pair_stats(stats, pooling)?;
+    let prior = fit_centered(&centered, kind, hyper)?;
+    let (loss_after, loss_before, _) = residual(stats, &prior, pooling, 1.0)?;
+    Ok(Fit {
+        prior,
+        rows: centered.n,
+        loss_before,
+        loss_after,
+    })
+}
+
+/// Fit a prior of `kind` on centred statistics. Every family is
+/// `corr = muA + (B - muB) W` with `W = s R` (`r` and `s` of the [`Prior`]):
+///
+/// - `shift`: `W = I`; `scale-shift`: `W = s I`, `s = tr(Cba) / ||Bc||²`;
+/// - `procrustes`: `W = s R`, `R = U Vᵀ` from `svd(Cba)` (completed toward
+///   the identity where the rows do not determine it), `s = tr(S) / ||Bc||²`;
+/// - `affine`: ridge least squares toward the identity,
+///   `W = (Cbb + μI)⁻¹ (Cba + μI)` (see [`Hyper::ridge`]);
+/// - `diagonal`: per channel `w_j = Cba_jj / Cbb_jj` (1 where `Cbb_jj = 0`);
+/// - `lowrank`: `W = I + Δ P_r`, where `Δ = (Cbb + μI)⁻¹ (Cba - Cbb)` is the
+///   ridge regression of the residual `Ac - Bc` on `Bc` and `P_r` projects
+///   on the top-`r` eigenvectors of `Δᵀ Cbb Δ` (reduced-rank regression:
+///   for `μ = 0` the best rank-`r` `Δ`).
+///
+/// Non-similarity families store `W` in `r` with `s = 1`.
+pub fn fit_centered(c: &Centered, kind: PriorKind, hyper: Hyper) -> Result<Prior, CalibError> {
+    let d = c.dim;
+    if c.row_means.is_some() && !kind.is_similarity() {
+        return Err(CalibError::Shape(format!(
+            "prior `{kind}` cannot keep per-token means (`conditions` pooling)"
+        )));
     }
-    if pooling == Pooling::Conditions && keys.iter().enumerate().any(|(i, &k)| k != i as u64) {
-        return Err(CalibError::Shape(
-            "`conditions` pooling needs one row per token position 0..T".into(),
-        ));
-    }
-    let mean = |x: &[f64]| -> Vec<f64> {
-        let mut mu = vec![0.0; d];
-        for row in x.chunks(d) {
-            for (m, v) in mu.iter_mut().zip(row) {
-                *m += v;
+    let to_vec = |m: &Mat<f64>| -> Vec<f64> {
+        let mut v = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                v[i * d + j] = m[(i, j)];
             }
         }
-        mu.iter_mut().for_each(|m| *m /= n as f64);
-        mu
+        v
     };
-    let (mu_a, mu_b) = (mean(&a), mean(&b));
-    let ac = Mat::<f64>::from_fn(n, d, |i, j| a[i * d + j] - mu_a[j]);
-    let bc = Mat::<f64>::from_fn(n, d, |i, j| b[i * d + j] - mu_b[j]);
-    let b_norm2: f64 = bc.squared_norm_l2();
-
+    let mu = hyper.ridge * c.bc2 / d.max(1) as f64;
     let (r, s) = match kind {
         PriorKind::Shift => (identity(d), 1.0),
-        PriorKind::ScaleShift | PriorKind::Procrustes if b_norm2 == 0.0 => {
+        _ if c.bc2 == 0.0 => {
             // All accelerated rows are equal: no direction to scale or
             // rotate; fall back to the mean shift.
             (identity(d), 1.0)
         }
         PriorKind::ScaleShift => {
-            let mut dot = 0.0;
-            for i in 0..n {
-                for j in 0..d {
-                    dot += ac[(i, j)] * bc[(i, j)];
-                }
-            }
-            (identity(d), dot / b_norm2)
+            let dot: f64 = (0..d).map(|j| c.cba[(j, j)]).sum();
+            (identity(d), dot / c.bc2)
         }
         PriorKind::Procrustes => {
-            let cross = bc.transpose() * &ac;
-            let svd = cross
+            let svd = c
+                .cba
                 .svd()
                 .map_err(|e| CalibError::Numerics(format!("SVD did not converge: {e:?}")))?;
             let sv: Vec<f64> = (0..d).map(|i| svd.S()[i]).collect();
             let trace_s: f64 = sv.iter().sum();
             let rot = complete_rotation(svd.U(), svd.V(), &sv)?;
-            let mut r = vec![0.0; d * d];
-            for i in 0..d {
-                for j in 0..d {
-                    r[i * d + j] = rot[(i, j)];
+            (to_vec(&rot), trace_s / c.bc2)
+        }
+        PriorKind::Diagonal => {
+            let mut w = identity(d);
+            for j in 0..d {
+                if c.cbb[(j, j)] > 0.0 {
+                    w[j * d + j] = c.cba[(j, j)] / c.cbb[(j, j)];
                 }
             }
-            (r, trace_s / b_norm2)
+            (w, 1.0)
+        }
+        PriorKind::Affine => {
+            let delta = ridge_residual(c, mu)?;
+            let mut w = to_vec(&delta);
+            for j in 0..d {
+                w[j * d + j] += 1.0;
+            }
+            (w, 1.0)
+        }
+        PriorKind::Lowrank => {
+            let delta = ridge_residual(c, mu)?;
+            let rank = hyper.rank.min(d);
+            let fitted = delta.transpose() * &c.cbb * &delta;
+            let eig = fitted
+                .self_adjoint_eigen(faer::Side::Lower)
+                .map_err(|e| CalibError::Numerics(format!("eigendecomposition failed: {e:?}")))?;
+            // faer sorts eigenvalues in ascending order: the top r are last.
+            let vecs = eig.U();
+            let top = vecs.subcols(d - rank, rank);
+            let truncated = &delta * top * top.transpose();
+            let mut w = to_vec(&truncated);
+            for j in 0..d {
+                w[j * d + j] += 1.0;
+            }
+            (w, 1.0)
         }
     };
     if !s.is_finite() || r.iter().any(|x| !x.is_finite()) {
-        return Err(CalibError::NonFinite(
-            "the fitted prior is not finite".into(),
-        ));
+        return Err(CalibError::NonFinite(format!(
+            "the fitted `{kind}` prior is not finite"
+        )));
     }
-    let (mu_a, mu_b) = match pooling {
-        Pooling::Tokens => (mu_a, mu_b),
-        Pooling::Conditions => (a.clone(), b.clone()),
+    let (mu_a, mu_b) = match &c.row_means {
+        None => (c.mu_a.clone(), c.mu_b.clone()),
+        Some((a, b)) => (a.clone(), b.clone()),
     };
-    let prior = Prior {
+    Ok(Prior {
         kind,
         dim: d,
         r,
         s,
         mu_a,
         mu_b,
-    };
-    let loss_before = sq_dist(&a, &b);
-    let mut loss_after = 0.0;
-    for i in 0..n {
-        let mu_row = match pooling {
-            Pooling::Tokens => 0,
-            Pooling::Conditions => i,
-        };
-        let corr = prior.correct_row(&b[i * d..(i + 1) * d], mu_row);
-        loss_after += sq_dist(&a[i * d..(i + 1) * d], &corr);
-    }
-    Ok(Fit {
-        prior,
-        rows: n,
-        loss_before,
-        loss_after,
     })
+}
+
+/// `Δ = (Cbb + μI)⁻¹ (Cba - Cbb)`: the ridge regression of the residual
+/// `Ac - Bc` on `Bc`, so that `W = I + Δ` is the ridge fit toward `I`.
+fn ridge_residual(c: &Centered, mu: f64) -> Result<Mat<f64>, CalibError> {
+    let d = c.dim;
+    let lhs = Mat::<f64>::from_fn(d, d, |i, j| c.cbb[(i, j)] + if i == j { mu } else { 0.0 });
+    let rhs = Mat::<f64>::from_fn(d, d, |i, j| c.cba[(i, j)] - c.cbb[(i, j)]);
+    let llt = lhs.llt(faer::Side::Lower).map_err(|_| {
+        CalibError::Numerics(
+            "the accelerated rows do not span their space (Bᵀ B is singular): use a ridge > 0"
+                .into(),
+        )
+    })?;
+    Ok(llt.solve(rhs.as_ref()))
 }
 
 /// `R = U V^T` where the cross-covariance determines it, and the rotation
@@ -267,9 +432,11 @@ pub fn residual(
     let (mut after, mut before, mut norm) = (0.0, 0.0, 0.0);
     for i in 0..keys.len() {
         let (ai, bi) = (&a[i * d..(i + 1) * d], &b[i * d..(i + 1) * d]);
-        let mu_row = match pooling {
-            Pooling::Tokens => 0,
-            Pooling::Conditions => i,
+        // Per-token means (`conditions` pooling): row i is token i.
+        let mu_row = if pooling == Pooling::Conditions && prior.mean_rows() > 1 {
+            i
+        } else {
+            0
         };
         let corr = prior.correct_row(bi, mu_row);
         let out: Vec<f64> = bi

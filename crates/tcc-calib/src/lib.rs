@@ -1,21 +1,31 @@
 //! Trajectory-Consistent Calibration (TCC).
 //!
 //! Priors correct reused branch outputs: `corr = muA + s (B - muB) R`,
-//! blended as `(1 - alpha) B + alpha corr`. [`PairStats`] holds the paired
-//! statistics of one site as mergeable sums; [`fit`] fits a prior on them.
+//! blended as `(1 - alpha) B + alpha corr`. [`PairStats`] (pooled rows) and
+//! [`Moments`] (every token a row) hold the paired statistics of one site as
+//! mergeable sums; [`fit_centered`] fits a prior of any family on them;
+//! [`calibrate`] walks a plan, fits, and measures or chooses the priors on
+//! validation samples.
 
 mod apply;
 mod fit;
+mod moments;
+mod pooling;
 mod priors;
+mod select;
 mod stats;
 mod walk;
 
 pub use apply::PriorHooks;
-pub use fit::{fit, residual, Fit, FoldedPrior, Prior};
+pub use fit::{fit, fit_centered, fit_with, residual, Centered, Fit, FoldedPrior, Hyper, Prior};
+pub use moments::{blended_error, Moments};
+pub use pooling::{Pooler, SiteStats};
 pub use priors::{write_atomically, PriorMeta, PriorSet, Site};
+pub use select::{choose, fit_candidates, Candidate, Choice};
 pub use stats::{PairStats, Rows, Side};
 pub use walk::{
-    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, Pooler, Progress, StepReport,
+    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, FinalCheck, Progress,
+    SiteChoice, StepReport, StepValidation,
 };
 
 /// Errors from calibration.
@@ -37,4 +47,21 @@ pub enum CalibError {
     Format(String),
     #[error("{0}")]
     Binding(String),
+}
+
+impl CalibError {
+    /// The same error, saying at which site it happened.
+    pub fn at(self, site: Site) -> CalibError {
+        let at = |m: String| format!("{site}: {m}");
+        match self {
+            CalibError::Shape(m) => CalibError::Shape(at(m)),
+            CalibError::NonFinite(m) => CalibError::NonFinite(at(m)),
+            CalibError::Unpaired(m) => CalibError::Unpaired(at(m)),
+            CalibError::Empty(m) => CalibError::Empty(at(m)),
+            CalibError::Numerics(m) => CalibError::Numerics(at(m)),
+            CalibError::Io(m) => CalibError::Io(at(m)),
+            CalibError::Format(m) => CalibError::Format(at(m)),
+            CalibError::Binding(m) => CalibError::Binding(at(m)),
+        }
+    }
 }

@@ -7,12 +7,41 @@ use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use tcc_core::{Branch, CalibMode, PriorKind};
+use serde::Serialize;
+use tcc_core::{Branch, CalibMode, PriorKind, Selection};
 
 use crate::{CalibError, Prior};
 
-/// Where a prior applies.
-pub type Site = (usize, Branch, usize);
+/// Where a prior applies: a branch of a block at a calibrated step. Sites
+/// order by step, then branch, then block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Site {
+    pub step: usize,
+    pub branch: Branch,
+    /// The block (layer) index.
+    #[serde(rename = "layer")]
+    pub block: usize,
+}
+
+impl Site {
+    pub fn new(step: usize, branch: Branch, block: usize) -> Site {
+        Site {
+            step,
+            branch,
+            block,
+        }
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "step {}, {}, layer {}",
+            self.step, self.branch, self.block
+        )
+    }
+}
 
 /// What a priors file was fitted for.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,23 +50,38 @@ pub struct PriorMeta {
     pub plan_hash: String,
     /// Model identity: preset name or weights path, and shape.
     pub model: String,
+    /// The blend of every site under the fixed protocol (per-site blends,
+    /// [`PriorSet::alphas`], take precedence).
     pub alpha: f64,
     pub mode: CalibMode,
     pub prior: PriorKind,
     pub samples: usize,
     pub seed: u64,
     pub tool_version: String,
+    pub select: Selection,
+    /// The validation samples, and their seed (absent: none were used).
+    pub validation: Option<(usize, u64)>,
+    /// What the calibration measured and chose, as JSON (per site and per
+    /// step, and the end-to-end check), for inspection.
+    pub report: Option<String>,
 }
 
 /// A set of fitted priors, keyed by (step, branch, layer).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriorSet {
     pub meta: PriorMeta,
+    /// The prior of every site that carries one.
     pub priors: BTreeMap<Site, Prior>,
+    /// Per-site blends of every calibrated site (0: the site carries no
+    /// prior). Empty: every prior is blended with `meta.alpha`.
+    pub alphas: BTreeMap<Site, f64>,
 }
 
 fn key(site: &Site, what: &str) -> String {
-    format!("step{}.{}.layer{}.{}", site.0, site.1, site.2, what)
+    format!(
+        "step{}.{}.layer{}.{}",
+        site.step, site.branch, site.block, what
+    )
 }
 
 fn enum_name<T: serde::Serialize>(v: &T) -> String {
@@ -53,7 +97,32 @@ fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, 
         .map_err(|_| CalibError::Format(format!("unknown {what} `{s}` in the metadata")))
 }
 
+/// The current file format, and the one before per-site blends.
+const FORMAT: &str = "tcc-priors/2";
+const FORMAT_V1: &str = "tcc-priors/1";
+/// `site_kinds` entry of a calibrated site that carries no prior.
+const NO_PRIOR: &str = "none";
+
 impl PriorSet {
+    /// The blend of `site`.
+    pub fn alpha(&self, site: &Site) -> f64 {
+        self.alphas.get(site).copied().unwrap_or(self.meta.alpha)
+    }
+
+    /// Every calibrated site of the set: those with a prior and those
+    /// chosen to carry none.
+    pub fn sites(&self) -> Vec<Site> {
+        let mut sites: Vec<Site> = self
+            .priors
+            .keys()
+            .chain(self.alphas.keys())
+            .copied()
+            .collect();
+        sites.sort();
+        sites.dedup();
+        sites
+    }
+
     /// Write the file atomically: a temporary file in the same directory,
     /// renamed over `path` only once it is complete.
     pub fn save(&self, path: &Path) -> Result<(), CalibError> {
@@ -65,10 +134,19 @@ impl PriorSet {
                 .collect();
             buffers.push((name, shape, bytes));
         };
-        for (site, p) in &self.priors {
+        let sites = self.sites();
+        let mut kinds = Vec::with_capacity(sites.len());
+        for site in &sites {
+            let alpha = self.alpha(site);
+            push(key(site, "alpha"), vec![1], &[alpha]);
+            let Some(p) = self.priors.get(site) else {
+                kinds.push(NO_PRIOR.to_string());
+                continue;
+            };
+            kinds.push(p.kind.to_string());
             let d = p.dim;
             let rows = p.mean_rows();
-            let folded = p.fold(self.meta.alpha);
+            let folded = p.fold(alpha);
             push(key(site, "M"), vec![d, d], &folded.m);
             push(key(site, "c"), vec![rows, d], &folded.c);
             push(key(site, "R"), vec![d, d], &p.r);
@@ -85,28 +163,36 @@ impl PriorSet {
             })
             .collect::<Result<_, _>>()?;
         let m = &self.meta;
-        let kinds: Vec<String> = self.priors.values().map(|p| enum_name(&p.kind)).collect();
-        let metadata: HashMap<String, String> = [
-            ("format", "tcc-priors/1".to_string()),
+        let mut metadata: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
             ("plan_hash", m.plan_hash.clone()),
             ("model", m.model.clone()),
             ("alpha", format!("{:?}", m.alpha)),
             ("mode", enum_name(&m.mode)),
-            ("prior", enum_name(&m.prior)),
+            ("prior", m.prior.to_string()),
             ("samples", m.samples.to_string()),
             ("seed", m.seed.to_string()),
             ("tool_version", m.tool_version.clone()),
             ("site_kinds", kinds.join(",")),
+            ("select", m.select.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some((n, seed)) = m.validation {
+            metadata.insert("validation_samples".into(), n.to_string());
+            metadata.insert("validation_seed".into(), seed.to_string());
+        }
+        if let Some(r) = &m.report {
+            metadata.insert("report".into(), r.clone());
+        }
         let bytes = safetensors::tensor::serialize(views, Some(metadata))
             .map_err(|e| CalibError::Format(e.to_string()))?;
         write_atomically(path, &bytes)
     }
 
-    /// Read a priors file written by [`PriorSet::save`].
+    /// Read a priors file written by [`PriorSet::save`] (this format or the
+    /// one before per-site blends).
     pub fn load(path: &Path) -> Result<PriorSet, CalibError> {
         let io = |e: std::io::Error| CalibError::Io(format!("{}: {e}", path.display()));
         let bytes = std::fs::read(path).map_err(io)?;
@@ -121,26 +207,52 @@ impl PriorSet {
                 .cloned()
                 .ok_or_else(|| bad(format!("metadata has no `{k}`: not a tcc priors file")))
         };
-        if get("format")? != "tcc-priors/1" {
-            return Err(bad("unknown priors format".into()));
+        let format = get("format")?;
+        if format != FORMAT && format != FORMAT_V1 {
+            return Err(bad(format!("unknown priors format `{format}`")));
         }
+        let v1 = format == FORMAT_V1;
         let num = |k: &str| -> Result<f64, CalibError> {
             get(k)?
                 .parse::<f64>()
                 .map_err(|_| bad(format!("metadata `{k}` is not a number")))
         };
+        let int = |k: &str| -> Result<u64, CalibError> {
+            get(k)?
+                .parse::<u64>()
+                .map_err(|_| bad(format!("metadata `{k}` is not an integer")))
+        };
+        let prior_name = get("prior")?;
+        let select = if v1 {
+            Selection::Fixed
+        } else {
+            let name = get("select")?;
+            Selection::from_name(&name)
+                .ok_or_else(|| bad(format!("unknown selection `{name}` in the metadata")))?
+        };
+        let validation = match (md.get("validation_samples"), md.get("validation_seed")) {
+            (Some(_), Some(_)) => {
+                Some((int("validation_samples")? as usize, int("validation_seed")?))
+            }
+            _ => None,
+        };
         let meta = PriorMeta {
             plan_hash: get("plan_hash")?,
             model: get("model")?,
             alpha: num("alpha")?,
-            mode: parse_enum(&get("mode")?, "mode")?,
-            prior: parse_enum(&get("prior")?, "prior kind")?,
-            samples: num("samples")? as usize,
-            seed: get("seed")?
-                .parse()
-                .map_err(|_| bad("metadata `seed` is not an integer".into()))?,
+            mode: parse_enum(&get("mode")?, "mode").map_err(|e| bad(e.to_string()))?,
+            prior: PriorKind::from_name(&prior_name)
+                .ok_or_else(|| bad(format!("unknown prior kind `{prior_name}` in the metadata")))?,
+            samples: int("samples")? as usize,
+            seed: int("seed")?,
             tool_version: get("tool_version")?,
+            select,
+            validation,
+            report: md.get("report").cloned(),
         };
+        if !meta.alpha.is_finite() {
+            return Err(bad("metadata `alpha` is not finite".into()));
+        }
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>), CalibError> {
             let v = st
                 .tensor(name)
@@ -163,9 +275,11 @@ impl PriorSet {
             }
             Ok((v.shape().to_vec(), data))
         };
+        // A site is known by its `alpha` (this format) or `M` (format 1).
+        let marker = if v1 { ".M" } else { ".alpha" };
         let mut sites: Vec<Site> = Vec::new();
         for name in st.names() {
-            if let Some(prefix) = name.strip_suffix(".M") {
+            if let Some(prefix) = name.strip_suffix(marker) {
                 sites.push(
                     parse_site(prefix).ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?,
                 );
@@ -184,26 +298,51 @@ impl PriorSet {
             ));
         }
         let mut priors = BTreeMap::new();
+        let mut alphas = BTreeMap::new();
         for (site, kind) in sites.into_iter().zip(kinds) {
+            if !v1 {
+                let (shape, a) = read(&key(&site, "alpha"))?;
+                if shape != [1] {
+                    return Err(bad(format!(
+                        "tensor `{}` must have shape [1]",
+                        key(&site, "alpha")
+                    )));
+                }
+                alphas.insert(site, a[0]);
+            }
+            if kind == NO_PRIOR {
+                if alphas.get(&site) != Some(&0.0) {
+                    return Err(bad(format!(
+                        "{site} carries no prior but a blend other than 0"
+                    )));
+                }
+                continue;
+            }
+            let kind = PriorKind::from_name(kind)
+                .ok_or_else(|| bad(format!("unknown prior kind `{kind}` in the metadata")))?;
             let (r_shape, r) = read(&key(&site, "R"))?;
             let (_, s) = read(&key(&site, "s"))?;
             let (mu_shape, mu_a) = read(&key(&site, "muA"))?;
             let (mu_b_shape, mu_b) = read(&key(&site, "muB"))?;
             let d = r_shape.get(1).copied().unwrap_or(0);
-            if r_shape != [d, d]
-                || mu_shape.get(1) != Some(&d)
+            if d == 0
+                || r_shape != [d, d]
+                || mu_shape.len() != 2
+                || mu_shape[0] == 0
+                || mu_shape[1] != d
                 || mu_b_shape != mu_shape
                 || s.len() != 1
             {
                 return Err(bad(format!(
-                    "tensors of {} have inconsistent shapes",
-                    key(&site, "*")
+                    "tensors of {} have inconsistent shapes (R {r_shape:?}, muA {mu_shape:?}, muB {mu_b_shape:?}, s of {} values)",
+                    key(&site, "*"),
+                    s.len()
                 )));
             }
             priors.insert(
                 site,
                 Prior {
-                    kind: parse_enum(kind, "prior kind")?,
+                    kind,
                     dim: d,
                     r,
                     s: s[0],
@@ -212,7 +351,11 @@ impl PriorSet {
                 },
             );
         }
-        Ok(PriorSet { meta, priors })
+        Ok(PriorSet {
+            meta,
+            priors,
+            alphas,
+        })
     }
 
     /// Refuse priors fitted for another plan or model.
@@ -238,7 +381,10 @@ fn parse_site(prefix: &str) -> Option<Site> {
     let step = parts.next()?.strip_prefix("step")?.parse().ok()?;
     let branch = Branch::from_name(parts.next()?)?;
     let layer = parts.next()?.strip_prefix("layer")?.parse().ok()?;
-    parts.next().is_none().then_some((step, branch, layer))
+    parts
+        .next()
+        .is_none()
+        .then_some(Site::new(step, branch, layer))
 }
 
 /// Write `bytes` to `path` through a temporary file in the same directory,
@@ -266,8 +412,13 @@ mod tests {
         p.kind = PriorKind::Procrustes;
         p.s = 0.5;
         p.mu_a = vec![1.0, 2.0, 3.0];
-        priors.insert((1, Branch::Attn, 0), p.clone());
-        priors.insert((3, Branch::Mlp, 2), p);
+        let (a, b, none) = (
+            Site::new(1, Branch::Attn, 0),
+            Site::new(3, Branch::Mlp, 2),
+            Site::new(3, Branch::Attn, 1),
+        );
+        priors.insert(a, p.clone());
+        priors.insert(b, p);
         PriorSet {
             meta: PriorMeta {
                 plan_hash: "abc123".into(),
@@ -278,9 +429,68 @@ mod tests {
                 samples: 8,
                 seed: 42,
                 tool_version: "0.1.0".into(),
+                select: Selection::Validated,
+                validation: Some((4, 43)),
+                report: Some("{}".into()),
             },
             priors,
+            alphas: [(a, 1.75), (b, 0.5), (none, 0.0)].into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn a_format_1_file_reads_with_the_set_alpha() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.safetensors");
+        let d = 2;
+        let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+            ("step1.attn.layer0.M", vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
+            ("step1.attn.layer0.c", vec![1, d], vec![0.5, 0.0]),
+            ("step1.attn.layer0.R", vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
+            ("step1.attn.layer0.s", vec![1], vec![1.0]),
+            ("step1.attn.layer0.muA", vec![1, d], vec![1.0, 0.0]),
+            ("step1.attn.layer0.muB", vec![1, d], vec![0.0, 0.0]),
+        ];
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, shape, _), b)| {
+                (
+                    n.to_string(),
+                    TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let md: HashMap<String, String> = [
+            ("format", "tcc-priors/1"),
+            ("plan_hash", "h"),
+            ("model", "tiny"),
+            ("alpha", "0.5"),
+            ("mode", "one-shot"),
+            ("prior", "shift"),
+            ("samples", "4"),
+            ("seed", "0"),
+            ("tool_version", "0.1.0"),
+            ("site_kinds", "shift"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        std::fs::write(
+            &path,
+            safetensors::tensor::serialize(views, Some(md)).unwrap(),
+        )
+        .unwrap();
+        let set = PriorSet::load(&path).unwrap();
+        let site = Site::new(1, Branch::Attn, 0);
+        assert_eq!(set.alpha(&site), 0.5);
+        assert_eq!(set.priors[&site].kind, PriorKind::Shift);
+        assert_eq!(set.meta.select, Selection::Fixed);
+        assert_eq!(set.meta.mode, CalibMode::OneShot);
     }
 
     #[test]
@@ -291,6 +501,8 @@ mod tests {
         set.save(&path).unwrap();
         let back = PriorSet::load(&path).unwrap();
         assert_eq!(back, set);
+        assert_eq!(back.sites().len(), 3);
+        assert_eq!(back.alpha(&Site::new(3, Branch::Attn, 1)), 0.0);
         assert!(back.check_binding("abc123", "tiny").is_ok());
         let err = back.check_binding("ffff", "tiny").unwrap_err().to_string();
         assert!(err.contains("abc123") && err.contains("ffff"), "{err}");

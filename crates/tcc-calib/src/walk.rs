@@ -1,17 +1,19 @@
 //! The calibration walk: fit every calibrated step's priors in sampling
 //! order, each on the accelerated trajectory that the earlier priors already
-//! shifted.
+//! shifted, and measure (or choose) them on held-out validation samples.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor};
-use tcc_core::{Branch, CalibMode, CfgHalf, CfgOrder, Pooling};
-use tcc_exec::{BranchSite, Hooks, SampleBatch, Trajectory};
+use serde::Serialize;
+use tcc_core::{Branch, CalibMode, Selection};
+use tcc_exec::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 use tcc_model::{BlockModel, Conditioning, Modulation};
 use tcc_plan::{Action, Plan};
 
-use crate::{fit, residual, CalibError, PairStats, Prior, PriorHooks, Side, Site};
+use crate::select::{choose, fit_candidates, Choice};
+use crate::{CalibError, Moments, Pooler, Prior, PriorHooks, Site, SiteStats};
 
 /// One batch of calibration samples and the condition (row key) of each.
 #[derive(Clone, Debug)]
@@ -25,39 +27,97 @@ pub struct CalibBatch {
 /// What the walk is doing, for progress display.
 #[derive(Clone, Copy, Debug)]
 pub enum Progress {
-    /// Reference trajectory of `batch` (of `batches`) finished.
-    Reference { batch: usize, batches: usize },
-    /// Accelerated trajectory of `batch` reached calibrated `step`.
-    Accelerated {
+    /// Calibration batch `batch` (of `batches`) gave its statistics of
+    /// calibrated `step`.
+    Calibration {
         step: usize,
         batch: usize,
         batches: usize,
     },
-    /// The priors of `step` were fitted.
+    /// Validation batch `batch` gave its statistics of `step`.
+    Validation {
+        step: usize,
+        batch: usize,
+        batches: usize,
+    },
+    /// The priors of `step` were fitted (and chosen).
     Fitted { step: usize },
+    /// The validation samples were run to the end, with and without priors.
+    Final,
 }
 
-/// Distances to the reference on the pooled rows of one calibrated step,
-/// summed over its sites: before the prior and after it (at the plan's
-/// alpha), relative to the reference's norm.
-#[derive(Clone, Debug, PartialEq)]
+/// What the validation samples say about one calibrated step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepValidation {
+    /// Relative distance `sqrt(Σ ||a - out||² / Σ ||a||²)` of the branch
+    /// outputs to the reference, every token of both CFG halves, summed
+    /// over the step's sites: without priors and with the chosen ones.
+    pub branch_before: f64,
+    pub branch_after: f64,
+    /// Relative L2 of the validation latents after this step against the
+    /// reference trajectory's: without this step's priors and with them.
+    pub latent_before: f64,
+    pub latent_after: f64,
+    /// Whether the step's priors were kept (validated selection drops a
+    /// step whose priors move the latents away from the reference).
+    pub kept: bool,
+    /// Sites that carry a prior (alpha > 0) after the choice.
+    pub with_prior: usize,
+}
+
+/// Distances to the reference on the fitted rows of one calibrated step,
+/// summed over its sites: before the priors and after them (at the chosen
+/// alphas), relative to the reference's norm; and what the validation
+/// samples say.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
     pub step: usize,
     pub sites: usize,
+    /// Rows each site's fit saw, and their width.
     pub rows: usize,
+    pub dim: usize,
     pub rel_before: f64,
     pub rel_after: f64,
+    /// Share of the per-token reuse error that all tokens of a sample have
+    /// in common (calibration samples, pooled halves): the most that one
+    /// shift per sample could remove.
+    pub common_share: f64,
+    pub validation: Option<StepValidation>,
+}
+
+/// The choice made at one site.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteChoice {
+    #[serde(flatten)]
+    pub site: Site,
+    #[serde(flatten)]
+    pub choice: Choice,
+}
+
+/// The end-to-end check on the validation samples: mean per-sample
+/// relative L2 of the final latents against full computation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FinalCheck {
+    pub samples: usize,
+    pub cache: f64,
+    pub calibrated: f64,
+    /// Whether the priors were kept. Validated selection drops all of them
+    /// when the calibrated run is not closer to full computation than the
+    /// plain cache; the fixed protocol keeps them and warns.
+    pub kept: bool,
 }
 
 /// Model evaluations, counted in branch evaluations (one branch of one
 /// block for one model batch).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CostReport {
     pub samples: usize,
     /// Measured on the reference trajectories.
     pub reference: u64,
     /// Measured on the accelerated trajectories.
     pub accelerated: u64,
+    /// Measured on the validation samples (all their trajectories).
+    pub validation: u64,
     /// The one-pass bound: one reference plus one accelerated trajectory
     /// per batch.
     pub one_pass_bound: u64,
@@ -72,8 +132,13 @@ pub struct CostReport {
 /// The result of a calibration walk.
 #[derive(Clone, Debug)]
 pub struct Calibration {
+    /// The fitted prior of every site that carries one.
     pub priors: BTreeMap<Site, Prior>,
+    /// The blend of every calibrated site (0: no prior).
+    pub alphas: BTreeMap<Site, f64>,
+    pub choices: Vec<SiteChoice>,
     pub steps: Vec<StepReport>,
+    pub final_check: Option<FinalCheck>,
     pub cost: CostReport,
 }
 
@@ -127,102 +192,22 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
     }
 }
 
-/// How to turn one branch output into statistics rows: the plan's pooling
-/// mode and pooled CFG half. `tcc eval` uses it to measure online the same
-/// pooled-row distances that calibration reports offline.
-#[derive(Clone, Copy, Debug)]
-pub struct Pooler {
-    pooling: Pooling,
-    half: CfgHalf,
-    cfg: Option<CfgOrder>,
+/// Keeps the reference outputs of the calibrated sites of one step.
+struct Recorder<'a> {
+    step: usize,
+    sites: &'a [Site],
+    outputs: HashMap<Site, Tensor>,
 }
 
-impl Pooler {
-    pub fn new(plan: &Plan) -> Pooler {
-        Pooler {
-            pooling: plan.calibration.pooling,
-            half: plan.calibration.pooled_half,
-            cfg: plan.sampler.uses_cfg().then_some(plan.sampler.cfg_order),
-        }
-    }
-
-    /// Add the pooled rows of `out` (`[B or 2B, T, D]`) to `stats`.
-    pub fn add(
-        &self,
-        out: &Tensor,
-        conditions: &[u64],
-        side: Side,
-        stats: &mut PairStats,
-    ) -> Result<(), CalibError> {
-        let b = conditions.len();
-        let offset = match (self.cfg, self.half) {
-            (None, _) => 0,
-            (Some(CfgOrder::CondFirst), CfgHalf::Cond)
-            | (Some(CfgOrder::UncondFirst), CfgHalf::Uncond) => 0,
-            _ => b,
-        };
-        let candle = |e: candle_core::Error| CalibError::Numerics(e.to_string());
-        let half = out
-            .narrow(0, offset, b)
-            .map_err(candle)?
-            .to_dtype(DType::F32)
-            .map_err(candle)?;
-        match self.pooling {
-            Pooling::Tokens => {
-                let rows: Vec<Vec<f32>> =
-                    half.mean(1).map_err(candle)?.to_vec2().map_err(candle)?;
-                for (row, &key) in rows.iter().zip(conditions) {
-                    stats.add(side, key, row)?;
-                }
-            }
-            Pooling::Conditions => {
-                let per_sample: Vec<Vec<Vec<f32>>> = half.to_vec3().map_err(candle)?;
-                for sample in &per_sample {
-                    for (t, row) in sample.iter().enumerate() {
-                        stats.add(side, t as u64, row)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Records the reference (computed) outputs at the calibrated sites.
-struct ReferenceHooks<'a> {
-    sites: &'a BTreeMap<usize, Vec<(usize, usize)>>,
-    branches: &'static [Branch],
-    pooler: Pooler,
-    conditions: &'a [u64],
-    stats: &'a mut HashMap<Site, PairStats>,
-    error: Option<CalibError>,
-}
-
-impl Hooks for ReferenceHooks<'_> {
+impl Hooks for Recorder<'_> {
     fn branch_output(
         &mut self,
         site: &BranchSite,
         out: &Tensor,
     ) -> tcc_exec::Result<Option<Tensor>> {
-        let Some(list) = self.sites.get(&site.step) else {
-            return Ok(None);
-        };
-        let bi = self
-            .branches
-            .iter()
-            .position(|&b| b == site.branch)
-            .unwrap_or(usize::MAX);
-        if list.contains(&(site.block, bi)) {
-            let stats = self
-                .stats
-                .entry((site.step, site.branch, site.block))
-                .or_insert_with(|| PairStats::new(out.dim(2).unwrap_or(0)));
-            if let Err(e) = self
-                .pooler
-                .add(out, self.conditions, Side::Reference, stats)
-            {
-                self.error.get_or_insert(e);
-            }
+        let key = Site::new(site.step, site.branch, site.block);
+        if site.step == self.step && self.sites.contains(&key) {
+            self.outputs.insert(key, out.clone());
         }
         Ok(None)
     }
@@ -252,22 +237,139 @@ fn computed_branches(plan: &Plan, steps: std::ops::RangeInclusive<usize>) -> u64
         .count() as u64
 }
 
+fn exec(e: tcc_exec::ExecError) -> CalibError {
+    CalibError::Numerics(e.to_string())
+}
+
+fn candle(e: candle_core::Error) -> CalibError {
+    CalibError::Numerics(e.to_string())
+}
+
+/// A batch's reference and accelerated trajectories, walked in lockstep.
+struct Pair<'a, M: BlockModel> {
+    reference: Trajectory<'a, M>,
+    accelerated: Trajectory<'a, M>,
+}
+
+impl<M: BlockModel> Pair<'_, M> {
+    /// Advances both trajectories to calibrated step `k` and returns, per
+    /// site, the reference output `A` (the reference trajectory runs step
+    /// `k`) and the uncorrected reused output `B` (read from the cache
+    /// before step `k` runs: a reuse does not depend on the step's input).
+    fn outputs_at(
+        &mut self,
+        k: usize,
+        sites: &[Site],
+        branches: &[Branch],
+        hooks: &mut PriorHooks,
+    ) -> Result<Vec<(Tensor, Tensor)>, CalibError> {
+        while self.accelerated.next_step() < k {
+            self.accelerated.step(hooks).map_err(exec)?;
+        }
+        let mut bs = Vec::with_capacity(sites.len());
+        for site in sites {
+            let bi = branches
+                .iter()
+                .position(|&b| b == site.branch)
+                .unwrap_or(usize::MAX);
+            let out = self
+                .accelerated
+                .pending_reuse(site.block, bi)
+                .ok_or_else(|| {
+                    CalibError::Numerics(format!(
+                        "step {k}, layer {}: nothing cached to reuse",
+                        site.block
+                    ))
+                })?;
+            bs.push(out.clone());
+        }
+        while self.reference.next_step() < k {
+            self.reference.step(&mut NoHooks).map_err(exec)?;
+        }
+        let mut rec = Recorder {
+            step: k,
+            sites,
+            outputs: HashMap::new(),
+        };
+        self.reference.step(&mut rec).map_err(exec)?;
+        sites
+            .iter()
+            .zip(bs)
+            .map(|(site, b)| {
+                let a = rec.outputs.remove(site).ok_or_else(|| {
+                    CalibError::Unpaired(format!("no reference output for {site}"))
+                })?;
+                Ok((a, b))
+            })
+            .collect()
+    }
+}
+
+/// Per-sample relative L2 between `x` and `reference` (`[n, ...]`):
+/// `(Σ_samples ||x - r|| / ||r||, n)`.
+fn rel_l2_sum(x: &Tensor, reference: &Tensor) -> Result<(f64, usize), CalibError> {
+    let n = x.dim(0).map_err(candle)?;
+    let x = x
+        .flatten_from(1)
+        .map_err(candle)?
+        .to_dtype(DType::F64)
+        .map_err(candle)?;
+    let r = reference
+        .flatten_from(1)
+        .map_err(candle)?
+        .to_dtype(DType::F64)
+        .map_err(candle)?;
+    let d: Vec<f64> = (&x - &r)
+        .and_then(|d| d.sqr())
+        .and_then(|d| d.sum(1))
+        .and_then(|d| d.to_vec1())
+        .map_err(candle)?;
+    let nr: Vec<f64> = r
+        .sqr()
+        .and_then(|d| d.sum(1))
+        .and_then(|d| d.to_vec1())
+        .map_err(candle)?;
+    let sum = d
+        .iter()
+        .zip(&nr)
+        .map(|(d, r)| if *r > 0.0 { (d / r).sqrt() } else { d.sqrt() })
+        .sum();
+    Ok((sum, n))
+}
+
+fn mean_rel(parts: impl IntoIterator<Item = (f64, usize)>) -> f64 {
+    let (s, n) = parts
+        .into_iter()
+        .fold((0.0, 0), |(s, n), (x, m)| (s + x, n + m));
+    if n > 0 {
+        s / n as f64
+    } else {
+        0.0
+    }
+}
+
 /// Walk the plan once and fit every calibrated step's priors.
 ///
-/// The reference trajectories do not depend on the priors, so they run
-/// first and record `A` at every calibrated site. Then the accelerated
-/// trajectories of all batches advance side by side: before calibrated step
-/// `k` runs, its reused outputs are already in the cache (a reuse does not
-/// depend on the step's own input), so `B_k` is read there, the priors of
-/// step `k` are fitted on all batches' statistics, and, in `consistent`
-/// mode, applied from step `k` on. In `one-shot` mode the accelerated
-/// trajectories never apply a prior. Every batch's trajectory stays in
-/// memory for the whole walk (fine for the embedded model; large models
-/// would instead recompute the segment's refresh step).
+/// For every calibration batch a reference trajectory (full computation)
+/// and an accelerated one advance side by side. Before calibrated step `k`
+/// runs on the accelerated trajectory its reused outputs `B_k` are already
+/// in the cache; the reference trajectory runs step `k` and gives `A_k`.
+/// The pairs of all batches make the step's statistics, the candidates are
+/// fitted, chosen (see [`choose`]) with the validation samples, which walk
+/// the same way, and, in `consistent` mode, applied from step `k` on. In
+/// `one-shot` mode no trajectory applies a prior during the walk.
+///
+/// With validation samples, each step's priors are also tried on the
+/// validation latents (with and without them), and at the end the
+/// validation samples run to the last step with all priors and without any;
+/// [`Selection::Validated`] drops what does not bring them closer to full
+/// computation, so its priors are never worse than the plain cache on the
+/// validation samples.
 pub fn calibrate<M: BlockModel>(
     model: &M,
     plan: &Plan,
     batches: &[CalibBatch],
+    validation: &[CalibBatch],
     mode: CalibMode,
     dtype: DType,
     progress: &mut dyn FnMut(Progress),
@@ -281,103 +383,271 @@ pub fn calibrate<M: BlockModel>(
     if batches.is_empty() {
         return Err(CalibError::Empty("no calibration samples".into()));
     }
-    let exec = |e: tcc_exec::ExecError| CalibError::Numerics(e.to_string());
+    let cal = &plan.calibration;
+    if cal.validation_chooses() && validation.is_empty() {
+        return Err(CalibError::Empty(
+            "these calibration settings choose priors on validation samples, and none were given"
+                .into(),
+        ));
+    }
     let branches = plan.branches();
     let pooler = Pooler::new(plan);
-    let cal = &plan.calibration;
+    let val_pooler = Pooler::validation(plan);
     let reference_plan = plan.all_compute();
     let last_step = *sites.keys().last().expect("sites is not empty");
-    let mut stats: HashMap<Site, PairStats> = HashMap::new();
 
-    // Reference trajectories: only up to the last calibrated step.
-    let counting = Counting {
-        inner: model,
+    let count = |m| Counting {
+        inner: m,
         evals: Cell::new(0),
     };
-    for (i, b) in batches.iter().enumerate() {
-        let mut traj = Trajectory::new(&counting, &reference_plan, &b.batch).map_err(exec)?;
-        let mut hooks = ReferenceHooks {
-            sites: &sites,
-            branches,
-            pooler,
-            conditions: &b.conditions,
-            stats: &mut stats,
-            error: None,
-        };
-        while traj.next_step() <= last_step {
-            traj.step(&mut hooks).map_err(exec)?;
-        }
-        if let Some(e) = hooks.error {
-            return Err(e);
-        }
-        progress(Progress::Reference {
-            batch: i,
-            batches: batches.len(),
+    let (ref_model, acc_model, val_model) = (count(model), count(model), count(model));
+    // The reference trajectories run on `ref_model`, the accelerated ones on
+    // `acc_model`, so that the cost report tells them apart.
+    let mut calib = Vec::with_capacity(batches.len());
+    for b in batches {
+        calib.push(Pair {
+            reference: Trajectory::new(&ref_model, &reference_plan, &b.batch).map_err(exec)?,
+            accelerated: Trajectory::new(&acc_model, plan, &b.batch).map_err(exec)?,
         });
     }
-    let reference_evals = counting.evals.replace(0);
+    let mut val = Vec::with_capacity(validation.len());
+    for b in validation {
+        val.push(Pair {
+            reference: Trajectory::new(&val_model, &reference_plan, &b.batch).map_err(exec)?,
+            accelerated: Trajectory::new(&val_model, plan, &b.batch).map_err(exec)?,
+        });
+    }
 
-    // Accelerated trajectories, side by side.
-    let mut trajectories = batches
-        .iter()
-        .map(|b| Trajectory::new(&counting, plan, &b.batch))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(exec)?;
     let mut hooks = PriorHooks::lenient();
     let mut priors = BTreeMap::new();
+    let mut alphas = BTreeMap::new();
+    let mut choices = Vec::new();
     let mut reports = Vec::new();
     for (&k, list) in &sites {
-        for (i, (traj, b)) in trajectories.iter_mut().zip(batches).enumerate() {
-            while traj.next_step() < k {
-                traj.step(&mut hooks).map_err(exec)?;
+        let step_sites: Vec<Site> = list
+            .iter()
+            .map(|&(block, bi)| Site::new(k, branches[bi], block))
+            .collect();
+
+        // The calibration statistics of step k.
+        let mut stats: Vec<Option<SiteStats>> = vec![None; step_sites.len()];
+        let (mut err_total, mut err_common) = (0.0, 0.0);
+        for (i, (p, b)) in calib.iter_mut().zip(batches).enumerate() {
+            let outs = p.outputs_at(k, &step_sites, branches, &mut hooks)?;
+            for ((a, bo), st) in outs.iter().zip(stats.iter_mut()) {
+                let st = st.get_or_insert_with(|| pooler.stats(a.dim(2).unwrap_or(0)));
+                pooler.add_pair(a, bo, &b.conditions, st)?;
+                let (t, c) = pooler.common_error(a, bo, b.conditions.len())?;
+                err_total += t;
+                err_common += c;
             }
-            for &(block, bi) in list {
-                let out = traj.pending_reuse(block, bi).ok_or_else(|| {
-                    CalibError::Numerics(format!(
-                        "step {k}, block {block}: nothing cached to reuse"
-                    ))
-                })?;
-                let site = (k, branches[bi], block);
-                let st = stats.get_mut(&site).ok_or_else(|| {
-                    CalibError::Unpaired(format!("no reference statistics for {site:?}"))
-                })?;
-                pooler.add(out, &b.conditions, Side::Accelerated, st)?;
-            }
-            progress(Progress::Accelerated {
+            progress(Progress::Calibration {
                 step: k,
                 batch: i,
                 batches: batches.len(),
             });
         }
-        let (mut after, mut before, mut norm, mut rows) = (0.0, 0.0, 0.0, 0);
-        for &(block, bi) in list {
-            let site = (k, branches[bi], block);
-            let st = &stats[&site];
-            let fitted = fit(st, cal.prior, cal.pooling)?;
-            let (a, b, n) = residual(st, &fitted.prior, cal.pooling, cal.alpha)?;
-            after += a;
-            before += b;
-            norm += n;
-            rows = fitted.rows;
-            if mode == CalibMode::Consistent {
-                let device = trajectories[0].latents().device().clone();
-                hooks
-                    .insert(site, &fitted.prior, cal.alpha, dtype, &device)
-                    .map_err(|e| CalibError::Numerics(e.to_string()))?;
+        let stats: Vec<SiteStats> = stats.into_iter().flatten().collect();
+
+        // The validation statistics of step k: every token of both halves.
+        let mut vstats: Vec<Moments> = Vec::new();
+        for (i, (p, b)) in val.iter_mut().zip(validation).enumerate() {
+            let outs = p.outputs_at(k, &step_sites, branches, &mut hooks)?;
+            if vstats.is_empty() {
+                vstats = outs
+                    .iter()
+                    .map(|(a, _)| Moments::new(a.dim(2).unwrap_or(0)))
+                    .collect();
             }
-            priors.insert(site, fitted.prior);
+            for ((a, bo), m) in outs.iter().zip(vstats.iter_mut()) {
+                for ((ha, _), (hb, _)) in val_pooler
+                    .halves(a, b.conditions.len())?
+                    .into_iter()
+                    .zip(val_pooler.halves(bo, b.conditions.len())?)
+                {
+                    m.add_tokens(&ha, &hb)?;
+                }
+            }
+            progress(Progress::Validation {
+                step: k,
+                batch: i,
+                batches: validation.len(),
+            });
         }
-        let rel = |x: f64| if norm > 0.0 { (x / norm).sqrt() } else { 0.0 };
+
+        // Fit the candidates and choose, site by site.
+        let mut step_choices = Vec::with_capacity(step_sites.len());
+        let (mut fit_after, mut fit_before, mut fit_norm) = (0.0, 0.0, 0.0);
+        let (mut rows, mut dim) = (0, 0);
+        for (j, (site, st)) in step_sites.iter().zip(&stats).enumerate() {
+            let centered = st.centered(cal.pooling)?;
+            rows = st.rows();
+            dim = st.dim();
+            let candidates = fit_candidates(&centered, cal).map_err(|e| e.at(*site))?;
+            let choice = choose(&candidates, cal, vstats.get(j))?;
+            let prior = choice.candidate.map(|c| candidates[c].prior.clone());
+            let (a, b, n) = st.residual(prior.as_ref(), cal.pooling, choice.alpha)?;
+            fit_after += a;
+            fit_before += b;
+            fit_norm += n;
+            step_choices.push((*site, choice, prior));
+        }
+
+        // Try the step's priors on the validation latents.
+        let mut step_hooks = hooks.clone();
+        for (site, choice, prior) in &step_choices {
+            if let Some(p) = prior {
+                let device = calib[0].accelerated.latents().device().clone();
+                step_hooks
+                    .insert(*site, p, choice.alpha, dtype, &device)
+                    .map_err(candle)?;
+            }
+        }
+        let with_prior = step_choices
+            .iter()
+            .filter(|(_, c, p)| p.is_some() && c.alpha != 0.0)
+            .count();
+        let mut step_validation = None;
+        let mut keep = true;
+        if !val.is_empty() {
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            let (mut after, mut before) = (Vec::new(), Vec::new());
+            for p in &val {
+                let mut a = p.accelerated.clone();
+                a.step(&mut step_hooks).map_err(exec)?;
+                after.push(rel_l2_sum(a.latents(), p.reference.latents())?);
+                with.push(a);
+                let mut b = p.accelerated.clone();
+                b.step(&mut hooks).map_err(exec)?;
+                before.push(rel_l2_sum(b.latents(), p.reference.latents())?);
+                without.push(b);
+            }
+            let (latent_after, latent_before) = (mean_rel(after), mean_rel(before));
+            if cal.select == Selection::Validated && with_prior > 0 && latent_after > latent_before
+            {
+                keep = false;
+            }
+            // The validation trajectories go on as the calibration ones do:
+            // with the step's priors in consistent mode, without in one-shot.
+            let next = if keep && mode == CalibMode::Consistent {
+                with
+            } else {
+                without
+            };
+            for (p, t) in val.iter_mut().zip(next) {
+                p.accelerated = t;
+            }
+            let sum = |f: &dyn Fn(&Choice) -> Option<f64>| -> f64 {
+                step_choices.iter().filter_map(|(_, c, _)| f(c)).sum()
+            };
+            let norm = sum(&|c| c.val_norm);
+            let rel = |x: f64| if norm > 0.0 { (x / norm).sqrt() } else { 0.0 };
+            step_validation = Some(StepValidation {
+                branch_before: rel(sum(&|c| c.val_before)),
+                branch_after: rel(if keep {
+                    sum(&|c| c.val_after)
+                } else {
+                    sum(&|c| c.val_before)
+                }),
+                latent_before,
+                latent_after,
+                kept: keep,
+                with_prior: if keep { with_prior } else { 0 },
+            });
+        }
+        if !keep {
+            for (_, choice, prior) in step_choices.iter_mut() {
+                *prior = None;
+                *choice = Choice {
+                    kind: None,
+                    ridge: None,
+                    alpha: 0.0,
+                    candidate: None,
+                    val_after: choice.val_before,
+                    ..choice.clone()
+                };
+            }
+            let (mut a, mut b) = (0.0, 0.0);
+            for ((_, _, _), st) in step_choices.iter().zip(&stats) {
+                let (x, y, _) = st.residual(None, cal.pooling, 0.0)?;
+                a += x;
+                b += y;
+            }
+            fit_after = a;
+            fit_before = b;
+        }
+        if mode == CalibMode::Consistent && keep {
+            hooks = step_hooks;
+        }
+        for (site, choice, prior) in step_choices {
+            alphas.insert(site, if prior.is_some() { choice.alpha } else { 0.0 });
+            if let Some(p) = prior {
+                priors.insert(site, p);
+            }
+            choices.push(SiteChoice { site, choice });
+        }
+        let rel = |x: f64| {
+            if fit_norm > 0.0 {
+                (x / fit_norm).sqrt()
+            } else {
+                0.0
+            }
+        };
         reports.push(StepReport {
             step: k,
             sites: list.len(),
             rows,
-            rel_before: rel(before),
-            rel_after: rel(after),
+            dim,
+            rel_before: rel(fit_before),
+            rel_after: rel(fit_after),
+            common_share: if err_total > 0.0 {
+                err_common / err_total
+            } else {
+                0.0
+            },
+            validation: step_validation,
         });
         progress(Progress::Fitted { step: k });
     }
-    let accelerated_evals = counting.evals.get();
+
+    // End to end on the validation samples: with all priors, and without.
+    let mut final_check = None;
+    if !val.is_empty() {
+        let device = calib[0].accelerated.latents().device().clone();
+        let mut all = PriorHooks::lenient();
+        for (site, p) in &priors {
+            all.insert(*site, p, alphas[site], dtype, &device)
+                .map_err(candle)?;
+        }
+        let (mut cache, mut calibrated) = (Vec::new(), Vec::new());
+        for (p, b) in val.iter_mut().zip(validation) {
+            while !p.reference.is_done() {
+                p.reference.step(&mut NoHooks).map_err(exec)?;
+            }
+            let x_ref = p.reference.latents();
+            let plain = Trajectory::new(&val_model, plan, &b.batch)
+                .and_then(|t| t.run(&mut NoHooks))
+                .map_err(exec)?;
+            cache.push(rel_l2_sum(&plain, x_ref)?);
+            let corrected = Trajectory::new(&val_model, plan, &b.batch)
+                .and_then(|t| t.run(&mut all))
+                .map_err(exec)?;
+            calibrated.push(rel_l2_sum(&corrected, x_ref)?);
+        }
+        let (cache, calibrated) = (mean_rel(cache), mean_rel(calibrated));
+        let kept = !(cal.select == Selection::Validated && calibrated > cache);
+        if !kept {
+            priors.clear();
+            alphas.values_mut().for_each(|a| *a = 0.0);
+        }
+        final_check = Some(FinalCheck {
+            samples: validation.iter().map(|b| b.conditions.len()).sum(),
+            cache,
+            calibrated,
+            kept,
+        });
+        progress(Progress::Final);
+    }
 
     let n = batches.len() as u64;
     let last = plan.steps.len() - 1;
@@ -396,11 +666,15 @@ pub fn calibrate<M: BlockModel>(
             .sum::<u64>();
     Ok(Calibration {
         priors,
+        alphas,
+        choices,
         steps: reports,
+        final_check,
         cost: CostReport {
             samples: batches.iter().map(|b| b.conditions.len()).sum(),
-            reference: reference_evals,
-            accelerated: accelerated_evals,
+            reference: ref_model.evals.get(),
+            accelerated: acc_model.evals.get(),
+            validation: val_model.evals.get(),
             one_pass_bound: n * (full + computed_branches(plan, 0..=last)),
             rerun_from_start: n * (full + rerun_from_start),
             rerun_from_refresh: n * (full + rerun_from_refresh),

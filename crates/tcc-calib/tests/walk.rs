@@ -71,7 +71,40 @@ fn batches(plan: &Plan) -> Vec<CalibBatch> {
 }
 
 fn run(model: &Dit, plan: &Plan, mode: CalibMode) -> Calibration {
-    calibrate(model, plan, &batches(plan), mode, DType::F32, &mut |_| {}).unwrap()
+    calibrate(
+        model,
+        plan,
+        &batches(plan),
+        &[],
+        mode,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+/// Validation samples of their own seeds (held out from `batches`).
+fn validation(plan: &Plan) -> Vec<CalibBatch> {
+    [(100u64, [0u32, 1, 2, 1])]
+        .into_iter()
+        .map(|(seed, classes)| CalibBatch {
+            batch: batch(plan, seed, &classes),
+            conditions: classes.iter().map(|&c| c as u64).collect(),
+        })
+        .collect()
+}
+
+fn run_validated(model: &Dit, plan: &Plan, mode: CalibMode) -> Calibration {
+    calibrate(
+        model,
+        plan,
+        &batches(plan),
+        &validation(plan),
+        mode,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 fn sample(model: &Dit, plan: &Plan, hooks: &mut dyn Hooks) -> Vec<u32> {
@@ -99,7 +132,7 @@ fn the_first_prior_is_shared_by_both_modes_and_later_ones_differ() {
     let (mut same_first, mut differ_later) = (0, 0);
     for (site, prior) in &consistent.priors {
         let other = &one_shot.priors[site];
-        match site.0 {
+        match site.step {
             1 => {
                 assert_eq!(prior, other, "step 1 prior differs at {site:?}");
                 same_first += 1;
@@ -158,8 +191,12 @@ fn alpha_zero_and_identity_priors_leave_samples_bit_identical() {
             samples: 6,
             seed: 0,
             tool_version: "test".into(),
+            select: tcc_core::Selection::Fixed,
+            validation: None,
+            report: None,
         },
         priors,
+        alphas: Default::default(),
     };
     let zero = set(0.0, fitted.priors.clone());
     let mut hooks = PriorHooks::from_set(&zero, DType::F32, &Device::Cpu).unwrap();
@@ -187,6 +224,7 @@ fn a_schedule_without_calibrated_steps_is_an_error() {
         &m,
         &p,
         &batches(&p),
+        &[],
         CalibMode::Consistent,
         DType::F32,
         &mut |_| {},
@@ -194,4 +232,154 @@ fn a_schedule_without_calibrated_steps_is_an_error() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("no calibrated steps"), "{e}");
+}
+
+/// Mean per-sample relative L2 of `plan` run with `hooks` against full
+/// computation, over the validation samples: computed here independently
+/// of the walk's own end-to-end check.
+fn validation_error(model: &Dit, plan: &Plan, hooks: &mut dyn Hooks) -> f64 {
+    let full = plan.all_compute();
+    let (mut sum, mut n) = (0.0, 0);
+    for b in validation(plan) {
+        let x = Trajectory::new(model, plan, &b.batch)
+            .unwrap()
+            .run(hooks)
+            .unwrap();
+        let r = Trajectory::new(model, &full, &b.batch)
+            .unwrap()
+            .run(&mut NoHooks)
+            .unwrap();
+        let x: Vec<Vec<f32>> = x.flatten_from(1).unwrap().to_vec2().unwrap();
+        let r: Vec<Vec<f32>> = r.flatten_from(1).unwrap().to_vec2().unwrap();
+        for (x, r) in x.iter().zip(&r) {
+            let d: f64 = x.iter().zip(r).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+            let nr: f64 = r.iter().map(|q| (*q as f64).powi(2)).sum();
+            sum += (d / nr).sqrt();
+            n += 1;
+        }
+    }
+    sum / n as f64
+}
+
+fn set_of(p: &Plan, c: &Calibration) -> PriorSet {
+    PriorSet {
+        meta: PriorMeta {
+            plan_hash: p.hash().to_string(),
+            model: p.model.name.clone(),
+            alpha: p.calibration.alpha,
+            mode: CalibMode::Consistent,
+            prior: p.calibration.prior,
+            samples: 6,
+            seed: 0,
+            tool_version: "test".into(),
+            select: p.calibration.select,
+            validation: None,
+            report: None,
+        },
+        priors: c.priors.clone(),
+        alphas: c.alphas.clone(),
+    }
+}
+
+const VALIDATED: &str = "\nselect = \"validated\"\ncandidates = [\"procrustes\", \"shift\", \"affine\", \"diagonal\", \"lowrank\"]\npooling = \"none\"\npooled-half = \"both\"\nridge = [0.01, 1.0]\nrank = 8\n";
+
+#[test]
+fn validated_priors_are_never_worse_than_the_cache_on_the_validation_samples() {
+    // Across prior settings that help and that hurt (a wild blend), in both
+    // modes: the walk's own end-to-end numbers agree with an independent run,
+    // and the kept priors are never further from full computation than the
+    // plain cache on the validation samples.
+    for (extra, mode) in [
+        (VALIDATED.to_string(), CalibMode::Consistent),
+        (VALIDATED.to_string(), CalibMode::OneShot),
+        (
+            "\nselect = \"validated\"\nalphas = [4.0]\nprior = \"scale-shift\"\npooling = \"samples\"\n"
+                .to_string(),
+            CalibMode::Consistent,
+        ),
+    ] {
+        let p = plan(&format!("{FORA}{extra}"));
+        let m = model(&p);
+        let c = run_validated(&m, &p, mode);
+        let f = c.final_check.clone().expect("validation samples were given");
+        let set = set_of(&p, &c);
+        let cache = validation_error(&m, &p, &mut NoHooks);
+        let mut hooks = PriorHooks::from_set(&set, DType::F32, &Device::Cpu).unwrap();
+        let calibrated = validation_error(&m, &p, &mut hooks);
+        assert!((f.cache - cache).abs() < 1e-6 * cache, "{extra}: {f:?} vs {cache}");
+        assert!(calibrated <= cache, "{extra} {mode:?}: {calibrated} > {cache}");
+        if f.kept {
+            assert!((f.calibrated - calibrated).abs() < 1e-6 * cache, "{f:?} vs {calibrated}");
+        } else {
+            assert!(c.priors.is_empty() && c.alphas.values().all(|&a| a == 0.0));
+            assert_eq!(calibrated, cache);
+        }
+        // Every calibrated site has a blend, and a prior exactly when it is
+        // not 0; site choices and validation numbers are reported.
+        assert_eq!(c.alphas.len(), 2 * 2 * p.model.depth);
+        for (site, &alpha) in &c.alphas {
+            assert_eq!(c.priors.contains_key(site), alpha != 0.0, "{site}");
+        }
+        assert_eq!(c.choices.len(), c.alphas.len());
+        for s in &c.steps {
+            let v = s.validation.as_ref().unwrap();
+            assert!(v.branch_after <= v.branch_before + 1e-12, "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn validated_selection_never_picks_a_site_prior_that_is_worse_on_validation() {
+    // A shift blended with alpha 4 overshoots: the fixed protocol applies it
+    // and its validation numbers show sites where it is worse than the
+    // cache; validated selection, offered only that blend, leaves those
+    // sites without a prior.
+    let hurt = "\nprior = \"shift\"\npooling = \"samples\"\n";
+    let fixed = plan(&format!("{FORA}{hurt}").replace("alpha = 0.5", "alpha = 4.0"));
+    let m = model(&fixed);
+    let f = run_validated(&m, &fixed, CalibMode::Consistent);
+    let worse = f
+        .choices
+        .iter()
+        .filter(|c| c.choice.val_after > c.choice.val_before)
+        .count();
+    assert!(worse > 0, "alpha 4 should overshoot somewhere");
+    assert!(
+        f.final_check.unwrap().kept,
+        "the fixed protocol keeps its priors"
+    );
+
+    let validated = plan(&format!(
+        "{FORA}{hurt}select = \"validated\"\nalphas = [4.0]\n"
+    ));
+    let c = run_validated(&m, &validated, CalibMode::Consistent);
+    for ch in &c.choices {
+        let (before, after) = (ch.choice.val_before.unwrap(), ch.choice.val_after.unwrap());
+        assert!(after <= before, "{}: {after} > {before}", ch.site);
+        assert_eq!(ch.choice.kind.is_none(), ch.choice.alpha == 0.0);
+    }
+    assert!(c.choices.iter().any(|ch| ch.choice.kind.is_none()));
+}
+
+#[test]
+fn token_level_families_share_the_first_prior_across_modes() {
+    let p = plan(&format!(
+        "{FORA}prior = \"affine\"\npooling = \"none\"\nridge = 0.01\nvalidation-samples = 0\n"
+    ));
+    let m = model(&p);
+    let consistent = run(&m, &p, CalibMode::Consistent);
+    let one_shot = run(&m, &p, CalibMode::OneShot);
+    for (site, prior) in &consistent.priors {
+        assert_eq!(prior.kind, tcc_core::PriorKind::Affine);
+        if site.step == 1 {
+            assert_eq!(prior, &one_shot.priors[site], "{site}");
+        }
+    }
+    // Token rows: every token of every pooled sample is a row.
+    let tokens = (p.model.input_size / p.model.patch).pow(2);
+    assert!(consistent.steps.iter().all(|s| s.rows == 6 * tokens));
+    assert!(consistent
+        .steps
+        .iter()
+        .all(|s| s.rel_after < s.rel_before && s.common_share > 0.0 && s.common_share < 1.0));
 }

@@ -1,10 +1,11 @@
 //! `tcc calibrate`: fit the TCC priors of a schedule's calibrated steps.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::DType;
 use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
-use tcc_core::{CalibMethod, CalibMode};
+use tcc_core::{CalibMethod, CalibMode, Selection};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
@@ -16,12 +17,19 @@ Examples:
   tcc calibrate schedules/fora3.sched
   tcc calibrate schedules/fora3.sched --mode one-shot --out fora3.oneshot.safetensors
   tcc calibrate schedules/fora3.sched --samples 256 --seed 7
+  tcc calibrate schedules/fora3-validated.sched
+  tcc calibrate schedules/fora3.sched --select validated --validation-samples 64
 
-The walk goes once over the plan: reference trajectories first, then the
-accelerated trajectories of all calibration samples side by side; before each
-calibrated step its reused outputs are pooled, its priors fitted and (in
-`consistent` mode) applied from that step on. The priors file is bound to the
-plan's hash: `tcc sample --priors` refuses it for any other plan.";
+The walk goes once over the plan: the reference (full computation) and the
+accelerated trajectory of every calibration sample advance side by side;
+at each calibrated step the reused outputs are paired with the reference's,
+the step's priors fitted and (in `consistent` mode) applied from that step
+on. Validation samples (their own seed) walk alongside: they measure every
+step's priors, and with `select = validated` choose them (per site the
+closest candidate, or none; a step or a whole set that does not bring them
+closer to full computation is dropped).
+The priors file is bound to the plan's hash: `tcc sample --priors` refuses it
+for any other plan.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -44,6 +52,14 @@ pub struct Args {
     /// Override the calibration seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override how priors are chosen: `fixed` (the paper's protocol: every
+    /// calibrated site gets the schedule's prior and alpha) or `validated`
+    /// (per site the closest candidate on the validation samples, or none).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Selection::ALL.iter().map(|(n, _)| *n)))]
+    select: Option<String>,
+    /// Override the number of validation samples (0: none).
+    #[arg(long)]
+    validation_samples: Option<usize>,
     /// Samples per model batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -73,25 +89,47 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if let Some(s) = args.seed {
         plan.calibration.seed = s;
     }
-    let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
-    if n == 0 || args.batch_size == 0 {
+    if let Some(s) = args.select.as_deref().and_then(Selection::from_name) {
+        plan.calibration.select = s;
+    }
+    if let Some(n) = args.validation_samples {
+        plan.calibration.validation_samples = Some(n);
+    }
+    if plan.calibration.samples == 0 || args.batch_size == 0 {
         return Err(CliError::input(
             "the number of samples and the batch size must be at least 1",
         ));
     }
+    check_validation(&plan)?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
     let model = load_model(&plan, &args.model)?;
     let captions = Captions::for_plan(&plan, &args.model)?;
+    let cal = &plan.calibration;
     writeln!(
         io.out,
-        "calibrating {} ({} mode, {} prior, alpha {}) on {n} samples, seed {seed}",
+        "calibrating {} ({} mode, {}) on {} samples, seed {}{}",
         plan.source,
         name(&mode),
-        name(&plan.calibration.prior),
-        plan.calibration.alpha
+        match cal.select {
+            Selection::Fixed => format!("{} prior, alpha {}", cal.prior, cal.alpha),
+            Selection::Validated => format!(
+                "validated among {}",
+                cal.kinds()
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+        },
+        cal.samples,
+        cal.seed,
+        match cal.validation_samples() {
+            0 => String::new(),
+            n => format!("; {n} validation samples, seed {}", cal.validation_seed()),
+        }
     )?;
     let (set, result, secs) = fit_priors(
         &model,
@@ -102,73 +140,196 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         args.batch_size,
         "calibrating",
     )?;
-
+    print_report(io, &plan, &result)?;
+    set.save(&out)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
     writeln!(
         io.out,
-        "\nstep  sites  rows  rel. distance to reference (pooled rows)"
+        "\nwrote {} priors ({} calibrated sites) to {} in {secs:.1}s",
+        set.priors.len(),
+        set.sites().len(),
+        out.display()
     )?;
-    writeln!(io.out, "                   before prior   after prior")?;
-    for s in &result.steps {
-        writeln!(
-            io.out,
-            "{:>4}  {:>5}  {:>4}  {:>12.4}   {:>11.4}",
-            s.step, s.sites, s.rows, s.rel_before, s.rel_after
+    Ok(())
+}
+
+/// Refuse settings that cannot be validated, before any work (the schedule
+/// compiler checks the same; overrides can break it again).
+pub(crate) fn check_validation(plan: &Plan) -> Result<(), CliError> {
+    let cal = &plan.calibration;
+    if cal.validation_chooses() && cal.validation_samples() == 0 {
+        return Err(CliError::input(format!(
+            "{}: these calibration settings choose priors on validation samples: set validation-samples to 1 or more",
+            plan.source
+        )));
+    }
+    if cal.validation_samples() > 0 && cal.validation_seed() == cal.seed {
+        return Err(CliError::input(format!(
+            "{}: the validation seed {} is the calibration seed: choose another seed",
+            plan.source, cal.seed
+        )));
+    }
+    Ok(())
+}
+
+fn print_report(io: &mut Io, plan: &Plan, result: &Calibration) -> Result<(), CliError> {
+    let out = &mut io.out;
+    let has_val = result.steps.iter().any(|s| s.validation.is_some());
+    writeln!(
+        out,
+        "\nrel. distance to the reference: on the fitted rows (calibration samples){}",
+        if has_val {
+            "; on the validation samples, every token (branch) and the latents after the step"
+        } else {
+            ""
+        }
+    )?;
+    write!(out, "step  sites    rows   dim  common  fit before   after")?;
+    if has_val {
+        write!(
+            out,
+            "  branch before   after  removed  latent before    after  kept"
         )?;
+    }
+    writeln!(out)?;
+    for s in &result.steps {
+        write!(
+            out,
+            "{:>4}  {:>5}  {:>6}  {:>4}  {:>5.1}%  {:>10.4}  {:>6.4}",
+            s.step,
+            s.sites,
+            s.rows,
+            s.dim,
+            100.0 * s.common_share,
+            s.rel_before,
+            s.rel_after
+        )?;
+        if let Some(v) = &s.validation {
+            let removed = if v.branch_before > 0.0 {
+                1.0 - (v.branch_after / v.branch_before).powi(2)
+            } else {
+                0.0
+            };
+            write!(
+                out,
+                "  {:>13.4}  {:>6.4}  {:>6.1}%  {:>13.5}  {:>7.5}  {}",
+                v.branch_before,
+                v.branch_after,
+                100.0 * removed,
+                v.latent_before,
+                v.latent_after,
+                if v.kept { "yes" } else { "no" }
+            )?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "(common: share of the per-token reuse error shared by all tokens of a sample, the most a per-sample shift can remove;\n removed: share of the squared branch error on the validation samples that the chosen priors remove)"
+    )?;
+    // What was chosen, step by step.
+    writeln!(out, "\nchosen priors per step:")?;
+    for s in &result.steps {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for c in result.choices.iter().filter(|c| c.site.step == s.step) {
+            let label = match c.choice.kind {
+                None => "none".to_string(),
+                Some(k) => {
+                    let mut l = format!("{k} alpha {}", c.choice.alpha);
+                    if let Some(r) = c.choice.ridge {
+                        l += &format!(" ridge {r}");
+                    }
+                    l
+                }
+            };
+            *counts.entry(label).or_default() += 1;
+        }
+        let list: Vec<String> = counts
+            .into_iter()
+            .map(|(l, n)| format!("{l} x{n}"))
+            .collect();
+        writeln!(out, "{:>4}  {}", s.step, list.join(", "))?;
+    }
+    for s in &result.steps {
+        if s.rows <= s.dim {
+            writeln!(
+                out,
+                "warning: step {}: each fit saw {} rows for {} dimensions: it is under-determined (the rows fix it on at most a {}-dimensional subspace); pooling = \"none\" or \"samples\", or more conditions, give it more rows",
+                s.step,
+                s.rows,
+                s.dim,
+                s.rows.saturating_sub(1)
+            )?;
+        }
+    }
+    if let Some(f) = &result.final_check {
+        writeln!(
+            out,
+            "\nend to end on {} validation samples (seed {}): mean rel. L2 to full computation {:.4} with the cache alone, {:.4} with the priors{}",
+            f.samples,
+            plan.calibration.validation_seed(),
+            f.cache,
+            f.calibrated,
+            if f.kept { "" } else { ": not closer, so no priors are kept (sampling with this file equals the plain cache)" }
+        )?;
+        if f.kept && f.calibrated > f.cache {
+            writeln!(
+                out,
+                "warning: the priors move the validation samples away from full computation; `select = \"validated\"` (or --select validated) keeps only priors that help"
+            )?;
+        }
     }
     let c = &result.cost;
     let branches = plan.branches().len() as f64;
     let blocks = |x: u64| x as f64 / branches;
     writeln!(
-        io.out,
+        out,
         "\ncost in block evaluations (one block = its {} branches, one batch):",
         plan.branches().len()
     )?;
     writeln!(
-        io.out,
+        out,
         "  reference trajectories    {:>10.0}",
         blocks(c.reference)
     )?;
     writeln!(
-        io.out,
+        out,
         "  accelerated trajectories  {:>10.0}",
         blocks(c.accelerated)
     )?;
     writeln!(
-        io.out,
+        out,
         "  total (this walk)         {:>10.0}",
         blocks(c.reference + c.accelerated)
     )?;
     writeln!(
-        io.out,
+        out,
+        "  validation samples        {:>10.0}",
+        blocks(c.validation)
+    )?;
+    writeln!(
+        out,
         "  bound: 1 ref + 1 acc per batch {:>5.0}",
         blocks(c.one_pass_bound)
     )?;
     writeln!(
-        io.out,
+        out,
         "  re-run from the refresh step   {:>5.0}",
         blocks(c.rerun_from_refresh)
     )?;
     writeln!(
-        io.out,
+        out,
         "  re-run from step 0             {:>5.0}",
         blocks(c.rerun_from_start)
-    )?;
-
-    set.save(&out)
-        .map_err(|e| CliError::Failure(e.to_string()))?;
-    writeln!(
-        io.out,
-        "\nwrote {} priors to {} in {secs:.1}s",
-        set.priors.len(),
-        out.display()
     )?;
     Ok(())
 }
 
 /// Fits the priors of `plan`'s calibrated steps in `mode`, on
 /// `plan.calibration.samples` samples drawn from `plan.calibration.seed`
-/// (classes cycling), and binds them to `plan_hash`. Returns the set, the
-/// walk's report and its wall time in seconds.
+/// (classes cycling), validated on the schedule's validation samples, and
+/// binds them to `plan_hash`. Returns the set, the walk's report and its
+/// wall time in seconds.
 pub(crate) fn fit_priors(
     model: &AnyModel,
     captions: Option<&Captions>,
@@ -178,7 +339,73 @@ pub(crate) fn fit_priors(
     batch_size: usize,
     label: &str,
 ) -> Result<(PriorSet, Calibration, f64), CliError> {
-    let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
+    let cal = &plan.calibration;
+    let batches = calib_batches(plan, cal.seed, cal.samples, batch_size, captions)?;
+    let validation = calib_batches(
+        plan,
+        cal.validation_seed(),
+        cal.validation_samples(),
+        batch_size,
+        captions,
+    )?;
+    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
+    let bar = progress(label, (batches.len() + validation.len()) as u64 * sites + 1);
+    let started = std::time::Instant::now();
+    let result = calibrate(
+        model,
+        plan,
+        &batches,
+        &validation,
+        mode,
+        DType::F32,
+        &mut |p| match p {
+            Progress::Calibration { .. } | Progress::Validation { .. } | Progress::Final => {
+                bar.inc(1)
+            }
+            Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
+        },
+    )
+    .map_err(|e| CliError::Failure(e.to_string()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "steps": result.steps,
+        "choices": result.choices,
+        "final": result.final_check,
+    });
+    let set = PriorSet {
+        meta: PriorMeta {
+            plan_hash,
+            model: plan.model.name.clone(),
+            alpha: cal.alpha,
+            mode,
+            prior: cal.prior,
+            samples: cal.samples,
+            seed: cal.seed,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            select: cal.select,
+            validation: (cal.validation_samples() > 0)
+                .then(|| (cal.validation_samples(), cal.validation_seed())),
+            report: Some(report.to_string()),
+        },
+        priors: result.priors.clone(),
+        alphas: result.alphas.clone(),
+    };
+    Ok((set, result, secs))
+}
+
+/// `n` calibration samples of `seed` (classes or prompts cycling) in model
+/// batches of at most `batch_size`.
+fn calib_batches(
+    plan: &Plan,
+    seed: u64,
+    n: usize,
+    batch_size: usize,
+    captions: Option<&Captions>,
+) -> Result<Vec<CalibBatch>, CliError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let inputs = Inputs::new(plan, seed, n, None, captions)?;
     let conditions = inputs.conditions();
     let mut batches = Vec::new();
@@ -191,31 +418,7 @@ pub(crate) fn fit_priors(
         });
         start += len;
     }
-    let nb = batches.len() as u64;
-    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
-    let bar = progress(label, nb + nb * sites);
-    let started = std::time::Instant::now();
-    let result = calibrate(model, plan, &batches, mode, DType::F32, &mut |p| match p {
-        Progress::Reference { .. } | Progress::Accelerated { .. } => bar.inc(1),
-        Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
-    })
-    .map_err(|e| CliError::Failure(e.to_string()))?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    let set = PriorSet {
-        meta: PriorMeta {
-            plan_hash,
-            model: plan.model.name.clone(),
-            alpha: plan.calibration.alpha,
-            mode,
-            prior: plan.calibration.prior,
-            samples: n,
-            seed,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        },
-        priors: result.priors.clone(),
-    };
-    Ok((set, result, secs))
+    Ok(batches)
 }
 
 pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {

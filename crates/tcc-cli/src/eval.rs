@@ -3,15 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device};
-use tcc_calib::{PriorHooks, PriorSet};
-use tcc_core::{CalibMethod, CalibMode};
+use tcc_calib::{blended_error, choose, fit_candidates, Centered, PriorHooks, PriorSet};
+use tcc_core::{CalibMethod, CalibMode, Selection};
 use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
 use tcc_exec::NoHooks;
 use tcc_metrics::Summary;
-use tcc_plan::Plan;
+use tcc_plan::{Action, Plan};
 
-use crate::calibrate::{fit_priors, name};
+use crate::calibrate::{check_validation, fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
@@ -22,19 +24,25 @@ Examples:
   tcc eval schedules/fora3.sched --priors fora3.priors.safetensors --json > eval.json
   tcc eval schedules/fora3.sched --seeds 11,12,13,14,15 --n 200 --plot dev.png
   tcc eval schedules/fora3.sched --steps 25
+  tcc eval schedules/fora3.sched schedules/fora3-validated.sched --no-one-shot
 
 Without --priors / --one-shot-priors, eval fits them first with the
 schedule's [calibration] settings (like `tcc calibrate`). Evaluation seeds
 must differ from the calibration seed. Priors are tied to the plan they were
 fitted for: with --steps the plan changes, a priors file for the original
-plan is refused, and priors are fitted anew for the new plan.";
+plan is refused, and priors are fitted anew for the new plan. With several
+schedules (same model, weights and sampler), full computation runs once and
+each schedule's cache and priors are measured on the same samples, with
+paired tests against the first schedule's priors.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// The schedule (.sched) to evaluate.
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
+    /// The schedule(s) to evaluate. With several (same model and sampler),
+    /// full computation runs once and every schedule's cache and priors
+    /// are compared on the same samples.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
     /// TCC priors (consistent mode) from `tcc calibrate`; fitted here if absent.
     #[arg(long, value_name = "PRIORS")]
     priors: Option<PathBuf>,
@@ -53,8 +61,21 @@ pub struct Args {
     /// Evaluate with this many sampling steps instead of the schedule's.
     #[arg(long)]
     steps: Option<u64>,
-    /// Where to write the per-step deviation plot (default: FILE's name with
-    /// `.eval.png`, in the current directory).
+    /// Skip the one-shot variant (halves the fitting and the evaluation of
+    /// priors).
+    #[arg(long)]
+    no_one_shot: bool,
+    /// Measure the oracle bound: at every calibrated step, the best prior
+    /// of the variant's kind(s) fitted on the evaluated samples themselves.
+    /// On by default for branch widths up to 512 (it keeps two D x D
+    /// matrices per calibrated site).
+    #[arg(long, overrides_with = "no_oracle")]
+    oracle: bool,
+    /// Do not measure the oracle bound.
+    #[arg(long)]
+    no_oracle: bool,
+    /// Where to write the per-step deviation plot (default: the first
+    /// FILE's name with `.eval.png`, in the current directory).
     #[arg(long, value_name = "PNG")]
     plot: Option<PathBuf>,
     /// Print the results as JSON on stdout instead of tables.
@@ -62,6 +83,40 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// One schedule of the evaluation: its plan and the variants it adds.
+struct Entry {
+    plan: Plan,
+    hash: String,
+    /// `stem:` when several schedules are compared, else empty.
+    prefix: String,
+    /// (variant label, priors) of its calibrated variants.
+    calibrated: Vec<(String, PriorSet)>,
+    /// The label of its plain-cache variant (shared by schedules with the
+    /// same cache plan).
+    cache: String,
+}
+
+/// The plan without prior marks: schedules that differ only in
+/// calibration share one plain-cache variant.
+fn cache_actions(plan: &Plan) -> Vec<Vec<Vec<Action>>> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            s.actions
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|a| match *a {
+                            Action::Reuse { from, .. } => Action::Reuse { from, prior: false },
+                            other => other,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
@@ -74,86 +129,199 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.steps == Some(0) {
         return Err(CliError::input("--steps must be at least 1"));
     }
-    let plan = args.model.load_plan(&args.file, args.steps, io.err)?;
-    let hash = plan.hash().to_string();
-    let model = load_model(&plan, &args.model)?;
-    let captions = Captions::for_plan(&plan, &args.model)?;
+    if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
+        return Err(CliError::input(
+            "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
+        ));
+    }
+    let mut plans = Vec::new();
+    for file in &args.files {
+        let plan = args.model.load_plan(file, args.steps, io.err)?;
+        if let Some(first) = plans.first() {
+            let first: &Plan = first;
+            if plan.model != first.model
+                || plan.sampler != first.sampler
+                || plan.weights != first.weights
+            {
+                return Err(CliError::input(format!(
+                    "{}: evaluated side by side, schedules must have the same model, weights and sampler as {}",
+                    plan.source, first.source
+                )));
+            }
+        }
+        check_validation(&plan)?;
+        plans.push(plan);
+    }
+    let model = load_model(&plans[0], &args.model)?;
+    let captions = Captions::for_plan(&plans[0], &args.model)?;
     let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
+    let several = plans.len() > 1;
 
-    // The priors: given files (checked against this plan) or fitted here.
-    let mut calibrated: Vec<(String, PriorSet)> = Vec::new();
-    if plan.calibration.method == CalibMethod::Tcc {
+    // Labels: the file stem (made unique) when several schedules are compared.
+    let mut entries: Vec<Entry> = Vec::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        let prefix = if several {
+            let stem = args.files[i]
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{i}"));
+            let taken = entries.iter().any(|e| e.prefix == format!("{stem}:"));
+            if taken {
+                format!("{stem}#{i}:")
+            } else {
+                format!("{stem}:")
+            }
+        } else {
+            String::new()
+        };
+        let hash = plan.hash().to_string();
+        let cache = entries
+            .iter()
+            .find(|e| cache_actions(&e.plan) == cache_actions(&plan))
+            .map(|e| e.cache.clone())
+            .unwrap_or_else(|| format!("{prefix}cache"));
+        entries.push(Entry {
+            plan,
+            hash,
+            prefix,
+            calibrated: Vec::new(),
+            cache,
+        });
+    }
+
+    // Evaluation seeds must be held out from the samples priors will be
+    // fitted and validated on: checked before any fitting.
+    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
+    let mut planned_seeds: Vec<(String, u64)> = Vec::new();
+    for e in &entries {
+        let c = &e.plan.calibration;
+        if c.method == CalibMethod::Tcc && fits_here {
+            planned_seeds.push((format!("the {}priors", e.prefix), c.seed));
+            if c.validation_samples() > 0 {
+                planned_seeds.push((
+                    format!("the validation samples of the {}priors", e.prefix),
+                    c.validation_seed(),
+                ));
+            }
+        }
+    }
+    held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
+
+    // The priors: given files (checked against the plan) or fitted here.
+    for e in entries.iter_mut() {
+        let plan = &e.plan;
+        if plan.calibration.method != CalibMethod::Tcc {
+            if args.priors.is_some() || args.one_shot_priors.is_some() {
+                return Err(CliError::input(format!(
+                    "{}: the schedule has no calibrated steps, so priors cannot apply to it",
+                    plan.source
+                )));
+            }
+            continue;
+        }
+        let mut wanted = vec![("tcc", &args.priors, CalibMode::Consistent)];
+        if !args.no_one_shot {
+            wanted.insert(0, ("one-shot", &args.one_shot_priors, CalibMode::OneShot));
+        }
         // Check the given files before spending time fitting the others.
-        let wanted = [
-            ("one-shot", &args.one_shot_priors, CalibMode::OneShot),
-            ("tcc", &args.priors, CalibMode::Consistent),
-        ];
         let mut given = Vec::new();
         for (_, path, mode) in &wanted {
             given.push(match path {
-                Some(path) => Some(load_priors(path, &plan, &hash, *mode)?),
+                Some(path) => Some(load_priors(path, plan, &e.hash, *mode)?),
                 None => None,
             });
         }
         for ((label, _, mode), set) in wanted.into_iter().zip(given) {
+            let label = format!("{}{label}", e.prefix);
             let set = match set {
                 Some(set) => set,
                 None => {
                     writeln!(
                         log,
-                        "fitting {label} priors ({} samples, seed {}, alpha {})",
-                        plan.calibration.samples, plan.calibration.seed, plan.calibration.alpha
+                        "fitting {label} priors ({} samples, seed {}, {})",
+                        plan.calibration.samples,
+                        plan.calibration.seed,
+                        protocol(&plan.calibration)
                     )?;
                     fit_priors(
                         &model,
                         captions.as_ref(),
-                        &plan,
-                        hash.clone(),
+                        plan,
+                        e.hash.clone(),
                         mode,
                         args.batch_size,
-                        label,
+                        &label,
                     )?
                     .0
                 }
             };
-            calibrated.push((label.to_string(), set));
+            e.calibrated.push((label, set));
         }
-    } else if args.priors.is_some() || args.one_shot_priors.is_some() {
-        return Err(CliError::input(format!(
-            "{}: the schedule has no calibrated steps, so priors cannot apply to it",
-            args.file.display()
-        )));
     }
-    let calib_seeds: Vec<(String, u64)> = calibrated
-        .iter()
-        .map(|(l, s)| (format!("the {l} priors"), s.meta.seed))
-        .collect();
+    let mut calib_seeds: Vec<(String, u64)> = Vec::new();
+    for (l, s) in entries.iter().flat_map(|e| &e.calibrated) {
+        calib_seeds.push((format!("the {l} priors"), s.meta.seed));
+        if let Some((_, seed)) = s.meta.validation {
+            calib_seeds.push((format!("the validation samples of the {l} priors"), seed));
+        }
+    }
     held_out(&args.seeds, &calib_seeds).map_err(CliError::input)?;
 
-    let mut variants = vec![Variant {
-        name: "cache".into(),
-        plan: &plan,
-        hooks: Box::new(NoHooks),
-    }];
-    for (label, set) in &calibrated {
-        variants.push(Variant {
-            name: label.clone(),
-            plan: &plan,
-            hooks: Box::new(
-                PriorHooks::from_set(set, DType::F32, &Device::Cpu)
-                    .map_err(|e| CliError::Failure(e.to_string()))?,
-            ),
-        });
+    let oracle = if args.no_oracle {
+        false
+    } else {
+        args.oracle || entries[0].plan.model.hidden <= 512
+    };
+    let mut variants = Vec::new();
+    let mut tests: Vec<(String, String)> = Vec::new();
+    for e in &entries {
+        if !variants.iter().any(|v: &Variant| v.name == e.cache) {
+            variants.push(Variant {
+                name: e.cache.clone(),
+                plan: &e.plan,
+                hooks: Box::new(NoHooks),
+                oracle: false,
+            });
+        }
+        for (label, set) in &e.calibrated {
+            variants.push(Variant {
+                name: label.clone(),
+                plan: &e.plan,
+                hooks: Box::new(
+                    PriorHooks::from_set(set, DType::F32, &Device::Cpu)
+                        .map_err(|e| CliError::Failure(e.to_string()))?,
+                ),
+                oracle,
+            });
+        }
+        let tcc = format!("{}tcc", e.prefix);
+        if !e.calibrated.is_empty() {
+            if !args.no_one_shot {
+                tests.push((tcc.clone(), format!("{}one-shot", e.prefix)));
+            }
+            tests.push((tcc.clone(), e.cache.clone()));
+        }
     }
-    let full = plan.all_compute();
+    // Several schedules: each one's tcc against the first calibrated one's.
+    let calibrated_prefixes: Vec<&str> = entries
+        .iter()
+        .filter(|e| !e.calibrated.is_empty())
+        .map(|e| e.prefix.as_str())
+        .collect();
+    for p in calibrated_prefixes.iter().skip(1) {
+        tests.push((format!("{p}tcc"), format!("{}tcc", calibrated_prefixes[0])));
+    }
+
+    let first = &entries[0].plan;
+    let full = first.all_compute();
     let mut sets = Vec::new();
     for &seed in &args.seeds {
-        let inputs = Inputs::new(&plan, seed, args.n, None, captions.as_ref())?;
+        let inputs = Inputs::new(first, seed, args.n, None, captions.as_ref())?;
         let mut batches = Vec::new();
         let mut start = 0;
         while start < args.n {
             let len = args.batch_size.min(args.n - start);
-            batches.push(inputs.batch(&plan, start, len)?);
+            batches.push(inputs.batch(first, start, len)?);
             start += len;
         }
         sets.push(SeedSet {
@@ -163,17 +331,16 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             labels: inputs.labels.clone(),
         });
     }
-    let scorer = if plan.model.name == "tiny" && args.model.random_weights.is_none() {
+    let scorer = if first.model.name == "tiny" && args.model.random_weights.is_none() {
         Some(TestbedScorer::new()?)
     } else {
         None
     };
-    let tests: Vec<(&str, &str)> = if calibrated.is_empty() {
-        Vec::new()
-    } else {
-        vec![("tcc", "one-shot"), ("tcc", "cache")]
-    };
-    let total = (args.seeds.len() * args.n * plan.steps.len() * (variants.len() + 1)) as u64;
+    let test_refs: Vec<(&str, &str)> = tests
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let total = (args.seeds.len() * args.n * first.steps.len() * (variants.len() + 1)) as u64;
     let bar = progress("evaluating", total);
     let report = evaluate(
         &model,
@@ -181,32 +348,50 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         &mut variants,
         &sets,
         scorer.as_ref().map(|s| s as &dyn Scorer),
-        &tests,
+        &test_refs,
         &mut |p| bar.inc(p.samples as u64),
     )
     .map_err(|e| CliError::Failure(e.to_string()))?;
     bar.finish_and_clear();
+    let calibrated: Vec<(String, PriorSet, &Plan)> = entries
+        .iter()
+        .flat_map(|e| {
+            e.calibrated
+                .iter()
+                .map(move |(l, s)| (l.clone(), s.clone(), &e.plan))
+        })
+        .collect();
+    let oracles = oracle_rows(&report, &calibrated)?;
 
     let plot = args
         .plot
         .clone()
-        .unwrap_or_else(|| beside_cwd(&args.file, "eval.png"));
-    write_plot(&plot, &plan, &report)?;
+        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
+    write_plot(&plot, first, &report)?;
 
     if args.json {
         let doc = serde_json::json!({
-            "schedule": plan.source,
-            "plan_hash": hash,
-            "model": plan.model.name,
-            "steps": plan.steps.len(),
+            "schedules": entries.iter().map(|e| serde_json::json!({
+                "schedule": e.plan.source,
+                "plan_hash": e.hash,
+            })).collect::<Vec<_>>(),
+            "schedule": first.source,
+            "plan_hash": entries[0].hash,
+            "model": first.model.name,
+            "steps": first.steps.len(),
             "seeds": args.seeds,
-            "priors": calibrated.iter().map(|(l, s)| serde_json::json!({
+            "priors": calibrated.iter().map(|(l, s, _)| serde_json::json!({
                 "variant": l,
                 "mode": name(&s.meta.mode),
+                "select": s.meta.select.as_str(),
                 "alpha": s.meta.alpha,
+                "sites": s.sites().len(),
+                "sites_with_prior": s.priors.len(),
                 "samples": s.meta.samples,
                 "seed": s.meta.seed,
+                "validation": s.meta.validation,
             })).collect::<Vec<_>>(),
+            "oracle": oracles,
             "plot": plot.display().to_string(),
             "report": report,
         });
@@ -214,9 +399,96 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(io.out, "{text}")?;
     } else {
-        print_tables(io, &plan, &args, &report, &calibrated, &plot)?;
+        let sets: Vec<(String, PriorSet)> = calibrated
+            .iter()
+            .map(|(l, s, _)| (l.clone(), s.clone()))
+            .collect();
+        print_tables(io, first, &args, &report, &sets, &oracles, &plot)?;
     }
     Ok(())
+}
+
+/// How a schedule's priors are chosen, in words.
+fn protocol(c: &tcc_core::CalibrationSpec) -> String {
+    match c.select {
+        Selection::Fixed => format!("{} prior, alpha {}", c.prior, c.alpha),
+        Selection::Validated => format!(
+            "validated among {}",
+            c.kinds()
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join("/")
+        ),
+    }
+}
+
+/// One calibrated step of one variant: the relative distance of its
+/// branch outputs to full computation's (every token, both CFG halves),
+/// reused as they are, with the variant's priors, and with the oracle: the
+/// best prior of the variant's kind(s) fitted on these samples themselves.
+#[derive(Clone, Debug, serde::Serialize)]
+struct OracleRow {
+    variant: String,
+    step: usize,
+    before: f64,
+    used: f64,
+    oracle: f64,
+}
+
+fn oracle_rows(
+    report: &Report,
+    calibrated: &[(String, PriorSet, &Plan)],
+) -> Result<Vec<OracleRow>, CliError> {
+    let fail = |e: tcc_calib::CalibError| CliError::Failure(e.to_string());
+    let mut rows = Vec::new();
+    for (label, set, plan) in calibrated {
+        let Some(v) = report.variants.iter().find(|v| &v.name == label) else {
+            continue;
+        };
+        if v.moments.is_empty() {
+            continue;
+        }
+        // The oracle tries the variant's kinds, every ridge and its blends
+        // (and 1), on every token of both halves.
+        let mut spec = plan.calibration.clone();
+        spec.candidates = spec.kinds();
+        spec.select = Selection::Validated;
+        let mut alphas = plan.calibration.alpha_grid();
+        if !alphas.contains(&1.0) {
+            alphas.push(1.0);
+        }
+        spec.alphas = alphas;
+        let mut per_step: BTreeMap<usize, (f64, f64, f64, f64)> = BTreeMap::new();
+        for (site, m) in &v.moments {
+            let before = m.error_identity();
+            let used = match set.priors.get(site) {
+                Some(p) => {
+                    blended_error(m.error_terms(&p.fold(1.0)).map_err(fail)?, set.alpha(site))
+                }
+                None => before,
+            };
+            let centered = Centered::from_moments(m).map_err(fail)?;
+            let candidates = fit_candidates(&centered, &spec).map_err(fail)?;
+            let best = choose(&candidates, &spec, Some(m)).map_err(fail)?;
+            let e = per_step.entry(site.step).or_default();
+            e.0 += before;
+            e.1 += used;
+            e.2 += best.val_after.unwrap_or(before);
+            e.3 += m.norm_a();
+        }
+        for (step, (before, used, oracle, norm)) in per_step {
+            let rel = |x: f64| if norm > 0.0 { (x / norm).sqrt() } else { 0.0 };
+            rows.push(OracleRow {
+                variant: label.clone(),
+                step,
+                before: rel(before),
+                used: rel(used),
+                oracle: rel(oracle),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 fn load_priors(
@@ -276,13 +548,15 @@ fn print_tables(
     args: &Args,
     report: &Report,
     calibrated: &[(String, PriorSet)],
+    oracles: &[OracleRow],
     plot: &Path,
 ) -> Result<(), CliError> {
     let out = &mut io.out;
+    let sources: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
     writeln!(
         out,
         "\n{} on {}: {} seed sets x {} samples (seeds {}), {} steps",
-        plan.source,
+        sources.join(", "),
         plan.model.name,
         args.seeds.len(),
         report.samples_per_set,
@@ -294,25 +568,43 @@ fn print_tables(
         plan.steps.len()
     )?;
     for (label, set) in calibrated {
+        let how = match set.meta.select {
+            Selection::Fixed => format!("{} prior, alpha {}", set.meta.prior, set.meta.alpha),
+            Selection::Validated => format!(
+                "validated: a prior at {} of {} sites",
+                set.priors.len(),
+                set.sites().len()
+            ),
+        };
+        let validation = match set.meta.validation {
+            Some((n, seed)) => format!(", validated on {n} samples of seed {seed}"),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "  {label} priors: {} mode, alpha {}, fitted on {} samples of seed {} (held out from evaluation)",
+            "  {label} priors: {} mode, {how}, fitted on {} samples of seed {}{validation} (held out from evaluation)",
             name(&set.meta.mode),
-            set.meta.alpha,
             set.meta.samples,
             set.meta.seed
         )?;
     }
     writeln!(out, "mean ± std over seed sets:\n")?;
+    let w = report
+        .variants
+        .iter()
+        .map(|v| v.name.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
     writeln!(
         out,
-        "{:<9} {:>17} {:>17} {:>19} {:>17} {:>15}",
+        "{:<w$} {:>17} {:>17} {:>19} {:>17} {:>15}",
         "variant", "FD", "class accuracy", "rel. L2 vs full", "PSNR vs full", "speedup"
     )?;
     for v in &report.variants {
         writeln!(
             out,
-            "{:<9} {:>17} {:>17} {:>19} {:>17} {:>15}",
+            "{:<w$} {:>17} {:>17} {:>19} {:>17} {:>15}",
             v.name,
             fmt(v.over_sets(|s| s.fd), 2),
             fmt(v.over_sets(|s| s.accuracy), 3),
@@ -328,17 +620,50 @@ fn print_tables(
             report.variants[0].sets.len() * report.samples_per_set
         )?;
         for t in &report.tests {
+            match &t.test {
+                Some(w) => writeln!(
+                    out,
+                    "  {} vs {}: median difference {:+.4}, {} closer in {:.1}% of samples, p = {:.3e}",
+                    t.a,
+                    t.b,
+                    t.median_difference,
+                    t.a,
+                    100.0 * t.a_better,
+                    w.p_value
+                )?,
+                None => writeln!(out, "  {} vs {}: identical on every sample", t.a, t.b)?,
+            }
+        }
+    }
+    if !oracles.is_empty() {
+        writeln!(
+            out,
+            "\nbranch outputs at calibrated steps, every token of both CFG halves: rel. distance to full computation's\n(reused as is, with the variant's priors, and with the oracle: the best prior of its kind(s) fitted on these samples)"
+        )?;
+        writeln!(
+            out,
+            "{:<w$} {:>4} {:>9} {:>9} {:>9} {:>9}",
+            "variant", "step", "reused", "priors", "oracle", "reached"
+        )?;
+        for r in oracles {
+            let reached = if r.before > r.oracle {
+                format!(
+                    "{:.0}%",
+                    100.0 * (r.before - r.used) / (r.before - r.oracle)
+                )
+            } else {
+                "-".to_string()
+            };
             writeln!(
                 out,
-                "  {} vs {}: median difference {:+.4}, {} closer in {:.1}% of samples, p = {:.3e}",
-                t.a,
-                t.b,
-                t.median_difference,
-                t.a,
-                100.0 * t.a_better,
-                t.test.p_value
+                "{:<w$} {:>4} {:>9.4} {:>9.4} {:>9.4} {:>9}",
+                r.variant, r.step, r.before, r.used, r.oracle, reached
             )?;
         }
+        writeln!(
+            out,
+            "(reached: the share of the oracle's improvement over reuse that the priors achieve)"
+        )?;
     }
     writeln!(
         out,

@@ -1,5 +1,35 @@
 use serde::{Deserialize, Serialize};
 
+/// One spelling per variant, shared by the schedule parser and printer, the
+/// plan renderer, priors files and the CLI, so a new variant is a one-place
+/// edit: `ALL` lists `(spelling, variant)` in documentation order.
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant with its spelling in schedules and files.
+            pub const ALL: &'static [(&'static str, $ty)] = &[$(($name, $ty::$variant)),+];
+
+            /// The spelling in schedules and files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// The variant spelled `name`.
+            pub fn from_name(name: &str) -> Option<$ty> {
+                Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CalibMethod {
@@ -17,15 +47,48 @@ pub enum CalibMode {
     OneShot,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The family of a prior. Every family has the folded run-time form
+/// `out = B M + c` (one `D x D` GEMM plus a bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PriorKind {
-    /// Rotation R, isotropic scale s and means (the default).
+    /// Rotation R, isotropic scale s and means (the paper's prior, the default).
     Procrustes,
     /// R = I, least-squares scale s.
     ScaleShift,
     /// R = I, s = 1: mean shift only.
     Shift,
+    /// Ridge least squares `A ≈ B W + b`, W pulled toward the identity.
+    Affine,
+    /// Per-channel scale and shift.
+    Diagonal,
+    /// `W = I + U Vᵀ` of low rank: reduced-rank regression of `A - B` on `B`.
+    Lowrank,
+}
+
+spelled!(PriorKind {
+    Procrustes => "procrustes",
+    ScaleShift => "scale-shift",
+    Shift => "shift",
+    Affine => "affine",
+    Diagonal => "diagonal",
+    Lowrank => "lowrank",
+});
+
+impl PriorKind {
+    /// Whether the fit has a ridge strength to choose (`ridge` in schedules).
+    pub fn uses_ridge(self) -> bool {
+        matches!(self, PriorKind::Affine | PriorKind::Lowrank)
+    }
+
+    /// The paper's similarity transforms (and their ablations), which also
+    /// fit per-token means under `conditions` pooling.
+    pub fn is_similarity(self) -> bool {
+        matches!(
+            self,
+            PriorKind::Procrustes | PriorKind::ScaleShift | PriorKind::Shift
+        )
+    }
 }
 
 /// What one row of the fitted statistics is.
@@ -36,7 +99,19 @@ pub enum Pooling {
     Tokens,
     /// One row per token position: mean over conditions and latents.
     Conditions,
+    /// One row per sample: mean over its tokens (the official PixArt-α setting).
+    Samples,
+    /// No pooling: every token of every sample is a row.
+    #[serde(rename = "none")]
+    Unpooled,
 }
+
+spelled!(Pooling {
+    Tokens => "tokens",
+    Conditions => "conditions",
+    Samples => "samples",
+    Unpooled => "none",
+});
 
 /// Which half of the CFG batch the statistics are pooled from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,9 +119,54 @@ pub enum Pooling {
 pub enum CfgHalf {
     Cond,
     Uncond,
+    /// Both halves: rows from the conditional and the null-condition half.
+    Both,
+}
+
+spelled!(CfgHalf {
+    Cond => "cond",
+    Uncond => "uncond",
+    Both => "both",
+});
+
+/// How the prior of each calibrated site is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The paper's protocol: every calibrated site gets `prior` at `alpha`.
+    #[default]
+    Fixed,
+    /// Per site, the candidate (prior kind, ridge, alpha, or no prior) that
+    /// is closest to the reference on the validation samples; a step whose
+    /// priors move the validation latents away from the reference gets
+    /// none, and so does the whole set if it is worse end to end.
+    Validated,
+}
+
+spelled!(Selection {
+    Fixed => "fixed",
+    Validated => "validated",
+});
+
+/// The ridge strengths tried when a schedule gives none: `λ = γ tr(Cov_B) / D`
+/// for each `γ` here.
+pub const DEFAULT_RIDGE: [f64; 6] = [0.0, 1e-3, 1e-2, 0.1, 1.0, 10.0];
+/// The blends tried by validated selection when a schedule gives none (0,
+/// no prior, is always tried as well).
+pub const DEFAULT_ALPHAS: [f64; 4] = [0.25, 0.5, 0.75, 1.0];
+/// Rank of `lowrank` priors when a schedule gives none (capped at D).
+pub const DEFAULT_RANK: usize = 32;
+/// Validation samples when a schedule gives none.
+pub const DEFAULT_VALIDATION_SAMPLES: usize = 32;
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Calibration settings, as a schedule states them and a plan carries them.
+///
+/// The fields after `seed` are skipped from serialisation while they hold
+/// their defaults, so plans written before they existed keep their hashes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationSpec {
     pub method: CalibMethod,
@@ -60,6 +180,27 @@ pub struct CalibrationSpec {
     /// Number of calibration samples (noise, condition pairs).
     pub samples: usize,
     pub seed: u64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub select: Selection,
+    /// Prior kinds validated selection tries (empty: just `prior`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<PriorKind>,
+    /// Blends validated selection tries (empty: [`DEFAULT_ALPHAS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alphas: Vec<f64>,
+    /// Ridge strengths `γ` of `affine` / `lowrank` (empty: [`DEFAULT_RIDGE`]);
+    /// with several, the validation samples choose per site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ridge: Vec<f64>,
+    /// Rank of `lowrank` priors (None: [`DEFAULT_RANK`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    /// Validation samples (None: [`DEFAULT_VALIDATION_SAMPLES`]; 0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_samples: Option<usize>,
+    /// Seed of the validation samples (None: `seed + 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_seed: Option<u64>,
 }
 
 impl Default for CalibrationSpec {
@@ -74,6 +215,110 @@ impl Default for CalibrationSpec {
             pooled_half: CfgHalf::Cond,
             samples: 256,
             seed: 0,
+            select: Selection::Fixed,
+            candidates: Vec::new(),
+            alphas: Vec::new(),
+            ridge: Vec::new(),
+            rank: None,
+            validation_samples: None,
+            validation_seed: None,
         }
+    }
+}
+
+impl CalibrationSpec {
+    /// The prior kinds fitted at every site: `candidates` under validated
+    /// selection (or `prior` when none are given), else `prior`.
+    pub fn kinds(&self) -> Vec<PriorKind> {
+        match self.select {
+            Selection::Validated if !self.candidates.is_empty() => self.candidates.clone(),
+            _ => vec![self.prior],
+        }
+    }
+
+    /// The blends tried at every site (without the always-tried 0 of
+    /// validated selection).
+    pub fn alpha_grid(&self) -> Vec<f64> {
+        match self.select {
+            Selection::Fixed => vec![self.alpha],
+            Selection::Validated if self.alphas.is_empty() => DEFAULT_ALPHAS.to_vec(),
+            Selection::Validated => self.alphas.clone(),
+        }
+    }
+
+    /// The ridge strengths `γ` tried by the kinds that have one.
+    pub fn ridge_grid(&self) -> Vec<f64> {
+        if self.ridge.is_empty() {
+            DEFAULT_RIDGE.to_vec()
+        } else {
+            self.ridge.clone()
+        }
+    }
+
+    pub fn lowrank_rank(&self) -> usize {
+        self.rank.unwrap_or(DEFAULT_RANK)
+    }
+
+    pub fn validation_samples(&self) -> usize {
+        self.validation_samples
+            .unwrap_or(DEFAULT_VALIDATION_SAMPLES)
+    }
+
+    pub fn validation_seed(&self) -> u64 {
+        self.validation_seed
+            .unwrap_or_else(|| self.seed.wrapping_add(1))
+    }
+
+    /// Whether the priors depend on the validation samples (selection, or
+    /// a ridge strength chosen among several); otherwise validation only
+    /// measures.
+    pub fn validation_chooses(&self) -> bool {
+        self.select == Selection::Validated
+            || (self.kinds().iter().any(|k| k.uses_ridge()) && self.ridge_grid().len() > 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_match_serde() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + Serialize>(
+            all: &[(&str, T)],
+            from: fn(&str) -> Option<T>,
+        ) {
+            for &(name, v) in all {
+                assert_eq!(from(name), Some(v));
+                assert_eq!(serde_json::to_value(v).unwrap(), name, "{v:?}");
+            }
+        }
+        check(PriorKind::ALL, PriorKind::from_name);
+        check(Pooling::ALL, Pooling::from_name);
+        check(CfgHalf::ALL, CfgHalf::from_name);
+        check(Selection::ALL, Selection::from_name);
+        assert_eq!(Pooling::Unpooled.as_str(), "none");
+        assert_eq!(PriorKind::from_name("nope"), None);
+    }
+
+    #[test]
+    fn grids_follow_the_selection() {
+        let mut s = CalibrationSpec {
+            alpha: 0.5,
+            ..CalibrationSpec::default()
+        };
+        assert_eq!(s.alpha_grid(), vec![0.5]);
+        assert_eq!(s.kinds(), vec![PriorKind::Procrustes]);
+        assert!(!s.validation_chooses());
+        s.prior = PriorKind::Affine;
+        assert!(s.validation_chooses());
+        s.ridge = vec![0.1];
+        assert!(!s.validation_chooses());
+        s.select = Selection::Validated;
+        s.candidates = vec![PriorKind::Shift, PriorKind::Diagonal];
+        assert_eq!(s.kinds(), s.candidates);
+        assert_eq!(s.alpha_grid(), DEFAULT_ALPHAS.to_vec());
+        assert!(s.validation_chooses());
+        assert_eq!(s.validation_seed(), 1);
     }
 }

@@ -9,6 +9,9 @@ mod calibration;
 mod model;
 mod sampler;
 
-pub use calibration::{CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind};
+pub use calibration::{
+    CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind, Selection,
+    DEFAULT_ALPHAS, DEFAULT_RANK, DEFAULT_RIDGE, DEFAULT_VALIDATION_SAMPLES,
+};
 pub use model::{Branch, ModelFamily, ModelShape};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 use serde::Serialize;
-use tcc_calib::{PairStats, Pooler, Side};
+use tcc_calib::{Moments, Pooler, Site, SiteStats};
 use tcc_core::Branch;
 use tcc_exec::{BranchSite, ExecError, Hooks, SampleBatch, Trajectory};
 use tcc_metrics::{
@@ -62,6 +62,12 @@ pub struct Variant<'a> {
     pub name: String,
     pub plan: &'a Plan,
     pub hooks: Box<dyn Hooks + 'a>,
+    /// Keep, at every calibrated site, the second moments of the reference
+    /// output and the uncorrected reused one (every token of both CFG
+    /// halves): what an oracle prior, fitted on the evaluated samples
+    /// themselves, would be fitted on ([`VariantReport::moments`]). Two
+    /// `D x D` f64 matrices per site.
+    pub oracle: bool,
 }
 
 /// Progress: `samples` more samples advanced one step (in full computation
@@ -114,6 +120,11 @@ pub struct VariantReport {
     /// Per-sample relative L2 against full, all seed sets in order.
     #[serde(skip)]
     pub sample_rel_l2: Vec<f64>,
+    /// With [`Variant::oracle`]: per calibrated site (step, branch, block),
+    /// the moments of (reference output, uncorrected reused output) over
+    /// all evaluated samples.
+    #[serde(skip)]
+    pub moments: BTreeMap<Site, Moments>,
 }
 
 impl VariantReport {
@@ -133,7 +144,10 @@ pub struct PairedTest {
     pub median_difference: f64,
     /// Fraction of samples where `a` is closer to full than `b`.
     pub a_better: f64,
-    pub test: Wilcoxon,
+    /// `None` when `a` and `b` are identical on every sample (validated
+    /// selection may keep no prior, leaving the cache as it is): the test
+    /// is then undefined.
+    pub test: Option<Wilcoxon>,
 }
 
 /// The evaluation's results.
@@ -213,7 +227,9 @@ pub fn evaluate<M: BlockModel>(
     // Per variant, per step: (Σ||x_v - x_full||^2, Σ||x_full||^2).
     let mut latent: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, 0.0); nsteps]; nv];
     let mut branch: Vec<BranchDistances> = vec![BranchDistances::new(); nv];
-    let mut pooled: Vec<HashMap<(usize, Branch, usize), PairStats>> = vec![HashMap::new(); nv];
+    let mut pooled: Vec<HashMap<(usize, Branch, usize), SiteStats>> = vec![HashMap::new(); nv];
+    let mut moments: Vec<BTreeMap<Site, Moments>> = vec![BTreeMap::new(); nv];
+    let all_tokens = Pooler::validation(full);
 
     for set in sets {
         let mut finals: Vec<Vec<Tensor>> = vec![Vec::new(); nv + 1];
@@ -248,6 +264,7 @@ pub fn evaluate<M: BlockModel>(
                         distances: &mut branch[vi],
                         pooled: &mut pooled[vi],
                         pooler,
+                        moments: v.oracle.then_some((&mut moments[vi], all_tokens)),
                         conditions,
                         overhead: Duration::ZERO,
                         error: None,
@@ -334,7 +351,7 @@ pub fn evaluate<M: BlockModel>(
             Vec::new()
         } else {
             let per_step = branch[vi - 1].per_step();
-            let pooled_step = pooled_per_step(&pooled[vi - 1])?;
+            let pooled_step = pooled_per_step(&pooled[vi - 1], pooler)?;
             latent[vi - 1]
                 .iter()
                 .enumerate()
@@ -351,6 +368,11 @@ pub fn evaluate<M: BlockModel>(
             sets: std::mem::take(&mut per_set[vi]),
             steps,
             sample_rel_l2: std::mem::take(&mut sample_rel[vi]),
+            moments: if vi == 0 {
+                BTreeMap::new()
+            } else {
+                std::mem::take(&mut moments[vi - 1])
+            },
         });
     }
     let mut paired = Vec::new();
@@ -378,7 +400,11 @@ pub fn evaluate<M: BlockModel>(
             b: b.to_string(),
             median_difference: median,
             a_better: x.iter().zip(y).filter(|(p, q)| p < q).count() as f64 / x.len().max(1) as f64,
-            test: wilcoxon_signed_rank(x, y)?,
+            test: if x == y {
+                None
+            } else {
+                Some(wilcoxon_signed_rank(x, y)?)
+            },
         });
     }
     Ok(Report {
@@ -391,16 +417,15 @@ pub fn evaluate<M: BlockModel>(
 /// Per step: `sqrt(Σ ||a_i - b_i||^2 / Σ ||a_i||^2)` over the pooled rows of
 /// all its sites, as `tcc calibrate` computes "before" and "after".
 fn pooled_per_step(
-    stats: &HashMap<(usize, Branch, usize), PairStats>,
+    stats: &HashMap<(usize, Branch, usize), SiteStats>,
+    pooler: Pooler,
 ) -> Result<BTreeMap<usize, f64>, EvalError> {
     let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for ((step, _, _), st) in stats {
-        let rows = st.rows()?;
+        let (d, _, n) = st.residual(None, pooler.pooling(), 0.0)?;
         let e = sums.entry(*step).or_default();
-        for (a, b) in rows.a.iter().zip(&rows.b) {
-            e.0 += (a - b) * (a - b);
-            e.1 += a * a;
-        }
+        e.0 += d;
+        e.1 += n;
     }
     Ok(sums
         .into_iter()
@@ -433,14 +458,35 @@ struct Observer<'a> {
     inner: &'a mut dyn Hooks,
     reference: &'a HashMap<(usize, Branch), Tensor>,
     distances: &'a mut BranchDistances,
-    pooled: &'a mut HashMap<(usize, Branch, usize), PairStats>,
+    pooled: &'a mut HashMap<(usize, Branch, usize), SiteStats>,
     pooler: Pooler,
+    /// Where to keep the oracle moments, and the pooler of every token.
+    moments: Option<(&'a mut BTreeMap<Site, Moments>, Pooler)>,
     conditions: &'a [u64],
     overhead: Duration,
     error: Option<EvalError>,
 }
 
 impl Observer<'_> {
+    /// The oracle's statistics: the reference output and the reused one
+    /// before the variant's prior, at a calibrated site.
+    fn keep_moments(&mut self, site: &BranchSite, reused: &Tensor) -> Result<(), EvalError> {
+        let Some((moments, all)) = self.moments.as_mut() else {
+            return Ok(());
+        };
+        let Some(r) = self.reference.get(&(site.block, site.branch)) else {
+            return Ok(());
+        };
+        let n = self.conditions.len();
+        let m = moments
+            .entry(Site::new(site.step, site.branch, site.block))
+            .or_insert_with(|| Moments::new(reused.dim(2).unwrap_or(0)));
+        for ((a, _), (b, _)) in all.halves(r, n)?.into_iter().zip(all.halves(reused, n)?) {
+            m.add_tokens(&a, &b)?;
+        }
+        Ok(())
+    }
+
     fn measure(&mut self, site: &BranchSite, used: &Tensor) -> Result<(), EvalError> {
         let Some(r) = self.reference.get(&(site.block, site.branch)) else {
             return Ok(());
@@ -450,13 +496,12 @@ impl Observer<'_> {
         let rv = r.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         self.distances
             .add_samples(site.step, site.branch.name(), site.block, &u, &rv, n)?;
+        let pooler = self.pooler;
         let st = self
             .pooled
             .entry((site.step, site.branch, site.block))
-            .or_insert_with(|| PairStats::new(used.dim(2).unwrap_or(0)));
-        self.pooler.add(r, self.conditions, Side::Reference, st)?;
-        self.pooler
-            .add(used, self.conditions, Side::Accelerated, st)?;
+            .or_insert_with(|| pooler.stats(used.dim(2).unwrap_or(0)));
+        pooler.add_pair(r, used, self.conditions, st)?;
         Ok(())
     }
 }
@@ -473,6 +518,11 @@ impl Hooks for Observer<'_> {
             let used = replaced.as_ref().unwrap_or(out);
             if let Err(e) = self.measure(site, used) {
                 self.error = Some(e);
+            }
+            if matches!(site.action, Action::Reuse { prior: true, .. }) {
+                if let Err(e) = self.keep_moments(site, out) {
+                    self.error.get_or_insert(e);
+                }
             }
             self.overhead += t0.elapsed();
         }

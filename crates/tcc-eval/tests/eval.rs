@@ -89,11 +89,13 @@ fn full_computation_as_a_variant_is_exactly_full_and_the_cache_is_not() {
             name: "same".into(),
             plan: &full,
             hooks: Box::new(NoHooks),
+            oracle: false,
         },
         Variant {
             name: "cache".into(),
             plan: &p,
             hooks: Box::new(NoHooks),
+            oracle: false,
         },
     ];
     let r = run(&p, &mut variants, None);
@@ -146,7 +148,13 @@ fn scaling_hooks(plan: &Plan, s: f64) -> PriorHooks {
         for block in 0..plan.model.depth {
             for branch in [Branch::Attn, Branch::Mlp] {
                 hooks
-                    .insert((step, branch, block), &prior, 1.0, DType::F32, &Device::Cpu)
+                    .insert(
+                        tcc_calib::Site::new(step, branch, block),
+                        &prior,
+                        1.0,
+                        DType::F32,
+                        &Device::Cpu,
+                    )
                     .unwrap();
             }
         }
@@ -162,16 +170,19 @@ fn variant_hooks_reach_the_run_and_an_identity_prior_changes_nothing() {
             name: "cache".into(),
             plan: &p,
             hooks: Box::new(NoHooks),
+            oracle: false,
         },
         Variant {
             name: "identity".into(),
             plan: &p,
             hooks: Box::new(scaling_hooks(&p, 1.0)),
+            oracle: false,
         },
         Variant {
             name: "halved".into(),
             plan: &p,
             hooks: Box::new(scaling_hooks(&p, 0.5)),
+            oracle: false,
         },
     ];
     let r = run(&p, &mut variants, None);
@@ -222,6 +233,7 @@ fn the_scorer_gives_accuracy_and_fd_per_seed_set() {
         name: "cache".into(),
         plan: &p,
         hooks: Box::new(NoHooks),
+        oracle: false,
     }];
     let r = run(&p, &mut variants, Some(&scorer));
     for v in &r.variants {
@@ -252,6 +264,7 @@ fn plans_of_different_lengths_are_refused() {
         name: "nine".into(),
         plan: &longer,
         hooks: Box::new(NoHooks),
+        oracle: false,
     }];
     let model = model(&p);
     let sets = vec![seed_set(&p, 1, 2, 2)];

@@ -78,6 +78,27 @@ pub struct Trajectory<'a, M: BlockModel> {
     delta: HashMap<(usize, usize), (usize, Tensor)>,
 }
 
+/// A copy of the trajectory at its current step (tensors are shared, not
+/// copied): advancing the copy leaves the original where it was, so a step
+/// can be tried with and without some hooks.
+impl<M: BlockModel> Clone for Trajectory<'_, M> {
+    fn clone(&self) -> Self {
+        Trajectory {
+            model: self.model,
+            plan: self.plan,
+            layout: self.layout.clone(),
+            sampler: self.sampler.clone(),
+            rng: self.rng.clone(),
+            x: self.x.clone(),
+            cond_in: self.cond_in.clone(),
+            mask_in: self.mask_in.clone(),
+            next: self.next,
+            cache: self.cache.clone(),
+            delta: self.delta.clone(),
+        }
+    }
+}
+
 impl<'a, M: BlockModel> Trajectory<'a, M> {
     pub fn new(model: &'a M, plan: &'a Plan, batch: &SampleBatch) -> Result<Self> {
         if model.depth() != plan.model.depth {

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use tcc_core::{Branch, CalibMethod, ModelFamily};
+use tcc_core::{Branch, CalibMethod, ModelFamily, PriorKind, Selection};
 
 use crate::cost::{human_macs, PlanCost};
 use crate::{Action, Plan};
@@ -246,18 +246,40 @@ impl Plan {
             return "none".to_string();
         }
         let steps: Vec<String> = c.steps.iter().map(|s| s.to_string()).collect();
+        let list = |xs: &[String]| xs.join("/");
+        let kinds: Vec<String> = c.kinds().iter().map(|k| k.to_string()).collect();
+        let (how, alpha) = match c.select {
+            Selection::Fixed => (format!("prior {}", list(&kinds)), num(c.alpha)),
+            Selection::Validated => (
+                format!("validated among {}", list(&kinds)),
+                format!(
+                    "0/{}",
+                    list(&c.alpha_grid().into_iter().map(num).collect::<Vec<_>>())
+                ),
+            ),
+        };
+        let mut hyper = String::new();
+        if c.kinds().iter().any(|k| k.uses_ridge()) {
+            let ridge: Vec<String> = c.ridge_grid().into_iter().map(num).collect();
+            let _ = write!(hyper, ", ridge {}", list(&ridge));
+        }
+        if c.kinds().contains(&PriorKind::Lowrank) {
+            let _ = write!(hyper, ", rank {}", c.lowrank_rank());
+        }
+        let validation = match c.validation_samples() {
+            0 => "no validation".to_string(),
+            n => format!("validation {n} samples, seed {}", c.validation_seed()),
+        };
         format!(
-            "tcc {}, steps {}, alpha {}, prior {}, pooling {}, pooled half {}, {} samples, seed {}",
+            "tcc {}, steps {}, alpha {alpha}, {how}{hyper}, pooling {}, pooled half {}, {} samples, seed {}, {validation}",
             kebab(&c.mode),
             if steps.is_empty() {
                 "none".to_string()
             } else {
                 steps.join(",")
             },
-            num(c.alpha),
-            kebab(&c.prior),
-            kebab(&c.pooling),
-            kebab(&c.pooled_half),
+            c.pooling,
+            c.pooled_half,
             c.samples,
             c.seed,
         )

@@ -438,7 +438,7 @@ fn arb_plan() -> impl Strategy<Value = Plan> {
                 any::<bool>(),
                 any::<bool>(),
                 finite(),
-                0usize..3,
+                0usize..6,
                 any::<bool>(),
                 any::<bool>(),
                 0..i64::MAX as u64,
@@ -528,23 +528,44 @@ fn build_plan(
         },
         steps: calibrated,
         alpha,
-        prior: [
-            PriorKind::Procrustes,
-            PriorKind::ScaleShift,
-            PriorKind::Shift,
-        ][prior],
+        prior: PriorKind::ALL[prior].1,
         pooling: if conditions {
             Pooling::Conditions
         } else {
-            Pooling::Tokens
+            Pooling::ALL[(seed % 4) as usize].1
         },
         pooled_half: if uncond {
             CfgHalf::Uncond
         } else {
-            CfgHalf::Cond
+            CfgHalf::ALL[(seed % 3) as usize].1
         },
         samples,
         seed,
+        // The settings added with validated selection, from the seed's bits
+        // (absent in half the plans, as in plans written before them).
+        select: if seed % 2 == 1 {
+            tcc_core::Selection::Validated
+        } else {
+            tcc_core::Selection::Fixed
+        },
+        candidates: if seed % 4 == 3 {
+            vec![PriorKind::Affine, PriorKind::Shift]
+        } else {
+            Vec::new()
+        },
+        alphas: if seed % 8 >= 4 {
+            vec![alpha.abs(), 0.5]
+        } else {
+            Vec::new()
+        },
+        ridge: if seed % 16 >= 8 {
+            vec![0.0, 0.01]
+        } else {
+            Vec::new()
+        },
+        rank: (seed % 32 >= 16).then_some(8),
+        validation_samples: (seed % 64 >= 32).then_some(samples % 1000),
+        validation_seed: (seed % 128 >= 64).then_some(seed / 2),
     };
     Plan {
         source,

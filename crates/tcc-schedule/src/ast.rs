@@ -4,7 +4,7 @@
 //! from the model family's defaults. Nothing here depends on the model.
 
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
 };
 
 use crate::span::Spanned;
@@ -277,4 +277,14 @@ pub struct CalibrationSection {
     pub pooled_half: Option<Spanned<CfgHalf>>,
     pub samples: Option<Spanned<u64>>,
     pub seed: Option<Spanned<u64>>,
+    pub select: Option<Spanned<Selection>>,
+    /// Prior kinds validated selection tries.
+    pub candidates: Option<Spanned<Vec<Spanned<PriorKind>>>>,
+    /// Blends validated selection tries.
+    pub alphas: Option<Spanned<Vec<Spanned<f64>>>>,
+    /// Ridge strengths of `affine` / `lowrank`.
+    pub ridge: Option<Spanned<Vec<Spanned<f64>>>>,
+    pub rank: Option<Spanned<u64>>,
+    pub validation_samples: Option<Spanned<u64>>,
+    pub validation_seed: Option<Spanned<u64>>,
 }

@@ -4,7 +4,9 @@
 use toml::de::{DeTable, DeValue};
 use toml::Spanned as TSpanned;
 
-use tcc_core::{CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind};
+use tcc_core::{
+    CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+};
 
 use crate::ast::*;
 use crate::diag::{Diagnostic, Diagnostics};
@@ -52,6 +54,13 @@ const CALIBRATION_KEYS: &[&str] = &[
     "pooled-half",
     "samples",
     "seed",
+    "select",
+    "candidates",
+    "alphas",
+    "ridge",
+    "rank",
+    "validation-samples",
+    "validation-seed",
 ];
 
 pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, Diagnostics> {
@@ -395,6 +404,36 @@ impl<'t> Cx<'t> {
         None
     }
 
+    /// A non-empty array whose items `item` reads; a lone value is a
+    /// one-item list (`alphas = 0.5`).
+    fn list<T>(
+        &mut self,
+        v: &TValue<'_>,
+        what: &str,
+        item: impl Fn(&mut Self, &TValue<'_>) -> Option<Spanned<T>>,
+    ) -> Option<Spanned<Vec<Spanned<T>>>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            return item(self, v).map(|x| Spanned::new(vec![x], span_of(v)));
+        };
+        if items.is_empty() {
+            self.diags.push(Diagnostic::new(
+                "empty list",
+                span_of(v),
+                format!("expected one or more {what}"),
+            ));
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for x in items.iter() {
+            match item(self, x) {
+                Some(x) => out.push(x),
+                None => ok = false,
+            }
+        }
+        ok.then(|| Spanned::new(out, span_of(v)))
+    }
+
     fn model(&mut self, t: &DeTable<'_>, header: Span) -> Option<Spanned<ModelSection>> {
         let mut source: Option<Spanned<ModelSource>> = None;
         let mut weights = None;
@@ -686,31 +725,20 @@ impl<'t> Cx<'t> {
                 }
                 "steps" => c.steps = self.selector(v, IndexKind::Step),
                 "alpha" => c.alpha = self.float(v),
-                "prior" => {
-                    c.prior = self.choice(
-                        v,
-                        &[
-                            ("procrustes", PriorKind::Procrustes),
-                            ("scale-shift", PriorKind::ScaleShift),
-                            ("shift", PriorKind::Shift),
-                        ],
-                    )
-                }
-                "pooling" => {
-                    c.pooling = self.choice(
-                        v,
-                        &[
-                            ("tokens", Pooling::Tokens),
-                            ("conditions", Pooling::Conditions),
-                        ],
-                    )
-                }
-                "pooled-half" => {
-                    c.pooled_half =
-                        self.choice(v, &[("cond", CfgHalf::Cond), ("uncond", CfgHalf::Uncond)])
-                }
+                "prior" => c.prior = self.choice(v, PriorKind::ALL),
+                "pooling" => c.pooling = self.choice(v, Pooling::ALL),
+                "pooled-half" => c.pooled_half = self.choice(v, CfgHalf::ALL),
                 "samples" => c.samples = self.uint(v),
                 "seed" => c.seed = self.uint(v),
+                "select" => c.select = self.choice(v, Selection::ALL),
+                "candidates" => {
+                    c.candidates = self.list(v, "prior kinds", |cx, x| cx.choice(x, PriorKind::ALL))
+                }
+                "alphas" => c.alphas = self.list(v, "numbers", Cx::float),
+                "ridge" => c.ridge = self.list(v, "numbers", Cx::float),
+                "rank" => c.rank = self.uint(v),
+                "validation-samples" => c.validation_samples = self.uint(v),
+                "validation-seed" => c.validation_seed = self.uint(v),
                 _ => self.unknown_key(k, "[calibration]", CALIBRATION_KEYS),
             }
         }

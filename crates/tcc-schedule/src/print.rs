@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use tcc_core::{CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind};
+use tcc_core::{CalibMethod, CalibMode, CfgOrder};
 
 use crate::ast::*;
 
@@ -124,32 +124,41 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
             kv(&mut out, "alpha", &float(a.value));
         }
         if let Some(p) = &c.prior {
-            let name = match p.value {
-                PriorKind::Procrustes => "procrustes",
-                PriorKind::ScaleShift => "scale-shift",
-                PriorKind::Shift => "shift",
-            };
-            kv(&mut out, "prior", &quote(name));
+            kv(&mut out, "prior", &quote(p.value.as_str()));
         }
         if let Some(p) = &c.pooling {
-            let name = match p.value {
-                Pooling::Tokens => "tokens",
-                Pooling::Conditions => "conditions",
-            };
-            kv(&mut out, "pooling", &quote(name));
+            kv(&mut out, "pooling", &quote(p.value.as_str()));
         }
         if let Some(h) = &c.pooled_half {
-            let name = match h.value {
-                CfgHalf::Cond => "cond",
-                CfgHalf::Uncond => "uncond",
-            };
-            kv(&mut out, "pooled-half", &quote(name));
+            kv(&mut out, "pooled-half", &quote(h.value.as_str()));
         }
         if let Some(n) = &c.samples {
             kv(&mut out, "samples", &n.to_string());
         }
         if let Some(n) = &c.seed {
             kv(&mut out, "seed", &n.to_string());
+        }
+        if let Some(s) = &c.select {
+            kv(&mut out, "select", &quote(s.value.as_str()));
+        }
+        if let Some(list) = &c.candidates {
+            let items: Vec<String> = list.value.iter().map(|k| quote(k.value.as_str())).collect();
+            kv(&mut out, "candidates", &format!("[{}]", items.join(", ")));
+        }
+        for (key, list) in [("alphas", &c.alphas), ("ridge", &c.ridge)] {
+            if let Some(list) = list {
+                let items: Vec<String> = list.value.iter().map(|x| float(x.value)).collect();
+                kv(&mut out, key, &format!("[{}]", items.join(", ")));
+            }
+        }
+        for (key, n) in [
+            ("rank", &c.rank),
+            ("validation-samples", &c.validation_samples),
+            ("validation-seed", &c.validation_seed),
+        ] {
+            if let Some(n) = n {
+                kv(&mut out, key, &n.to_string());
+            }
         }
     }
     out

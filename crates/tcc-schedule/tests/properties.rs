@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
 };
 use tcc_schedule::*;
 
@@ -180,7 +180,12 @@ fn sampler() -> impl Strategy<Value = SamplerSection> {
 }
 
 fn calibration() -> impl Strategy<Value = CalibrationSection> {
-    (
+    let kind =
+        || proptest::sample::select(PriorKind::ALL.iter().map(|&(_, k)| k).collect::<Vec<_>>());
+    let list = |s: BoxedStrategy<f64>| {
+        proptest::option::of(proptest::collection::vec(s.prop_map(sp), 1..4).prop_map(sp))
+    };
+    let settings = (
         opt(prop_oneof![Just(CalibMethod::None), Just(CalibMethod::Tcc)]),
         opt(prop_oneof![
             Just(CalibMode::Consistent),
@@ -188,34 +193,51 @@ fn calibration() -> impl Strategy<Value = CalibrationSection> {
         ]),
         proptest::option::of(selector()),
         opt(toml_float()),
-        opt(prop_oneof![
-            Just(PriorKind::Procrustes),
-            Just(PriorKind::ScaleShift),
-            Just(PriorKind::Shift)
-        ]),
-        opt(prop_oneof![
-            Just(Pooling::Tokens),
-            Just(Pooling::Conditions)
-        ]),
-        opt(prop_oneof![Just(CfgHalf::Cond), Just(CfgHalf::Uncond)]),
+        opt(kind()),
+        opt(proptest::sample::select(
+            Pooling::ALL.iter().map(|&(_, p)| p).collect::<Vec<_>>(),
+        )),
+        opt(proptest::sample::select(
+            CfgHalf::ALL.iter().map(|&(_, h)| h).collect::<Vec<_>>(),
+        )),
         opt(toml_uint()),
         opt(toml_uint()),
+    );
+    let selection = (
+        opt(prop_oneof![
+            Just(Selection::Fixed),
+            Just(Selection::Validated)
+        ]),
+        proptest::option::of(proptest::collection::vec(kind().prop_map(sp), 1..4).prop_map(sp)),
+        list(toml_float().boxed()),
+        list(toml_float().boxed()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+    );
+    (settings, selection).prop_map(
+        |(
+            (method, mode, steps, alpha, prior, pooling, pooled_half, samples, seed),
+            (select, candidates, alphas, ridge, rank, validation_samples, validation_seed),
+        )| CalibrationSection {
+            method,
+            mode,
+            steps,
+            alpha,
+            prior,
+            pooling,
+            pooled_half,
+            samples,
+            seed,
+            select,
+            candidates,
+            alphas,
+            ridge,
+            rank,
+            validation_samples,
+            validation_seed,
+        },
     )
-        .prop_map(
-            |(method, mode, steps, alpha, prior, pooling, pooled_half, samples, seed)| {
-                CalibrationSection {
-                    method,
-                    mode,
-                    steps,
-                    alpha,
-                    prior,
-                    pooling,
-                    pooled_half,
-                    samples,
-                    seed,
-                }
-            },
-        )
 }
 
 fn schedule() -> impl Strategy<Value = Schedule> {

@@ -289,12 +289,23 @@ proptest! {
     }
 }
 
+/// Every `.sched` under `schedules/`, subfolders included.
 fn shipped_schedule() -> impl Strategy<Value = String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules");
-    let mut texts: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+    fn walk(dir: &Path, texts: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path, texts);
+            } else if path.extension().is_some_and(|e| e == "sched") {
+                texts.push(std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut texts = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules"),
+        &mut texts,
+    );
     texts.sort();
     prop::sample::select(texts)
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use tcc_core::{
-    CalibMethod, CalibrationSpec, CfgOrder, ModelFamily, ModelShape, SamplerKind, SamplerSpec,
+    CalibMethod, CalibrationSpec, CfgOrder, ModelFamily, ModelShape, Pooling, PriorKind,
+    SamplerKind, SamplerSpec, Selection,
 };
 use tcc_schedule::eval::eval_selector;
 use tcc_schedule::{
@@ -224,6 +225,12 @@ pub(super) fn resolve_calibration(
                 n.span,
                 "expected at least 1",
             ));
+        } else if n.value > MAX_CALIBRATION_SAMPLES {
+            diags.push(Diagnostic::new(
+                "too many calibration samples",
+                n.span,
+                format!("expected at most {MAX_CALIBRATION_SAMPLES}"),
+            ));
         } else {
             spec.samples = n.value as usize;
         }
@@ -231,6 +238,7 @@ pub(super) fn resolve_calibration(
     if let Some(s) = &c.seed {
         spec.seed = s.value;
     }
+    resolve_priors(c, &mut spec, &mut diags);
 
     let has_reuse = |row: &Vec<Vec<Action>>| {
         row.iter()
@@ -307,3 +315,163 @@ fn not_reuse_steps(bad: &[usize], actions: &[Vec<Vec<Action>>], span: Span) -> D
     Diagnostic::new(format!("calibration {what} {rest}"), span, why)
         .with_help("TCC priors correct reused branch outputs: pick steps where something is reused")
 }
+
+/// The prior families, their hyperparameters and the validation set; checks
+/// that the combination can be fitted before any work starts.
+fn resolve_priors(c: &CalibrationSection, spec: &mut CalibrationSpec, diags: &mut Diagnostics) {
+    if let Some(s) = &c.select {
+        spec.select = s.value;
+    }
+    if let Some(list) = &c.candidates {
+        let mut kinds: Vec<PriorKind> = Vec::new();
+        for k in &list.value {
+            if kinds.contains(&k.value) {
+                diags.push(Diagnostic::new(
+                    format!("prior kind \"{}\" is listed twice", k.value),
+                    k.span,
+                    "already a candidate",
+                ));
+            }
+            kinds.push(k.value);
+        }
+        spec.candidates = kinds;
+        if spec.select != Selection::Validated {
+            diags.push(
+                Diagnostic::new(
+                    "candidates without validated selection",
+                    list.span,
+                    "only `select = \"validated\"` chooses among candidates",
+                )
+                .with_help("add `select = \"validated\"`, or name one kind with `prior`"),
+            );
+        }
+    }
+    let finite_list = |what: &str,
+                       list: &Spanned<Vec<Spanned<f64>>>,
+                       ok: &dyn Fn(f64) -> bool,
+                       expected: &str,
+                       diags: &mut Diagnostics| {
+        let mut out = Vec::new();
+        for x in &list.value {
+            if !x.value.is_finite() || !ok(x.value) {
+                diags.push(Diagnostic::new(
+                    format!("{what} {} is out of range", x.value),
+                    x.span,
+                    expected.to_string(),
+                ));
+            } else {
+                out.push(x.value);
+            }
+        }
+        out
+    };
+    if let Some(list) = &c.alphas {
+        spec.alphas = finite_list(
+            "alpha",
+            list,
+            &|a| a > 0.0 && a <= 4.0,
+            "expected a blend in (0, 4]; 0 (no prior) is always tried",
+            diags,
+        );
+        if spec.select != Selection::Validated {
+            diags.push(
+                Diagnostic::new(
+                    "alphas without validated selection",
+                    list.span,
+                    "only `select = \"validated\"` chooses among blends",
+                )
+                .with_help("add `select = \"validated\"`, or give one blend with `alpha`"),
+            );
+        }
+    }
+    if let Some(list) = &c.ridge {
+        spec.ridge = finite_list(
+            "ridge",
+            list,
+            &|g| (0.0..=1e6).contains(&g),
+            "expected a strength in [0, 1e6] (λ = ridge · tr(Cov_B) / D)",
+            diags,
+        );
+    }
+    if let Some(r) = &c.rank {
+        if r.value == 0 || r.value > 65_536 {
+            diags.push(Diagnostic::new(
+                "lowrank rank out of range",
+                r.span,
+                "expected 1 to 65536 (it is capped at the branch width)",
+            ));
+        } else {
+            spec.rank = Some(r.value as usize);
+        }
+    }
+    if let Some(n) = &c.validation_samples {
+        if n.value > MAX_CALIBRATION_SAMPLES {
+            diags.push(Diagnostic::new(
+                "too many validation samples",
+                n.span,
+                format!("expected at most {MAX_CALIBRATION_SAMPLES}"),
+            ));
+        } else {
+            spec.validation_samples = Some(n.value as usize);
+        }
+    }
+    if let Some(s) = &c.validation_seed {
+        spec.validation_seed = Some(s.value);
+    }
+    if spec.validation_seed() == spec.seed {
+        let span = c
+            .validation_seed
+            .as_ref()
+            .map(|s| s.span)
+            .or(c.seed.as_ref().map(|s| s.span));
+        if let Some(span) = span {
+            diags.push(Diagnostic::new(
+                "the validation seed is the calibration seed",
+                span,
+                "validation samples must be held out from calibration",
+            ));
+        }
+    }
+    let kinds = spec.kinds();
+    if spec.pooling == Pooling::Conditions {
+        if let Some(k) = kinds.iter().find(|k| !k.is_similarity()) {
+            let span = c
+                .pooling
+                .as_ref()
+                .map_or_else(|| c.prior.as_ref().map(|p| p.span), |p| Some(p.span));
+            if let Some(span) = span {
+                diags.push(
+                    Diagnostic::new(
+                        format!("prior \"{k}\" cannot use `conditions` pooling"),
+                        span,
+                        "per-token means are kept only by procrustes, scale-shift and shift",
+                    )
+                    .with_help("use pooling = \"none\" (every token a row) or \"samples\""),
+                );
+            }
+        }
+    }
+    if spec.validation_chooses() && spec.validation_samples() == 0 {
+        let span = c
+            .validation_samples
+            .as_ref()
+            .map(|n| n.span)
+            .or(c.select.as_ref().map(|s| s.span))
+            .or(c.prior.as_ref().map(|p| p.span));
+        if let Some(span) = span {
+            diags.push(
+                Diagnostic::new(
+                    "nothing to validate on",
+                    span,
+                    "validated selection (or choosing among several ridge strengths) needs validation samples",
+                )
+                .with_help("set validation-samples to 1 or more, or give a single `ridge` value"),
+            );
+        }
+    }
+}
+
+/// The most calibration or validation samples a schedule may ask for: far
+/// beyond the paper's 100 000 latents, far below what would overflow a
+/// buffer size.
+pub const MAX_CALIBRATION_SAMPLES: u64 = 100_000_000;
