@@ -27,7 +27,4 @@ pub use reference::{
 };
 pub use tiny_dit::{tiny_dit, TINY_DIT_CONFIG, TINY_DIT_TRAINING};
 
-/// Seed of the training split of the shapes data set.
-pub const TRAIN_SEED: u64 = 0;
-/// Seed of the held-out split.
-pub const HELDOUT_SEED: u64 = 1;
+pub use tcc_data::{HELDOUT_SEED, TRAIN_SEED};
