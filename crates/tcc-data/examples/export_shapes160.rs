@@ -1,8 +1,11 @@
 //! Writes images of the 160-class data set as safetensors for the PyTorch
 //! training script (`tools/train/train_tiny_dit.py`): `images` u8
 //! `[N, 1, 64, 64]` (`tcc_data::to_u8` of the `[-1, 1]` values), `labels`
-//! i64 `[N]`, and metadata naming the data set, seed, first index and the
-//! latent map the trainer applies (`haar2x2`, `tcc_data::haar_fold`).
+//! i64 `[N]`, metadata naming the data set, seed, first index and the
+//! latent map the trainer applies (`haar2x2`, `tcc_data::haar_fold`), and
+//! `check_latents` f32 `[min(N, 16), 4, 32, 32]`: this crate's fold of the
+//! first images as the trainer reads them (`u8 / 127.5 - 1`), which the
+//! trainer's own fold must reproduce.
 //!
 //! ```text
 //! export_shapes160 OUT N [--seed S] [--start I] [--threads T]
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use safetensors::tensor::{Dtype, TensorView};
-use tcc_data::{to_u8, Shapes160, TRAIN_SEED};
+use tcc_data::{haar_fold, to_u8, Shapes160, TRAIN_SEED};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -67,7 +70,21 @@ fn main() -> Result<(), Error> {
         }
     });
     let side = Shapes160::SIZE;
+    let k = n.min(16);
+    let first: Vec<f32> = pixels[..k * len]
+        .iter()
+        .map(|&p| p as f32 / 127.5 - 1.0)
+        .collect();
+    let check: Vec<u8> = haar_fold(&first, [k, 1, side, side])?
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let [lc, lh, lw] = Shapes160::LATENT_SHAPE;
     let tensors = vec![
+        (
+            "check_latents",
+            TensorView::new(Dtype::F32, vec![k, lc, lh, lw], &check)?,
+        ),
         (
             "images",
             TensorView::new(Dtype::U8, vec![n, 1, side, side], &pixels)?,
