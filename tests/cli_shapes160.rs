@@ -34,7 +34,12 @@ fn untrained_model_is_a_clear_error() {
     let grid = dir.path().join("grid.png");
     let priors = dir.path().join("p.safetensors");
     for args in [
-        vec!["sample", "schedules/shapes160-full.sched", "--grid", grid.to_str().unwrap()],
+        vec![
+            "sample",
+            "schedules/shapes160-full.sched",
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
         vec!["eval", "schedules/shapes160-fora3.sched", "--n", "2"],
         vec![
             "calibrate",
@@ -78,8 +83,14 @@ fn random_weights_sample_and_decode_latents() {
     ]);
     let stdout = assert_ok(&out);
     assert!(stdout.contains("sampled 2 x shapes160"), "{stdout}");
-    assert!(!stdout.contains("testbed metrics"), "random weights are not scored: {stdout}");
+    assert!(
+        !stdout.contains("testbed metrics"),
+        "random weights are not scored: {stdout}"
+    );
     let img = image::open(&grid).unwrap();
     // Two 64x64 samples side by side, each pixel drawn 4x4, 2 px padding.
-    assert_eq!((img.width(), img.height()), (2 * (4 * 64 + 2) + 2, 4 * 64 + 4));
+    assert_eq!(
+        (img.width(), img.height()),
+        (2 * (4 * 64 + 2) + 2, 4 * 64 + 4)
+    );
 }

@@ -126,13 +126,14 @@ fn load_dit(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
             let Some(testbed) = tcc_testbed::Testbed::from_name(&plan.model.name) else {
                 return Err(no_weights(plan));
             };
-            let model = tcc_testbed::embedded_dit(testbed, DType::F32, &device).map_err(|e| match e {
-                // Not trained yet: the user has to act (exit 2), as for missing weights.
-                tcc_testbed::TestbedError::NotTrained { .. } => {
-                    CliError::input(format!("{}: {e}", plan.source))
-                }
-                e => CliError::Failure(format!("the embedded testbed model: {e}")),
-            })?;
+            let model =
+                tcc_testbed::embedded_dit(testbed, DType::F32, &device).map_err(|e| match e {
+                    // Not trained yet: the user has to act (exit 2), as for missing weights.
+                    tcc_testbed::TestbedError::NotTrained { .. } => {
+                        CliError::input(format!("{}: {e}", plan.source))
+                    }
+                    e => CliError::Failure(format!("the embedded testbed model: {e}")),
+                })?;
             let got = model.config();
             let same = (got.depth, got.hidden, got.heads, got.patch, got.input_size)
                 == (cfg.depth, cfg.hidden, cfg.heads, cfg.patch, cfg.input_size)

@@ -112,8 +112,8 @@ pub fn write_grid_png(
         image::codecs::png::CompressionType::Best,
         image::codecs::png::FilterType::Adaptive,
     )
-        .write_image(&pixels, img.width(), img.height(), colour)
-        .map_err(|e| err(e.to_string()))?;
+    .write_image(&pixels, img.width(), img.height(), colour)
+    .map_err(|e| err(e.to_string()))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

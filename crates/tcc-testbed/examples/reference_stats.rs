@@ -45,7 +45,9 @@ fn real(
     first: u64,
     n: usize,
 ) -> Result<FeatureStats, Error> {
-    stats_of(model, n, |s, m| testbed.real_batch(seed, first + s as u64, m).0)
+    stats_of(model, n, |s, m| {
+        testbed.real_batch(seed, first + s as u64, m).0
+    })
 }
 
 fn main() -> Result<(), Error> {

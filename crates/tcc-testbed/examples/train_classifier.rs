@@ -89,7 +89,10 @@ fn main() -> Result<(), Error> {
     });
     let device = Device::Cpu;
     let varmap = Classifier::seeded_varmap(testbed, CLASSIFIER_SEED, &device)?;
-    let model = Classifier::new(testbed, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let model = Classifier::new(
+        testbed,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
     let params = ParamsAdamW {
         lr: PEAK_LR,
         weight_decay: 1e-4,

@@ -81,8 +81,8 @@ impl Testbed {
         match self {
             Testbed::Tiny => Ok((values.to_vec(), h)),
             Testbed::Shapes160 => {
-                let grey = tcc_data::haar_unfold(values, [n, c, h, w])
-                    .map_err(|e| err(e.to_string()))?;
+                let grey =
+                    tcc_data::haar_unfold(values, [n, c, h, w]).map_err(|e| err(e.to_string()))?;
                 let plane = 4 * h * w;
                 let rgb = grey
                     .chunks_exact(plane)

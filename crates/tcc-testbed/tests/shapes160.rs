@@ -22,7 +22,10 @@ fn embedded_classifier_is_accurate_on_heldout_latents() {
     let pred = model.predict(&inputs(x, 320)).unwrap();
     let correct = pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
     assert!(correct >= 304, "{correct}/320 correct, expected >= 95%");
-    assert_eq!(model.logits(&inputs(vec![0.0; 4096], 1)).unwrap().dims(), [1, 160]);
+    assert_eq!(
+        model.logits(&inputs(vec![0.0; 4096], 1)).unwrap().dims(),
+        [1, 160]
+    );
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn reference_stats_match_the_embedded_classifier() {
     assert_eq!(stats.dim(), FEATURE_DIM);
     assert_eq!(stats.n(), 5000);
     assert_eq!(meta["classifier_sha256"], Classifier::embedded_sha256(TB));
-    assert_ne!(meta["classifier_sha256"], Classifier::embedded_sha256(Testbed::Tiny));
+    assert_ne!(
+        meta["classifier_sha256"],
+        Classifier::embedded_sha256(Testbed::Tiny)
+    );
     assert_eq!(meta["testbed"], "shapes160");
     assert_eq!(meta["seed"], HELDOUT_SEED.to_string());
     assert_eq!(meta["start"], REFERENCE_START.to_string());
@@ -56,7 +62,9 @@ fn frechet_distance_separates_real_from_wrong_latents() {
     let (x, _) = TB.real_batch(HELDOUT_SEED, REFERENCE_START + 20_000, n);
     let fd = |x: Vec<f32>| {
         let mut stats = FeatureStats::new(FEATURE_DIM);
-        model.accumulate_features(&mut stats, &inputs(x, n)).unwrap();
+        model
+            .accumulate_features(&mut stats, &inputs(x, n))
+            .unwrap();
         stats.frechet_distance(&reference).unwrap()
     };
     let sorted: Vec<f32> = x
@@ -68,7 +76,10 @@ fn frechet_distance_separates_real_from_wrong_latents() {
         })
         .collect();
     let (real, wrong) = (fd(x), fd(sorted));
-    assert!(real * 10.0 < wrong, "FD real {real:.3} vs sorted {wrong:.3}");
+    assert!(
+        real * 10.0 < wrong,
+        "FD real {real:.3} vs sorted {wrong:.3}"
+    );
 }
 
 /// The forward pass against an independent PyTorch float64 implementation
@@ -149,13 +160,19 @@ fn dit_config_is_the_preset() {
     let file: serde_json::Value = serde_json::from_str(tcc_testbed::SHAPES160_DIT_CONFIG).unwrap();
     let u = |k: &str| file[k].as_u64().unwrap() as usize;
     assert_eq!(u("num_layers"), cfg.depth);
-    assert_eq!(u("num_attention_heads") * u("attention_head_dim"), cfg.hidden);
+    assert_eq!(
+        u("num_attention_heads") * u("attention_head_dim"),
+        cfg.hidden
+    );
     assert_eq!(u("num_attention_heads"), cfg.heads);
     assert_eq!(u("patch_size"), cfg.patch);
     assert_eq!(u("sample_size"), cfg.input_size);
     assert_eq!((u("in_channels"), u("out_channels")), (4, 4));
     assert_eq!(u("num_embeds_ada_norm"), TB.classes());
-    assert!(cfg.hidden <= TB.classes(), "class rows can span the hidden space");
+    assert!(
+        cfg.hidden <= TB.classes(),
+        "class rows can span the hidden space"
+    );
     assert!(cfg.depth >= 12);
 }
 
@@ -169,7 +186,10 @@ fn embedded_dit_is_trained_or_says_how_to_train_it() {
     let dev = Device::Cpu;
     match embedded_dit(TB, DType::F32, &dev) {
         Err(e) => {
-            assert!(!weights.exists(), "weights exist but were not embedded: {e}");
+            assert!(
+                !weights.exists(),
+                "weights exist but were not embedded: {e}"
+            );
             assert!(matches!(e, TestbedError::NotTrained { .. }), "{e}");
             let text = e.to_string();
             for part in [
@@ -186,7 +206,9 @@ fn embedded_dit_is_trained_or_says_how_to_train_it() {
             use tcc_model::BlockModel;
             let from_dir = tcc_model::Dit::load(&dir, None, DType::F32, &dev).unwrap();
             let x = Tensor::from_vec(
-                (0..2 * 4096).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect(),
+                (0..2 * 4096)
+                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                    .collect(),
                 (2, 4, 32, 32),
                 &dev,
             )
