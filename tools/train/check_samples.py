@@ -51,7 +51,9 @@ def proxy_classifier(images, labels, dev, steps=1500, batch=256, seed=0):
 
 
 @torch.no_grad()
-def ddim_sample(model, classes, guidance, steps, dev, seed):
+def ddim_sample(model, classes, guidance, steps, dev, seed, clip=True):
+    """DDIM (eta 0) with guidance on every channel; `clip` clamps the
+    result to [-1, 1] (images; latents are returned as they are)."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     ac = torch.cumprod(1.0 - betas, 0).float().to(dev)
     ts = [round(i * 999 / (steps - 1)) for i in range(steps)][::-1]
@@ -70,7 +72,7 @@ def ddim_sample(model, classes, guidance, steps, dev, seed):
         a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
         x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clip else x
 
 
 def main():

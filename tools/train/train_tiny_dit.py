@@ -1,12 +1,15 @@
-"""Train the embedded default model: a tiny class-conditional DiT on the
-procedural shapes dataset (crates/tcc-data), in diffusers layout.
+"""Train the testbeds' class-conditional DiTs on the procedural shapes data
+sets (crates/tcc-data), in diffusers layout: the embedded default model
+`tiny` (below) and `shapes160` (tools/train/shapes160_gpu.sh runs this
+script with --layers 12 on the 160-class data, whose 64x64 grey images it
+folds into 4x32x32 Haar latents as the data file's metadata asks).
 
 Reproducible for a seed on a given device. The shipped weights
 (crates/tcc-testbed/assets/tiny-dit, see training.json there and
 docs/testbed.md) come from two stages on one GPU; run from the repository
 root:
 
-    cargo run --release -p tcc-data --example export_dataset -- target/shapes.safetensors 60000
+    cargo run --release -p tcc-testbed --example export_dataset -- target/shapes.safetensors 60000
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --out <stage1> \
         --device cuda --patch 2 --batch 128 --lr-schedule constant --steps 3175
     python3 tools/train/train_tiny_dit.py --data target/shapes.safetensors --init <stage1> \
@@ -17,8 +20,10 @@ the assets folder (training.json there records both stages).
 On our 2-core CPU one such step took 9.3 s (measured under load): ~18 h in all.
 
 It writes <out>/config.json and <out>/diffusion_pytorch_model.safetensors (the
-EMA weights) and <out>/training.json (what was run, losses, wall time).
-Requires torch and diffusers from PyPI.
+EMA weights; in shards of at most --shard-size) and <out>/training.json (what
+was run, losses, wall time). With --steps 0 it fits the run into --minutes:
+it times steps 20..60, then fixes the step count (recorded, so
+--steps N replays it). Requires torch and diffusers from PyPI.
 """
 
 import argparse
@@ -29,9 +34,54 @@ import pathlib
 import time
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffusers import DiTTransformer2DModel
+
+# Steps timed by --steps 0 before the step count is fixed: after the first
+# 20 (allocator and kernel warm-up), the next 40.
+AUTO_STEPS_WINDOW = (20, 60)
+
+
+def haar_fold(x):
+    """tcc-data's latent map (`tcc_data::haar_fold`): each 2x2 block a b / c d
+    of channel k becomes channels 4k..4k+4 = (a+b+c+d)/2, (a+b-c-d)/2,
+    (a-b+c-d)/2, (a-b-c+d)/2, summed in the same order as the Rust code."""
+    n, c, h, w = x.shape
+    a, b = x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2]
+    cc, d = x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]
+    out = torch.stack([
+        0.5 * ((a + b) + (cc + d)),
+        0.5 * ((a + b) - (cc + d)),
+        0.5 * ((a - b) + (cc - d)),
+        0.5 * ((a - b) - (cc - d)),
+    ], dim=2)
+    return out.reshape(n, 4 * c, h // 2, w // 2)
+
+
+def load_data(path):
+    """Images as model inputs in [-1, 1] (folded when the file's metadata
+    says `latent = haar2x2`), labels, and the metadata. A file with
+    `check_latents` (the Rust fold of its first images) must agree with
+    this script's fold."""
+    data = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    images = data["images"].float() / 127.5 - 1.0
+    latent = meta.get("latent")
+    if latent == "haar2x2":
+        images = haar_fold(images)
+        if "check_latents" in data:
+            want = data["check_latents"]
+            got = images[: len(want)]
+            err = (got - want).abs().max().item()
+            if err > 1e-6:
+                raise SystemExit(f"{path}: this script's haar_fold differs from tcc-data's by {err}")
+            print(f"haar_fold agrees with tcc-data on {len(want)} images (max diff {err:.1e})")
+    elif latent is not None:
+        raise SystemExit(f"{path}: unknown latent map {latent!r}")
+    return images, data["labels"].long(), meta
 
 
 def tie_embedders(model):
@@ -75,20 +125,23 @@ def dit_init(model):
         torch.nn.init.zeros_(layer.bias)
 
 
-def save(ema, out):
+def save(ema, out, shard_size):
     """Save untied copies so the on-disk layout is plain diffusers."""
     out.mkdir(parents=True, exist_ok=True)
     copy_ = copy.deepcopy(ema)
     untie_embedders(copy_)
-    copy_.save_pretrained(out, safe_serialization=True)
+    copy_.save_pretrained(out, safe_serialization=True, max_shard_size=shard_size)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="safetensors with `images` u8 [N,3,32,32] and `labels` i64 [N]")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=5000, help="optimizer steps (the LR schedule spans them)")
-    ap.add_argument("--minutes", type=float, default=90.0, help="safety cap on wall-clock time; stopping early is recorded")
+    ap.add_argument("--steps", type=int, default=5000,
+                    help="optimizer steps (the LR schedule spans them); 0 = as many as fit --minutes, timed on steps 20..60")
+    ap.add_argument("--minutes", type=float, default=90.0, help="cap on the training loop's wall-clock time; stopping early is recorded")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass (cuda); weights, optimizer and EMA stay f32")
+    ap.add_argument("--shard-size", default="10GB", help="largest weights file (diffusers max_shard_size), e.g. 10MB")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--init", help="start from these diffusers-layout weights (a previous run's output) instead of a seeded initialisation")
@@ -110,11 +163,13 @@ def main():
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    data = load_file(args.data)
-    images = (data["images"].float() / 127.5 - 1.0).to(dev)
-    labels = data["labels"].long().to(dev)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    images, labels, meta = load_data(args.data)
+    images, labels = images.to(dev), labels.to(dev)
     n, c, h, w = images.shape
-    num_classes = int(labels.max()) + 1
+    num_classes = int(meta.get("classes", int(labels.max()) + 1))
 
     model = DiTTransformer2DModel(
         num_attention_heads=args.heads,
@@ -154,9 +209,24 @@ def main():
     start = time.time()
     losses = []
     step = 0
+    steps = args.steps if args.steps > 0 else 10**9
+    auto = None
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
     model.train()
-    while step < args.steps and time.time() - start < budget:
-        frac = step / args.steps
+    while step < steps and time.time() - start < budget:
+        if args.steps == 0 and step in AUTO_STEPS_WINDOW:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if step == AUTO_STEPS_WINDOW[0]:
+                window_start = time.time()
+            else:
+                per_step = (time.time() - window_start) / (AUTO_STEPS_WINDOW[1] - AUTO_STEPS_WINDOW[0])
+                left = budget - (time.time() - start)
+                # 3% headroom for EMA updates, logging and timing noise.
+                steps = step + max(1, int(0.97 * left / per_step))
+                auto = {"seconds_per_step": round(per_step, 5), "steps": steps}
+                print(f"timed {per_step * 1e3:.1f} ms per step: {steps} steps fit {args.minutes} minutes", flush=True)
+        frac = step / steps
         # Short warm-up, then cosine decay over the step budget (step-based so
         # that a run is reproducible whatever else the machine is doing).
         lr = args.lr * min(1.0, (step + 1) / 200)
@@ -171,7 +241,8 @@ def main():
         eps = torch.randn(x0.shape, generator=gen).to(dev)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        pred = model(xt, timestep=t, class_labels=y).sample
+        with autocast:
+            pred = model(xt, timestep=t, class_labels=y).sample.float()
         if args.min_snr > 0:
             # min-SNR-gamma for epsilon prediction: weight min(SNR, g) / SNR.
             snr = (ab / (1 - ab)).view(-1)
@@ -192,14 +263,16 @@ def main():
             losses[-50:] = [float(v) for v in losses[-50:]]
             recent = sum(losses[-50:]) / 50
             print(f"step {step} loss {recent:.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
-        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
-            save(ema, pathlib.Path(args.out) / f"step-{step}")
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
+            save(ema, pathlib.Path(args.out) / f"step-{step}", args.shard_size)
 
     out = pathlib.Path(args.out)
-    save(ema, out)
+    save(ema, out, args.shard_size)
     summary = {
         "steps": step,
-        "steps_planned": args.steps,
+        "steps_planned": steps if args.steps > 0 or auto else args.steps,
+        "auto_steps": auto,
+        "bf16": args.bf16,
         "init": args.init,
         "min_snr": args.min_snr,
         "batch": args.batch,
@@ -215,7 +288,9 @@ def main():
         "seed": args.seed,
         "threads": args.threads,
         "data": str(args.data),
+        "data_metadata": meta,
         "images": n,
+        "num_classes": num_classes,
         "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -331,8 +331,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             labels: inputs.labels.clone(),
         });
     }
-    let scorer = if first.model.name == "tiny" && args.model.random_weights.is_none() {
-        Some(TestbedScorer::new()?)
+    let scorer = if args.model.random_weights.is_none() {
+        TestbedScorer::for_model(&first.model.name)?
     } else {
         None
     };

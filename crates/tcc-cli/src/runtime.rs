@@ -81,7 +81,7 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 }
 
 /// The model a plan names: the schedule's `weights`, the embedded testbed
-/// model for `tiny`, or random weights when asked for.
+/// model for `tiny` / `shapes160`, or random weights when asked for.
 pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<AnyModel, CliError> {
     match plan.model.family {
         ModelFamily::Dit => load_dit(plan, args).map(AnyModel::Dit),
@@ -122,22 +122,31 @@ fn load_dit(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
         Some(path) => {
             Dit::load(Path::new(path), Some(&cfg), DType::F32, &device).map_err(CliError::input)
         }
-        None if plan.model.name == "tiny" => {
-            let model = tcc_testbed::tiny_dit(DType::F32, &device)
-                .map_err(|e| CliError::Failure(format!("the embedded testbed model: {e}")))?;
+        None => {
+            let Some(testbed) = tcc_testbed::Testbed::from_name(&plan.model.name) else {
+                return Err(no_weights(plan));
+            };
+            let model =
+                tcc_testbed::embedded_dit(testbed, DType::F32, &device).map_err(|e| match e {
+                    // Not trained yet: the user has to act (exit 2), as for missing weights.
+                    tcc_testbed::TestbedError::NotTrained { .. } => {
+                        CliError::input(format!("{}: {e}", plan.source))
+                    }
+                    e => CliError::Failure(format!("the embedded testbed model: {e}")),
+                })?;
             let got = model.config();
             let same = (got.depth, got.hidden, got.heads, got.patch, got.input_size)
                 == (cfg.depth, cfg.hidden, cfg.heads, cfg.patch, cfg.input_size)
                 && (got.in_channels, got.out_channels, got.num_classes)
                     == (cfg.in_channels, cfg.out_channels, cfg.num_classes);
             if !same {
-                return Err(CliError::Failure(
-                    "the embedded testbed model does not have the `tiny` preset's shape".into(),
-                ));
+                return Err(CliError::Failure(format!(
+                    "the embedded testbed model does not have the `{}` preset's shape",
+                    plan.model.name
+                )));
             }
             Ok(model)
         }
-        None => Err(no_weights(plan)),
     }
 }
 

@@ -22,8 +22,8 @@ Examples:
 
 The same --seed gives the same samples: sample i's noise is the i-th draw of
 the seed's stream whatever the batch size. Without --class, sample i has
-class i mod (number of classes). Schedules naming the `tiny` model without
-weights use the embedded testbed model. --model takes the model from a folder,
+class i mod (number of classes). Schedules naming the `tiny` or `shapes160`
+model without weights use the embedded testbed model. --model takes the model from a folder,
 a checkpoint or a Hugging Face Hub repository instead of the schedule's
 [model] section (docs/pixart.md).";
 
@@ -89,7 +89,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // Pixel-space models sample images; latent models need the pipeline's
     // VAE, checked before sampling so a missing one fails fast.
     let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
-    let vae = if writes_images && plan.model.in_channels != 3 {
+    // A testbed's latents (shapes160) decode without a VAE.
+    let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
+    let vae = if writes_images && plan.model.in_channels != 3 && testbed.is_none() {
         let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
             CliError::input(format!(
                 "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
@@ -120,8 +122,12 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         1e3 * time.as_secs_f64() / (args.n * plan.steps.len()) as f64
     )?;
 
-    if plan.model.name == "tiny" && plan.weights.is_none() && args.model.random_weights.is_none() {
-        let scorer = TestbedScorer::new()?;
+    let scorer = if plan.weights.is_none() && args.model.random_weights.is_none() {
+        TestbedScorer::for_model(&plan.model.name)?
+    } else {
+        None
+    };
+    if let Some(scorer) = scorer {
         if args.n >= 2 {
             let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
             writeln!(
@@ -165,7 +171,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         let s = plan.model.input_size;
         let out = match &vae {
-            None => (flat(&x)?, s),
+            None => match testbed {
+                Some(tb) => tb.to_images(&flat(&x)?, args.n).map_err(CliError::input)?,
+                None => (flat(&x)?, s),
+            },
             Some(vae) => {
                 let bar = crate::runtime::progress("decoding", args.n as u64);
                 let img = vae

@@ -1,34 +1,42 @@
-//! Scoring samples of the embedded testbed model: the testbed classifier's
+//! Scoring samples of an embedded testbed model: the testbed classifier's
 //! predictions and features, against the real data's feature statistics.
 
 use candle_core::{DType, Device, Tensor};
 use tcc_eval::Scorer;
 use tcc_metrics::FeatureStats;
+use tcc_testbed::Testbed;
 
 use crate::common::CliError;
 
-/// The testbed classifier and the real data's feature statistics.
+/// A testbed's classifier and the real data's feature statistics.
 pub struct TestbedScorer {
+    testbed: Testbed,
     classifier: tcc_testbed::Classifier,
     reference: FeatureStats,
 }
 
 impl TestbedScorer {
-    pub fn new() -> Result<TestbedScorer, CliError> {
+    /// The scorer of the testbed whose model is `model` (`tiny`,
+    /// `shapes160`), if it is one.
+    pub fn for_model(model: &str) -> Result<Option<TestbedScorer>, CliError> {
+        let Some(testbed) = Testbed::from_name(model) else {
+            return Ok(None);
+        };
         let fail =
             |e: &dyn std::fmt::Display| CliError::Failure(format!("testbed classifier: {e}"));
-        Ok(TestbedScorer {
-            classifier: tcc_testbed::Classifier::load_embedded(&Device::Cpu)
+        Ok(Some(TestbedScorer {
+            testbed,
+            classifier: tcc_testbed::Classifier::load_embedded(testbed, &Device::Cpu)
                 .map_err(|e| fail(&e))?,
-            reference: tcc_testbed::reference_stats().map_err(|e| fail(&e))?,
-        })
+            reference: tcc_testbed::reference_stats(testbed).map_err(|e| fail(&e))?,
+        }))
     }
 }
 
 impl Scorer for TestbedScorer {
     fn score(&self, x: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String> {
         let go = || -> Result<(Vec<f64>, Vec<usize>), Box<dyn std::error::Error>> {
-            let images = x.clamp(-1f32, 1f32)?;
+            let images = self.testbed.clamp_to_data_range(x)?;
             let (mut features, mut predicted) = (Vec::new(), Vec::new());
             let n = images.dim(0)?;
             let mut start = 0;
@@ -52,7 +60,7 @@ impl Scorer for TestbedScorer {
 
 impl TestbedScorer {
     /// Fréchet distance to real data and class accuracy of final samples
-    /// `x` (`[n, 3, 32, 32]`) generated for `labels`.
+    /// `x` (the model's outputs) generated for `labels`.
     pub fn fd_and_accuracy(&self, x: &Tensor, labels: &[u32]) -> Result<(f64, f64), CliError> {
         let (features, predicted) = self.score(x).map_err(CliError::Failure)?;
         let mut stats = FeatureStats::new(self.reference.dim());

@@ -133,6 +133,14 @@ impl ModelShape {
                 num_classes: 10,
                 ..dit(6, 128, 4, 2, 32)
             },
+            // The second embedded testbed: 160 classes, 4x32x32 Haar latents
+            // of grey 64x64 images, no learned sigma; hidden width 128 <= 160
+            // classes, like the paper's regime of many class rows.
+            "shapes160" => ModelShape {
+                out_channels: 4,
+                num_classes: 160,
+                ..dit(12, 128, 4, 2, 32)
+            },
             "dit-s-2-256" => dit(12, 384, 6, 2, 32),
             "dit-b-2-256" => dit(12, 768, 12, 2, 32),
             "dit-l-2-256" => dit(24, 1024, 16, 2, 32),
@@ -147,6 +155,7 @@ impl ModelShape {
     /// Names accepted by [`ModelShape::preset`].
     pub const PRESETS: &'static [&'static str] = &[
         "tiny",
+        "shapes160",
         "dit-s-2-256",
         "dit-b-2-256",
         "dit-l-2-256",

@@ -86,8 +86,9 @@ pub fn grid_image(images: &[f32], shape: [usize; 4], grid: Grid) -> Result<RgbIm
 }
 
 /// Writes `images` (`[n, c, h, w]`, values in `[-1, 1]`) as a PNG grid with
-/// `nrow` images per row. Atomic: the PNG is written to a temporary file in
-/// the same directory and renamed over `path`.
+/// `nrow` images per row; one-channel images as a greyscale PNG (a third of
+/// the bytes). Atomic: the PNG is written to a temporary file in the same
+/// directory and renamed over `path`.
 pub fn write_grid_png(
     path: &Path,
     images: &[f32],
@@ -99,15 +100,20 @@ pub fn write_grid_png(
         path: path.to_path_buf(),
         message,
     };
+    let (pixels, colour) = if shape[1] == 1 {
+        let grey = img.pixels().map(|p| p.0[0]).collect();
+        (grey, image::ExtendedColorType::L8)
+    } else {
+        (img.as_raw().clone(), image::ExtendedColorType::Rgb8)
+    };
     let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| err(e.to_string()))?;
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(&pixels, img.width(), img.height(), colour)
+    .map_err(|e| err(e.to_string()))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

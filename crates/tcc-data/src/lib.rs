@@ -7,19 +7,33 @@
 //! range diffusion models work in. The class of sample `i` is `i % 10`, so
 //! every run of ten consecutive indices holds each class once.
 //!
+//! [`Shapes160`] is the second testbed's data set: 160 classes (20 shapes x
+//! size band x polarity x background) of grey 64x64 images, used in the
+//! latent form of [`haar_fold`] (4 x 32 x 32).
+//!
 //! [`write_grid_png`] writes a batch as one PNG grid. See `docs/testbed.md`.
 
 mod grid;
+mod latent;
 mod rng;
 mod shapes;
+mod shapes160;
 
 use std::path::PathBuf;
 
 pub use grid::{grid_image, to_u8, write_grid_png, Grid};
-pub use shapes::{CLASS_NAMES, NUM_CLASSES};
+pub use latent::{haar_fold, haar_unfold};
+pub use shapes::{CLASS_NAMES, NUM_CLASSES, NUM_SHAPES, SHAPE_NAMES};
+pub use shapes160::{ClassFactors, Shapes160};
 
 use rng::Rng;
 use shapes::{coverage, rotation_range, Placement};
+
+/// Seed of the testbeds' training split (the DiTs and the classifiers train
+/// on `Dataset::new(TRAIN_SEED)` / `Shapes160::new(TRAIN_SEED)`).
+pub const TRAIN_SEED: u64 = 0;
+/// Seed of the held-out split (classifier accuracy, reference statistics).
+pub const HELDOUT_SEED: u64 = 1;
 
 /// Image side in pixels.
 pub const IMAGE_SIZE: usize = 32;

@@ -17,8 +17,14 @@ pub(crate) struct Rng {
 
 impl Rng {
     pub(crate) fn new(seed: u64, index: u64) -> Self {
+        Self::with_stream(0x5EED_0000_DA7A_0001, seed, index)
+    }
+
+    /// The stream of `(seed, index)` in the family `stream`: data sets with
+    /// different `stream` constants draw unrelated samples for equal seeds.
+    pub(crate) fn with_stream(stream: u64, seed: u64, index: u64) -> Self {
         Self {
-            state: mix(mix(seed ^ 0x5EED_0000_DA7A_0001).wrapping_add(index.wrapping_mul(GOLDEN))),
+            state: mix(mix(seed ^ stream).wrapping_add(index.wrapping_mul(GOLDEN))),
         }
     }
 

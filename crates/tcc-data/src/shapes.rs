@@ -1,13 +1,28 @@
-//! The ten shape classes, as inside-tests in a unit frame, and their
-//! anti-aliased rasterisation.
+//! The shapes, as inside-tests in a unit frame, and their anti-aliased
+//! rasterisation. Shapes 0..10 are the ten classes of [`crate::Dataset`];
+//! [`crate::Shapes160`] adds shapes 10..20.
 
 use std::f32::consts::PI;
 
 /// Number of classes.
 pub const NUM_CLASSES: usize = 10;
 
-/// Class names, by class id.
-pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
+/// Class names of [`crate::Dataset`], by class id: the first shapes.
+pub const CLASS_NAMES: [&str; NUM_CLASSES] = {
+    let mut names = [""; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        names[i] = SHAPE_NAMES[i];
+        i += 1;
+    }
+    names
+};
+
+/// Number of shapes (the first [`NUM_CLASSES`] are `Dataset`'s classes).
+pub const NUM_SHAPES: usize = 20;
+
+/// Shape names, by shape id.
+pub const SHAPE_NAMES: [&str; NUM_SHAPES] = [
     "disk",
     "square",
     "triangle",
@@ -18,24 +33,42 @@ pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
     "diamond",
     "star",
     "half-disk",
+    "crescent",
+    "pac-man",
+    "square-frame",
+    "wide-ellipse",
+    "tee",
+    "arrow",
+    "two-dots",
+    "ell",
+    "chevron",
+    "three-dots",
 ];
 
-/// Largest rotation (radians) away from a class's base orientation.
-/// Orientation-defined classes (square vs diamond, horizontal vs vertical
-/// bars, plus) get a small jitter; the others any angle.
-pub(crate) fn rotation_range(class: usize) -> f32 {
-    match class {
-        1 | 3 | 7 => 15f32.to_radians(),
+/// Largest rotation (radians) away from a shape's base orientation.
+/// Orientation-defined shapes (square vs diamond, horizontal vs vertical
+/// bars, plus, and the upright letters and arrows) get a small jitter; the
+/// others any angle.
+pub(crate) fn rotation_range(shape: usize) -> f32 {
+    match shape {
+        1 | 3 | 7 | 13 | 14 | 15 | 17 | 18 => 15f32.to_radians(),
         5 | 6 => 12f32.to_radians(),
         _ => PI,
     }
 }
 
-/// Whether the point (x, y) of the shape's unit frame (the shape fits the
-/// unit disk, y pointing down) is inside shape `class`.
-pub(crate) fn inside(class: usize, x: f32, y: f32) -> bool {
+/// How far (in units of the radius) the farthest point of any shape lies
+/// from its centre: the bars' corners, at sqrt(0.85^2 + 0.84^2).
+pub(crate) const EXTENT: f32 = 1.2;
+
+/// Whether the point (x, y) of the shape's unit frame (y pointing down;
+/// every shape lies within [`EXTENT`] of the origin) is inside `shape`.
+pub(crate) fn inside(shape: usize, x: f32, y: f32) -> bool {
     let r2 = x * x + y * y;
-    match class {
+    let disk = |cx: f32, cy: f32, r: f32| (x - cx).powi(2) + (y - cy).powi(2) <= r * r;
+    let rect =
+        |x0: f32, x1: f32, y0: f32, y1: f32| (x0..=x1).contains(&x) && (y0..=y1).contains(&y);
+    match shape {
         0 => r2 <= 0.85 * 0.85,
         1 => x.abs() <= 0.68 && y.abs() <= 0.68,
         2 => in_polygon(&TRIANGLE, x, y),
@@ -46,8 +79,35 @@ pub(crate) fn inside(class: usize, x: f32, y: f32) -> bool {
         7 => x.abs() / 0.58 + y.abs() / 1.0 <= 1.0,
         8 => in_polygon(&STAR, x, y),
         9 => y >= -0.35 && x * x + (y + 0.35) * (y + 0.35) <= 0.95 * 0.95,
+        // A disk with an off-centre disk cut away, opening to the right.
+        10 => r2 <= 0.95 * 0.95 && !disk(0.45, 0.0, 0.75),
+        // A disk with an 80-degree mouth (tan 40 = 0.84).
+        11 => r2 <= 0.92 * 0.92 && !(x > 0.0 && y.abs() < 0.84 * x),
+        12 => (0.38..=0.68).contains(&x.abs().max(y.abs())),
+        13 => (x / 0.95).powi(2) + (y / 0.4).powi(2) <= 1.0,
+        14 => rect(-0.75, 0.75, -0.7, -0.38) || rect(-0.17, 0.17, -0.38, 0.85),
+        // Triangular head (apex up) on a shaft.
+        15 => {
+            let head = (-0.95..=-0.15).contains(&y) && x.abs() <= 0.75 * (y + 0.95);
+            head || rect(-0.2, 0.2, -0.15, 0.9)
+        }
+        16 => disk(0.5, 0.0, 0.42) || disk(-0.5, 0.0, 0.42),
+        17 => rect(-0.7, -0.34, -0.8, 0.8) || rect(-0.7, 0.7, 0.44, 0.8),
+        // Two thick arms meeting at the top.
+        18 => {
+            let arm = |ex: f32| segment_distance(x, y, (0.0, -0.55), (ex, 0.6)) <= 0.17;
+            arm(0.75) || arm(-0.75)
+        }
+        19 => disk(0.0, -0.58, 0.33) || disk(0.502, 0.29, 0.33) || disk(-0.502, 0.29, 0.33),
         _ => false,
     }
+}
+
+/// Distance from (x, y) to the segment a-b.
+fn segment_distance(x: f32, y: f32, a: (f32, f32), b: (f32, f32)) -> f32 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let t = (((x - a.0) * dx + (y - a.1) * dy) / (dx * dx + dy * dy)).clamp(0.0, 1.0);
+    ((x - a.0 - t * dx).powi(2) + (y - a.1 - t * dy).powi(2)).sqrt()
 }
 
 /// Three horizontal bars.
@@ -113,13 +173,22 @@ pub(crate) struct Placement {
 }
 
 /// Fraction of each pixel of a `size x size` image covered by the shape.
-pub(crate) fn coverage(class: usize, p: &Placement, size: usize) -> Vec<f32> {
+pub(crate) fn coverage(shape: usize, p: &Placement, size: usize) -> Vec<f32> {
     let (sin, cos) = (-p.angle).sin_cos();
     let inv_r = 1.0 / p.radius;
     let step = 1.0 / SUPERSAMPLE as f32;
+    // Pixels whose centre is farther than this from the shape's centre hold
+    // no sub-sample of it (a sub-sample is within 0.53 pixels of its pixel
+    // centre):
+    // skipping them changes no value.
+    let reach = EXTENT * p.radius + 1.0;
     let mut out = vec![0.0; size * size];
     for py in 0..size {
         for px in 0..size {
+            let (ex, ey) = (px as f32 + 0.5 - p.cx, py as f32 + 0.5 - p.cy);
+            if ex * ex + ey * ey > reach * reach {
+                continue;
+            }
             let mut hits = 0;
             for sy in 0..SUPERSAMPLE {
                 for sx in 0..SUPERSAMPLE {
@@ -127,7 +196,7 @@ pub(crate) fn coverage(class: usize, p: &Placement, size: usize) -> Vec<f32> {
                     let dy = py as f32 + (sy as f32 + 0.5) * step - p.cy;
                     let u = (dx * cos - dy * sin) * inv_r;
                     let v = (dx * sin + dy * cos) * inv_r;
-                    hits += inside(class, u, v) as u32;
+                    hits += inside(shape, u, v) as u32;
                 }
             }
             out[py * size + px] = hits as f32 / (SUPERSAMPLE * SUPERSAMPLE) as f32;

@@ -1,13 +1,14 @@
-//! Trains the testbed's classifier / feature network on the shapes data set
-//! and writes `assets/classifier.safetensors` (atomically).
+//! Trains a testbed's classifier / feature network on its data set and
+//! writes its embedded asset (`assets/classifier.safetensors` for `tiny`,
+//! `assets/shapes160/classifier.safetensors` for `shapes160`) atomically.
 //!
-//! `cargo run --release -p tcc-testbed --example train_classifier [-- --steps N --out PATH]`
+//! `cargo run --release -p tcc-testbed --example train_classifier [-- --testbed tiny|shapes160 --steps N --out PATH]`
 //!
 //! Deterministic: seeded initialisation ([`Classifier::seeded_varmap`]),
-//! batches `[step * B, (step + 1) * B)` of `Dataset::new(TRAIN_SEED)` drawn
+//! batches `[step * B, (step + 1) * B)` of the training seed's data drawn
 //! on the fly (every image is new), AdamW on the CPU. Fails, writing
-//! nothing, unless the held-out accuracy on the first 2000 images of
-//! `Dataset::new(HELDOUT_SEED)` reaches 95%.
+//! nothing, unless the held-out accuracy on the first 2000 inputs of the
+//! held-out seed reaches 95%.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,36 +18,41 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use tcc_data::{Dataset, CHANNELS, IMAGE_SIZE};
-use tcc_testbed::{Classifier, CLASSIFIER_SEED, HELDOUT_SEED, TRAIN_SEED};
+use tcc_testbed::{Classifier, Testbed, CLASSIFIER_SEED, HELDOUT_SEED, TRAIN_SEED};
 
 type Error = Box<dyn std::error::Error>;
 
 const BATCH: usize = 128;
-const DEFAULT_STEPS: usize = 1200;
 const PEAK_LR: f64 = 2e-3;
 const WARMUP: usize = 100;
 const HELDOUT_N: usize = 2000;
 const MIN_ACCURACY: f64 = 0.95;
 
-fn images(
-    data: &Dataset,
+/// Steps of the shipped classifiers.
+fn default_steps(testbed: Testbed) -> usize {
+    match testbed {
+        Testbed::Tiny => 1200,
+        Testbed::Shapes160 => 3000,
+    }
+}
+
+fn inputs(
+    testbed: Testbed,
+    seed: u64,
     start: u64,
     n: usize,
     device: &Device,
-) -> Result<(Tensor, Tensor), Error> {
-    let (x, y) = data.batch(start, n);
-    let x = Tensor::from_vec(x, (n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), device)?;
-    let y: Vec<u32> = y.into_iter().map(|c| c as u32).collect();
-    Ok((x, Tensor::new(y, device)?))
+) -> Result<(Tensor, Vec<usize>), Error> {
+    let (x, y) = testbed.real_batch(seed, start, n);
+    let [c, h, w] = testbed.input_shape();
+    Ok((Tensor::from_vec(x, (n, c, h, w), device)?, y))
 }
 
-fn accuracy(model: &Classifier, data: &Dataset, n: usize, device: &Device) -> Result<f64, Error> {
+fn accuracy(model: &Classifier, testbed: Testbed, n: usize, device: &Device) -> Result<f64, Error> {
     let mut correct = 0;
     for start in (0..n).step_by(500) {
         let m = 500.min(n - start);
-        let (x, _) = images(data, start as u64, m, device)?;
-        let labels = data.batch(start as u64, m).1;
+        let (x, labels) = inputs(testbed, HELDOUT_SEED, start as u64, m, device)?;
         let pred = model.predict(&x)?;
         correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
     }
@@ -64,36 +70,42 @@ fn learning_rate(step: usize, steps: usize) -> f64 {
 }
 
 fn main() -> Result<(), Error> {
-    let mut steps = DEFAULT_STEPS;
-    let mut out = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/assets/classifier.safetensors"
-    ));
+    let usage = "usage: train_classifier [--testbed tiny|shapes160] [--steps N] [--out PATH]";
+    let (mut testbed, mut steps, mut out) = (Testbed::Tiny, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
-            ("--steps", Some(v)) => steps = v.parse()?,
-            ("--out", Some(v)) => out = v.into(),
-            _ => return Err("usage: train_classifier [--steps N] [--out PATH]".into()),
+            ("--testbed", Some(v)) => {
+                testbed = Testbed::from_name(&v).ok_or(format!("unknown testbed `{v}`; {usage}"))?
+            }
+            ("--steps", Some(v)) => steps = Some(v.parse()?),
+            ("--out", Some(v)) => out = Some(PathBuf::from(v)),
+            _ => return Err(usage.into()),
         }
     }
+    let steps = steps.unwrap_or(default_steps(testbed));
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(testbed.classifier_asset())
+    });
     let device = Device::Cpu;
-    let varmap = Classifier::seeded_varmap(CLASSIFIER_SEED, &device)?;
-    let model = Classifier::new(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let varmap = Classifier::seeded_varmap(testbed, CLASSIFIER_SEED, &device)?;
+    let model = Classifier::new(
+        testbed,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
     let params = ParamsAdamW {
         lr: PEAK_LR,
         weight_decay: 1e-4,
         ..Default::default()
     };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
-    let train = Dataset::new(TRAIN_SEED);
-    let heldout = Dataset::new(HELDOUT_SEED);
 
     let t0 = Instant::now();
     let mut loss_sum = 0.0;
     for step in 0..steps {
         opt.set_learning_rate(learning_rate(step, steps));
-        let (x, y) = images(&train, (step * BATCH) as u64, BATCH, &device)?;
+        let (x, y) = inputs(testbed, TRAIN_SEED, (step * BATCH) as u64, BATCH, &device)?;
+        let y = Tensor::new(y.into_iter().map(|c| c as u32).collect::<Vec<_>>(), &device)?;
         let loss = candle_nn::loss::cross_entropy(&model.logits(&x)?, &y)?;
         opt.backward_step(&loss)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -108,12 +120,12 @@ fn main() -> Result<(), Error> {
             loss_sum = 0.0;
         }
         if (step + 1) % 500 == 0 && step + 1 < steps {
-            let acc = accuracy(&model, &heldout, 1000, &device)?;
+            let acc = accuracy(&model, testbed, 1000, &device)?;
             println!("  held-out accuracy (first 1000): {:.2}%", 100.0 * acc);
         }
     }
     let train_s = t0.elapsed().as_secs_f64();
-    let acc = accuracy(&model, &heldout, HELDOUT_N, &device)?;
+    let acc = accuracy(&model, testbed, HELDOUT_N, &device)?;
     println!(
         "trained {steps} steps x {BATCH} images in {train_s:.0} s; held-out accuracy {:.2}% ({HELDOUT_N} images of seed {HELDOUT_SEED})",
         100.0 * acc
@@ -142,6 +154,17 @@ fn main() -> Result<(), Error> {
         .collect::<Result<Vec<_>, Error>>()?;
     let meta: HashMap<String, String> = [
         ("format", "tcc-classifier/1".to_string()),
+        ("testbed", testbed.name().to_string()),
+        (
+            "strides",
+            model
+                .arch()
+                .convs
+                .iter()
+                .map(|c| c.2.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         ("train_seed", TRAIN_SEED.to_string()),
         ("init_seed", CLASSIFIER_SEED.to_string()),
         ("steps", steps.to_string()),

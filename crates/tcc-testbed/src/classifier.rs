@@ -1,80 +1,98 @@
-//! The shapes classifier, which doubles as the feature network.
+//! The testbeds' classifiers, which double as their feature networks.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use sha2::{Digest, Sha256};
-use tcc_data::{CHANNELS, IMAGE_SIZE, NUM_CLASSES};
 use tcc_metrics::FeatureStats;
 
 use crate::error::{Result, TestbedError};
-
-/// The shipped weights (`assets/classifier.safetensors`, written by
-/// `examples/train_classifier.rs`).
-static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../assets/classifier.safetensors");
+use crate::Testbed;
 
 /// Dimension of the feature vector (the globally average-pooled output of
-/// the last convolution).
+/// the last convolution), the same for every testbed.
 pub const FEATURE_DIM: usize = 128;
 
 /// Seed of the weight initialisation used for the shipped weights.
 pub const CLASSIFIER_SEED: u64 = 0;
 
-/// `(in_channels, out_channels, stride)` of the 3x3 convolutions (padding 1),
-/// each followed by ReLU: 32x32 -> 16 -> 8 -> 8 -> 4 pixels. Downsampling
-/// at once keeps training cheap on a CPU; the last layer's receptive field
-/// (23 pixels) spans most of a shape.
-const CONVS: [(usize, usize, usize); 4] = [
-    (CHANNELS, 32, 2),
-    (32, 64, 2),
-    (64, 96, 1),
-    (96, FEATURE_DIM, 2),
-];
+/// `(in_channels, out_channels, stride)` of the 3x3 convolutions (padding
+/// 1), each followed by ReLU, and the input `[channels, side, side]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassifierArch {
+    pub input: [usize; 3],
+    pub convs: &'static [(usize, usize, usize)],
+    pub classes: usize,
+}
 
-/// A small CNN over 32x32 RGB images in `[-1, 1]`: four 3x3 convolutions
-/// with ReLU, global average pooling to a [`FEATURE_DIM`]-vector, then a
-/// linear layer to the 10 class logits.
+impl ClassifierArch {
+    /// `tiny`'s: RGB 32x32 -> 16 -> 8 -> 8 -> 4 pixels. Downsampling at
+    /// once keeps training cheap on a CPU; the last layer's receptive field
+    /// (23 pixels) spans most of a shape.
+    pub const TINY: ClassifierArch = ClassifierArch {
+        input: [3, 32, 32],
+        convs: &[(3, 32, 2), (32, 64, 2), (64, 96, 1), (96, FEATURE_DIM, 2)],
+        classes: 10,
+    };
+    /// `shapes160`'s, on the 4x32x32 Haar latents (each latent pixel is a
+    /// 2x2 image block): 32 -> 16 -> 8 -> 8 -> 4; the last layer's receptive
+    /// field (23 latent pixels, 46 image pixels) spans the large shapes.
+    pub const SHAPES160: ClassifierArch = ClassifierArch {
+        input: [4, 32, 32],
+        convs: &[(4, 32, 2), (32, 64, 2), (64, 128, 1), (128, FEATURE_DIM, 2)],
+        classes: 160,
+    };
+}
+
+/// A small CNN over a testbed's model inputs (`tiny`: RGB images in
+/// `[-1, 1]`; `shapes160`: Haar latents): 3x3 convolutions with ReLU
+/// ([`ClassifierArch`]), global average pooling to a [`FEATURE_DIM`]-vector,
+/// then a linear layer to the class logits.
 ///
-/// Parameter names: `conv{i}.weight`, `conv{i}.bias` (i = 0..4),
-/// `head.weight`, `head.bias`.
+/// Parameter names: `conv{i}.weight`, `conv{i}.bias`, `head.weight`,
+/// `head.bias`.
 #[derive(Clone, Debug)]
 pub struct Classifier {
+    arch: ClassifierArch,
     convs: Vec<Conv3x3>,
     head: Linear,
 }
 
 impl Classifier {
-    /// Builds the network from `vb` (a file's tensors, or a [`VarMap`] for
-    /// training).
-    pub fn new(vb: VarBuilder) -> Result<Self> {
-        let convs = CONVS
+    /// Builds `testbed`'s network from `vb` (a file's tensors, or a
+    /// [`VarMap`] for training).
+    pub fn new(testbed: Testbed, vb: VarBuilder) -> Result<Self> {
+        let arch = testbed.classifier_arch();
+        let convs = arch
+            .convs
             .iter()
             .enumerate()
             .map(|(i, &(cin, cout, stride))| {
                 Conv3x3::new(cin, cout, stride, vb.pp(format!("conv{i}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = candle_nn::linear(FEATURE_DIM, NUM_CLASSES, vb.pp("head"))?;
-        Ok(Self { convs, head })
+        let head = candle_nn::linear(FEATURE_DIM, arch.classes, vb.pp("head"))?;
+        Ok(Self { arch, convs, head })
     }
 
-    /// The weights embedded in the binary.
-    pub fn load_embedded(device: &Device) -> Result<Self> {
+    /// `testbed`'s weights embedded in the binary.
+    pub fn load_embedded(testbed: Testbed, device: &Device) -> Result<Self> {
         let err = |e: candle_core::Error| TestbedError::File {
-            path: "<embedded>/assets/classifier.safetensors".into(),
+            path: format!("<embedded>/{}", testbed.classifier_asset()).into(),
             message: e.to_string(),
         };
-        let vb = VarBuilder::from_slice_safetensors(EMBEDDED_WEIGHTS, DType::F32, device)
+        let vb = VarBuilder::from_slice_safetensors(testbed.classifier_bytes(), DType::F32, device)
             .map_err(err)?;
-        Self::new(vb).map_err(|e| match e {
+        Self::new(testbed, vb).map_err(|e| match e {
             TestbedError::Candle(e) => err(e),
             e => e,
         })
     }
 
-    /// Weights from a safetensors file (as written by `train_classifier`).
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+    /// `testbed`'s network with weights from a safetensors file (as
+    /// written by `train_classifier`).
+    pub fn load(testbed: Testbed, path: &Path, device: &Device) -> Result<Self> {
         let err = |message: String| TestbedError::File {
             path: path.to_path_buf(),
             message,
@@ -82,32 +100,39 @@ impl Classifier {
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| err(e.to_string()))?;
-        Self::new(vb).map_err(|e| err(e.to_string()))
+        Self::new(testbed, vb).map_err(|e| err(e.to_string()))
     }
 
-    /// SHA-256 (hex) of the embedded weights file: identifies the feature
-    /// network in statistics computed with it.
-    pub fn embedded_sha256() -> String {
-        Sha256::digest(EMBEDDED_WEIGHTS)
+    /// SHA-256 (hex) of `testbed`'s embedded weights file: identifies the
+    /// feature network in statistics computed with it.
+    pub fn embedded_sha256(testbed: Testbed) -> String {
+        Sha256::digest(testbed.classifier_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
     }
 
-    /// A fresh [`VarMap`] holding every parameter, initialised from `seed`
-    /// (candle's CPU generator cannot be seeded): conv and linear weights
-    /// Kaiming-normal (std `sqrt(2 / fan_in)`), biases zero. Build the
-    /// network over it with `Classifier::new(VarBuilder::from_varmap(..))`.
-    pub fn seeded_varmap(seed: u64, device: &Device) -> Result<VarMap> {
+    /// The architecture of this network.
+    pub fn arch(&self) -> &ClassifierArch {
+        &self.arch
+    }
+
+    /// A fresh [`VarMap`] holding every parameter of `testbed`'s network,
+    /// initialised from `seed` (candle's CPU generator cannot be seeded):
+    /// conv and linear weights Kaiming-normal (std `sqrt(2 / fan_in)`),
+    /// biases zero. Build the network over it with
+    /// `Classifier::new(testbed, VarBuilder::from_varmap(..))`.
+    pub fn seeded_varmap(testbed: Testbed, seed: u64, device: &Device) -> Result<VarMap> {
+        let arch = testbed.classifier_arch();
         let mut rng = SplitMix64(seed);
         let varmap = VarMap::new();
         let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, &(cin, cout, _)) in CONVS.iter().enumerate() {
+        for (i, &(cin, cout, _)) in arch.convs.iter().enumerate() {
             shapes.push((format!("conv{i}.weight"), vec![cout, cin, 3, 3]));
             shapes.push((format!("conv{i}.bias"), vec![cout]));
         }
-        shapes.push(("head.weight".into(), vec![NUM_CLASSES, FEATURE_DIM]));
-        shapes.push(("head.bias".into(), vec![NUM_CLASSES]));
+        shapes.push(("head.weight".into(), vec![arch.classes, FEATURE_DIM]));
+        shapes.push(("head.bias".into(), vec![arch.classes]));
         {
             let mut data = varmap.data().lock().expect("fresh VarMap lock");
             for (name, shape) in shapes {
@@ -126,9 +151,10 @@ impl Classifier {
         Ok(varmap)
     }
 
-    /// Pooled features `[B, FEATURE_DIM]` of images `[B, 3, 32, 32]` in `[-1, 1]`.
+    /// Pooled features `[B, FEATURE_DIM]` of inputs `[B, C, H, W]` (the
+    /// architecture's input shape).
     pub fn features(&self, images: &Tensor) -> Result<Tensor> {
-        check_images(images)?;
+        check_images(images, &self.arch)?;
         // Channels-last, so each convolution is one matmul over patches.
         let mut x = images.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?;
         for conv in &self.convs {
@@ -137,7 +163,7 @@ impl Classifier {
         Ok(x.mean(2)?.mean(1)?)
     }
 
-    /// Class logits `[B, 10]` of images `[B, 3, 32, 32]`.
+    /// Class logits `[B, classes]`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
         let f = self.features(images)?;
         Ok(self.head.forward(&f)?)
@@ -224,15 +250,13 @@ impl Conv3x3 {
     }
 }
 
-fn check_images(images: &Tensor) -> Result<()> {
+fn check_images(images: &Tensor, arch: &ClassifierArch) -> Result<()> {
     let dims = images.dims();
-    let ok = dims.len() == 4 && dims[1..] == [CHANNELS, IMAGE_SIZE, IMAGE_SIZE];
-    if !ok {
+    let [c, h, w] = arch.input;
+    if !(dims.len() == 4 && dims[1..] == arch.input) {
         return Err(TestbedError::Input {
             name: "classifier input".into(),
-            message: format!(
-                "images have shape {dims:?}, expected [B, {CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}]"
-            ),
+            message: format!("images have shape {dims:?}, expected [B, {c}, {h}, {w}]"),
         });
     }
     if !images.dtype().is_float() {

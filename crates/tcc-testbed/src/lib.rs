@@ -1,33 +1,38 @@
-//! The embedded default testbed.
+//! The embedded testbeds ([`Testbed`]): `tiny` (10 shape classes, RGB
+//! 32x32, a 6-block DiT, the default model) and `shapes160` (160 classes,
+//! grey 64x64 images as 4x32x32 Haar latents, a 12-block DiT of hidden
+//! width 128: the paper's regime of at least as many classes as hidden
+//! dimensions).
 //!
-//! The data split is fixed by seed: the tiny DiT and the classifier train on
-//! `Dataset::new(TRAIN_SEED)`; the classifier's held-out accuracy and the
-//! reference feature statistics use `Dataset::new(HELDOUT_SEED)`.
+//! The data split is fixed by seed: the DiTs and the classifiers train on
+//! the data set of `TRAIN_SEED`; the classifiers' held-out accuracy and the
+//! reference feature statistics use `HELDOUT_SEED`.
 //!
-//! - [`Classifier`]: a small CNN trained on the shapes (`examples/train_classifier.rs`);
+//! - [`Classifier`]: a small CNN per testbed (`examples/train_classifier.rs`);
 //!   its 128-d globally pooled features are the feature space of the
 //!   testbed's Fréchet distance (the role Inception's pool3 plays for FID).
-//! - [`reference_stats`]: feature statistics of real held-out images
+//! - [`reference_stats`]: feature statistics of real held-out inputs
 //!   (`examples/reference_stats.rs`).
+//! - [`embedded_dit`]: the models themselves (`tools/train/train_tiny_dit.py`);
+//!   shapes160's weights are embedded once a GPU run has trained them.
 //!
-//! - [`tiny_dit`]: the default model itself, a 6-block DiT trained on the
-//!   shapes (`tools/train/train_tiny_dit.py`).
-//!
-//! All three are embedded in the binary, so they work from any directory.
+//! All are embedded in the binary, so they work from any directory.
 
 mod classifier;
+mod dit;
 mod error;
 mod reference;
-mod tiny_dit;
+mod testbed;
 
-pub use classifier::{Classifier, CLASSIFIER_SEED, FEATURE_DIM};
+pub use classifier::{Classifier, ClassifierArch, CLASSIFIER_SEED, FEATURE_DIM};
+pub use dit::{
+    embedded_dit, shapes160_training, tiny_dit, SHAPES160_DIT_CONFIG, SHAPES160_TRAINING_COMMAND,
+    SHAPES160_WEIGHTS_PATH, TINY_DIT_CONFIG, TINY_DIT_TRAINING,
+};
 pub use error::{Result, TestbedError};
 pub use reference::{
     reference_stats, reference_stats_with_metadata, stats_from_bytes, REFERENCE_START,
 };
-pub use tiny_dit::{tiny_dit, TINY_DIT_CONFIG, TINY_DIT_TRAINING};
+pub use testbed::Testbed;
 
-/// Seed of the training split of the shapes data set.
-pub const TRAIN_SEED: u64 = 0;
-/// Seed of the held-out split.
-pub const HELDOUT_SEED: u64 = 1;
+pub use tcc_data::{HELDOUT_SEED, TRAIN_SEED};

@@ -6,26 +6,27 @@ use safetensors::{Dtype, SafeTensors};
 use tcc_metrics::{FeatureStats, FEATURE_STATS_FORMAT};
 
 use crate::error::{Result, TestbedError};
-
-/// `assets/reference_stats.safetensors`, written by `examples/reference_stats.rs`.
-static EMBEDDED_STATS: &[u8] = include_bytes!("../assets/reference_stats.safetensors");
+use crate::Testbed;
 
 /// First index of `Dataset::new(HELDOUT_SEED)` used for the reference
 /// statistics; indices below it are the classifier's accuracy set.
 pub const REFERENCE_START: u64 = 10_000;
 
-/// [`FeatureStats`] of the [`Classifier`](crate::Classifier)'s features over
-/// real held-out images (see the `reference_stats` example for which).
-pub fn reference_stats() -> Result<FeatureStats> {
-    Ok(reference_stats_with_metadata()?.0)
+/// [`FeatureStats`] of `testbed`'s [`Classifier`](crate::Classifier)
+/// features over real held-out inputs (see the `reference_stats` example
+/// for which), embedded in the binary (written by `examples/reference_stats.rs`).
+pub fn reference_stats(testbed: Testbed) -> Result<FeatureStats> {
+    Ok(reference_stats_with_metadata(testbed)?.0)
 }
 
 /// The reference statistics and their metadata (`n`, `seed`, `start`,
 /// `classifier_sha256`, ...).
-pub fn reference_stats_with_metadata() -> Result<(FeatureStats, BTreeMap<String, String>)> {
+pub fn reference_stats_with_metadata(
+    testbed: Testbed,
+) -> Result<(FeatureStats, BTreeMap<String, String>)> {
     stats_from_bytes(
-        EMBEDDED_STATS,
-        "<embedded>/assets/reference_stats.safetensors",
+        testbed.reference_bytes(),
+        &format!("<embedded>/{}", testbed.reference_asset()),
     )
 }
 

@@ -4,9 +4,11 @@ use candle_core::{Device, Tensor};
 use tcc_data::{Dataset, CHANNELS, IMAGE_LEN, IMAGE_SIZE};
 use tcc_metrics::FeatureStats;
 use tcc_testbed::{
-    reference_stats, reference_stats_with_metadata, stats_from_bytes, Classifier, TestbedError,
-    FEATURE_DIM, HELDOUT_SEED, REFERENCE_START,
+    reference_stats, reference_stats_with_metadata, stats_from_bytes, Classifier, Testbed,
+    TestbedError, FEATURE_DIM, HELDOUT_SEED, REFERENCE_START,
 };
+
+const TINY: Testbed = Testbed::Tiny;
 
 fn images(x: Vec<f32>, n: usize) -> Tensor {
     Tensor::from_vec(x, (n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu).unwrap()
@@ -28,7 +30,7 @@ fn feature_stats(model: &Classifier, x: Vec<f32>, n: usize) -> FeatureStats {
 /// with at least 95% accuracy, the bar the testbed promises.
 #[test]
 fn embedded_classifier_is_accurate_on_heldout_images() {
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
     let (x, labels) = Dataset::new(HELDOUT_SEED).batch(0, 200);
     let pred = model.predict(&images(x, 200)).unwrap();
     let correct = pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
@@ -37,7 +39,7 @@ fn embedded_classifier_is_accurate_on_heldout_images() {
 
 #[test]
 fn shapes_of_features_and_logits() {
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
     let x = images(Dataset::new(HELDOUT_SEED).batch(0, 3).0, 3);
     let f = model.features(&x).unwrap();
     assert_eq!(f.dims(), [3, FEATURE_DIM]);
@@ -52,7 +54,7 @@ fn shapes_of_features_and_logits() {
 /// An image's features do not depend on the rest of its batch.
 #[test]
 fn features_are_per_image() {
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
     let (x, _) = Dataset::new(HELDOUT_SEED).batch(0, 4);
     let all = model.features(&images(x.clone(), 4)).unwrap();
     let third = model
@@ -67,7 +69,7 @@ fn features_are_per_image() {
 
 #[test]
 fn wrong_input_shape_is_a_clear_error() {
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
     let x = Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = model.features(&x).unwrap_err();
     assert!(matches!(err, TestbedError::Input { .. }), "{err}");
@@ -78,11 +80,11 @@ fn wrong_input_shape_is_a_clear_error() {
 fn load_reports_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.safetensors");
-    let err = Classifier::load(&missing, &Device::Cpu).unwrap_err();
+    let err = Classifier::load(TINY, &missing, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("missing.safetensors"), "{err}");
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a safetensors file").unwrap();
-    let err = Classifier::load(&garbage, &Device::Cpu).unwrap_err();
+    let err = Classifier::load(TINY, &garbage, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("garbage.safetensors"), "{err}");
 }
 
@@ -90,10 +92,10 @@ fn load_reports_the_file() {
 /// the documented images.
 #[test]
 fn reference_stats_match_the_embedded_classifier() {
-    let (stats, meta) = reference_stats_with_metadata().unwrap();
+    let (stats, meta) = reference_stats_with_metadata(TINY).unwrap();
     assert_eq!(stats.dim(), FEATURE_DIM);
     assert_eq!(stats.n(), 5000);
-    assert_eq!(meta["classifier_sha256"], Classifier::embedded_sha256());
+    assert_eq!(meta["classifier_sha256"], Classifier::embedded_sha256(TINY));
     assert_eq!(meta["seed"], HELDOUT_SEED.to_string());
     assert_eq!(meta["start"], REFERENCE_START.to_string());
 }
@@ -102,8 +104,8 @@ fn reference_stats_match_the_embedded_classifier() {
 /// reference statistics; images without shapes are far from them.
 #[test]
 fn frechet_distance_separates_real_from_wrong_images() {
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
-    let reference = reference_stats().unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
+    let reference = reference_stats(TINY).unwrap();
     let n = 500;
     let (x, _) = Dataset::new(HELDOUT_SEED).batch(REFERENCE_START + 20_000, n);
     let real = feature_stats(&model, x.clone(), n)
@@ -149,11 +151,11 @@ fn forward_matches_pytorch_reference() {
     let sha = header.metadata().as_ref().unwrap()["weights_sha256"].clone();
     assert_eq!(
         sha,
-        Classifier::embedded_sha256(),
+        Classifier::embedded_sha256(TINY),
         "fixture is for other weights: rerun tools/classifier_reference.py"
     );
     let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-    let model = Classifier::load_embedded(&Device::Cpu).unwrap();
+    let model = Classifier::load_embedded(TINY, &Device::Cpu).unwrap();
     for (name, got) in [
         ("features", model.features(&t["images"]).unwrap()),
         ("logits", model.logits(&t["images"]).unwrap()),

@@ -74,8 +74,10 @@ fn unknown_model(name: &str, span: Span) -> Diagnostic {
 }
 
 /// The family's defaults: DiT samples with DDIM, `[cond; uncond]` batches,
-/// and (for latent models, as DiT's official sampler does) guides only the
-/// first 3 of the 4 latent channels; PixArt-α with DPM-Solver++,
+/// and (for the paper's learned-sigma latent models, as DiT's official
+/// sampler does) guides only the first 3 of the 4 latent channels; models
+/// without learned sigma (`tiny`, `shapes160`) guide every channel.
+/// PixArt-α with DPM-Solver++,
 /// `[uncond; cond]` batches and guidance 4.5 on all channels.
 pub(super) fn default_sampler(model: &ModelShape) -> SamplerSpec {
     let base = SamplerSpec::default();
@@ -85,7 +87,7 @@ pub(super) fn default_sampler(model: &ModelShape) -> SamplerSpec {
             steps: 20,
             guidance_scale: 1.5,
             cfg_order: CfgOrder::CondFirst,
-            guided_channels: (model.in_channels == 4).then_some(3),
+            guided_channels: (model.in_channels == 4 && model.out_channels == 8).then_some(3),
             ..base
         },
         ModelFamily::Pixart => SamplerSpec {
