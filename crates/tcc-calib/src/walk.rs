@@ -146,7 +146,8 @@ impl Pooler {
         }
     }
 
-    /// Add the pooled rows of `out` (`[B or 2B, T, D]`) to `stats`.
+    /// Add the pooled rows of `out` (`[B or 2B, T, D]`, on any device) to
+    /// `stats`: summed per batch on the device, merged in f64.
     pub fn add(
         &self,
         out: &Tensor,
@@ -168,21 +169,8 @@ impl Pooler {
             .to_dtype(DType::F32)
             .map_err(candle)?;
         match self.pooling {
-            Pooling::Tokens => {
-                let rows: Vec<Vec<f32>> =
-                    half.mean(1).map_err(candle)?.to_vec2().map_err(candle)?;
-                for (row, &key) in rows.iter().zip(conditions) {
-                    stats.add(side, key, row)?;
-                }
-            }
-            Pooling::Conditions => {
-                let per_sample: Vec<Vec<Vec<f32>>> = half.to_vec3().map_err(candle)?;
-                for sample in &per_sample {
-                    for (t, row) in sample.iter().enumerate() {
-                        stats.add(side, t as u64, row)?;
-                    }
-                }
-            }
+            Pooling::Tokens => stats.add_rows(side, &half.mean(1).map_err(candle)?, conditions)?,
+            Pooling::Conditions => stats.add_positions(side, &half)?,
         }
         Ok(())
     }

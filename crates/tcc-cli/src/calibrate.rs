@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use candle_core::DType;
 use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
 use tcc_core::{CalibMethod, CalibMode};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
 use crate::common::{beside_cwd, CliError, Io};
+use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -52,6 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, None, io.err)?;
     if plan.calibration.method != CalibMethod::Tcc {
         return Err(CliError::input(format!(
@@ -83,8 +84,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .out
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
-    let model = load_model(&plan, &args.model)?;
-    let captions = Captions::for_plan(&plan, &args.model)?;
+    let model = load_model(&plan, &args.model, &rt)?;
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
+    rt.announce(io.err)?;
     writeln!(
         io.out,
         "calibrating {} ({} mode, {} prior, alpha {}) on {n} samples, seed {seed}",
@@ -93,7 +95,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         name(&plan.calibration.prior),
         plan.calibration.alpha
     )?;
-    let (set, result, secs) = fit_priors(
+    let (set, result, time) = fit_priors(
         &model,
         captions.as_ref(),
         &plan,
@@ -101,6 +103,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         mode,
         args.batch_size,
         "calibrating",
+        &rt,
     )?;
 
     writeln!(
@@ -156,19 +159,23 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
 
     set.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
+    let walk = time.total - time.fitting;
     writeln!(
         io.out,
-        "\nwrote {} priors to {} in {secs:.1}s",
+        "\nwrote {} priors to {} in {:.1}s: walk {walk:.1}s ({:.1} samples/s), fitting {:.1}s",
         set.priors.len(),
-        out.display()
+        out.display(),
+        time.total,
+        n as f64 / walk,
+        time.fitting
     )?;
     Ok(())
 }
 
 /// Fits the priors of `plan`'s calibrated steps in `mode`, on
 /// `plan.calibration.samples` samples drawn from `plan.calibration.seed`
-/// (classes cycling), and binds them to `plan_hash`. Returns the set, the
-/// walk's report and its wall time in seconds.
+/// (classes cycling), and binds them to `plan_hash`, running on `rt`.
+/// Returns the set, the walk's report and its wall time.
 pub(crate) fn fit_priors(
     model: &AnyModel,
     captions: Option<&Captions>,
@@ -177,9 +184,10 @@ pub(crate) fn fit_priors(
     mode: CalibMode,
     batch_size: usize,
     label: &str,
-) -> Result<(PriorSet, Calibration, f64), CliError> {
+    rt: &Runtime,
+) -> Result<(PriorSet, Calibration, CalibTime), CliError> {
     let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
-    let inputs = Inputs::new(plan, seed, n, None, captions)?;
+    let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
     let conditions = inputs.conditions();
     let mut batches = Vec::new();
     let mut start = 0;
@@ -195,13 +203,25 @@ pub(crate) fn fit_priors(
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
     let bar = progress(label, nb + nb * sites);
     let started = std::time::Instant::now();
-    let result = calibrate(model, plan, &batches, mode, DType::F32, &mut |p| match p {
-        Progress::Reference { .. } | Progress::Accelerated { .. } => bar.inc(1),
-        Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
+    // A step's priors are fitted between the last batch reaching it and
+    // its `Fitted` event (reaching it reads the device's sums: synchronised).
+    let mut reached = started;
+    let mut fitting = 0.0;
+    let result = calibrate(model, plan, &batches, mode, PRIOR_DTYPE, &mut |p| {
+        if let Progress::Fitted { step } = p {
+            fitting += reached.elapsed().as_secs_f64();
+            bar.set_message(format!("step {step} fitted"));
+        } else {
+            bar.inc(1);
+            reached = std::time::Instant::now();
+        }
     })
     .map_err(|e| CliError::Failure(e.to_string()))?;
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
+    let time = CalibTime {
+        total: started.elapsed().as_secs_f64(),
+        fitting,
+    };
     let set = PriorSet {
         meta: PriorMeta {
             plan_hash,
@@ -215,7 +235,14 @@ pub(crate) fn fit_priors(
         },
         priors: result.priors.clone(),
     };
-    Ok((set, result, secs))
+    Ok((set, result, time))
+}
+
+/// Wall time of a calibration, seconds: in all, and fitting the priors
+/// (the rest is the walk: running the model and summing statistics).
+pub(crate) struct CalibTime {
+    pub total: f64,
+    pub fitting: f64,
 }
 
 pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {

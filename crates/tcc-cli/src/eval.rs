@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use tcc_calib::{PriorHooks, PriorSet};
 use tcc_core::{CalibMethod, CalibMode};
 use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
@@ -13,6 +12,7 @@ use tcc_plan::Plan;
 
 use crate::calibrate::{fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
+use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -74,13 +74,16 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.steps == Some(0) {
         return Err(CliError::input("--steps must be at least 1"));
     }
+    let rt = Runtime::from_args(&args.model.runtime)?;
     let plan = args.model.load_plan(&args.file, args.steps, io.err)?;
     let hash = plan.hash().to_string();
-    let model = load_model(&plan, &args.model)?;
-    let captions = Captions::for_plan(&plan, &args.model)?;
-    let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
+    let model = load_model(&plan, &args.model, &rt)?;
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
 
     // The priors: given files (checked against this plan) or fitted here.
+    // The device is announced once the inputs are checked, or before the
+    // first fit.
+    let mut announced = false;
     let mut calibrated: Vec<(String, PriorSet)> = Vec::new();
     if plan.calibration.method == CalibMethod::Tcc {
         // Check the given files before spending time fitting the others.
@@ -99,6 +102,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             let set = match set {
                 Some(set) => set,
                 None => {
+                    if !announced {
+                        rt.announce(io.err)?;
+                        announced = true;
+                    }
+                    // With --json, stdout holds only the JSON.
+                    let log: &mut dyn std::io::Write =
+                        if args.json { io.err } else { io.out };
                     writeln!(
                         log,
                         "fitting {label} priors ({} samples, seed {}, alpha {})",
@@ -112,6 +122,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         mode,
                         args.batch_size,
                         label,
+                        &rt,
                     )?
                     .0
                 }
@@ -129,6 +140,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .map(|(l, s)| (format!("the {l} priors"), s.meta.seed))
         .collect();
     held_out(&args.seeds, &calib_seeds).map_err(CliError::input)?;
+    if !announced {
+        rt.announce(io.err)?;
+    }
 
     let mut variants = vec![Variant {
         name: "cache".into(),
@@ -140,7 +154,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             name: label.clone(),
             plan: &plan,
             hooks: Box::new(
-                PriorHooks::from_set(set, DType::F32, &Device::Cpu)
+                PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
                     .map_err(|e| CliError::Failure(e.to_string()))?,
             ),
         });
@@ -148,7 +162,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let full = plan.all_compute();
     let mut sets = Vec::new();
     for &seed in &args.seeds {
-        let inputs = Inputs::new(&plan, seed, args.n, None, captions.as_ref())?;
+        let inputs = Inputs::new(&plan, seed, args.n, None, captions.as_ref(), &rt)?;
         let mut batches = Vec::new();
         let mut start = 0;
         while start < args.n {
@@ -164,7 +178,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         });
     }
     let scorer = if plan.model.name == "tiny" && args.model.random_weights.is_none() {
-        Some(TestbedScorer::new()?)
+        Some(TestbedScorer::new(&rt.device)?)
     } else {
         None
     };

@@ -14,11 +14,13 @@ pub struct TestbedScorer {
 }
 
 impl TestbedScorer {
-    pub fn new() -> Result<TestbedScorer, CliError> {
+    /// The classifier on `device`, in f32 whatever the model's dtype: FD and
+    /// accuracy then measure the samples, not the scorer's precision.
+    pub fn new(device: &Device) -> Result<TestbedScorer, CliError> {
         let fail =
             |e: &dyn std::fmt::Display| CliError::Failure(format!("testbed classifier: {e}"));
         Ok(TestbedScorer {
-            classifier: tcc_testbed::Classifier::load_embedded(&Device::Cpu)
+            classifier: tcc_testbed::Classifier::load_embedded(device)
                 .map_err(|e| fail(&e))?,
             reference: tcc_testbed::reference_stats().map_err(|e| fail(&e))?,
         })
