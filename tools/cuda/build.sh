@@ -3,7 +3,8 @@
 # machines we borrow (H100/H200: compute capability 9.0, driver 580 = CUDA
 # 13.0, no Rust, no network; see docs/gpu.md).
 #
-#   tools/cuda/build.sh            # -> target/cuda/release/tcc (stripped), .whl/
+#   tools/cuda/build.sh            # -> target/cuda/release/tcc (stripped),
+#                                  #    target/cuda/tcc.xz (what travels), .whl/
 #
 # 1. Installs the CUDA 13.0 toolkit pieces from PyPI into .cuda/ (git-ignored,
 #    reused by later runs): nvcc, the runtime, CCCL headers, NVRTC, cuBLAS,
@@ -70,6 +71,10 @@ bin=target/cuda/release/tcc
 strip "$bin"
 size=$(stat -c %s "$bin")
 echo "built $bin: $size bytes ($((size / 1048576)) MiB stripped) in $(( $(date +%s) - start )) s"
+# What travels to the GPU machine (64 MiB with the working tree): the
+# binary's PTX and SASS compress about 5x. check.sh unpacks it.
+xz -T0 -6 -f -c "$bin" > target/cuda/tcc.xz
+echo "target/cuda/tcc.xz: $(stat -c %s target/cuda/tcc.xz) bytes"
 echo "needs at run time: $(readelf -d "$bin" | grep -oE 'lib[A-Za-z0-9_.+-]+\.so[.0-9]*' | tr '\n' ' ')"
 
 # The wheel check.sh installs on the GPU machine (no network there): diffusers,

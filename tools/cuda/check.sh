@@ -2,10 +2,10 @@
 # The GPU check of tcc's CUDA build, to run unattended on an H100/H200
 # machine (no Rust, no network) in under 8 minutes:
 #
-#   tools/cuda/build.sh                     # here: target/cuda/release/tcc, .whl/
+#   tools/cuda/build.sh                     # here: target/cuda/tcc.xz, .whl/
 #   tools/cuda/check.sh                     # there, from the repository root,
-#                                           # with target/cuda/release/tcc and
-#                                           # .whl carried along
+#                                           # with target/cuda/tcc.xz and .whl
+#                                           # carried along
 #
 # Writes $OUT/gpu-check.md (the report: every number, each step's verdict)
 # and $OUT/gpu-check.log (every command's full output), plus
@@ -47,6 +47,13 @@ report="$OUT/gpu-check.md"
 log="$OUT/gpu-check.log"
 work=$(mktemp -d /tmp/tcc-gpu-check.XXXXXX)
 tcc="${TCC_BIN:-$root/target/cuda/release/tcc}"
+if [[ ! -x $tcc && -f $root/target/cuda/tcc.xz ]]; then
+  # The compressed binary that travels (tools/cuda/build.sh).
+  tcc="$work/tcc"
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$root/target/cuda/tcc.xz" "$tcc"
+  chmod +x "$tcc"
+fi
 : > "$report"
 : > "$log"
 start=$SECONDS

@@ -96,7 +96,10 @@ fn pooled_rows_are_the_per_sample_means() {
                     .sum::<f64>()
                     / members.len() as f64;
                 let g = got[ki * d + j];
-                assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{dtype:?} tokens {key} {j}: {g} vs {want}");
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{dtype:?} tokens {key} {j}: {g} vs {want}"
+                );
             }
         }
 
@@ -107,7 +110,10 @@ fn pooled_rows_are_the_per_sample_means() {
             for j in 0..d {
                 let want = (0..b).map(|i| v[i][k][j] as f64).sum::<f64>() / b as f64;
                 let g = got[k * d + j];
-                assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{dtype:?} conditions {k} {j}");
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{dtype:?} conditions {k} {j}"
+                );
             }
         }
     }
@@ -118,7 +124,11 @@ fn the_pooled_half_is_the_one_asked_for() {
     let (out, conditions) = outputs(DType::F32);
     let b = conditions.len();
     let (_, cond) = rows(&Pooler::new(&plan("conditions", "cond")), &out, &conditions);
-    let (_, uncond) = rows(&Pooler::new(&plan("conditions", "uncond")), &out, &conditions);
+    let (_, uncond) = rows(
+        &Pooler::new(&plan("conditions", "uncond")),
+        &out,
+        &conditions,
+    );
     let want_uncond = out.narrow(0, b, b).unwrap().mean(0).unwrap();
     let want: Vec<f64> = want_uncond
         .flatten_all()
@@ -166,8 +176,18 @@ fn priors_apply_in_f32_and_cast_back() {
     };
     let b = NoiseRng::new(5).randn((4, 3, d), &Device::Cpu).unwrap();
     let f = prior.fold(alpha);
-    let m = Tensor::from_vec(f.m.iter().map(|&x| x as f32).collect::<Vec<_>>(), (d, d), &Device::Cpu).unwrap();
-    let cv = Tensor::from_vec(f.c.iter().map(|&x| x as f32).collect::<Vec<_>>(), (1, d), &Device::Cpu).unwrap();
+    let m = Tensor::from_vec(
+        f.m.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        (d, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let cv = Tensor::from_vec(
+        f.c.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        (1, d),
+        &Device::Cpu,
+    )
+    .unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         let bh = b.to_dtype(dtype).unwrap();
         let got = hooks.branch_output(&site, &bh).unwrap().unwrap();
@@ -182,8 +202,18 @@ fn priors_apply_in_f32_and_cast_back() {
             .to_dtype(dtype)
             .unwrap();
         let (g, w): (Vec<f32>, Vec<f32>) = (
-            got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
-            want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+            got.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap(),
+            want.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap(),
         );
         assert_eq!(g, w, "{dtype:?}");
     }

@@ -105,7 +105,7 @@ impl Runtime {
         built_with_cuda: bool,
         open_cuda: impl Fn(usize) -> candle_core::Result<Device>,
     ) -> Result<Runtime, CliError> {
-        let one_line = |e: candle_core::Error| e.to_string().replace('\n', " ");
+        let one_line = |e: candle_core::Error| one_line(&e);
         let (device, note) = match choice {
             Some(DeviceChoice::Cpu) => (Device::Cpu, None),
             Some(DeviceChoice::Cuda(n)) if !built_with_cuda => {
@@ -184,14 +184,30 @@ impl Runtime {
     }
 }
 
+/// The error without candle's backtrace (captured under RUST_BACKTRACE),
+/// on one line.
+fn one_line(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => one_line(inner),
+        e => e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn no_gpu(_: usize) -> candle_core::Result<Device> {
+        // As candle reports it with RUST_BACKTRACE set: the backtrace after
+        // the message, which the refusal leaves out.
         Err(candle_core::Error::Msg(
             "DriverError(CUDA_ERROR_NO_DEVICE,\n\"no CUDA-capable device is detected\")".into(),
-        ))
+        )
+        .bt())
     }
 
     fn refusal(r: Result<Runtime, CliError>) -> String {
@@ -206,7 +222,15 @@ mod tests {
         assert_eq!(parse_device("cpu"), Ok(DeviceChoice::Cpu));
         assert_eq!(parse_device("cuda"), Ok(DeviceChoice::Cuda(0)));
         assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
-        for bad in ["gpu", "cuda:", "cuda:x", "cuda:+1", "cuda:-1", "cuda:99999", "CPU"] {
+        for bad in [
+            "gpu",
+            "cuda:",
+            "cuda:x",
+            "cuda:+1",
+            "cuda:-1",
+            "cuda:99999",
+            "CPU",
+        ] {
             assert!(parse_device(bad).is_err(), "{bad}");
         }
     }
@@ -233,10 +257,13 @@ mod tests {
             no_gpu,
         ));
         assert!(
-            text.starts_with("error: --device cuda:1: no usable CUDA GPU: DriverError(CUDA_ERROR_NO_DEVICE"),
+            text.starts_with(
+                "error: --device cuda:1: no usable CUDA GPU: DriverError(CUDA_ERROR_NO_DEVICE"
+            ),
             "{text}"
         );
         assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with("is detected\")\n"), "{text}");
     }
 
     #[test]
@@ -251,7 +278,10 @@ mod tests {
         rt.announce(&mut said).unwrap();
         let said = String::from_utf8(said).unwrap();
         assert!(said.starts_with("running on cpu ("), "{said}");
-        assert!(said.contains(", f16 (no usable CUDA GPU (DriverError"), "{said}");
+        assert!(
+            said.contains(", f16 (no usable CUDA GPU (DriverError"),
+            "{said}"
+        );
         assert_eq!(said.lines().count(), 1);
         // The GPU opens: it is taken (a CPU device stands in for it here).
         let rt = Runtime::resolve(None, DType::BF16, true, |n| {

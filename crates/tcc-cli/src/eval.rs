@@ -107,8 +107,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         announced = true;
                     }
                     // With --json, stdout holds only the JSON.
-                    let log: &mut dyn std::io::Write =
-                        if args.json { io.err } else { io.out };
+                    let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
                     writeln!(
                         log,
                         "fitting {label} priors ({} samples, seed {}, alpha {})",

@@ -17,7 +17,11 @@ use crate::device::{parse_device, DeviceChoice, Runtime};
 pub struct Args {
     /// tcc-model's test fixtures (`dit_tiny/`, `pixart_tiny/`, written by
     /// tools/golden/dit_model.py and pixart_model.py).
-    #[arg(long, value_name = "DIR", default_value = "crates/tcc-model/tests/fixtures")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "crates/tcc-model/tests/fixtures"
+    )]
     fixtures: PathBuf,
     /// Where to run (as for `tcc sample`).
     #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
@@ -58,11 +62,21 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             DIT_REL,
             "out_diffusers",
         ),
-        ("PixArt-α", pixart_dir.join("model"), &pixart_g, PIXART_REL, "out"),
+        (
+            "PixArt-α",
+            pixart_dir.join("model"),
+            &pixart_g,
+            PIXART_REL,
+            "out",
+        ),
     ] {
         let want = get(g, expected)?;
         let scale = max_abs(want)?;
-        let bounds = [(DType::F32, TOL_F32), (rel[0].0, rel[0].1 * scale), (rel[1].0, rel[1].1 * scale)];
+        let bounds = [
+            (DType::F32, TOL_F32),
+            (rel[0].0, rel[0].1 * scale),
+            (rel[1].0, rel[1].1 * scale),
+        ];
         for (dtype, allowed) in bounds {
             let mut rt = rt.clone();
             rt.dtype = dtype;

@@ -94,7 +94,10 @@ pub fn write_latents(
     let l: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
     let views = [
         ("latents", TensorView::new(Dtype::F32, dims.to_vec(), &x)),
-        ("labels", TensorView::new(Dtype::U32, vec![labels.len()], &l)),
+        (
+            "labels",
+            TensorView::new(Dtype::U32, vec![labels.len()], &l),
+        ),
     ];
     let mut tensors = Vec::new();
     for (name, view) in views {

@@ -20,8 +20,7 @@ impl TestbedScorer {
         let fail =
             |e: &dyn std::fmt::Display| CliError::Failure(format!("testbed classifier: {e}"));
         Ok(TestbedScorer {
-            classifier: tcc_testbed::Classifier::load_embedded(device)
-                .map_err(|e| fail(&e))?,
+            classifier: tcc_testbed::Classifier::load_embedded(device).map_err(|e| fail(&e))?,
             reference: tcc_testbed::reference_stats().map_err(|e| fail(&e))?,
         })
     }
