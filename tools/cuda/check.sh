@@ -45,7 +45,10 @@ OUT=${OUT:-$root/gpu-check-out}
 mkdir -p "$OUT"
 report="$OUT/gpu-check.md"
 log="$OUT/gpu-check.log"
+# What the report is made from (archived into $OUT), and what is too big to
+# bring back (priors files: a DiT-XL/2 one holds 224 D x D matrices).
 work=$(mktemp -d /tmp/tcc-gpu-check.XXXXXX)
+scratch=$(mktemp -d /tmp/tcc-gpu-scratch.XXXXXX)
 tcc="${TCC_BIN:-$root/target/cuda/release/tcc}"
 if [[ ! -x $tcc && -f $root/target/cuda/tcc.xz ]]; then
   # The compressed binary that travels (tools/cuda/build.sh).
@@ -65,7 +68,7 @@ run() {
   local limit=$1
   shift
   echo "\$ $*" >> "$log"
-  timeout --kill-after=10 "$limit" "$@" >> "$log.step" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$log.step" 2>&1
   local rc=$?
   cat "$log.step" >> "$log"
   echo "[exit $rc, ${SECONDS}s into the check]" >> "$log"
@@ -88,8 +91,8 @@ verdict() { # NAME STATUS
 finish() {
   say ""
   say "finished in $((SECONDS - start)) s, $failures step(s) failed"
-  tar -czf "$OUT/gpu-check-data.tar.gz" -C "$work" . 2>/dev/null
-  rm -f "$log.step"
+  tar -czf "$OUT/gpu-check-data.tar.gz" -C "$work" --exclude=tcc --exclude=site . 2>/dev/null
+  rm -rf "$log.step" "$scratch"
 }
 trap finish EXIT
 
@@ -152,18 +155,18 @@ verdict "golden" $rc
 
 say ""
 say "## 3. the embedded model: CUDA against the CPU"
-run 300 "$tcc" calibrate schedules/fora3.sched --device cpu --out "$work/cpu.priors.safetensors"
+run 300 "$tcc" calibrate schedules/fora3.sched --device cpu --out "$scratch/cpu.priors.safetensors"
 verdict "calibrate on the CPU" $?
-run 300 "$tcc" calibrate schedules/fora3.sched --device cuda --out "$work/cuda.priors.safetensors"
+run 300 "$tcc" calibrate schedules/fora3.sched --device cuda --out "$scratch/cuda.priors.safetensors"
 verdict "calibrate on CUDA" $?
-say "- priors fitted on CUDA vs on the CPU: $(python3 tools/cuda/compare.py priors "$work/cuda.priors.safetensors" "$work/cpu.priors.safetensors" 2>&1)"
+say "- priors fitted on CUDA vs on the CPU: $(python3 tools/cuda/compare.py priors "$scratch/cuda.priors.safetensors" "$scratch/cpu.priors.safetensors" 2>&1)"
 for dev in cpu cuda; do
   run 300 "$tcc" sample schedules/fora3.sched --n 100 --device "$dev" \
-    --priors "$work/cpu.priors.safetensors" --latents "$work/$dev.f32.safetensors"
+    --priors "$scratch/cpu.priors.safetensors" --latents "$work/$dev.f32.safetensors"
   verdict "sample --priors on $dev, f32" $?
 done
 run 300 "$tcc" sample schedules/fora3.sched --n 100 --device cuda --dtype bf16 \
-  --priors "$work/cpu.priors.safetensors" --latents "$work/cuda.bf16.safetensors"
+  --priors "$scratch/cpu.priors.safetensors" --latents "$work/cuda.bf16.safetensors"
 verdict "sample --priors on cuda, bf16" $?
 cmp=$(python3 tools/cuda/compare.py latents "$work/cuda.f32.safetensors" "$work/cpu.f32.safetensors" --max 1e-4 2>&1)
 rc=$?
@@ -172,7 +175,7 @@ verdict "CUDA f32 samples match the CPU's" $rc
 say "- samples, CUDA bf16 vs CPU f32 (reported): $(python3 tools/cuda/compare.py latents "$work/cuda.bf16.safetensors" "$work/cpu.f32.safetensors" 2>&1)"
 for dev in cpu cuda; do
   run_json "$work/eval-$dev.json" 420 "$tcc" eval schedules/fora3.sched --device "$dev" \
-    --n 100 --seeds 101,102,103 --plot "$work/eval-$dev.png" --json
+    --n 50 --seeds 101,102 --plot "$work/eval-$dev.png" --json
   verdict "eval on $dev" $?
 done
 say '```'
@@ -205,14 +208,14 @@ say ""
 say "## 5. calibration throughput, DiT-XL/2 FORA preset, random weights, bf16"
 sed 's/prior = "procrustes"/prior = "shift"/' schedules/dit-xl2-fora2-tcc.sched > "$work/dit-xl2-fora2-shift.sched"
 run 240 "$tcc" calibrate "$work/dit-xl2-fora2-shift.sched" --random-weights 0 --device cuda --dtype bf16 \
-  --samples 256 --batch-size 32 --out "$work/shift.priors.safetensors"
+  --samples 256 --batch-size 32 --out "$scratch/shift.priors.safetensors"
 rc=$?
 say "- shift priors, 256 samples, batch 32: $(grep '^wrote' "$log.step")"
 verdict "calibrate (walk throughput)" $rc
 left=$((470 - (SECONDS - start)))
 if (( left > 60 )); then
   run "$left" "$tcc" calibrate schedules/dit-xl2-fora2-tcc.sched --random-weights 0 --device cuda --dtype bf16 \
-    --samples 64 --batch-size 32 --out "$work/procrustes.priors.safetensors"
+    --samples 64 --batch-size 32 --out "$scratch/procrustes.priors.safetensors"
   rc=$?
   say "- Procrustes (the preset), 64 samples: $(grep '^wrote' "$log.step" || echo "stopped after ${left}s")"
   verdict "calibrate (Procrustes fitting time)" $rc
