@@ -102,7 +102,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         plan_hash,
         mode,
         args.batch_size,
-        "calibrating",
         &rt,
     )?;
 
@@ -183,7 +182,6 @@ pub(crate) fn fit_priors(
     plan_hash: String,
     mode: CalibMode,
     batch_size: usize,
-    label: &str,
     rt: &Runtime,
 ) -> Result<(PriorSet, Calibration, CalibTime), CliError> {
     let (n, seed) = (plan.calibration.samples, plan.calibration.seed);
@@ -201,6 +199,11 @@ pub(crate) fn fit_priors(
     }
     let nb = batches.len() as u64;
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
+    // The progress bar's label: the mode, as `tcc eval` names the variants.
+    let label = match mode {
+        CalibMode::OneShot => "one-shot",
+        CalibMode::Consistent => "tcc",
+    };
     let bar = progress(label, nb + nb * sites);
     let started = std::time::Instant::now();
     // A step's priors are fitted between the last batch reaching it and

@@ -120,7 +120,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         hash.clone(),
                         mode,
                         args.batch_size,
-                        label,
                         &rt,
                     )?
                     .0
