@@ -1,5 +1,7 @@
 //! Applying priors during a run: executor hooks that replace a reused
-//! branch output `B` with `B @ M + c`.
+//! branch output `B` with `B @ M + c`, computed in the dtype of `M` and `c`
+//! and cast back to `B`'s (tcc keeps them in f32 whatever the model's
+//! dtype, as the reference code applies its priors).
 
 use std::collections::HashMap;
 
@@ -103,7 +105,12 @@ impl Hooks for PriorHooks {
             .folded
             .get(&Site::new(site.step, site.branch, site.block))
         {
-            Some(Some((m, c))) => Ok(Some(out.broadcast_matmul(m)?.broadcast_add(c)?)),
+            Some(Some((m, c))) => Ok(Some(
+                out.to_dtype(m.dtype())?
+                    .broadcast_matmul(m)?
+                    .broadcast_add(c)?
+                    .to_dtype(out.dtype())?,
+            )),
             Some(None) => Ok(None),
             None if self.strict => Err(ExecError::Candle(candle_core::Error::Msg(format!(
                 "the plan marks step {}, {}, layer {} for a prior, but the priors file has none",

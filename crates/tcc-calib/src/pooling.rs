@@ -101,23 +101,16 @@ impl Pooler {
         stats: &mut PairStats,
     ) -> Result<(), CalibError> {
         for (half, uncond) in self.halves(out, conditions.len())? {
+            // Summed per batch on the tensors' device, merged in f64.
             match self.pooling {
                 Pooling::Tokens => {
-                    let rows: Vec<Vec<f32>> =
-                        half.mean(1).map_err(candle)?.to_vec2().map_err(candle)?;
-                    for (row, &key) in rows.iter().zip(conditions) {
-                        let key = if uncond { key | UNCOND_ROW } else { key };
-                        stats.add(side, key, row)?;
-                    }
+                    let keys: Vec<u64> = conditions
+                        .iter()
+                        .map(|&k| if uncond { k | UNCOND_ROW } else { k })
+                        .collect();
+                    stats.add_rows(side, &half.mean(1).map_err(candle)?, &keys)?
                 }
-                Pooling::Conditions => {
-                    let per_sample: Vec<Vec<Vec<f32>>> = half.to_vec3().map_err(candle)?;
-                    for sample in &per_sample {
-                        for (t, row) in sample.iter().enumerate() {
-                            stats.add(side, t as u64, row)?;
-                        }
-                    }
-                }
+                Pooling::Conditions => stats.add_positions(side, &half)?,
                 Pooling::Samples | Pooling::Unpooled => {
                     return Err(CalibError::Shape(format!(
                         "`{}` pooling keeps second moments, not row sums",

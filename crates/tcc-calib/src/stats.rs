@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::CalibError;
@@ -60,6 +61,23 @@ impl PairStats {
 
     /// Add one vector (length `dim`) to row `key` of one side.
     pub fn add(&mut self, side: Side, key: u64, v: &[f32]) -> Result<(), CalibError> {
+        self.add_sum(side, key, v, 1)
+    }
+
+    /// Add `count` vectors to row `key` of one side, given by their sum `v`
+    /// (summed on the device in f32; merged here in f64).
+    pub fn add_sum(
+        &mut self,
+        side: Side,
+        key: u64,
+        v: &[f32],
+        count: u64,
+    ) -> Result<(), CalibError> {
+        if count == 0 {
+            return Err(CalibError::Shape(format!(
+                "a statistic for row {key} sums no vectors"
+            )));
+        }
         if v.len() != self.dim {
             return Err(CalibError::Shape(format!(
                 "statistics vector has length {}, expected {}",
@@ -85,9 +103,49 @@ impl PairStats {
             count: 0,
             sum: vec![0.0; v.len()],
         });
-        row.count += 1;
+        row.count += count;
         for (s, &x) in row.sum.iter_mut().zip(v) {
             *s += x as f64;
+        }
+        Ok(())
+    }
+
+    /// Add the rows of `x` (`[n, dim]`, on any device), row `i` to row
+    /// `keys[i]`. The rows of one key are summed on `x`'s device in f32 and
+    /// the sums merged here in f64: a GPU sends back one row per key.
+    pub fn add_rows(&mut self, side: Side, x: &Tensor, keys: &[u64]) -> Result<(), CalibError> {
+        let mut distinct: Vec<u64> = Vec::new();
+        let slots: Vec<u32> = keys
+            .iter()
+            .map(|k| match distinct.iter().position(|d| d == k) {
+                Some(i) => i as u32,
+                None => {
+                    distinct.push(*k);
+                    (distinct.len() - 1) as u32
+                }
+            })
+            .collect();
+        let sums: Vec<Vec<f32>> = group_sum(x, &slots, distinct.len())
+            .and_then(|s| s.to_vec2())
+            .map_err(numerics)?;
+        for (i, (row, key)) in sums.iter().zip(&distinct).enumerate() {
+            let count = slots.iter().filter(|&&s| s as usize == i).count();
+            self.add_sum(side, *key, row, count as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Add `x` (`[n, R, dim]`, on any device): row `r` of each of the `n`
+    /// samples to row key `r`, summed over the samples on the device (f32)
+    /// and merged here in f64.
+    pub fn add_positions(&mut self, side: Side, x: &Tensor) -> Result<(), CalibError> {
+        let n = x.dim(0).map_err(numerics)?;
+        let sums: Vec<Vec<f32>> = group_sum(x, &vec![0; n], 1)
+            .and_then(|s| s.squeeze(0))
+            .and_then(|s| s.to_vec2())
+            .map_err(numerics)?;
+        for (r, row) in sums.iter().enumerate() {
+            self.add_sum(side, r as u64, row, n as u64)?;
         }
         Ok(())
     }
@@ -152,6 +210,24 @@ impl PairStats {
     pub fn is_empty(&self) -> bool {
         self.a.is_empty()
     }
+}
+
+fn numerics(e: candle_core::Error) -> CalibError {
+    CalibError::Numerics(e.to_string())
+}
+
+/// `out[slots[i]] += x[i]` over the first dim of `x` (f32), into `n` zeroed
+/// rows. candle's `index_add` adds in order on every device (no atomics),
+/// so the sums are deterministic; one slot per row passes `x` through.
+fn group_sum(x: &Tensor, slots: &[u32], n: usize) -> candle_core::Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    if n == slots.len() && slots.iter().enumerate().all(|(i, &s)| s as usize == i) {
+        return Ok(x);
+    }
+    let idx = Tensor::new(slots, x.device())?;
+    let mut dims = x.dims().to_vec();
+    dims[0] = n;
+    Tensor::zeros(dims, DType::F32, x.device())?.index_add(&idx, &x, 0)
 }
 
 #[cfg(test)]

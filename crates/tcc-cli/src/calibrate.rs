@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use candle_core::DType;
 use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
 use tcc_core::{CalibMethod, CalibMode, Selection};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
 use crate::common::{beside_cwd, CliError, Io};
+use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -68,6 +68,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, None, io.err)?;
     if plan.calibration.method != CalibMethod::Tcc {
         return Err(CliError::input(format!(
@@ -105,8 +106,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .out
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
-    let model = load_model(&plan, &args.model)?;
-    let captions = Captions::for_plan(&plan, &args.model)?;
+    let model = load_model(&plan, &args.model, &rt)?;
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
+    rt.announce(io.err)?;
     let cal = &plan.calibration;
     writeln!(
         io.out,
@@ -131,24 +133,29 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             n => format!("; {n} validation samples, seed {}", cal.validation_seed()),
         }
     )?;
-    let (set, result, secs) = fit_priors(
+    let (set, result, time) = fit_priors(
         &model,
         captions.as_ref(),
         &plan,
         plan_hash,
         mode,
         args.batch_size,
+        &rt,
         "calibrating",
     )?;
     print_report(io, &plan, &result)?;
     set.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
+    let walk = time.total - time.fitting;
     writeln!(
         io.out,
-        "\nwrote {} priors ({} calibrated sites) to {} in {secs:.1}s",
+        "\nwrote {} priors ({} calibrated sites) to {} in {:.1}s: walk {walk:.1}s ({:.1} samples/s, validation included), fitting and choosing {:.1}s",
         set.priors.len(),
         set.sites().len(),
-        out.display()
+        out.display(),
+        time.total,
+        (plan.calibration.samples + plan.calibration.validation_samples()) as f64 / walk,
+        time.fitting
     )?;
     Ok(())
 }
@@ -328,8 +335,9 @@ fn print_report(io: &mut Io, plan: &Plan, result: &Calibration) -> Result<(), Cl
 /// Fits the priors of `plan`'s calibrated steps in `mode`, on
 /// `plan.calibration.samples` samples drawn from `plan.calibration.seed`
 /// (classes cycling), validated on the schedule's validation samples, and
-/// binds them to `plan_hash`. Returns the set, the walk's report and its
-/// wall time in seconds.
+/// binds them to `plan_hash`, running on `rt`. Returns the set, the walk's
+/// report and its wall time. `label` names the progress bar.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_priors(
     model: &AnyModel,
     captions: Option<&Captions>,
@@ -337,37 +345,51 @@ pub(crate) fn fit_priors(
     plan_hash: String,
     mode: CalibMode,
     batch_size: usize,
+    rt: &Runtime,
     label: &str,
-) -> Result<(PriorSet, Calibration, f64), CliError> {
+) -> Result<(PriorSet, Calibration, CalibTime), CliError> {
     let cal = &plan.calibration;
-    let batches = calib_batches(plan, cal.seed, cal.samples, batch_size, captions)?;
+    let batches = calib_batches(plan, cal.seed, cal.samples, batch_size, captions, rt)?;
     let validation = calib_batches(
         plan,
         cal.validation_seed(),
         cal.validation_samples(),
         batch_size,
         captions,
+        rt,
     )?;
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
     let bar = progress(label, (batches.len() + validation.len()) as u64 * sites + 1);
     let started = std::time::Instant::now();
+    // A step's priors are fitted and chosen between the last batch reaching
+    // it and its `Fitted` event (reaching it reads the device's sums:
+    // synchronised).
+    let mut reached = started;
+    let mut fitting = 0.0;
     let result = calibrate(
         model,
         plan,
         &batches,
         &validation,
         mode,
-        DType::F32,
+        PRIOR_DTYPE,
         &mut |p| match p {
-            Progress::Calibration { .. } | Progress::Validation { .. } | Progress::Final => {
-                bar.inc(1)
+            Progress::Fitted { step } => {
+                fitting += reached.elapsed().as_secs_f64();
+                bar.set_message(format!("step {step} fitted"));
             }
-            Progress::Fitted { step } => bar.set_message(format!("step {step} fitted")),
+            _ => {
+                bar.inc(1);
+                reached = std::time::Instant::now();
+            }
         },
     )
     .map_err(|e| CliError::Failure(e.to_string()))?;
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
+    let time = CalibTime {
+        total: started.elapsed().as_secs_f64(),
+        fitting,
+    };
     let report = serde_json::json!({
         "steps": result.steps,
         "choices": result.choices,
@@ -391,7 +413,15 @@ pub(crate) fn fit_priors(
         priors: result.priors.clone(),
         alphas: result.alphas.clone(),
     };
-    Ok((set, result, secs))
+    Ok((set, result, time))
+}
+
+/// Wall time of a calibration, seconds: in all, and fitting and choosing
+/// the priors (the rest is the walk: running the model and summing
+/// statistics, for the calibration and the validation samples).
+pub(crate) struct CalibTime {
+    pub total: f64,
+    pub fitting: f64,
 }
 
 /// `n` calibration samples of `seed` (classes or prompts cycling) in model
@@ -402,11 +432,12 @@ fn calib_batches(
     n: usize,
     batch_size: usize,
     captions: Option<&Captions>,
+    rt: &Runtime,
 ) -> Result<Vec<CalibBatch>, CliError> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let inputs = Inputs::new(plan, seed, n, None, captions)?;
+    let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
     let conditions = inputs.conditions();
     let mut batches = Vec::new();
     let mut start = 0;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device};
 use tcc_calib::{blended_error, choose, fit_candidates, Centered, PriorHooks, PriorSet};
 use tcc_core::{CalibMethod, CalibMode, Selection};
 use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
@@ -15,6 +14,7 @@ use tcc_plan::{Action, Plan};
 
 use crate::calibrate::{check_validation, fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
+use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -134,6 +134,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
         ));
     }
+    let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plans = Vec::new();
     for file in &args.files {
         let plan = args.model.load_plan(file, args.steps, io.err)?;
@@ -152,9 +153,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         check_validation(&plan)?;
         plans.push(plan);
     }
-    let model = load_model(&plans[0], &args.model)?;
-    let captions = Captions::for_plan(&plans[0], &args.model)?;
-    let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
+    let model = load_model(&plans[0], &args.model, &rt)?;
+    let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;
     let several = plans.len() > 1;
 
     // Labels: the file stem (made unique) when several schedules are compared.
@@ -208,6 +208,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
 
     // The priors: given files (checked against the plan) or fitted here.
+    // The device is announced once the inputs are checked, or before the
+    // first fit.
+    let mut announced = false;
     for e in entries.iter_mut() {
         let plan = &e.plan;
         if plan.calibration.method != CalibMethod::Tcc {
@@ -236,6 +239,12 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             let set = match set {
                 Some(set) => set,
                 None => {
+                    if !announced {
+                        rt.announce(io.err)?;
+                        announced = true;
+                    }
+                    // With --json, stdout holds only the JSON.
+                    let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
                     writeln!(
                         log,
                         "fitting {label} priors ({} samples, seed {}, {})",
@@ -250,6 +259,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         e.hash.clone(),
                         mode,
                         args.batch_size,
+                        &rt,
                         &label,
                     )?
                     .0
@@ -266,6 +276,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
     }
     held_out(&args.seeds, &calib_seeds).map_err(CliError::input)?;
+    if !announced {
+        rt.announce(io.err)?;
+    }
 
     let oracle = if args.no_oracle {
         false
@@ -288,7 +301,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 name: label.clone(),
                 plan: &e.plan,
                 hooks: Box::new(
-                    PriorHooks::from_set(set, DType::F32, &Device::Cpu)
+                    PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
                         .map_err(|e| CliError::Failure(e.to_string()))?,
                 ),
                 oracle,
@@ -316,7 +329,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let full = first.all_compute();
     let mut sets = Vec::new();
     for &seed in &args.seeds {
-        let inputs = Inputs::new(first, seed, args.n, None, captions.as_ref())?;
+        let inputs = Inputs::new(first, seed, args.n, None, captions.as_ref(), &rt)?;
         let mut batches = Vec::new();
         let mut start = 0;
         while start < args.n {
@@ -332,7 +345,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         });
     }
     let scorer = if args.model.random_weights.is_none() {
-        TestbedScorer::for_model(&first.model.name)?
+        TestbedScorer::for_model(&first.model.name, &rt.device)?
     } else {
         None
     };

@@ -10,11 +10,14 @@
 //! syntax or semantics; the diagnostics go to stderr), 1 on any other
 //! failure.
 
+mod bench;
 mod calibrate;
 mod check;
 mod common;
 mod convert;
+mod device;
 mod eval;
+mod golden;
 mod hub;
 mod output;
 mod plan;
@@ -54,6 +57,8 @@ Examples:
   tcc plan --emit json schedules/fora3.sched   the compiled plan, its hash and costs
   tcc plan --diff schedules/fora2.sched schedules/fora3.sched
   tcc check schedules/*.sched                  validate schedules
+  tcc sample schedules/fora3.sched --device cuda --dtype bf16
+  tcc bench schedules/dit-xl2-fora3.sched --random-weights 0
 
 Exit status: 0 success, 2 invalid input (diagnostics on stderr), 1 other failure.";
 
@@ -84,11 +89,17 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Measure full vs cache vs cache + priors on held-out seeds.
     Eval(eval::Args),
+    /// Time a schedule's plan against full computation on this device.
+    Bench(bench::Args),
     /// Convert an original DiT checkpoint (.pt) to safetensors.
     Convert(convert::Args),
     /// Quantize a pipeline's T5 text encoder to a GGUF file (q8_0, q4_0).
     #[command(name = "quantize-t5")]
     QuantizeT5(quantize::Args),
+    /// Diagnostic: DiT and PixArt-α forward passes against the committed
+    /// diffusers fixtures on a device (tools/cuda/check.sh).
+    #[command(hide = true)]
+    Golden(golden::Args),
 }
 
 /// Runs `tcc` with the process's arguments and standard streams.
@@ -125,8 +136,10 @@ where
         Command::Sample(args) => sample::run(args, io),
         Command::Calibrate(args) => calibrate::run(args, io),
         Command::Eval(args) => eval::run(args, io),
+        Command::Bench(args) => bench::run(args, io),
         Command::Convert(args) => convert::run(args, io),
         Command::QuantizeT5(args) => quantize::run(args, io),
+        Command::Golden(args) => golden::run(args, io),
     };
     match result {
         Ok(()) => 0,

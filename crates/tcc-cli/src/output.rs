@@ -1,5 +1,5 @@
-//! Files that sampling writes: PNG images and grids, and the ADM
-//! evaluator's `.npz` (uint8 NHWC under `arr_0`). Every file is written to a
+//! Files that sampling writes: PNG images and grids, the ADM evaluator's
+//! `.npz` (uint8 NHWC under `arr_0`), and the latents as safetensors. Every file is written to a
 //! temporary file in its directory and renamed into place.
 
 use std::io::Write;
@@ -79,6 +79,32 @@ pub fn write_npz(
     // The same temp-file-and-rename writer the priors files use.
     tcc_calib::write_atomically(path, &buf.into_inner())
         .map_err(|e| CliError::Failure(e.to_string()))
+}
+
+/// Write final latents `dims` (f32, row-major) as safetensors: `latents`
+/// and the `labels` (u32, one per sample).
+pub fn write_latents(
+    path: &Path,
+    latents: &[f32],
+    dims: &[usize],
+    labels: &[u32],
+) -> Result<(), CliError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let x: Vec<u8> = latents.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let l: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        ("latents", TensorView::new(Dtype::F32, dims.to_vec(), &x)),
+        (
+            "labels",
+            TensorView::new(Dtype::U32, vec![labels.len()], &l),
+        ),
+    ];
+    let mut tensors = Vec::new();
+    for (name, view) in views {
+        tensors.push((name, view.map_err(|e| fail(path, e))?));
+    }
+    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| fail(path, e))?;
+    tcc_calib::write_atomically(path, &bytes).map_err(|e| CliError::Failure(e.to_string()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
 use crate::common::CliError;
+use crate::device::{Runtime, RuntimeArgs};
 use crate::hub::Need;
 
 /// Options shared by every command that runs a model.
@@ -52,6 +53,8 @@ pub struct ModelArgs {
     /// the weights are a single checkpoint file, such as PixArt's `.pth`.
     #[arg(long, value_name = "DIR")]
     pub pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl ModelArgs {
@@ -81,21 +84,21 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 }
 
 /// The model a plan names: the schedule's `weights`, the embedded testbed
-/// model for `tiny` / `shapes160`, or random weights when asked for.
-pub fn load_model(plan: &Plan, args: &ModelArgs) -> Result<AnyModel, CliError> {
+/// model for `tiny` / `shapes160`, or random weights when asked for; on
+/// the runtime's device, in its dtype.
+pub fn load_model(plan: &Plan, args: &ModelArgs, rt: &Runtime) -> Result<AnyModel, CliError> {
     match plan.model.family {
-        ModelFamily::Dit => load_dit(plan, args).map(AnyModel::Dit),
+        ModelFamily::Dit => load_dit(plan, args, rt).map(AnyModel::Dit),
         ModelFamily::Pixart => {
-            let device = Device::Cpu;
             let cfg = PixArtConfig::from_shape(&plan.model).map_err(CliError::input)?;
             if let Some(seed) = args.random_weights {
-                return PixArt::random(&cfg, seed, DType::F32, &device)
+                return PixArt::random(&cfg, seed, rt.dtype, &rt.device)
                     .map(AnyModel::PixArt)
                     .map_err(fail);
             }
             match &plan.weights {
                 Some(path) => {
-                    PixArt::load_with_config(Path::new(path), Some(&cfg), DType::F32, &device)
+                    PixArt::load_with_config(Path::new(path), Some(&cfg), rt.dtype, &rt.device)
                         .map(AnyModel::PixArt)
                         .map_err(CliError::input)
                 }
@@ -112,28 +115,28 @@ fn no_weights(plan: &Plan) -> CliError {
     ))
 }
 
-fn load_dit(plan: &Plan, args: &ModelArgs) -> Result<Dit, CliError> {
-    let device = Device::Cpu;
+fn load_dit(plan: &Plan, args: &ModelArgs, rt: &Runtime) -> Result<Dit, CliError> {
     let cfg = DitConfig::from_shape(&plan.model).map_err(CliError::input)?;
     if let Some(seed) = args.random_weights {
-        return Dit::random(&cfg, seed, DType::F32, &device).map_err(fail);
+        return Dit::random(&cfg, seed, rt.dtype, &rt.device).map_err(fail);
     }
     match &plan.weights {
         Some(path) => {
-            Dit::load(Path::new(path), Some(&cfg), DType::F32, &device).map_err(CliError::input)
+            Dit::load(Path::new(path), Some(&cfg), rt.dtype, &rt.device).map_err(CliError::input)
         }
         None => {
             let Some(testbed) = tcc_testbed::Testbed::from_name(&plan.model.name) else {
                 return Err(no_weights(plan));
             };
-            let model =
-                tcc_testbed::embedded_dit(testbed, DType::F32, &device).map_err(|e| match e {
+            let model = tcc_testbed::embedded_dit(testbed, rt.dtype, &rt.device).map_err(|e| {
+                match e {
                     // Not trained yet: the user has to act (exit 2), as for missing weights.
                     tcc_testbed::TestbedError::NotTrained { .. } => {
                         CliError::input(format!("{}: {e}", plan.source))
                     }
                     e => CliError::Failure(format!("the embedded testbed model: {e}")),
-                })?;
+                }
+            })?;
             let got = model.config();
             let same = (got.depth, got.hidden, got.heads, got.patch, got.input_size)
                 == (cfg.depth, cfg.hidden, cfg.heads, cfg.patch, cfg.input_size)
@@ -179,8 +182,12 @@ impl Captions {
     /// The captions of `args` for `plan`: `None` for class-conditional
     /// models. Prompts are encoded by the pipeline's T5 (cached on disk);
     /// with `--random-weights` and no prompts, seeded random embeddings
-    /// stand in (timing runs).
-    pub fn for_plan(plan: &Plan, args: &ModelArgs) -> Result<Option<Captions>, CliError> {
+    /// stand in (timing runs). Embeddings are f32, on the runtime's device.
+    pub fn for_plan(
+        plan: &Plan,
+        args: &ModelArgs,
+        rt: &Runtime,
+    ) -> Result<Option<Captions>, CliError> {
         let m = &plan.model;
         if m.family != ModelFamily::Pixart {
             if !args.prompt.is_empty() || args.prompts_file.is_some() {
@@ -211,11 +218,11 @@ impl Captions {
         let (l, c) = (m.caption_tokens, m.caption_dim);
         if prompts.is_empty() {
             if let Some(seed) = args.random_weights {
-                let dev = Device::Cpu;
+                let dev = &rt.device;
                 let emb = NoiseRng::new(seed ^ 0xc4)
-                    .randn((1, l, c), &dev)
+                    .randn((1, l, c), dev)
                     .map_err(fail)?;
-                let ones = Tensor::ones((1, l), DType::F32, &dev).map_err(fail)?;
+                let ones = Tensor::ones((1, l), DType::F32, dev).map_err(fail)?;
                 return Ok(Some(Captions {
                     prompts: vec!["<random embedding>".into()],
                     null_emb: emb.zeros_like().map_err(fail)?,
@@ -241,7 +248,7 @@ impl Captions {
             args.text_dtype
                 .parse::<tcc_text::TextPrecision>()
                 .map_err(CliError::input)?,
-            &Device::Cpu,
+            &rt.device,
         )
         .map_err(CliError::input)?;
         if encoder.d_model() != c {
@@ -289,17 +296,20 @@ pub struct Inputs<'a> {
     pub labels: Vec<u32>,
     pub captions: Option<&'a Captions>,
     pub seed: u64,
+    device: Device,
 }
 
 impl<'a> Inputs<'a> {
     /// `n` samples of `seed`: all of `class` or cycling through the classes,
-    /// or cycling through the prompts of `captions`.
+    /// or cycling through the prompts of `captions`; on the runtime's device
+    /// (the noise is drawn on the host, so it is the same on every device).
     pub fn new(
         plan: &Plan,
         seed: u64,
         n: usize,
         class: Option<usize>,
         captions: Option<&'a Captions>,
+        rt: &Runtime,
     ) -> Result<Inputs<'a>, CliError> {
         let m = &plan.model;
         let labels = match (captions, class) {
@@ -321,13 +331,14 @@ impl<'a> Inputs<'a> {
             (None, None) => (0..n).map(|i| (i % m.num_classes.max(1)) as u32).collect(),
         };
         let noise = NoiseRng::new(seed)
-            .randn((n, m.in_channels, m.input_size, m.input_size), &Device::Cpu)
+            .randn((n, m.in_channels, m.input_size, m.input_size), &rt.device)
             .map_err(fail)?;
         Ok(Inputs {
             noise,
             labels,
             captions,
             seed,
+            device: rt.device.clone(),
         })
     }
 
@@ -342,7 +353,7 @@ impl<'a> Inputs<'a> {
 
     /// Samples `start..start+len` as one executor batch.
     pub fn batch(&self, plan: &Plan, start: usize, len: usize) -> Result<SampleBatch, CliError> {
-        let dev = Device::Cpu;
+        let dev = &self.device;
         let labels = &self.labels[start..start + len];
         let noise = self.noise.narrow(0, start, len).map_err(fail)?;
         // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
@@ -350,14 +361,14 @@ impl<'a> Inputs<'a> {
         Ok(match self.captions {
             None => SampleBatch {
                 noise,
-                cond: Tensor::new(labels, &dev).map_err(fail)?,
-                uncond: Some(Tensor::full(plan.model.num_classes as u32, len, &dev).map_err(fail)?),
+                cond: Tensor::new(labels, dev).map_err(fail)?,
+                uncond: Some(Tensor::full(plan.model.num_classes as u32, len, dev).map_err(fail)?),
                 cond_mask: None,
                 uncond_mask: None,
                 seed,
             },
             Some(c) => {
-                let idx = Tensor::new(labels, &dev).map_err(fail)?;
+                let idx = Tensor::new(labels, dev).map_err(fail)?;
                 let rep = |t: &Tensor| -> Result<Tensor, CliError> {
                     let dims: Vec<usize> = std::iter::once(len)
                         .chain(t.dims()[1..].iter().copied())
@@ -380,7 +391,8 @@ impl<'a> Inputs<'a> {
 }
 
 /// Run `plan` over all `n` samples in batches, with a progress bar; returns
-/// the final latents `[n, C, H, W]` and the wall time spent in the model.
+/// the final latents `[n, C, H, W]` (f32, on the inputs' device) and the
+/// wall time spent in the model.
 pub fn run_plan(
     model: &AnyModel,
     plan: &Plan,
@@ -407,6 +419,8 @@ pub fn run_plan(
         outs.push(traj.latents().clone());
         start += len;
     }
+    // GPU kernels run asynchronously: wait for them before reading the clock.
+    inputs.device.synchronize().map_err(fail)?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let x = Tensor::cat(&outs, 0).map_err(|e| CliError::Failure(e.to_string()))?;

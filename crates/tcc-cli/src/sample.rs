@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use tcc_calib::{PriorHooks, PriorSet};
 use tcc_exec::{Hooks, NoHooks};
 use tcc_metrics::{DataRange, ErrorStats};
 
 use crate::common::{CliError, Io};
-use crate::output::{to_nhwc_u8, write_npz};
+use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::output::{to_nhwc_u8, write_latents, write_npz};
 use crate::runtime::{load_model, pipeline_dir, run_plan, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -18,6 +19,7 @@ Examples:
   tcc sample schedules/fora3.sched --n 100 --class 3 --out samples/
   tcc sample schedules/fora3.sched --priors fora3.priors.safetensors --vs-full
   tcc sample schedules/full.sched --n 1000 --npz full.npz
+  tcc sample schedules/fora3.sched --device cuda --dtype bf16 --latents x.safetensors
   tcc sample pixart.sched --model hf:PixArt-alpha/PixArt-XL-2-256x256 --prompt \"a cat\" --grid out.png
 
 The same --seed gives the same samples: sample i's noise is the i-th draw of
@@ -59,6 +61,11 @@ pub struct Args {
     /// labels in `arr_1`).
     #[arg(long, value_name = "NPZ")]
     npz: Option<PathBuf>,
+    /// Write the final latents (f32 `latents` [n, C, H, W], before any VAE)
+    /// and the class or prompt index of each sample (`labels`) as
+    /// safetensors.
+    #[arg(long, value_name = "FILE")]
+    latents: Option<PathBuf>,
     /// Also run full computation from the same noise and report each
     /// sample's error against it (relative L2, PSNR).
     #[arg(long)]
@@ -71,21 +78,22 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.n == 0 || args.batch_size == 0 {
         return Err(CliError::input("--n and --batch-size must be at least 1"));
     }
+    let rt = Runtime::from_args(&args.model.runtime)?;
     let plan = args.model.load_plan(&args.file, None, io.err)?;
-    let model = load_model(&plan, &args.model)?;
+    let model = load_model(&plan, &args.model, &rt)?;
     let mut hooks: Box<dyn Hooks> = match &args.priors {
         Some(path) => {
             let set = PriorSet::load(path).map_err(CliError::input)?;
             set.check_binding(&plan.hash().to_string(), &plan.model.name)
                 .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
             Box::new(
-                PriorHooks::from_set(&set, DType::F32, &Device::Cpu)
+                PriorHooks::from_set(&set, PRIOR_DTYPE, &rt.device)
                     .map_err(|e| CliError::Failure(e.to_string()))?,
             )
         }
         None => Box::new(NoHooks),
     };
-    let captions = Captions::for_plan(&plan, &args.model)?;
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
     // Pixel-space models sample images; latent models need the pipeline's
     // VAE, checked before sampling so a missing one fails fast.
     let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
@@ -98,12 +106,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 plan.model.name, plan.model.in_channels
             ))
         })?;
-        Some(tcc_vae::VaeDecoder::load(&dir, DType::F32, &Device::Cpu).map_err(CliError::input)?)
+        Some(tcc_vae::VaeDecoder::load(&dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?)
     } else {
         None
     };
-    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref())?;
+    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
     let classes = &inputs.labels;
+    rt.announce(io.err)?;
     let (x, time) = run_plan(
         &model,
         &plan,
@@ -123,7 +132,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     )?;
 
     let scorer = if plan.weights.is_none() && args.model.random_weights.is_none() {
-        TestbedScorer::for_model(&plan.model.name)?
+        TestbedScorer::for_model(&plan.model.name, &rt.device)?
     } else {
         None
     };
@@ -162,6 +171,11 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             err.rel_l2.n(),
             full_time.as_secs_f64() / time.as_secs_f64()
         )?;
+    }
+
+    if let Some(path) = &args.latents {
+        write_latents(path, &flat(&x)?, x.dims(), classes)?;
+        writeln!(io.out, "wrote {}", path.display())?;
     }
 
     let decoded = std::cell::OnceCell::new();

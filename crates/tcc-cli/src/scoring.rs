@@ -17,8 +17,10 @@ pub struct TestbedScorer {
 
 impl TestbedScorer {
     /// The scorer of the testbed whose model is `model` (`tiny`,
-    /// `shapes160`), if it is one.
-    pub fn for_model(model: &str) -> Result<Option<TestbedScorer>, CliError> {
+    /// `shapes160`), if it is one. The classifier runs on `device`, in f32
+    /// whatever the model's dtype: FD and accuracy then measure the
+    /// samples, not the scorer's precision.
+    pub fn for_model(model: &str, device: &Device) -> Result<Option<TestbedScorer>, CliError> {
         let Some(testbed) = Testbed::from_name(model) else {
             return Ok(None);
         };
@@ -26,7 +28,7 @@ impl TestbedScorer {
             |e: &dyn std::fmt::Display| CliError::Failure(format!("testbed classifier: {e}"));
         Ok(Some(TestbedScorer {
             testbed,
-            classifier: tcc_testbed::Classifier::load_embedded(testbed, &Device::Cpu)
+            classifier: tcc_testbed::Classifier::load_embedded(testbed, device)
                 .map_err(|e| fail(&e))?,
             reference: tcc_testbed::reference_stats(testbed).map_err(|e| fail(&e))?,
         }))

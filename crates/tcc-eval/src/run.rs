@@ -254,6 +254,8 @@ pub fn evaluate<M: BlockModel>(
                 };
                 let t0 = Instant::now();
                 reference.step(&mut rec)?;
+                // GPU kernels run asynchronously: wait before reading the clock.
+                reference.latents().device().synchronize()?;
                 times[0] += t0.elapsed();
                 progress(Progress { samples: b });
                 let x_ref = reference.latents().flatten_all()?.to_vec1::<f32>()?;
@@ -271,6 +273,7 @@ pub fn evaluate<M: BlockModel>(
                     };
                     let t0 = Instant::now();
                     traj.step(&mut obs)?;
+                    traj.latents().device().synchronize()?;
                     let spent = t0.elapsed().saturating_sub(obs.overhead);
                     if let Some(e) = obs.error {
                         return Err(e);
@@ -514,6 +517,8 @@ impl Hooks for Observer<'_> {
     ) -> tcc_exec::Result<Option<Tensor>> {
         let replaced = self.inner.branch_output(site, out)?;
         if matches!(site.action, Action::Reuse { .. }) && self.error.is_none() {
+            // The variant's queued GPU work is its time, not the overhead's.
+            out.device().synchronize()?;
             let t0 = Instant::now();
             let used = replaced.as_ref().unwrap_or(out);
             if let Err(e) = self.measure(site, used) {

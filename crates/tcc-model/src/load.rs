@@ -64,6 +64,8 @@ impl Raw {
     }
 }
 
+/// Checkpoint tensors are read and checked in host memory; `Weights` casts
+/// and moves each one to the model's device as the model takes it.
 fn read_safetensors(file: &Path, out: &mut Named) -> Result<()> {
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
