@@ -12,8 +12,11 @@ use tcc_exec::NoHooks;
 use tcc_metrics::Summary;
 use tcc_plan::{Action, Plan};
 
-use crate::calibrate::{check_validation, fit_priors, name};
+use tcc_fs::OutputKind;
+
+use crate::calibrate::{calibration_memory, check_validation, fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
+use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
@@ -119,16 +122,26 @@ fn cache_actions(plan: &Plan) -> Vec<Vec<Vec<Action>>> {
         .collect()
 }
 
+/// The most seed sets one evaluation takes.
+const MAX_SEED_SETS: usize = 10_000;
+
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    if args.n == 0 || args.batch_size == 0 {
-        return Err(CliError::input("--n and --batch-size must be at least 1"));
-    }
+    check_count("--n", args.n, MAX_SAMPLES)?;
+    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
     if args.seeds.is_empty() {
         return Err(CliError::input("--seeds needs at least one seed"));
     }
-    if args.steps == Some(0) {
-        return Err(CliError::input("--steps must be at least 1"));
-    }
+    check_count("--seeds (number of seed sets)", args.seeds.len(), MAX_SEED_SETS)?;
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
+    let flag = if args.plot.is_some() {
+        "--plot"
+    } else {
+        "the plot"
+    };
+    check_output(flag, &plot, OutputKind::File)?;
     if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
         return Err(CliError::input(
             "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
@@ -153,9 +166,48 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         check_validation(&plan)?;
         plans.push(plan);
     }
+    let several = plans.len() > 1;
+
+    // Evaluation seeds must be held out from the samples priors will be
+    // fitted and validated on: checked before any work.
+    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
+    let mut planned_seeds: Vec<(String, u64)> = Vec::new();
+    let mut memory = Memory::new();
+    memory.model(&plans[0], &args.model, rt.dtype);
+    for (i, plan) in plans.iter().enumerate() {
+        let c = &plan.calibration;
+        if c.method == CalibMethod::Tcc && fits_here {
+            let prefix = match (several, args.files[i].file_stem()) {
+                (true, Some(stem)) => format!("{}:", stem.to_string_lossy()),
+                _ => String::new(),
+            };
+            planned_seeds.push((format!("the {prefix}priors"), c.seed));
+            if c.validation_samples() > 0 {
+                planned_seeds.push((
+                    format!("the validation samples of the {prefix}priors"),
+                    c.validation_seed(),
+                ));
+            }
+            let mut fit = Memory::new();
+            calibration_memory(plan, args.batch_size, &mut fit);
+            memory.add("fitting priors", fit.total());
+        }
+    }
+    held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
+    // Every seed set's inputs, and the final latents of full computation
+    // and of every variant (cache, one-shot, tcc per schedule).
+    let variants = 1 + 3 * plans.len();
+    memory
+        .batch(&plans[0], args.batch_size)
+        .latents(
+            "the evaluated latents",
+            &plans[0],
+            args.n,
+            (args.seeds.len() * (variants + 1)) as u128,
+        );
+    memory.check()?;
     let model = load_model(&plans[0], &args.model, &rt)?;
     let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;
-    let several = plans.len() > 1;
 
     // Labels: the file stem (made unique) when several schedules are compared.
     let mut entries: Vec<Entry> = Vec::new();
@@ -188,24 +240,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             cache,
         });
     }
-
-    // Evaluation seeds must be held out from the samples priors will be
-    // fitted and validated on: checked before any fitting.
-    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
-    let mut planned_seeds: Vec<(String, u64)> = Vec::new();
-    for e in &entries {
-        let c = &e.plan.calibration;
-        if c.method == CalibMethod::Tcc && fits_here {
-            planned_seeds.push((format!("the {}priors", e.prefix), c.seed));
-            if c.validation_samples() > 0 {
-                planned_seeds.push((
-                    format!("the validation samples of the {}priors", e.prefix),
-                    c.validation_seed(),
-                ));
-            }
-        }
-    }
-    held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
 
     // The priors: given files (checked against the plan) or fitted here.
     // The device is announced once the inputs are checked, or before the
@@ -376,10 +410,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .collect();
     let oracles = oracle_rows(&report, &calibrated)?;
 
-    let plot = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
     write_plot(&plot, first, &report)?;
 
     if args.json {
@@ -512,6 +542,7 @@ fn load_priors(
 ) -> Result<PriorSet, CliError> {
     let set = PriorSet::load(path).map_err(CliError::input)?;
     set.check_binding(hash, &plan.model.name)
+        .and_then(|()| set.check_plan(plan))
         .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     if set.meta.mode != mode {
         return Err(CliError::input(format!(

@@ -76,9 +76,7 @@ pub fn write_npz(
         }
         zip.finish().map_err(|e| fail(path, e))?;
     }
-    // The same temp-file-and-rename writer the priors files use.
-    tcc_calib::write_atomically(path, &buf.into_inner())
-        .map_err(|e| CliError::Failure(e.to_string()))
+    tcc_fs::write_atomically(path, &buf.into_inner()).map_err(|e| fail(path, e))
 }
 
 /// Write final latents `dims` (f32, row-major) as safetensors: `latents`
@@ -103,8 +101,8 @@ pub fn write_latents(
     for (name, view) in views {
         tensors.push((name, view.map_err(|e| fail(path, e))?));
     }
-    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| fail(path, e))?;
-    tcc_calib::write_atomically(path, &bytes).map_err(|e| CliError::Failure(e.to_string()))
+    let bytes = tcc_fs::safetensors_bytes(tensors, None).map_err(|e| fail(path, e))?;
+    tcc_fs::write_atomically(path, &bytes).map_err(|e| fail(path, e))
 }
 
 #[cfg(test)]

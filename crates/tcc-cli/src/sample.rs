@@ -7,8 +7,11 @@ use tcc_calib::{PriorHooks, PriorSet};
 use tcc_exec::{Hooks, NoHooks};
 use tcc_metrics::{DataRange, ErrorStats};
 
+use tcc_fs::OutputKind;
+
 use crate::common::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::output::{to_nhwc_u8, write_latents, write_npz};
 use crate::runtime::{load_model, pipeline_dir, run_plan, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
@@ -23,7 +26,10 @@ Examples:
   tcc sample pixart.sched --model hf:PixArt-alpha/PixArt-XL-2-256x256 --prompt \"a cat\" --grid out.png
 
 The same --seed gives the same samples: sample i's noise is the i-th draw of
-the seed's stream whatever the batch size. Without --class, sample i has
+the seed's stream whatever the batch size (drawn batch by batch). Outputs
+are checked before sampling (their folders must exist; --out DIR is created
+in an existing folder) and written atomically; a run that would not fit in
+memory is refused with the estimate. Without --class, sample i has
 class i mod (number of classes). Schedules naming the `tiny` or `shapes160`
 model without weights use the embedded testbed model. --model takes the model from a folder,
 a checkpoint or a Hugging Face Hub repository instead of the schedule's
@@ -74,41 +80,129 @@ pub struct Args {
     model: ModelArgs,
 }
 
+/// The largest side of a `--grid` PNG, in pixels (image viewers and
+/// decoders give up well before PNG's own limit).
+const MAX_GRID_SIDE: usize = 1 << 16;
+
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    if args.n == 0 || args.batch_size == 0 {
-        return Err(CliError::input("--n and --batch-size must be at least 1"));
+    check_count("--n", args.n, MAX_SAMPLES)?;
+    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
+    // Every output is checked before any work; no folder is created but
+    // --out itself (in an existing folder).
+    if let Some(dir) = &args.out {
+        check_output("--out", dir, OutputKind::Dir)?;
+    }
+    for (flag, path) in [
+        ("--grid", &args.grid),
+        ("--npz", &args.npz),
+        ("--latents", &args.latents),
+    ] {
+        if let Some(path) = path {
+            check_output(flag, path, OutputKind::File)?;
+        }
     }
     let rt = Runtime::from_args(&args.model.runtime)?;
     let plan = args.model.load_plan(&args.file, None, io.err)?;
-    let model = load_model(&plan, &args.model, &rt)?;
-    let mut hooks: Box<dyn Hooks> = match &args.priors {
+    let priors = match &args.priors {
         Some(path) => {
             let set = PriorSet::load(path).map_err(CliError::input)?;
             set.check_binding(&plan.hash().to_string(), &plan.model.name)
+                .and_then(|()| set.check_plan(&plan))
                 .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
-            Box::new(
-                PriorHooks::from_set(&set, PRIOR_DTYPE, &rt.device)
-                    .map_err(|e| CliError::Failure(e.to_string()))?,
-            )
+            Some((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
         }
-        None => Box::new(NoHooks),
+        None => None,
     };
-    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
     // Pixel-space models sample images; latent models need the pipeline's
     // VAE, checked before sampling so a missing one fails fast.
     let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
     // A testbed's latents (shapes160) decode without a VAE.
     let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
-    let vae = if writes_images && plan.model.in_channels != 3 && testbed.is_none() {
-        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
+    let needs_vae = writes_images && plan.model.in_channels != 3 && testbed.is_none();
+    let vae_dir = if needs_vae {
+        Some(pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
             CliError::input(format!(
                 "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
                 plan.model.name, plan.model.in_channels
             ))
-        })?;
-        Some(tcc_vae::VaeDecoder::load(&dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?)
+        })?)
     } else {
         None
+    };
+    let side = plan.model.input_size
+        * match (needs_vae, testbed) {
+            (true, _) => 8,
+            (false, Some(tcc_testbed::Testbed::Shapes160)) => 2,
+            _ => 1,
+        };
+    let prompts = if plan.model.family == tcc_core::ModelFamily::Pixart {
+        args.model.prompts()?.len()
+    } else {
+        0
+    };
+    let grid = args.grid.as_ref().map(|_| {
+        let nrow = if plan.model.family == tcc_core::ModelFamily::Pixart {
+            prompts.max(1).min(args.n)
+        } else if args.class.is_none() {
+            plan.model.num_classes.min(args.n)
+        } else {
+            args.n.min(10)
+        };
+        tcc_data::Grid {
+            nrow,
+            pad: 2,
+            scale: 4,
+        }
+    });
+    if let Some(g) = &grid {
+        let (w, h) = g.pixels(args.n, side, side);
+        if w.max(h) > MAX_GRID_SIDE {
+            return Err(CliError::input(format!(
+                "--grid: {} samples make a {w} x {h} pixel grid, more than {MAX_GRID_SIDE} pixels a side: write --out or --npz for this many",
+                args.n
+            )));
+        }
+    }
+    let mut memory = Memory::new();
+    memory
+        .model(&plan, &args.model, rt.dtype)
+        .batch(&plan, args.batch_size)
+        // The batches' latents, their concatenation, and a host copy.
+        .latents("final latents", &plan, args.n, 3);
+    if args.vs_full {
+        memory.latents("full computation's latents", &plan, args.n, 2);
+    }
+    if let Some((_, bytes)) = &priors {
+        // The file, its values in f64, the folded matrices.
+        memory.add("priors", 4 * *bytes as u128);
+    }
+    let pixels = (args.n * 3 * side * side) as u128;
+    if writes_images {
+        memory.add("images", 2 * 4 * pixels);
+    }
+    if args.npz.is_some() {
+        memory.add("the .npz", 2 * pixels);
+    }
+    if let Some(g) = &grid {
+        let (w, h) = g.pixels(args.n, side, side);
+        memory.add("the grid", 2 * 3 * (w * h) as u128);
+    }
+    memory.check()?;
+
+    let model = load_model(&plan, &args.model, &rt)?;
+    let mut hooks: Box<dyn Hooks> = match &priors {
+        Some((set, _)) => Box::new(
+            PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
+                .map_err(|e| CliError::Failure(e.to_string()))?,
+        ),
+        None => Box::new(NoHooks),
+    };
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
+    let vae = match &vae_dir {
+        Some(dir) => Some(
+            tcc_vae::VaeDecoder::load(dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?,
+        ),
+        None => None,
     };
     let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
     let classes = &inputs.labels;
@@ -177,39 +271,42 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         write_latents(path, &flat(&x)?, x.dims(), classes)?;
         writeln!(io.out, "wrote {}", path.display())?;
     }
+    if !writes_images {
+        return Ok(());
+    }
 
-    let decoded = std::cell::OnceCell::new();
-    let images = || -> Result<(Vec<f32>, usize), CliError> {
-        if let Some(d) = decoded.get() {
-            return Ok(Clone::clone(d));
+    let imgs = match &vae {
+        None => match testbed {
+            Some(tb) => tb.to_images(&flat(&x)?, args.n).map_err(CliError::input)?.0,
+            None => flat(&x)?,
+        },
+        Some(vae) => {
+            let bar = crate::runtime::progress("decoding", args.n as u64);
+            let img = vae
+                .decode_with_progress(&x, |done, _| bar.set_position(done as u64))
+                .map_err(|e| CliError::Failure(e.to_string()))?;
+            bar.finish_and_clear();
+            flat(&img)?
         }
-        let s = plan.model.input_size;
-        let out = match &vae {
-            None => match testbed {
-                Some(tb) => tb.to_images(&flat(&x)?, args.n).map_err(CliError::input)?,
-                None => (flat(&x)?, s),
-            },
-            Some(vae) => {
-                let bar = crate::runtime::progress("decoding", args.n as u64);
-                let img = vae
-                    .decode_with_progress(&x, |done, _| bar.set_position(done as u64))
-                    .map_err(|e| CliError::Failure(e.to_string()))?;
-                bar.finish_and_clear();
-                (flat(&img)?, s * vae.config().upscale())
-            }
-        };
-        let _ = decoded.set(out.clone());
-        Ok(out)
     };
+    drop(x);
+    if let Some(i) = imgs.iter().position(|v| !v.is_finite()) {
+        return Err(CliError::Failure(format!(
+            "the decoded images are not finite (sample {}): nothing written",
+            i / (3 * side * side)
+        )));
+    }
     let what = if captions.is_some() {
         "prompt"
     } else {
         "class"
     };
+    let s = side;
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
-        let (imgs, s) = images()?;
+        if !dir.is_dir() {
+            std::fs::create_dir(dir)
+                .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+        }
         let per = 3 * s * s;
         for (i, c) in classes.iter().enumerate() {
             let path = dir.join(format!("{:06}_{what}{c}.png", i));
@@ -227,30 +324,12 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         writeln!(io.out, "wrote {} PNGs to {}", args.n, dir.display())?;
     }
-    if let Some(path) = &args.grid {
-        let (imgs, s) = images()?;
-        let nrow = if let Some(c) = &captions {
-            c.prompts.len().min(args.n)
-        } else if args.class.is_none() {
-            plan.model.num_classes.min(args.n)
-        } else {
-            args.n.min(10)
-        };
-        tcc_data::write_grid_png(
-            path,
-            &imgs,
-            [args.n, 3, s, s],
-            tcc_data::Grid {
-                nrow,
-                pad: 2,
-                scale: 4,
-            },
-        )
-        .map_err(|e| CliError::Failure(e.to_string()))?;
+    if let (Some(path), Some(g)) = (&args.grid, grid) {
+        tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
+            .map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(io.out, "wrote grid {}", path.display())?;
     }
     if let Some(path) = &args.npz {
-        let (imgs, s) = images()?;
         write_npz(
             path,
             &to_nhwc_u8(&imgs, args.n, s, s),

@@ -21,6 +21,6 @@ pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
 pub use dit::Dit;
 pub use error::{Error, Result};
 pub use layers::pos_embed_2d;
-pub use load::{convert_checkpoint, detect_layout, ConvertReport, WeightsLayout};
+pub use load::{convert_checkpoint, detect_layout, weight_files, ConvertReport, WeightsLayout};
 pub use parts::{BlockModel, Conditioning, Modulation};
 pub use pixart::{PixArt, PixArtConfig};

@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -96,20 +95,11 @@ impl EmbeddingCache {
         };
         let embedding = embedding.to_dtype(DType::F32)?.contiguous()?;
         let mask = mask.to_dtype(DType::F32)?.contiguous()?;
-        let metadata = HashMap::from([("prompt".to_string(), prompt.to_string())]);
+        let metadata = BTreeMap::from([("prompt".to_string(), prompt.to_string())]);
         let bytes =
-            safetensors::serialize([("embedding", &embedding), ("mask", &mask)], Some(metadata))
-                .map_err(|e| err(e.to_string()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .suffix(".safetensors")
-            .tempfile_in(&self.dir)
-            .map_err(|e| err(format!("creating a temporary file: {e}")))?;
-        tmp.write_all(&bytes)
-            .and_then(|()| tmp.flush())
-            .map_err(|e| err(format!("writing: {e}")))?;
-        tmp.persist(&path)
-            .map_err(|e| err(format!("renaming into place: {}", e.error)))?;
+            tcc_fs::safetensors_bytes([("embedding", &embedding), ("mask", &mask)], Some(metadata))
+                .map_err(err)?;
+        tcc_fs::write_atomically(&path, &bytes).map_err(|e| err(format!("writing: {e}")))?;
         Ok(())
     }
 }

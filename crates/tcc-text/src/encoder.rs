@@ -70,8 +70,12 @@ impl std::fmt::Debug for TextEncoder {
     }
 }
 
+/// The most bytes of a config, index or tokenizer file (T5's
+/// tokenizer.json has 2.4 MB).
+const MAX_JSON_BYTES: u64 = 1 << 28;
+
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| TextError::Io {
+    tcc_fs::read_input(path, MAX_JSON_BYTES).map_err(|source| TextError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -158,18 +158,10 @@ pub fn quantize_encoder(
         let path = path.to_path_buf();
         move |source| TextError::Io { path, source }
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tcc-quantize-")
-        .suffix(".gguf.tmp")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    let tmp_path = tmp.path().to_path_buf();
+    let mut file = tcc_fs::AtomicFile::create(out).map_err(io(out))?;
+    let tmp_path = file.temp_path().to_path_buf();
     {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let mut w = std::io::BufWriter::new(file.file());
         gguf_file::write(&mut w, &metadata, &refs).map_err(|e| bad(e.to_string()))?;
         std::io::Write::flush(&mut w).map_err(io(&tmp_path))?;
     }
@@ -177,16 +169,13 @@ pub fn quantize_encoder(
     drop(tensors);
     // Load it back the way `TextEncoder::load` will.
     let check: Result<quantized_t5::T5EncoderModel> =
-        load_quantized(tmp.path(), quant, &config_path, config_json, &Device::Cpu);
+        load_quantized(&tmp_path, quant, &config_path, config_json, &Device::Cpu);
     check.map_err(|e| {
         bad(format!(
             "the written file does not load as a T5 encoder: {e}"
         ))
     })?;
-    tmp.persist(out).map_err(|e| TextError::Io {
-        path: out.to_path_buf(),
-        source: e.error,
-    })?;
+    file.commit().map_err(io(out))?;
     let bytes = std::fs::metadata(out).map_err(io(out))?.len();
     Ok(QuantizeReport {
         path: out.to_path_buf(),

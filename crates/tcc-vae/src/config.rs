@@ -51,7 +51,7 @@ struct Raw {
 impl VaeConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match tcc_fs::read_input_text(path, 1 << 20) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VaeError::MissingFile {

@@ -125,7 +125,8 @@ impl VaeDecoder {
         if !path.is_file() && dir.join(WEIGHTS_FILE_FP16).is_file() {
             path = dir.join(WEIGHTS_FILE_FP16);
         }
-        let bytes = std::fs::read(&path).map_err(|e| {
+        // The VAE is ~330 MB in f32; 4 GB leaves room for any decoder.
+        let bytes = tcc_fs::read_input(&path, 1 << 32).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 VaeError::MissingFile {
                     path: path.clone(),
