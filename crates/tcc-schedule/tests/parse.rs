@@ -455,9 +455,25 @@ fn render_matches_rustc_layout() {
 
 #[test]
 fn printing_the_shipped_schedules_keeps_their_meaning() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules");
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "sched") {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schedules"),
+        &mut files,
+    );
+    assert!(files
+        .iter()
+        .any(|p| p.ends_with("study/fora3-affine.sched")));
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let s = parse_ok(&text);
         let printed = print(&s);

@@ -179,7 +179,9 @@ fn sampler() -> impl Strategy<Value = SamplerSection> {
         )
 }
 
-fn calibration() -> impl Strategy<Value = CalibrationSection> {
+/// Boxed: the value tree of this many settings is large, and unboxed it
+/// overflows the test thread's stack in an unoptimised build.
+fn calibration() -> BoxedStrategy<CalibrationSection> {
     let kind =
         || proptest::sample::select(PriorKind::ALL.iter().map(|&(_, k)| k).collect::<Vec<_>>());
     let list = |s: BoxedStrategy<f64>| {
@@ -215,29 +217,31 @@ fn calibration() -> impl Strategy<Value = CalibrationSection> {
         opt(toml_uint()),
         opt(toml_uint()),
     );
-    (settings, selection).prop_map(
-        |(
-            (method, mode, steps, alpha, prior, pooling, pooled_half, samples, seed),
-            (select, candidates, alphas, ridge, rank, validation_samples, validation_seed),
-        )| CalibrationSection {
-            method,
-            mode,
-            steps,
-            alpha,
-            prior,
-            pooling,
-            pooled_half,
-            samples,
-            seed,
-            select,
-            candidates,
-            alphas,
-            ridge,
-            rank,
-            validation_samples,
-            validation_seed,
-        },
-    )
+    (settings, selection)
+        .prop_map(
+            |(
+                (method, mode, steps, alpha, prior, pooling, pooled_half, samples, seed),
+                (select, candidates, alphas, ridge, rank, validation_samples, validation_seed),
+            )| CalibrationSection {
+                method,
+                mode,
+                steps,
+                alpha,
+                prior,
+                pooling,
+                pooled_half,
+                samples,
+                seed,
+                select,
+                candidates,
+                alphas,
+                ridge,
+                rank,
+                validation_samples,
+                validation_seed,
+            },
+        )
+        .boxed()
 }
 
 fn schedule() -> impl Strategy<Value = Schedule> {
