@@ -398,8 +398,8 @@ impl PriorSet {
                 }
                 // Both sides are rounded to f32 from the same f64 fold: they
                 // agree to a few units in the last place of the terms summed.
-                if let Some(i) = (0..got.len())
-                    .find(|&i| (got[i] - want[i]).abs() > 1e-5 * scale[i] + 1e-30)
+                if let Some(i) =
+                    (0..got.len()).find(|&i| (got[i] - want[i]).abs() > 1e-5 * scale[i] + 1e-30)
                 {
                     return Err(bad(format!(
                         "tensor `{name}` disagrees with the prior it folds (R, s, muA, muB and alpha {alpha}): {} at {i} instead of {}",
@@ -681,7 +681,11 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        std::fs::write(path, safetensors::tensor::serialize(views, Some(md)).unwrap()).unwrap();
+        std::fs::write(
+            path,
+            safetensors::tensor::serialize(views, Some(md)).unwrap(),
+        )
+        .unwrap();
     }
 
     const META_V2: [(&str, &str); 11] = [
@@ -704,9 +708,17 @@ mod tests {
         let d = 2;
         vec![
             ("step1.attn.layer0.alpha".into(), vec![1], vec![0.5]),
-            ("step1.attn.layer0.M".into(), vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
+            (
+                "step1.attn.layer0.M".into(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
             ("step1.attn.layer0.c".into(), vec![1, d], c.to_vec()),
-            ("step1.attn.layer0.R".into(), vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
+            (
+                "step1.attn.layer0.R".into(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
             ("step1.attn.layer0.s".into(), vec![1], vec![1.0]),
             ("step1.attn.layer0.muA".into(), vec![1, d], vec![1.0, 0.0]),
             ("step1.attn.layer0.muB".into(), vec![1, d], vec![0.0, 0.0]),
@@ -720,7 +732,10 @@ mod tests {
         let mut set = sample_set();
         set.priors.values_mut().next().unwrap().mu_a[1] = 1e39;
         let e = set.save(&p).unwrap_err().to_string();
-        assert!(e.contains("step1.attn.layer0.muA") && e.contains("1e39"), "{e}");
+        assert!(
+            e.contains("step1.attn.layer0.muA") && e.contains("1e39"),
+            "{e}"
+        );
         assert!(!p.exists());
     }
 
@@ -750,7 +765,9 @@ mod tests {
         raw_file(&p, &v2_tensors([0.5, 0.25]), &META_V2);
         let e = PriorSet::load(&p).unwrap_err().to_string();
         assert!(
-            e.contains("p.safetensors") && e.contains("step1.attn.layer0.c") && e.contains("disagrees"),
+            e.contains("p.safetensors")
+                && e.contains("step1.attn.layer0.c")
+                && e.contains("disagrees"),
             "{e}"
         );
         // New files do not store them at all.
@@ -770,7 +787,10 @@ mod tests {
         t.push(("step1.attn.layer0.extra".into(), vec![1], vec![0.0]));
         raw_file(&p, &t, &META_V2);
         let e = PriorSet::load(&p).unwrap_err().to_string();
-        assert!(e.contains("unexpected tensor `step1.attn.layer0.extra`"), "{e}");
+        assert!(
+            e.contains("unexpected tensor `step1.attn.layer0.extra`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -792,8 +812,13 @@ mod tests {
 
     #[test]
     fn only_regular_files_are_read() {
-        let e = PriorSet::load(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        let e = PriorSet::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     /// FORA N=3 over 6 steps of `tiny` (4 blocks of width 64), priors at
@@ -831,7 +856,10 @@ mod tests {
         extra.priors.insert(layer, Prior::identity(d));
         extra.alphas.insert(layer, 0.5);
         let e = extra.check_plan(&plan).unwrap_err().to_string();
-        assert!(e.contains(&format!("layer {}", plan.model.depth)) && e.contains("does not calibrate"), "{e}");
+        assert!(
+            e.contains(&format!("layer {}", plan.model.depth)) && e.contains("does not calibrate"),
+            "{e}"
+        );
 
         let mut step = good.clone();
         step.alphas.insert(Site::new(3, Branch::Attn, 0), 0.0);
@@ -859,6 +887,9 @@ mod tests {
         p.mu_b = vec![0.0; 3 * d];
         rows.priors.insert(first, p);
         let e = rows.check_plan(&plan).unwrap_err().to_string();
-        assert!(e.contains("step1.attn.layer0.muA") && e.contains(&format!("expected [1, {d}]")), "{e}");
+        assert!(
+            e.contains("step1.attn.layer0.muA") && e.contains(&format!("expected [1, {d}]")),
+            "{e}"
+        );
     }
 }

@@ -118,7 +118,11 @@ impl ModelShape {
             ("input channels", self.in_channels, Self::MAX_WIDTH),
             ("output channels", self.out_channels, Self::MAX_WIDTH),
             ("classes", self.num_classes, Self::MAX_CLASSES),
-            ("caption tokens", self.caption_tokens, Self::MAX_CAPTION_TOKENS),
+            (
+                "caption tokens",
+                self.caption_tokens,
+                Self::MAX_CAPTION_TOKENS,
+            ),
             ("caption width", self.caption_dim, Self::MAX_WIDTH),
         ];
         for (what, v, max) in sizes {

@@ -147,7 +147,9 @@ impl AtomicFile {
     }
 
     pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("the file is open until committed")
+        self.file
+            .as_mut()
+            .expect("the file is open until committed")
     }
 
     /// Flushes the file to disk and renames it over the target.
@@ -198,7 +200,10 @@ impl Drop for AtomicFile {
 fn test_commit_delay() -> Option<std::time::Duration> {
     static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
     *DELAY.get_or_init(|| {
-        let ms: u64 = std::env::var("TCC_TEST_COMMIT_DELAY_MS").ok()?.parse().ok()?;
+        let ms: u64 = std::env::var("TCC_TEST_COMMIT_DELAY_MS")
+            .ok()?
+            .parse()
+            .ok()?;
         Some(std::time::Duration::from_millis(ms))
     })
 }

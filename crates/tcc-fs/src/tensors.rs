@@ -30,11 +30,17 @@ where
 /// Offsets in the header are relative to the data, which stays as it is.
 fn canonical_header(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let bad = || "the serialised safetensors header is malformed".to_string();
-    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
-        as usize;
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    ) as usize;
     let header = bytes.get(8..8 + n).ok_or_else(bad)?;
     let data = &bytes[8 + n..];
-    let parsed: BTreeMap<String, Value> = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let parsed: BTreeMap<String, Value> =
+        serde_json::from_slice(header).map_err(|e| e.to_string())?;
     let mut sorted: BTreeMap<String, Value> = BTreeMap::new();
     for (k, v) in parsed {
         sorted.insert(k, sort_value(v));
@@ -97,6 +103,9 @@ mod tests {
         let got = header.metadata().clone().unwrap();
         assert_eq!(got.len(), 20);
         assert_eq!(got["key7"], "value 7");
-        assert_eq!((8 + u64::from_le_bytes(first[..8].try_into().unwrap())) % 8, 0);
+        assert_eq!(
+            (8 + u64::from_le_bytes(first[..8].try_into().unwrap())) % 8,
+            0
+        );
     }
 }

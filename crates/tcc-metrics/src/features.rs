@@ -295,4 +295,3 @@ fn f64_from(b: &[u8]) -> Vec<f64> {
         .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
         .collect()
 }
-

@@ -504,7 +504,10 @@ mod tests {
         };
         assert!(DitConfig::from_diffusers_json(&sizes("10", "4", "8", "2", "8"), p).is_ok());
         for (text, needle) in [
-            (sizes("18446744073709551615", "4", "8", "2", "8"), "num_classes"),
+            (
+                sizes("18446744073709551615", "4", "8", "2", "8"),
+                "num_classes",
+            ),
             (
                 sizes("10", "1000000000000000", "8", "2", "8"),
                 "in_channels 1000000000000000 is more than",

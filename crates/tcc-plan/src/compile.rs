@@ -100,10 +100,11 @@ pub fn compile_file_with(
     path: &Path,
     edit: impl FnOnce(&mut Schedule),
 ) -> Result<Plan, CompileError> {
-    let text = tcc_fs::read_input_text(path, MAX_SCHEDULE_BYTES).map_err(|source| CompileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        tcc_fs::read_input_text(path, MAX_SCHEDULE_BYTES).map_err(|source| CompileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let name = path.display().to_string();
     let invalid = |diagnostics| CompileError::Invalid {
         source_name: name.clone(),

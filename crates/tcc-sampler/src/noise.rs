@@ -141,10 +141,21 @@ mod tests {
         let mut whole = vec![0f32; 101];
         NoiseRng::new(9).fill(&mut whole);
         let rng = NoiseRng::new(9);
-        for (start, len) in [(0, 101), (0, 1), (1, 1), (1, 6), (7, 30), (50, 51), (100, 1)] {
+        for (start, len) in [
+            (0, 101),
+            (0, 1),
+            (1, 1),
+            (1, 6),
+            (7, 30),
+            (50, 51),
+            (100, 1),
+        ] {
             let mut part = vec![0f32; len];
             rng.fill_at(start as u64, &mut part);
-            let want: Vec<u32> = whole[start..start + len].iter().map(|x| x.to_bits()).collect();
+            let want: Vec<u32> = whole[start..start + len]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             let got: Vec<u32> = part.iter().map(|x| x.to_bits()).collect();
             assert_eq!(got, want, "values {start}..{}", start + len);
         }
