@@ -119,20 +119,24 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // A testbed's latents (shapes160) decode without a VAE.
     let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
     let needs_vae = writes_images && plan.model.in_channels != 3 && testbed.is_none();
-    let vae_dir = if needs_vae {
-        Some(pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
+    // The VAE's folder, config and weights file are checked here; its
+    // weights are read once the model is loaded.
+    let vae_files = if needs_vae {
+        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
             CliError::input(format!(
                 "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
                 plan.model.name, plan.model.in_channels
             ))
-        })?)
+        })?;
+        let files = tcc_vae::VaeDecoder::inspect(&dir).map_err(CliError::input)?;
+        Some((dir, files))
     } else {
         None
     };
     let side = plan.model.input_size
-        * match (needs_vae, testbed) {
-            (true, _) => 8,
-            (false, Some(tcc_testbed::Testbed::Shapes160)) => 2,
+        * match (&vae_files, testbed) {
+            (Some((_, files)), _) => files.config.upscale(),
+            (None, Some(tcc_testbed::Testbed::Shapes160)) => 2,
             _ => 1,
         };
     let prompts = if plan.model.family == tcc_core::ModelFamily::Pixart {
@@ -176,7 +180,11 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         // The file, its values in f64, the folded matrices.
         memory.add("priors", 4 * *bytes as u128);
     }
-    let pixels = (args.n * 3 * side * side) as u128;
+    if let Some((_, files)) = &vae_files {
+        // Its weights file is read whole, then converted.
+        memory.add("the VAE", 2 * files.weights_bytes as u128);
+    }
+    let pixels = args.n as u128 * 3 * (side * side) as u128;
     if writes_images {
         memory.add("images", 2 * 4 * pixels);
     }
@@ -198,8 +206,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         None => Box::new(NoHooks),
     };
     let captions = Captions::for_plan(&plan, &args.model, &rt)?;
-    let vae = match &vae_dir {
-        Some(dir) => Some(
+    let vae = match &vae_files {
+        Some((dir, _)) => Some(
             tcc_vae::VaeDecoder::load(dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?,
         ),
         None => None,
