@@ -16,8 +16,8 @@ use tcc_fs::OutputKind;
 
 use crate::calibrate::{calibration_memory, check_validation, fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
-use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -131,7 +131,11 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if args.seeds.is_empty() {
         return Err(CliError::input("--seeds needs at least one seed"));
     }
-    check_count("--seeds (number of seed sets)", args.seeds.len(), MAX_SEED_SETS)?;
+    check_count(
+        "--seeds (number of seed sets)",
+        args.seeds.len(),
+        MAX_SEED_SETS,
+    )?;
     let plot = args
         .plot
         .clone()
@@ -194,17 +198,39 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
     }
     held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
+    // Given priors files (one schedule only, checked above) are read and
+    // checked against the plan before the model loads.
+    let mut given: Vec<(CalibMode, PriorSet)> = Vec::new();
+    let one_shot = if args.no_one_shot {
+        &None
+    } else {
+        &args.one_shot_priors
+    };
+    for (path, mode) in [
+        (one_shot, CalibMode::OneShot),
+        (&args.priors, CalibMode::Consistent),
+    ] {
+        if let Some(path) = path {
+            let plan = &plans[0];
+            if plan.calibration.method != CalibMethod::Tcc {
+                return Err(CliError::input(format!(
+                    "{}: the schedule has no calibrated steps, so priors cannot apply to it",
+                    plan.source
+                )));
+            }
+            let set = load_priors(path, plan, &plan.hash().to_string(), mode)?;
+            given.push((mode, set));
+        }
+    }
     // Every seed set's inputs, and the final latents of full computation
     // and of every variant (cache, one-shot, tcc per schedule).
     let variants = 1 + 3 * plans.len();
-    memory
-        .batch(&plans[0], args.batch_size)
-        .latents(
-            "the evaluated latents",
-            &plans[0],
-            args.n,
-            (args.seeds.len() * (variants + 1)) as u128,
-        );
+    memory.batch(&plans[0], args.batch_size).latents(
+        "the evaluated latents",
+        &plans[0],
+        args.n,
+        (args.seeds.len() * (variants + 1)) as u128,
+    );
     memory.check()?;
     let model = load_model(&plans[0], &args.model, &rt)?;
     let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;
@@ -248,27 +274,20 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     for e in entries.iter_mut() {
         let plan = &e.plan;
         if plan.calibration.method != CalibMethod::Tcc {
-            if args.priors.is_some() || args.one_shot_priors.is_some() {
-                return Err(CliError::input(format!(
-                    "{}: the schedule has no calibrated steps, so priors cannot apply to it",
-                    plan.source
-                )));
-            }
             continue;
         }
-        let mut wanted = vec![("tcc", &args.priors, CalibMode::Consistent)];
+        let mut wanted = vec![("tcc", CalibMode::Consistent)];
         if !args.no_one_shot {
-            wanted.insert(0, ("one-shot", &args.one_shot_priors, CalibMode::OneShot));
+            wanted.insert(0, ("one-shot", CalibMode::OneShot));
         }
-        // Check the given files before spending time fitting the others.
-        let mut given = Vec::new();
-        for (_, path, mode) in &wanted {
-            given.push(match path {
-                Some(path) => Some(load_priors(path, plan, &e.hash, *mode)?),
-                None => None,
-            });
-        }
-        for ((label, _, mode), set) in wanted.into_iter().zip(given) {
+        let sets: Vec<Option<PriorSet>> = wanted
+            .iter()
+            .map(|(_, mode)| {
+                let i = given.iter().position(|(m, _)| m == mode)?;
+                Some(given.remove(i).1)
+            })
+            .collect();
+        for ((label, mode), set) in wanted.into_iter().zip(sets) {
             let label = format!("{}{label}", e.prefix);
             let set = match set {
                 Some(set) => set,
