@@ -8,6 +8,10 @@ use crate::encoder::hex;
 use crate::precision::TextPrecision;
 use crate::{Result, TextError};
 
+/// The most bytes of one cache entry read (PixArt-α's: 120 x 4096 f32,
+/// about 2 MB).
+const MAX_ENTRY_BYTES: u64 = 1 << 28;
+
 /// A directory of caption embeddings: one `<key>.safetensors` per (encoder
 /// identity, dtype, max_tokens, prompt), holding `embedding`
 /// `[max_tokens, d_model]` f32 and `mask` `[max_tokens]` f32, with the prompt
@@ -74,7 +78,8 @@ impl EmbeddingCache {
         d_model: usize,
         device: &Device,
     ) -> Option<(Tensor, Tensor)> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
+        // An entry is two small tensors; anything else is not one of ours.
+        let bytes = tcc_fs::read_input(&self.path(key), MAX_ENTRY_BYTES).ok()?;
         let mut map = candle_core::safetensors::load_buffer(&bytes, device).ok()?;
         let emb = map.remove("embedding")?;
         let mask = map.remove("mask")?;

@@ -80,10 +80,7 @@ pub fn quantize_encoder(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<QuantizeReport> {
     let config_path = dir_text_encoder.join("config.json");
-    let config_bytes = std::fs::read(&config_path).map_err(|source| TextError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    let config_bytes = crate::encoder::read(&config_path)?;
     let (_, config_json) = parse_config(&config_path, &config_bytes)?;
     let files = weight_files(dir_text_encoder)?;
     let weights_err = |source| TextError::Weights {
