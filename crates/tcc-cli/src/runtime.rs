@@ -453,3 +453,39 @@ pub fn progress(label: &str, len: u64) -> ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceChoice;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Noise is drawn batch by batch (never for all samples at once), and
+    /// every batching gives each sample the values one draw of all
+    /// samples would: the seed's stream in sample order.
+    #[test]
+    fn noise_drawn_per_batch_is_the_noise_of_one_draw() {
+        let s = tcc_schedule::parse("t.sched", "[model]\nname = \"tiny\"\n").unwrap();
+        let plan = tcc_plan::compile(&s, Path::new("")).unwrap();
+        let rt = Runtime::new(Some(DeviceChoice::Cpu), DType::F32).unwrap();
+        let m = &plan.model;
+        let n = 5;
+        let whole = NoiseRng::new(7)
+            .randn((n, m.in_channels, m.input_size, m.input_size), &Device::Cpu)
+            .unwrap();
+        let inputs = Inputs::new(&plan, 7, n, None, None, &rt).unwrap();
+        for sizes in [&[5][..], &[2, 3], &[1, 1, 3], &[3, 2]] {
+            let mut start = 0;
+            for &len in sizes {
+                let batch = inputs.batch(&plan, start, len).unwrap();
+                let want = whole.narrow(0, start, len).unwrap();
+                assert_eq!(bits(&batch.noise), bits(&want), "{sizes:?} at {start}");
+                start += len;
+            }
+        }
+    }
+}
