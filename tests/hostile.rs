@@ -17,7 +17,6 @@ use safetensors::tensor::{Dtype, TensorView};
 use tcc_calib::{Prior, PriorMeta, PriorSet, Site};
 use tcc_core::{Branch, CalibMode, PriorKind, Selection};
 
-
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Case {
@@ -88,7 +87,11 @@ fn fora3_set() -> PriorSet {
 }
 
 /// `tensors` (name, shape, values) and `metadata` as a safetensors file.
-fn write_raw(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: &BTreeMap<String, String>) {
+fn write_raw(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &BTreeMap<String, String>,
+) {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -96,14 +99,29 @@ fn write_raw(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: 
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let md: HashMap<String, String> = metadata.clone().into_iter().collect();
-    std::fs::write(path, safetensors::tensor::serialize(views, Some(md)).unwrap()).unwrap();
+    std::fs::write(
+        path,
+        safetensors::tensor::serialize(views, Some(md)).unwrap(),
+    )
+    .unwrap();
 }
 
 /// The tensors and metadata of a saved set, to edit.
-fn raw_of(set: &PriorSet, dir: &Path) -> (Vec<(String, Vec<usize>, Vec<f32>)>, BTreeMap<String, String>) {
+fn raw_of(
+    set: &PriorSet,
+    dir: &Path,
+) -> (
+    Vec<(String, Vec<usize>, Vec<f32>)>,
+    BTreeMap<String, String>,
+) {
     let path = dir.join("base.safetensors");
     set.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -152,7 +170,9 @@ fn make(what: &str, dir: &Path) {
         }
         "priors-wrong-width" => {
             let mut set = fora3_set();
-            set.priors.values_mut().for_each(|p| *p = Prior::identity(8));
+            set.priors
+                .values_mut()
+                .for_each(|p| *p = Prior::identity(8));
             set.save(&out).unwrap();
         }
         "priors-wrong-rows" => {
@@ -199,6 +219,10 @@ fn make(what: &str, dir: &Path) {
             let (start, len) = zip[0];
             bytes[start + len / 2] ^= 0x40;
             std::fs::write(dir.join("damaged.pt"), bytes).unwrap();
+        }
+        "vae-bad-config" => {
+            std::fs::create_dir(dir.join("vae")).unwrap();
+            std::fs::write(dir.join("vae/config.json"), r#"{"block_out_channels": []}"#).unwrap();
         }
         "fifo" => {
             let status = Command::new("mkfifo")
