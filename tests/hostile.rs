@@ -17,6 +17,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use tcc_calib::{Prior, PriorMeta, PriorSet, Site};
 use tcc_core::{Branch, CalibMode, PriorKind, Selection};
 
+/// Tensors of a safetensors file as (name, shape, values).
+type RawTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Case {
@@ -87,11 +90,7 @@ fn fora3_set() -> PriorSet {
 }
 
 /// `tensors` (name, shape, values) and `metadata` as a safetensors file.
-fn write_raw(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    metadata: &BTreeMap<String, String>,
-) {
+fn write_raw(path: &Path, tensors: &RawTensors, metadata: &BTreeMap<String, String>) {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -115,13 +114,7 @@ fn write_raw(
 }
 
 /// The tensors and metadata of a saved set, to edit.
-fn raw_of(
-    set: &PriorSet,
-    dir: &Path,
-) -> (
-    Vec<(String, Vec<usize>, Vec<f32>)>,
-    BTreeMap<String, String>,
-) {
+fn raw_of(set: &PriorSet, dir: &Path) -> (RawTensors, BTreeMap<String, String>) {
     let path = dir.join("base.safetensors");
     set.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();

@@ -77,7 +77,7 @@ impl Prior {
         let ok = d > 0
             && d.checked_mul(d) == Some(self.r.len())
             && !self.mu_a.is_empty()
-            && self.mu_a.len() % d == 0
+            && self.mu_a.len().is_multiple_of(d)
             && self.mu_b.len() == self.mu_a.len();
         (!ok).then(|| {
             format!(

@@ -106,7 +106,7 @@ impl Memory {
             return Ok(());
         }
         let mut parts: Vec<&(String, u128)> = self.parts.iter().collect();
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         let list: Vec<String> = parts
             .iter()
             .take(4)

@@ -84,7 +84,7 @@ impl NoiseRng {
             let (u1, u2) = self.uniform_pair_at(k / 2);
             let r = (-2.0 * u1.ln()).sqrt();
             let theta = std::f64::consts::TAU * u2;
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 out[i] = (r * theta.cos()) as f32;
                 i += 1;
                 k += 1;

@@ -136,28 +136,29 @@ impl VaeDecoder {
         if !weights.is_file() && dir.join(WEIGHTS_FILE_FP16).is_file() {
             weights = dir.join(WEIGHTS_FILE_FP16);
         }
-        let weights_bytes =
-            match tcc_fs::check_input_file(&weights) {
-                Ok(n) if n > MAX_WEIGHTS_BYTES => return Err(VaeError::Io {
+        let weights_bytes = match tcc_fs::check_input_file(&weights) {
+            Ok(n) if n > MAX_WEIGHTS_BYTES => {
+                return Err(VaeError::Io {
                     path: weights,
                     message: format!(
                         "{n} bytes is more than the {MAX_WEIGHTS_BYTES} a VAE's weights may have"
                     ),
-                }),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(VaeError::MissingFile {
-                        path: weights,
-                        what: "a diffusers AutoencoderKL directory needs its weights",
-                    })
-                }
-                Err(e) => {
-                    return Err(VaeError::Io {
-                        path: weights,
-                        message: e.to_string(),
-                    })
-                }
-            };
+                })
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VaeError::MissingFile {
+                    path: weights,
+                    what: "a diffusers AutoencoderKL directory needs its weights",
+                })
+            }
+            Err(e) => {
+                return Err(VaeError::Io {
+                    path: weights,
+                    message: e.to_string(),
+                })
+            }
+        };
         Ok(VaeFiles {
             config,
             weights,
