@@ -217,6 +217,20 @@ fn make(what: &str, dir: &Path) {
             std::fs::create_dir(dir.join("vae")).unwrap();
             std::fs::write(dir.join("vae/config.json"), r#"{"block_out_channels": []}"#).unwrap();
         }
+        "t5-weights-fifo" => {
+            let te = dir.join("te");
+            std::fs::create_dir(&te).unwrap();
+            std::fs::copy(
+                "crates/tcc-text/tests/fixtures/tiny-pipeline/text_encoder/config.json",
+                te.join("config.json"),
+            )
+            .unwrap();
+            let status = Command::new("mkfifo")
+                .arg(te.join("model.safetensors"))
+                .status()
+                .expect("mkfifo runs");
+            assert!(status.success());
+        }
         "fifo" => {
             let status = Command::new("mkfifo")
                 .arg(dir.join("fifo.sched"))

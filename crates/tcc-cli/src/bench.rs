@@ -66,6 +66,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     }
     let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, args.steps, io.err)?;
+    crate::runtime::check_model_source(&plan, &args.model)?;
     let mut memory = crate::limits::Memory::new();
     memory
         .model(&plan, &args.model, rt.dtype)

@@ -117,6 +117,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         "the priors file"
     };
     check_output(flag, &out, OutputKind::File)?;
+    crate::runtime::check_model_source(&plan, &args.model)?;
     let mut memory = Memory::new();
     memory.model(&plan, &args.model, rt.dtype);
     calibration_memory(&plan, args.batch_size, &mut memory);

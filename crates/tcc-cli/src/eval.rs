@@ -231,6 +231,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         args.n,
         (args.seeds.len() * (variants + 1)) as u128,
     );
+    crate::runtime::check_model_source(&plans[0], &args.model)?;
     memory.check()?;
     let model = load_model(&plans[0], &args.model, &rt)?;
     let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;

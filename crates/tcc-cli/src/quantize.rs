@@ -71,8 +71,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
+    // An input that cannot be read is bad input (2); an output that cannot
+    // be written a failure (1), as for every command.
     let report = report.map_err(|e| match e {
-        TextError::Io { .. } | TextError::Candle(_) => CliError::Failure(e.to_string()),
+        TextError::Write { .. } | TextError::Candle(_) => CliError::Failure(e.to_string()),
         _ => CliError::input(e),
     })?;
     writeln!(

@@ -134,6 +134,28 @@ pub fn load_model(plan: &Plan, args: &ModelArgs, rt: &Runtime) -> Result<AnyMode
     }
 }
 
+/// What [`load_model`] would refuse before reading any weights: no
+/// weights at all, a testbed this build has no trained weights for, weights
+/// paths that are missing or not regular files. Cheap: commands call it
+/// before the memory check, so that a run without a model says so first.
+pub fn check_model_source(plan: &Plan, args: &ModelArgs) -> Result<(), CliError> {
+    if args.random_weights.is_some() {
+        return Ok(());
+    }
+    match &plan.weights {
+        Some(path) => tcc_model::weight_files(Path::new(path))
+            .map(drop)
+            .map_err(CliError::input),
+        None => match tcc_testbed::Testbed::from_name(&plan.model.name) {
+            Some(testbed) if plan.model.family == ModelFamily::Dit => {
+                tcc_testbed::check_embedded(testbed)
+                    .map_err(|e| CliError::input(format!("{}: {e}", plan.source)))
+            }
+            _ => Err(no_weights(plan)),
+        },
+    }
+}
+
 fn no_weights(plan: &Plan) -> CliError {
     CliError::input(format!(
         "{}: model `{}` has no weights: add `weights = \"PATH\"` to its [model] section, or pass --random-weights SEED for a timing run",

@@ -167,6 +167,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             )));
         }
     }
+    crate::runtime::check_model_source(&plan, &args.model)?;
     let mut memory = Memory::new();
     memory
         .model(&plan, &args.model, rt.dtype)

@@ -151,16 +151,16 @@ pub fn quantize_encoder(
     ];
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
 
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TextError::Io { path, source }
+    let write = |e: &dyn std::fmt::Display| TextError::Write {
+        path: out.to_path_buf(),
+        message: e.to_string(),
     };
-    let mut file = tcc_fs::AtomicFile::create(out).map_err(io(out))?;
+    let mut file = tcc_fs::AtomicFile::create(out).map_err(|e| write(&e))?;
     let tmp_path = file.temp_path().to_path_buf();
     {
         let mut w = std::io::BufWriter::new(file.file());
-        gguf_file::write(&mut w, &metadata, &refs).map_err(|e| bad(e.to_string()))?;
-        std::io::Write::flush(&mut w).map_err(io(&tmp_path))?;
+        gguf_file::write(&mut w, &metadata, &refs).map_err(|e| write(&e))?;
+        std::io::Write::flush(&mut w).map_err(|e| write(&e))?;
     }
     drop(refs);
     drop(tensors);
@@ -172,8 +172,8 @@ pub fn quantize_encoder(
             "the written file does not load as a T5 encoder: {e}"
         ))
     })?;
-    file.commit().map_err(io(out))?;
-    let bytes = std::fs::metadata(out).map_err(io(out))?.len();
+    file.commit().map_err(|e| write(&e))?;
+    let bytes = std::fs::metadata(out).map_err(|e| write(&e))?.len();
     Ok(QuantizeReport {
         path: out.to_path_buf(),
         quantized,
