@@ -326,8 +326,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> 
             b.dims()
         );
     }
-    let fast = matches!(x.device(), Device::Cpu)
-        && [x, w, b].iter().all(|t| t.dtype() == DType::F32);
+    let fast =
+        matches!(x.device(), Device::Cpu) && [x, w, b].iter().all(|t| t.dtype() == DType::F32);
     if !fast {
         return linear_composed(x, w, b, gelu);
     }
@@ -701,7 +701,13 @@ mod tests {
         let w = wave((1, 3, 8), 1.0, 0.1).squeeze(0).unwrap();
         let bias = wave((1, 1, 4), 1.0, 0.1).flatten_all().unwrap();
         assert!(linear(&x, &w, &bias, false).is_err());
-        assert!(linear(&x, &w.narrow(1, 0, 7).unwrap(), &bias.narrow(0, 0, 3).unwrap(), false).is_err());
+        assert!(linear(
+            &x,
+            &w.narrow(1, 0, 7).unwrap(),
+            &bias.narrow(0, 0, 3).unwrap(),
+            false
+        )
+        .is_err());
     }
 
     #[test]

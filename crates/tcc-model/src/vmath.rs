@@ -34,7 +34,7 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1)
+        + 0.5)
         * z
         + r
         + 1.0;
@@ -60,7 +60,10 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
             acc[i] = acc[i].max(c[i]);
         }
     }
-    let mut m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for a in acc {
         m = m.max(a);
     }
@@ -157,7 +160,10 @@ mod tests {
                 assert!((*a as f64 - b).abs() <= 3e-7 * b.max(1e-30), "{a} vs {b}");
             }
             let want_sum: f64 = want.iter().sum();
-            assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0), "{len}");
+            assert!(
+                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0),
+                "{len}"
+            );
             // The same bits without AVX2.
             let mut e2 = v.clone();
             assert_eq!(exp_sub_sum(&mut e2, want_max).to_bits(), sum.to_bits());
