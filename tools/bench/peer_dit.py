@@ -122,11 +122,12 @@ def main() -> None:
     y = torch.tensor([207, 1000] * args.batch_size)
     time_torch(model, x, t, y, 1)  # warm-up
 
-    tcc_ms, torch_ms, pairs = [], [], []
+    tcc_ms, torch_ms, pairs, fora = [], [], [], []
     load_start = os.getloadavg()[0]
     for r in range(args.rounds):
         rep = time_tcc(args)
         tcc_ms.append(rep["full_step_ms"])
+        fora.append(rep["measured_over_predicted"])
         turn = time_torch(model, x, t, y, args.steps)
         torch_ms.extend(turn)
         pairs.append(rep["full_step_ms"] / statistics.median(turn))
@@ -147,6 +148,7 @@ def main() -> None:
         "torch_block_ms": pt / DEPTH,
         "ratio_tcc_over_torch": tcc / pt,
         "ratio_per_round": pairs,
+        "tcc_plan_measured_over_predicted": fora,
         "tcc_rounds_ms": tcc_ms,
         "torch_steps_ms": torch_ms,
         "torch": torch.__version__,
@@ -162,6 +164,10 @@ def main() -> None:
     print(
         f"ratio tcc / PyTorch: {tcc / pt:.3f} (of the medians); per round"
         f" {', '.join(f'{r:.3f}' for r in pairs)}"
+    )
+    print(
+        "tcc's plan speedup, measured / predicted, per round: "
+        + ", ".join(f"{v:.2f}" for v in fora)
     )
     print(f"1-min load average at start and end: {load_start:.1f}, {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
 
