@@ -99,8 +99,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), cfg.mlp_hidden), &dev)?.to_dtype(dtype)?;
     let bias = Tensor::randn(0f32, 1.0, cfg.mlp_hidden, &dev)?.to_dtype(dtype)?;
     // The packed qkv projection's output, as the attention core reads it.
-    let qkv = Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), 3 * cfg.hidden), &dev)?
-        .to_dtype(dtype)?;
+    let qkv =
+        Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), 3 * cfg.hidden), &dev)?.to_dtype(dtype)?;
     let flop_core = 2.0 * 2.0 * b * heads * tok * tok * hd;
     let cases: Vec<Case> = vec![
         (
