@@ -7,6 +7,7 @@
 //! [`AnyModel`] holds either.
 
 mod any;
+pub mod attention;
 mod config;
 mod dit;
 mod error;
@@ -15,6 +16,7 @@ mod load;
 pub mod ops;
 mod parts;
 mod pixart;
+mod vmath;
 
 pub use any::AnyModel;
 pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
