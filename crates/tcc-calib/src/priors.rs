@@ -576,48 +576,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.safetensors");
         let d = 2;
-        let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
-            ("step1.attn.layer0.M", vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
-            ("step1.attn.layer0.c", vec![1, d], vec![0.5, 0.0]),
-            ("step1.attn.layer0.R", vec![d, d], vec![1.0, 0.0, 0.0, 1.0]),
-            ("step1.attn.layer0.s", vec![1], vec![1.0]),
-            ("step1.attn.layer0.muA", vec![1, d], vec![1.0, 0.0]),
-            ("step1.attn.layer0.muB", vec![1, d], vec![0.0, 0.0]),
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
+            (
+                "step1.attn.layer0.M".to_string(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
+            (
+                "step1.attn.layer0.c".to_string(),
+                vec![1, d],
+                vec![0.5, 0.0],
+            ),
+            (
+                "step1.attn.layer0.R".to_string(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
+            ("step1.attn.layer0.s".to_string(), vec![1], vec![1.0]),
+            (
+                "step1.attn.layer0.muA".to_string(),
+                vec![1, d],
+                vec![1.0, 0.0],
+            ),
+            (
+                "step1.attn.layer0.muB".to_string(),
+                vec![1, d],
+                vec![0.0, 0.0],
+            ),
         ];
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|((n, shape, _), b)| {
-                (
-                    n.to_string(),
-                    TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
-                )
-            })
-            .collect();
-        let md: HashMap<String, String> = [
-            ("format", "tcc-priors/1"),
-            ("plan_hash", "h"),
-            ("model", "tiny"),
-            ("alpha", "0.5"),
-            ("mode", "one-shot"),
-            ("prior", "shift"),
-            ("samples", "4"),
-            ("seed", "0"),
-            ("tool_version", "0.1.0"),
-            ("site_kinds", "shift"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        std::fs::write(
+        raw_file(
             &path,
-            safetensors::tensor::serialize(views, Some(md)).unwrap(),
-        )
-        .unwrap();
+            &tensors,
+            &[
+                ("format", "tcc-priors/1"),
+                ("plan_hash", "h"),
+                ("model", "tiny"),
+                ("alpha", "0.5"),
+                ("mode", "one-shot"),
+                ("prior", "shift"),
+                ("samples", "4"),
+                ("seed", "0"),
+                ("tool_version", "0.1.0"),
+                ("site_kinds", "shift"),
+            ],
+        );
         let set = PriorSet::load(&path).unwrap();
         let site = Site::new(1, Branch::Attn, 0);
         assert_eq!(set.alpha(&site), 0.5);
