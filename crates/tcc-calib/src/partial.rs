@@ -297,7 +297,9 @@ impl StatsFile {
         };
         let format = get("format")?;
         if format != STATS_FORMAT {
-            return Err(r.bad(format!("unknown statistics format `{format}`")));
+            return Err(r.bad(format!(
+                "its format is `{format}`, not {STATS_FORMAT}: not a tcc statistics file (`tcc calibrate --shard` writes them)"
+            )));
         }
         let meta: StatsMeta = serde_json::from_str(get("meta")?)
             .map_err(|e| r.bad(format!("metadata `meta` is not readable ({e})")))?;

@@ -261,6 +261,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         args.batch_size,
                         &rt,
                         &label,
+                        tcc_core::Shard::WHOLE,
+                        &mut tcc_calib::Local,
                     )?
                     .0
                 }
