@@ -84,6 +84,33 @@ pub struct Args {
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    // Under `mpirun -n N` (feature `mpi`), rank r walks shard r/N and the
+    // ranks add up their statistics at every calibrated step; rank 0
+    // prints and writes the priors.
+    #[cfg(feature = "mpi")]
+    if let Some(m) = crate::mpi::Mpi::join()? {
+        if args.shard.is_some() {
+            return Err(CliError::input(
+                "--shard is for separate processes: under MPI every rank takes its shard by itself",
+            ));
+        }
+        let shard = Shard::new(m.rank(), m.size()).map_err(CliError::input)?;
+        let mut reduce = tcc_calib::Gathered(m.gather());
+        if shard.index == 0 {
+            return run_as(args, io, shard, &mut reduce);
+        }
+        let mut sink = std::io::sink();
+        let mut quiet = Io {
+            out: &mut sink,
+            err: &mut *io.err,
+        };
+        return run_as(args, &mut quiet, shard, &mut reduce);
+    }
+    run_as(args, io, Shard::WHOLE, &mut Local)
+}
+
+/// `tcc calibrate` as `shard` of the processes that `reduce` joins.
+fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Result<(), CliError> {
     let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, None, io.err)?;
     if plan.calibration.method != CalibMethod::Tcc {
@@ -152,6 +179,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             n => format!("; {n} validation samples, seed {}", cal.validation_seed()),
         }
     )?;
+    if shard.count > 1 {
+        writeln!(
+            io.out,
+            "across {} MPI processes: rank r walks shard r/{} of the samples, the ranks add up their statistics before every calibrated step's fit",
+            shard.count, shard.count
+        )?;
+    }
     let (set, result, time) = fit_priors(
         &model,
         captions.as_ref(),
@@ -161,10 +195,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         args.batch_size,
         &rt,
         "calibrating",
-        Shard::WHOLE,
-        &mut Local,
+        shard,
+        reduce,
     )?;
     print_report(io, &plan, &result)?;
+    if shard.index != 0 {
+        return Ok(());
+    }
     set.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
     let walk = time.total - time.fitting;

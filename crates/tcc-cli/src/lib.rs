@@ -20,6 +20,8 @@ mod eval;
 mod golden;
 mod hub;
 mod merge;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod npz;
 mod output;
 mod plan;

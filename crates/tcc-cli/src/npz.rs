@@ -113,7 +113,7 @@ impl NpzWriter {
 
     /// Appends images (uint8 NHWC, whole images).
     pub fn write_images(&mut self, nhwc: &[u8]) -> Result<(), CliError> {
-        if nhwc.len() % self.per != 0 || self.written + nhwc.len() / self.per > self.n {
+        if !nhwc.len().is_multiple_of(self.per) || self.written + nhwc.len() / self.per > self.n {
             return Err(fail(
                 &self.path,
                 "more image bytes than the header announced",

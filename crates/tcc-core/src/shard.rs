@@ -113,8 +113,8 @@ mod tests {
             for index in 0..count {
                 let r = Shard::new(index, count).unwrap().samples(n, b);
                 assert_eq!(r.start, next, "n {n} b {b} shard {index}/{count}");
-                assert!(r.start % b == 0, "starts on a batch boundary");
-                assert!(r.end % b == 0 || r.end == n);
+                assert!(r.start.is_multiple_of(b), "starts on a batch boundary");
+                assert!(r.end.is_multiple_of(b) || r.end == n);
                 next = r.end;
             }
             assert_eq!(next, n);
