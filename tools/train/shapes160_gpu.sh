@@ -9,7 +9,7 @@
 # (the device tool's run with carry [".gpu", ".whl"], timeout_s 600). It
 # renders the training data there (96,000 images of Shapes160 seed 0; here
 # 4,000 took 1.4 s on 2 threads; 375 MiB, too large to carry), trains the
-# 12-block DiT for 6.5 minutes (the step count is fitted to that budget and
+# 12-block DiT for 6.5 minutes (TRAIN_MINUTES; the step count is fitted to that budget and
 # recorded), checks the result with the testbed classifier, and writes
 #
 #   $OUT/dit/config.json, diffusion_pytorch_model-0000{1,2}-of-00002.safetensors,
@@ -42,7 +42,7 @@ trap 'rm -rf "$work"' EXIT
 if [ $smoke = 1 ]; then
     device=cpu images=1000 train=(--steps 3 --batch 8) check=(--n 16 --steps 2 --batch 16)
 else
-    device=cuda images=96000 train=(--steps 0 --minutes 6.5 --batch 256 --bf16) check=(--n 640)
+    device=cuda images=96000 train=(--steps 0 --minutes "${TRAIN_MINUTES:-6.5}" --batch 256 --bf16) check=(--n 640)
 fi
 
 exec > >(tee "$out/train.log") 2>&1
