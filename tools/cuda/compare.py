@@ -5,8 +5,9 @@
       relative L2 of all latents (and the worst sample's) of two
       `tcc sample --latents` files; exit 1 above --max.
   compare.py priors A.safetensors B.safetensors
-      largest difference of the folded priors (M, c) of two priors files,
-      relative to the largest entry.
+      how many tensors of two priors files differ and by how much, and the
+      largest difference of the folded priors (M, c), each relative to the
+      tensor's largest entry.
   compare.py eval CUDA.json CPU.json
       two `tcc eval --json` reports side by side: per variant FD, class
       accuracy, rel. L2 and PSNR vs full (means over seed sets), and the
@@ -43,16 +44,39 @@ def latents(a, b, limit=None):
     return 0 if limit is None or rel <= limit else 1
 
 
+def folded(t, site):
+    """The folded prior of `site` (`stepK.BRANCH.layerL`): stored as `M`, `c`
+    in files before tcc-priors/2 dropped them, else folded here as tcc does:
+    M = (1 - alpha) I + alpha s R, c = alpha (muA - s muB R)."""
+    if site + ".M" in t:
+        return t[site + ".M"].astype(np.float64), t[site + ".c"].astype(np.float64)
+    if site + ".R" not in t:
+        return None
+    alpha = float(t[site + ".alpha"][0])
+    r, s = t[site + ".R"].astype(np.float64), float(t[site + ".s"][0])
+    mu_a, mu_b = t[site + ".muA"].astype(np.float64), t[site + ".muB"].astype(np.float64)
+    m = (1 - alpha) * np.eye(r.shape[0]) + alpha * s * r
+    return m, alpha * (mu_a - s * mu_b @ r)
+
+
 def priors(a, b):
     ta, tb = load_file(a), load_file(b)
-    worst = (0.0, "")
-    for k in sorted(ta):
-        if not (k.endswith(".M") or k.endswith(".c")):
-            continue
-        d = np.abs(ta[k].astype(np.float64) - tb[k]).max() / max(np.abs(tb[k]).max(), 1e-30)
-        worst = max(worst, (d, k))
-    print(f"{len(ta)} tensors; folded priors (M, c): largest difference {worst[0]:.3e} "
+    if sorted(ta) != sorted(tb):
+        print("the files hold different tensors")
+        return 1
+    rel = lambda x, y: np.abs(x.astype(np.float64) - y).max() / max(np.abs(y).max(), 1e-30)
+    # Every stored tensor, relative to its largest entry.
+    diffs = [(rel(ta[k], tb[k]), k) for k in sorted(ta)]
+    differ = [d for d in diffs if d[0] > 0]
+    worst = max(diffs)
+    print(f"{len(ta)} tensors, {len(differ)} differ; largest difference {worst[0]:.3e} "
           f"of the largest entry ({worst[1]})")
+    fold = (0.0, "")
+    for site in sorted({k.rsplit(".", 1)[0] for k in ta}):
+        fa, fb = folded(ta, site), folded(tb, site)
+        if fa is not None:
+            fold = max(fold, (rel(fa[0], fb[0]), site + " M"), (rel(fa[1], fb[1]), site + " c"))
+    print(f"folded priors (M, c): largest difference {fold[0]:.3e} of the largest entry ({fold[1]})")
     return 0
 
 

@@ -67,6 +67,9 @@ impl PriorHooks {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<()> {
+        if let Some(e) = prior.shape_error() {
+            return Err(candle_core::Error::Msg(format!("{site}: {e}")));
+        }
         if alpha == 0.0 {
             self.folded.insert(site, None);
             return Ok(());
@@ -118,5 +121,52 @@ impl Hooks for PriorHooks {
             )))),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcc_core::Branch;
+
+    use super::*;
+
+    /// A zero-width prior (`R` of `[0, 0]`) once divided by zero here; any
+    /// prior whose sizes disagree is an error naming the site.
+    #[test]
+    fn priors_whose_sizes_disagree_are_errors_not_panics() {
+        let site = Site::new(1, Branch::Attn, 0);
+        let mut hooks = PriorHooks::lenient();
+        let zero = Prior {
+            dim: 0,
+            r: vec![],
+            mu_a: vec![],
+            mu_b: vec![],
+            ..Prior::identity(1)
+        };
+        let mut short = Prior::identity(4);
+        short.mu_b.pop();
+        let mut no_rows = Prior::identity(4);
+        no_rows.mu_a.clear();
+        no_rows.mu_b.clear();
+        for (prior, alpha) in [
+            (zero.clone(), 0.5),
+            (zero, 0.0),
+            (short, 0.5),
+            (no_rows, 1.0),
+        ] {
+            let e = hooks
+                .insert(site, &prior, alpha, DType::F32, &Device::Cpu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("step 1, attn, layer 0") && e.contains("width"),
+                "{e}"
+            );
+        }
+        assert!(hooks.is_empty());
+        hooks
+            .insert(site, &Prior::identity(4), 0.5, DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(hooks.len(), 1);
     }
 }

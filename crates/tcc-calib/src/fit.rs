@@ -69,6 +69,26 @@ impl Prior {
         self.mu_a.len() / self.dim.max(1)
     }
 
+    /// Why the prior's sizes do not fit together, if they do not: `R` must
+    /// be `D x D` with `D > 0`, the means `rows x D` with `rows > 0`. Priors
+    /// built in code are not checked otherwise (files are, as they load).
+    pub fn shape_error(&self) -> Option<String> {
+        let d = self.dim;
+        let ok = d > 0
+            && d.checked_mul(d) == Some(self.r.len())
+            && !self.mu_a.is_empty()
+            && self.mu_a.len().is_multiple_of(d)
+            && self.mu_b.len() == self.mu_a.len();
+        (!ok).then(|| {
+            format!(
+                "a prior of width {d} needs R of {d} x {d} values and means of rows x {d} (rows > 0); it has R of {} values, muA of {}, muB of {}",
+                self.r.len(),
+                self.mu_a.len(),
+                self.mu_b.len()
+            )
+        })
+    }
+
     /// Fold `alpha` into one matrix and one bias (SPEC: a prior then costs
     /// one `D x D` GEMM plus a bias at run time).
     pub fn fold(&self, alpha: f64) -> FoldedPrior {

@@ -21,9 +21,11 @@ mod walk;
 pub use apply::PriorHooks;
 pub use fit::{fit, fit_centered, fit_with, residual, Centered, Fit, FoldedPrior, Hyper, Prior};
 pub use moments::{blended_error, Moments};
-pub use partial::{AllGather, Gathered, Local, Reduce, StatsFile, StatsMeta, StepStats};
+pub use partial::{
+    AllGather, Gathered, Local, Reduce, StatsFile, StatsMeta, StepStats, MAX_STATS_BYTES,
+};
 pub use pooling::{Pooler, SiteStats};
-pub use priors::{write_atomically, PriorMeta, PriorSet, Site};
+pub use priors::{PriorMeta, PriorSet, Site, MAX_PRIORS_BYTES};
 pub use select::{choose, fit_candidates, Candidate, Choice};
 pub use stats::{PairStats, Rows, Side};
 pub use walk::{

@@ -253,6 +253,10 @@ pub struct StatsFile {
 /// The file format name in the metadata.
 const STATS_FORMAT: &str = "tcc-stats/1";
 
+/// The largest statistics file [`StatsFile::load`] reads (128 GiB: DiT-XL/2's
+/// f64 sums take about 3 GB per calibrated step).
+pub const MAX_STATS_BYTES: u64 = 1 << 37;
+
 impl StatsFile {
     /// The safetensors bytes: every step's sums (f64), and metadata that
     /// names the plan, the settings, the shard and the sites.
@@ -280,7 +284,8 @@ impl StatsFile {
 
     /// Writes the file atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), CalibError> {
-        crate::write_atomically(path, &self.to_bytes()?)
+        tcc_fs::write_atomically(path, &self.to_bytes()?)
+            .map_err(|e| CalibError::Io(format!("{}: {e}", path.display())))
     }
 
     /// Reads a statistics file; errors name `origin` (the path) and the
@@ -321,9 +326,11 @@ impl StatsFile {
         Ok(StatsFile { meta, steps })
     }
 
+    /// Reads a statistics file written by [`StatsFile::save`]: only a
+    /// regular file of at most [`MAX_STATS_BYTES`].
     pub fn load(path: &Path) -> Result<StatsFile, CalibError> {
-        let bytes =
-            std::fs::read(path).map_err(|e| CalibError::Io(format!("{}: {e}", path.display())))?;
+        let bytes = tcc_fs::read_input(path, MAX_STATS_BYTES)
+            .map_err(|e| CalibError::Io(format!("{}: {e}", path.display())))?;
         StatsFile::from_bytes(&bytes, &path.display().to_string())
     }
 

@@ -1,16 +1,30 @@
-//! Priors files: safetensors with the folded `M`, `c` and, for inspection,
-//! `R`, `s`, `muA`, `muB` of every calibrated (step, branch, layer), and
-//! metadata that binds them to the plan and model they were fitted for.
+//! Priors files: safetensors with the blend `alpha` of every calibrated
+//! (step, branch, layer) and, where it carries a prior, its `R`, `s`,
+//! `muA`, `muB`; metadata binds them to the plan and model they were
+//! fitted for.
+//!
+//! The folded form `M = (1 - alpha) I + alpha s R`, `c = alpha (muA - s muB R)`
+//! is computed when the priors are applied, not stored: it would double
+//! the file (`M` is as large as `R`) and could disagree with what it is
+//! derived from. Files written before this rule hold `M` and `c`; they are
+//! checked against the fold of the stored `R`, `s`, means and blend.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Serialize;
 use tcc_core::{Branch, CalibMode, PriorKind, Selection};
 
+use tcc_core::Pooling;
+use tcc_plan::Plan;
+
 use crate::{CalibError, Prior};
+
+/// The largest priors file read (whole, into memory): far beyond what a
+/// real model's calibration writes (DiT-XL/2, every reuse step of FORA
+/// N=3: about 4 GB).
+pub const MAX_PRIORS_BYTES: u64 = 1 << 36;
 
 /// Where a prior applies: a branch of a block at a calibrated step. Sites
 /// order by step, then branch, then block.
@@ -92,9 +106,9 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, CalibError> {
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| CalibError::Format(format!("unknown {what} `{s}` in the metadata")))
+        .map_err(|_| format!("unknown {what} `{s}` in the metadata"))
 }
 
 /// The current file format, and the one before per-site blends.
@@ -123,36 +137,38 @@ impl PriorSet {
         sites
     }
 
-    /// Write the file atomically: a temporary file in the same directory,
-    /// renamed over `path` only once it is complete.
-    pub fn save(&self, path: &Path) -> Result<(), CalibError> {
+    /// The file's bytes: the same set gives the same bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CalibError> {
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        // Stored as f32: a value beyond f32's range would read back infinite.
         let mut push = |name: String, shape: Vec<usize>, data: &[f64]| {
+            if let Some(i) = data.iter().position(|&x| !(x as f32).is_finite()) {
+                return Err(CalibError::NonFinite(format!(
+                    "tensor `{name}` has the value {:e} at {i}, not a finite f32: refusing to write it",
+                    data[i]
+                )));
+            }
             let bytes: Vec<u8> = data
                 .iter()
                 .flat_map(|&x| (x as f32).to_le_bytes())
                 .collect();
             buffers.push((name, shape, bytes));
+            Ok(())
         };
         let sites = self.sites();
         let mut kinds = Vec::with_capacity(sites.len());
         for site in &sites {
-            let alpha = self.alpha(site);
-            push(key(site, "alpha"), vec![1], &[alpha]);
+            push(key(site, "alpha"), vec![1], &[self.alpha(site)])?;
             let Some(p) = self.priors.get(site) else {
                 kinds.push(NO_PRIOR.to_string());
                 continue;
             };
             kinds.push(p.kind.to_string());
-            let d = p.dim;
-            let rows = p.mean_rows();
-            let folded = p.fold(alpha);
-            push(key(site, "M"), vec![d, d], &folded.m);
-            push(key(site, "c"), vec![rows, d], &folded.c);
-            push(key(site, "R"), vec![d, d], &p.r);
-            push(key(site, "s"), vec![1], &[p.s]);
-            push(key(site, "muA"), vec![rows, d], &p.mu_a);
-            push(key(site, "muB"), vec![rows, d], &p.mu_b);
+            let (d, rows) = (p.dim, p.mean_rows());
+            push(key(site, "R"), vec![d, d], &p.r)?;
+            push(key(site, "s"), vec![1], &[p.s])?;
+            push(key(site, "muA"), vec![rows, d], &p.mu_a)?;
+            push(key(site, "muB"), vec![rows, d], &p.mu_b)?;
         }
         let views: Vec<(String, TensorView<'_>)> = buffers
             .iter()
@@ -163,7 +179,7 @@ impl PriorSet {
             })
             .collect::<Result<_, _>>()?;
         let m = &self.meta;
-        let mut metadata: HashMap<String, String> = [
+        let mut metadata: BTreeMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("plan_hash", m.plan_hash.clone()),
             ("model", m.model.clone()),
@@ -186,20 +202,34 @@ impl PriorSet {
         if let Some(r) = &m.report {
             metadata.insert("report".into(), r.clone());
         }
-        let bytes = safetensors::tensor::serialize(views, Some(metadata))
-            .map_err(|e| CalibError::Format(e.to_string()))?;
-        write_atomically(path, &bytes)
+        tcc_fs::safetensors_bytes(views, Some(metadata)).map_err(CalibError::Format)
+    }
+
+    /// Write the file atomically: a temporary file in the same directory,
+    /// renamed over `path` only once it is complete.
+    pub fn save(&self, path: &Path) -> Result<(), CalibError> {
+        tcc_fs::write_atomically(path, &self.to_bytes()?)
+            .map_err(|e| CalibError::Io(format!("{}: {e}", path.display())))
     }
 
     /// Read a priors file written by [`PriorSet::save`] (this format or the
-    /// one before per-site blends).
+    /// one before per-site blends). Only a regular file of at most
+    /// [`MAX_PRIORS_BYTES`] is read.
     pub fn load(path: &Path) -> Result<PriorSet, CalibError> {
-        let io = |e: std::io::Error| CalibError::Io(format!("{}: {e}", path.display()));
-        let bytes = std::fs::read(path).map_err(io)?;
-        let bad = |what: String| CalibError::Format(format!("{}: {what}", path.display()));
-        let st = SafeTensors::deserialize(&bytes)
+        let bytes = tcc_fs::read_input(path, MAX_PRIORS_BYTES)
+            .map_err(|e| CalibError::Io(format!("{}: {e}", path.display())))?;
+        PriorSet::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parse the bytes of a priors file; `name` (the file) starts every
+    /// message. Every tensor must belong to a site, and have the shape and
+    /// the finite values its site's prior needs; stored folded tensors
+    /// (`M`, `c`, older files) must agree with the fold of the rest.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<PriorSet, CalibError> {
+        let bad = |what: String| CalibError::Format(format!("{name}: {what}"));
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
         let md = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| -> Result<String, CalibError> {
@@ -240,7 +270,7 @@ impl PriorSet {
             plan_hash: get("plan_hash")?,
             model: get("model")?,
             alpha: num("alpha")?,
-            mode: parse_enum(&get("mode")?, "mode").map_err(|e| bad(e.to_string()))?,
+            mode: parse_enum(&get("mode")?, "mode").map_err(bad)?,
             prior: PriorKind::from_name(&prior_name)
                 .ok_or_else(|| bad(format!("unknown prior kind `{prior_name}` in the metadata")))?,
             samples: int("samples")? as usize,
@@ -253,9 +283,10 @@ impl PriorSet {
         if !meta.alpha.is_finite() {
             return Err(bad("metadata `alpha` is not finite".into()));
         }
-        let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>), CalibError> {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut read = |name: String| -> Result<(Vec<usize>, Vec<f64>), CalibError> {
             let v = st
-                .tensor(name)
+                .tensor(&name)
                 .map_err(|_| bad(format!("missing tensor `{name}`")))?;
             if v.dtype() != Dtype::F32 {
                 return Err(bad(format!(
@@ -273,7 +304,9 @@ impl PriorSet {
                     "tensor `{name}` has a non-finite value at {i}"
                 )));
             }
-            Ok((v.shape().to_vec(), data))
+            let shape = v.shape().to_vec();
+            used.insert(name);
+            Ok((shape, data))
         };
         // A site is known by its `alpha` (this format) or `M` (format 1).
         let marker = if v1 { ".M" } else { ".alpha" };
@@ -301,10 +334,10 @@ impl PriorSet {
         let mut alphas = BTreeMap::new();
         for (site, kind) in sites.into_iter().zip(kinds) {
             if !v1 {
-                let (shape, a) = read(&key(&site, "alpha"))?;
+                let (shape, a) = read(key(&site, "alpha"))?;
                 if shape != [1] {
                     return Err(bad(format!(
-                        "tensor `{}` must have shape [1]",
+                        "tensor `{}` has shape {shape:?}, expected [1]",
                         key(&site, "alpha")
                     )));
                 }
@@ -320,10 +353,10 @@ impl PriorSet {
             }
             let kind = PriorKind::from_name(kind)
                 .ok_or_else(|| bad(format!("unknown prior kind `{kind}` in the metadata")))?;
-            let (r_shape, r) = read(&key(&site, "R"))?;
-            let (_, s) = read(&key(&site, "s"))?;
-            let (mu_shape, mu_a) = read(&key(&site, "muA"))?;
-            let (mu_b_shape, mu_b) = read(&key(&site, "muB"))?;
+            let (r_shape, r) = read(key(&site, "R"))?;
+            let (_, s) = read(key(&site, "s"))?;
+            let (mu_shape, mu_a) = read(key(&site, "muA"))?;
+            let (mu_b_shape, mu_b) = read(key(&site, "muB"))?;
             let d = r_shape.get(1).copied().unwrap_or(0);
             if d == 0
                 || r_shape != [d, d]
@@ -339,23 +372,112 @@ impl PriorSet {
                     s.len()
                 )));
             }
-            priors.insert(
-                site,
-                Prior {
-                    kind,
-                    dim: d,
-                    r,
-                    s: s[0],
-                    mu_a,
-                    mu_b,
-                },
-            );
+            let prior = Prior {
+                kind,
+                dim: d,
+                r,
+                s: s[0],
+                mu_a,
+                mu_b,
+            };
+            let alpha = alphas.get(&site).copied().unwrap_or(meta.alpha);
+            let folded = prior.fold(alpha);
+            for (what, want_shape, want, scale) in [
+                ("M", vec![d, d], &folded.m, m_scale(&prior, alpha)),
+                ("c", mu_shape.clone(), &folded.c, c_scale(&prior, alpha)),
+            ] {
+                let name = key(&site, what);
+                if st.tensor(&name).is_err() && !v1 {
+                    continue;
+                }
+                let (shape, got) = read(name.clone())?;
+                if shape != want_shape {
+                    return Err(bad(format!(
+                        "tensor `{name}` has shape {shape:?}, expected {want_shape:?}"
+                    )));
+                }
+                // Both sides are rounded to f32 from the same f64 fold: they
+                // agree to a few units in the last place of the terms summed.
+                if let Some(i) =
+                    (0..got.len()).find(|&i| (got[i] - want[i]).abs() > 1e-5 * scale[i] + 1e-30)
+                {
+                    return Err(bad(format!(
+                        "tensor `{name}` disagrees with the prior it folds (R, s, muA, muB and alpha {alpha}): {} at {i} instead of {}",
+                        got[i], want[i]
+                    )));
+                }
+            }
+            priors.insert(site, prior);
+        }
+        if let Some(extra) = st.names().into_iter().find(|n| !used.contains(*n)) {
+            return Err(bad(format!(
+                "unexpected tensor `{extra}`: not part of a site's prior"
+            )));
         }
         Ok(PriorSet {
             meta,
             priors,
             alphas,
         })
+    }
+
+    /// Refuse a set whose sites or shapes do not fit `plan`: a site the
+    /// plan does not calibrate, a calibrated site the set lacks, or
+    /// tensors of the wrong width or number of mean rows. Call it after
+    /// [`PriorSet::check_binding`]; messages name the site and the shapes.
+    pub fn check_plan(&self, plan: &Plan) -> Result<(), CalibError> {
+        let branches = plan.branches();
+        let wanted: BTreeSet<Site> = crate::calibrated_sites(plan)
+            .into_iter()
+            .flat_map(|(step, list)| {
+                list.into_iter()
+                    .map(move |(block, bi)| Site::new(step, branches[bi], block))
+            })
+            .collect();
+        let sites = self.sites();
+        if let Some(extra) = sites.iter().find(|s| !wanted.contains(s)) {
+            return Err(CalibError::Binding(format!(
+                "{extra}: the plan does not calibrate this site (it calibrates steps {:?} of {} blocks, branches {})",
+                plan.calibration.steps,
+                plan.model.depth,
+                branches.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        // As `PriorHooks::from_set`: a format-1 set with alpha 0 applies nothing.
+        let strict = self.meta.alpha != 0.0 || !self.alphas.is_empty();
+        if strict {
+            if let Some(missing) = wanted.iter().find(|s| !sites.contains(s)) {
+                return Err(CalibError::Binding(format!(
+                    "{missing}: the plan calibrates this site, but the file has no prior for it"
+                )));
+            }
+        }
+        let d = plan.model.hidden;
+        let rows = if plan.calibration.pooling == Pooling::Conditions {
+            plan.model.tokens()
+        } else {
+            1
+        };
+        for (site, p) in &self.priors {
+            if p.dim != d {
+                return Err(CalibError::Binding(format!(
+                    "tensor `{}` has shape [{}, {}], expected [{d}, {d}] (the branch width of model `{}`)",
+                    key(site, "R"),
+                    p.dim,
+                    p.dim,
+                    plan.model.name
+                )));
+            }
+            if p.mean_rows() != rows {
+                return Err(CalibError::Binding(format!(
+                    "tensor `{}` has shape [{}, {d}], expected [{rows}, {d}] ({} pooling)",
+                    key(site, "muA"),
+                    p.mean_rows(),
+                    enum_name(&plan.calibration.pooling)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuse priors fitted for another plan or model.
@@ -387,23 +509,34 @@ fn parse_site(prefix: &str) -> Option<Site> {
         .then_some(Site::new(step, branch, layer))
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory,
-/// so that a reader never sees a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CalibError> {
-    let io = |e: std::io::Error| CalibError::Io(format!("{}: {e}", path.display()));
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+/// Per entry of `M`, the size of the terms it is the sum of.
+fn m_scale(p: &Prior, alpha: f64) -> Vec<f64> {
+    let d = p.dim;
+    let mut out: Vec<f64> = p.r.iter().map(|r| (alpha * p.s * r).abs()).collect();
+    for i in 0..d {
+        out[i * d + i] += (1.0 - alpha).abs();
+    }
+    out
+}
+
+/// Per entry of `c`, the size of the terms it is the sum of.
+fn c_scale(p: &Prior, alpha: f64) -> Vec<f64> {
+    let d = p.dim;
+    let mut out = Vec::with_capacity(p.mu_a.len());
+    for row in 0..p.mean_rows() {
+        let mu_b = &p.mu_b[row * d..(row + 1) * d];
+        for j in 0..d {
+            let acc: f64 = (0..d).map(|k| (mu_b[k] * p.r[k * d + j]).abs()).sum();
+            out.push(alpha.abs() * (p.mu_a[row * d + j].abs() + p.s.abs() * acc));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn sample_set() -> PriorSet {
@@ -526,5 +659,270 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nope"), "{missing}");
+    }
+
+    /// `(name, shape, values)` and metadata as a safetensors file.
+    fn raw_file(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], md: &[(&str, &str)]) {
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, shape, _), b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let md: HashMap<String, String> = md
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        std::fs::write(
+            path,
+            safetensors::tensor::serialize(views, Some(md)).unwrap(),
+        )
+        .unwrap();
+    }
+
+    const META_V2: [(&str, &str); 11] = [
+        ("format", "tcc-priors/2"),
+        ("plan_hash", "h"),
+        ("model", "tiny"),
+        ("alpha", "0.5"),
+        ("mode", "consistent"),
+        ("prior", "shift"),
+        ("samples", "4"),
+        ("seed", "0"),
+        ("tool_version", "0.1.0"),
+        ("site_kinds", "shift"),
+        ("select", "fixed"),
+    ];
+
+    /// One shift prior at step 1, attn, layer 0 (d = 2), blend 0.5; with
+    /// the folded `M` and `c` older files carried, `c` given.
+    fn v2_tensors(c: [f32; 2]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let d = 2;
+        vec![
+            ("step1.attn.layer0.alpha".into(), vec![1], vec![0.5]),
+            (
+                "step1.attn.layer0.M".into(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
+            ("step1.attn.layer0.c".into(), vec![1, d], c.to_vec()),
+            (
+                "step1.attn.layer0.R".into(),
+                vec![d, d],
+                vec![1.0, 0.0, 0.0, 1.0],
+            ),
+            ("step1.attn.layer0.s".into(), vec![1], vec![1.0]),
+            ("step1.attn.layer0.muA".into(), vec![1, d], vec![1.0, 0.0]),
+            ("step1.attn.layer0.muB".into(), vec![1, d], vec![0.0, 0.0]),
+        ]
+    }
+
+    #[test]
+    fn values_beyond_f32_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.safetensors");
+        let mut set = sample_set();
+        set.priors.values_mut().next().unwrap().mu_a[1] = 1e39;
+        let e = set.save(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("step1.attn.layer0.muA") && e.contains("1e39"),
+            "{e}"
+        );
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn the_same_set_gives_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = sample_set();
+        let mut files = Vec::new();
+        for i in 0..4 {
+            let p = dir.path().join(format!("{i}.safetensors"));
+            set.save(&p).unwrap();
+            files.push(std::fs::read(&p).unwrap());
+        }
+        for f in &files[1..] {
+            assert!(f == &files[0], "two saves of one set differ");
+        }
+    }
+
+    #[test]
+    fn stored_folded_tensors_are_checked_against_the_prior() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.safetensors");
+        // c = alpha (muA - s muB R) = [0.5, 0].
+        raw_file(&p, &v2_tensors([0.5, 0.0]), &META_V2);
+        let set = PriorSet::load(&p).unwrap();
+        assert_eq!(set.alpha(&Site::new(1, Branch::Attn, 0)), 0.5);
+        raw_file(&p, &v2_tensors([0.5, 0.25]), &META_V2);
+        let e = PriorSet::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("p.safetensors")
+                && e.contains("step1.attn.layer0.c")
+                && e.contains("disagrees"),
+            "{e}"
+        );
+        // New files do not store them at all.
+        let out = dir.path().join("new.safetensors");
+        sample_set().save(&out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let names = SafeTensors::deserialize(&bytes).unwrap().names().len();
+        // Per prior R, s, muA, muB and alpha; alpha alone for the empty site.
+        assert_eq!(names, 2 * 5 + 1);
+    }
+
+    #[test]
+    fn tensors_that_belong_to_no_site_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.safetensors");
+        let mut t = v2_tensors([0.5, 0.0]);
+        t.push(("step1.attn.layer0.extra".into(), vec![1], vec![0.0]));
+        raw_file(&p, &t, &META_V2);
+        let e = PriorSet::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("unexpected tensor `step1.attn.layer0.extra`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_mode_names_the_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.safetensors");
+        let mut md = META_V2;
+        md[4] = ("mode", "sideways");
+        raw_file(&p, &v2_tensors([0.5, 0.0]), &md);
+        let e = PriorSet::load(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "bad priors file: {}: unknown mode `sideways` in the metadata",
+                p.display()
+            )
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let e = PriorSet::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+
+    /// FORA N=3 over 6 steps of `tiny` (4 blocks of width 64), priors at
+    /// steps 1 and 2.
+    fn plan() -> Plan {
+        let text = "[model]\nname = \"tiny\"\n[sampler]\nkind = \"ddim\"\nsteps = 6\n\
+                    [[cache]]\nrefresh = \"every 3\"\n[calibration]\nsteps = \"1, 2\"\n";
+        let s = tcc_schedule::parse("p.sched", text).unwrap();
+        tcc_plan::compile(&s, Path::new("")).unwrap()
+    }
+
+    fn set_for(plan: &Plan) -> PriorSet {
+        let mut set = sample_set();
+        set.priors.clear();
+        set.alphas.clear();
+        for (step, list) in crate::calibrated_sites(plan) {
+            for (block, bi) in list {
+                let site = Site::new(step, plan.branches()[bi], block);
+                set.priors.insert(site, Prior::identity(plan.model.hidden));
+                set.alphas.insert(site, 0.5);
+            }
+        }
+        set
+    }
+
+    #[test]
+    fn sets_are_checked_against_the_plan_sites_and_shapes() {
+        let plan = plan();
+        let d = plan.model.hidden;
+        let good = set_for(&plan);
+        good.check_plan(&plan).unwrap();
+
+        let mut extra = good.clone();
+        let layer = Site::new(1, Branch::Mlp, plan.model.depth);
+        extra.priors.insert(layer, Prior::identity(d));
+        extra.alphas.insert(layer, 0.5);
+        let e = extra.check_plan(&plan).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("layer {}", plan.model.depth)) && e.contains("does not calibrate"),
+            "{e}"
+        );
+
+        let mut step = good.clone();
+        step.alphas.insert(Site::new(3, Branch::Attn, 0), 0.0);
+        let e = step.check_plan(&plan).unwrap_err().to_string();
+        assert!(e.contains("step 3, attn, layer 0"), "{e}");
+
+        let mut missing = good.clone();
+        let first = *missing.priors.keys().next().unwrap();
+        missing.priors.remove(&first);
+        missing.alphas.remove(&first);
+        let e = missing.check_plan(&plan).unwrap_err().to_string();
+        assert!(e.contains("has no prior for it"), "{e}");
+
+        let mut narrow = good.clone();
+        narrow.priors.insert(first, Prior::identity(d / 2));
+        let e = narrow.check_plan(&plan).unwrap_err().to_string();
+        assert!(
+            e.contains("step1.attn.layer0.R") && e.contains(&format!("expected [{d}, {d}]")),
+            "{e}"
+        );
+
+        let mut rows = good;
+        let mut p = Prior::identity(d);
+        p.mu_a = vec![0.0; 3 * d];
+        p.mu_b = vec![0.0; 3 * d];
+        rows.priors.insert(first, p);
+        let e = rows.check_plan(&plan).unwrap_err().to_string();
+        assert!(
+            e.contains("step1.attn.layer0.muA") && e.contains(&format!("expected [1, {d}]")),
+            "{e}"
+        );
+    }
+
+    /// What the cargo-fuzz target `priors_file` checks, on a fixed set of
+    /// damaged files (every byte flipped in turn, every truncation): the
+    /// reader never panics, and whatever loads saves and loads back the
+    /// same.
+    #[test]
+    fn damaged_priors_files_are_errors_or_round_trip() {
+        let good = sample_set().to_bytes().unwrap();
+        let check = |bytes: &[u8]| {
+            if let Ok(set) = PriorSet::from_bytes(bytes, "x.safetensors") {
+                for (site, prior) in &set.priors {
+                    assert_eq!(prior.fold(set.alpha(site)).m.len(), prior.dim * prior.dim);
+                }
+                if let Ok(again) = set.to_bytes() {
+                    let back = PriorSet::from_bytes(&again, "y.safetensors").unwrap();
+                    assert_eq!(back.to_bytes().unwrap(), again);
+                }
+            }
+        };
+        check(&good);
+        let mut loaded = 0;
+        for i in 0..good.len() {
+            for flip in [0x01u8, 0x80] {
+                let mut bad = good.clone();
+                bad[i] ^= flip;
+                check(&bad);
+                loaded += PriorSet::from_bytes(&bad, "x").is_ok() as usize;
+            }
+            check(&good[..i]);
+        }
+        // Flipped tensor values (and some header bytes) still load.
+        assert!(loaded > 0);
     }
 }

@@ -64,11 +64,14 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "--rounds must be in 1..={MAX_ROUNDS}"
         )));
     }
-    if args.steps == Some(0) {
-        return Err(CliError::input("--steps must be at least 1"));
-    }
     let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, args.steps, io.err)?;
+    crate::runtime::check_model_source(&plan, &args.model)?;
+    let mut memory = crate::limits::Memory::new();
+    memory
+        .model(&plan, &args.model, rt.dtype)
+        .batch(&plan, args.batch_size)
+        .check()?;
     // Timing the cache alone: priors are a separate cost.
     plan.calibration.method = tcc_core::CalibMethod::None;
     for s in &mut plan.steps {

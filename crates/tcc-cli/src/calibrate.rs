@@ -11,8 +11,11 @@ use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
+use tcc_fs::OutputKind;
+
 use crate::common::{beside_cwd, CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -128,6 +131,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         None => plan.calibration.mode,
     };
     if let Some(n) = args.samples {
+        check_count("--samples", n, MAX_SAMPLES)?;
         plan.calibration.samples = n;
     }
     if let Some(s) = args.seed {
@@ -137,13 +141,14 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         plan.calibration.select = s;
     }
     if let Some(n) = args.validation_samples {
+        if n > MAX_SAMPLES {
+            return Err(CliError::input(format!(
+                "--validation-samples {n} is out of range: expected 0 to {MAX_SAMPLES}"
+            )));
+        }
         plan.calibration.validation_samples = Some(n);
     }
-    if plan.calibration.samples == 0 || args.batch_size == 0 {
-        return Err(CliError::input(
-            "the number of samples and the batch size must be at least 1",
-        ));
-    }
+    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
     check_validation(&plan)?;
     if let Some(shard) = args.shard {
         return run_shard(&args, io, &plan, plan_hash, mode, shard);
@@ -152,6 +157,17 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         .out
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.file, "priors.safetensors"));
+    let flag = if args.out.is_some() {
+        "--out"
+    } else {
+        "the priors file"
+    };
+    check_output(flag, &out, OutputKind::File)?;
+    crate::runtime::check_model_source(&plan, &args.model)?;
+    let mut memory = Memory::new();
+    memory.model(&plan, &args.model, rt.dtype);
+    calibration_memory(&plan, args.batch_size, shard, &mut memory);
+    memory.check()?;
     let model = load_model(&plan, &args.model, &rt)?;
     let captions = Captions::for_plan(&plan, &args.model, &rt)?;
     rt.announce(io.err)?;
@@ -251,6 +267,17 @@ fn run_shard(
             &format!("stats-{}-of-{}.safetensors", shard.index, shard.count),
         )
     });
+    let flag = if args.out.is_some() {
+        "--out"
+    } else {
+        "the statistics file"
+    };
+    check_output(flag, &out, OutputKind::File)?;
+    crate::runtime::check_model_source(plan, &args.model)?;
+    let mut memory = Memory::new();
+    memory.model(plan, &args.model, rt.dtype);
+    calibration_memory(plan, args.batch_size, shard, &mut memory);
+    memory.check()?;
     let model = load_model(plan, &args.model, &rt)?;
     let captions = Captions::for_plan(plan, &args.model, &rt)?;
     rt.announce(io.err)?;
@@ -298,6 +325,39 @@ fn run_shard(
         started.elapsed().as_secs_f64()
     )?;
     Ok(())
+}
+
+/// What a calibration walk of `shard` holds at its peak ([`fit_priors`]):
+/// every calibration and validation sample's pair of trajectories (latents
+/// and the accelerated one's cache), one batch in flight, one step's
+/// statistics and the priors fitted so far.
+pub(crate) fn calibration_memory(
+    plan: &Plan,
+    batch_size: usize,
+    shard: Shard,
+    memory: &mut Memory,
+) {
+    let cal = &plan.calibration;
+    let m = &plan.model;
+    let samples = (shard.samples(cal.samples, batch_size).len()
+        + shard.samples(cal.validation_samples(), batch_size).len()) as u128;
+    let rows = if plan.sampler.uses_cfg() { 2 } else { 1 };
+    let (t, d) = (m.tokens() as u128, m.hidden as u128);
+    let cache = tcc_exec::CacheLayout::new(plan).peak_entries() as u128 * rows * t * d;
+    let caption = rows * (m.caption_tokens * m.caption_dim) as u128;
+    let per_sample = 4 * latent_values(plan) + cache + caption;
+    memory
+        .batch(plan, batch_size)
+        .add("the calibration trajectories", 4 * samples * per_sample);
+    let per_step = (m.depth * plan.branches().len()) as u128;
+    let sites: u128 = tcc_calib::calibrated_sites(plan)
+        .values()
+        .map(|l| l.len() as u128)
+        .sum();
+    let stats = 3 + if cal.validation_samples() > 0 { 2 } else { 0 };
+    memory
+        .add("one step's statistics", 8 * per_step * stats * d * d)
+        .add("the fitted priors", 8 * sites * 2 * d * d);
 }
 
 /// Refuse settings that cannot be validated, before any work (the schedule

@@ -29,10 +29,15 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     for path in &args.files {
         match load_plan_with(path, None, None, Need::Config, io.err) {
             Ok(plan) => {
-                let speedup = PlanCost::of(&plan).speedup();
+                let cost = PlanCost::of(&plan);
+                let speedup = if cost.saturated() {
+                    "unknown: MAC counts beyond 2^64".to_string()
+                } else {
+                    format!("{:.2}x", cost.speedup())
+                };
                 writeln!(
                     io.out,
-                    "ok: {} ({} steps, speedup {speedup:.2}x)",
+                    "ok: {} ({} steps, speedup {speedup})",
                     path.display(),
                     plan.steps.len()
                 )?;

@@ -106,6 +106,16 @@ pub(crate) fn load_plan_with(
     need: Need,
     err: &mut dyn Write,
 ) -> Result<Plan, CliError> {
+    if let Some(steps) = steps {
+        // Checked here: the compiler's diagnostic would point into the
+        // schedule, which does not hold this number.
+        let max = tcc_core::SamplerSpec::default().train_timesteps as u64;
+        if steps == 0 || steps > max {
+            return Err(CliError::input(format!(
+                "--steps {steps} is out of range: expected 1 to {max} (the model's training timesteps)"
+            )));
+        }
+    }
     let mut failed = None;
     let mut name = None;
     let compiled = tcc_plan::compile_file_with(path, |schedule| {

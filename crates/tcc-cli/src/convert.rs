@@ -11,8 +11,10 @@ Examples:
 The tensors keep their names (the original DiT layout), become contiguous
 and keep their dtypes; a state dict nested under `ema`, `model` or
 `state_dict` is unwrapped. Point a schedule's `weights` at the output: it
-loads without PyTorch's pickle format, and faster. The output is written to a
-temporary file and renamed, so it never exists half-written.";
+loads without PyTorch's pickle format, and faster. The CRC-32 of every zip
+entry of the checkpoint is checked. The output is written to a temporary
+file and renamed, so it never exists half-written; the same checkpoint gives
+the same bytes.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -26,14 +28,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    if args.output.exists() && args.output.is_dir() {
-        return Err(CliError::input(format!(
-            "{}: is a directory, expected a file path",
-            args.output.display()
-        )));
-    }
-    let report =
-        tcc_model::convert_checkpoint(&args.input, &args.output).map_err(CliError::input)?;
+    crate::limits::check_output("OUT", &args.output, tcc_fs::OutputKind::File)?;
+    // A bad checkpoint is bad input (2); failing to write the output is a
+    // failure (1), as for every command.
+    let report = tcc_model::convert_checkpoint(&args.input, &args.output).map_err(|e| match e {
+        tcc_model::Error::Write { .. } => CliError::Failure(e.to_string()),
+        e => CliError::input(e),
+    })?;
     writeln!(
         io.out,
         "wrote {} tensors ({:.1}M parameters{}) to {}",

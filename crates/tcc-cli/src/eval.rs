@@ -12,9 +12,12 @@ use tcc_exec::NoHooks;
 use tcc_metrics::Summary;
 use tcc_plan::{Action, Plan};
 
-use crate::calibrate::{check_validation, fit_priors, name};
+use tcc_fs::OutputKind;
+
+use crate::calibrate::{calibration_memory, check_validation, fit_priors, name};
 use crate::common::{beside_cwd, CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
@@ -119,16 +122,30 @@ fn cache_actions(plan: &Plan) -> Vec<Vec<Vec<Action>>> {
         .collect()
 }
 
+/// The most seed sets one evaluation takes.
+const MAX_SEED_SETS: usize = 10_000;
+
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    if args.n == 0 || args.batch_size == 0 {
-        return Err(CliError::input("--n and --batch-size must be at least 1"));
-    }
+    check_count("--n", args.n, MAX_SAMPLES)?;
+    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
     if args.seeds.is_empty() {
         return Err(CliError::input("--seeds needs at least one seed"));
     }
-    if args.steps == Some(0) {
-        return Err(CliError::input("--steps must be at least 1"));
-    }
+    check_count(
+        "--seeds (number of seed sets)",
+        args.seeds.len(),
+        MAX_SEED_SETS,
+    )?;
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
+    let flag = if args.plot.is_some() {
+        "--plot"
+    } else {
+        "the plot"
+    };
+    check_output(flag, &plot, OutputKind::File)?;
     if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
         return Err(CliError::input(
             "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
@@ -153,9 +170,71 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         check_validation(&plan)?;
         plans.push(plan);
     }
+    let several = plans.len() > 1;
+
+    // Evaluation seeds must be held out from the samples priors will be
+    // fitted and validated on: checked before any work.
+    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
+    let mut planned_seeds: Vec<(String, u64)> = Vec::new();
+    let mut memory = Memory::new();
+    memory.model(&plans[0], &args.model, rt.dtype);
+    for (i, plan) in plans.iter().enumerate() {
+        let c = &plan.calibration;
+        if c.method == CalibMethod::Tcc && fits_here {
+            let prefix = match (several, args.files[i].file_stem()) {
+                (true, Some(stem)) => format!("{}:", stem.to_string_lossy()),
+                _ => String::new(),
+            };
+            planned_seeds.push((format!("the {prefix}priors"), c.seed));
+            if c.validation_samples() > 0 {
+                planned_seeds.push((
+                    format!("the validation samples of the {prefix}priors"),
+                    c.validation_seed(),
+                ));
+            }
+            let mut fit = Memory::new();
+            calibration_memory(plan, args.batch_size, tcc_core::Shard::WHOLE, &mut fit);
+            memory.add("fitting priors", fit.total());
+        }
+    }
+    held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
+    // Given priors files (one schedule only, checked above) are read and
+    // checked against the plan before the model loads.
+    let mut given: Vec<(CalibMode, PriorSet)> = Vec::new();
+    let one_shot = if args.no_one_shot {
+        &None
+    } else {
+        &args.one_shot_priors
+    };
+    for (path, mode) in [
+        (one_shot, CalibMode::OneShot),
+        (&args.priors, CalibMode::Consistent),
+    ] {
+        if let Some(path) = path {
+            let plan = &plans[0];
+            if plan.calibration.method != CalibMethod::Tcc {
+                return Err(CliError::input(format!(
+                    "{}: the schedule has no calibrated steps, so priors cannot apply to it",
+                    plan.source
+                )));
+            }
+            let set = load_priors(path, plan, &plan.hash().to_string(), mode)?;
+            given.push((mode, set));
+        }
+    }
+    // Every seed set's inputs, and the final latents of full computation
+    // and of every variant (cache, one-shot, tcc per schedule).
+    let variants = 1 + 3 * plans.len();
+    memory.batch(&plans[0], args.batch_size).latents(
+        "the evaluated latents",
+        &plans[0],
+        args.n,
+        (args.seeds.len() * (variants + 1)) as u128,
+    );
+    crate::runtime::check_model_source(&plans[0], &args.model)?;
+    memory.check()?;
     let model = load_model(&plans[0], &args.model, &rt)?;
     let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;
-    let several = plans.len() > 1;
 
     // Labels: the file stem (made unique) when several schedules are compared.
     let mut entries: Vec<Entry> = Vec::new();
@@ -189,24 +268,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         });
     }
 
-    // Evaluation seeds must be held out from the samples priors will be
-    // fitted and validated on: checked before any fitting.
-    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
-    let mut planned_seeds: Vec<(String, u64)> = Vec::new();
-    for e in &entries {
-        let c = &e.plan.calibration;
-        if c.method == CalibMethod::Tcc && fits_here {
-            planned_seeds.push((format!("the {}priors", e.prefix), c.seed));
-            if c.validation_samples() > 0 {
-                planned_seeds.push((
-                    format!("the validation samples of the {}priors", e.prefix),
-                    c.validation_seed(),
-                ));
-            }
-        }
-    }
-    held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
-
     // The priors: given files (checked against the plan) or fitted here.
     // The device is announced once the inputs are checked, or before the
     // first fit.
@@ -214,27 +275,20 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     for e in entries.iter_mut() {
         let plan = &e.plan;
         if plan.calibration.method != CalibMethod::Tcc {
-            if args.priors.is_some() || args.one_shot_priors.is_some() {
-                return Err(CliError::input(format!(
-                    "{}: the schedule has no calibrated steps, so priors cannot apply to it",
-                    plan.source
-                )));
-            }
             continue;
         }
-        let mut wanted = vec![("tcc", &args.priors, CalibMode::Consistent)];
+        let mut wanted = vec![("tcc", CalibMode::Consistent)];
         if !args.no_one_shot {
-            wanted.insert(0, ("one-shot", &args.one_shot_priors, CalibMode::OneShot));
+            wanted.insert(0, ("one-shot", CalibMode::OneShot));
         }
-        // Check the given files before spending time fitting the others.
-        let mut given = Vec::new();
-        for (_, path, mode) in &wanted {
-            given.push(match path {
-                Some(path) => Some(load_priors(path, plan, &e.hash, *mode)?),
-                None => None,
-            });
-        }
-        for ((label, _, mode), set) in wanted.into_iter().zip(given) {
+        let sets: Vec<Option<PriorSet>> = wanted
+            .iter()
+            .map(|(_, mode)| {
+                let i = given.iter().position(|(m, _)| m == mode)?;
+                Some(given.remove(i).1)
+            })
+            .collect();
+        for ((label, mode), set) in wanted.into_iter().zip(sets) {
             let label = format!("{}{label}", e.prefix);
             let set = match set {
                 Some(set) => set,
@@ -378,10 +432,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .collect();
     let oracles = oracle_rows(&report, &calibrated)?;
 
-    let plot = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
     write_plot(&plot, first, &report)?;
 
     if args.json {
@@ -514,6 +564,7 @@ fn load_priors(
 ) -> Result<PriorSet, CliError> {
     let set = PriorSet::load(path).map_err(CliError::input)?;
     set.check_binding(hash, &plan.model.name)
+        .and_then(|()| set.check_plan(plan))
         .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     if set.meta.mode != mode {
         return Err(CliError::input(format!(

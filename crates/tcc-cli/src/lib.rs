@@ -7,8 +7,11 @@
 //! and report failure through [`CliError`], which carries the exit status.
 //!
 //! Exit status: 0 on success, 2 on invalid input (command line, schedule
-//! syntax or semantics; the diagnostics go to stderr), 1 on any other
-//! failure.
+//! syntax or semantics, input files, output paths that cannot be written,
+//! runs that would not fit in memory; all checked before the work starts;
+//! the diagnostics go to stderr), 1 on any other failure (a failure to
+//! write an output, results that are not finite). docs/reliability.md
+//! states the rules.
 
 mod bench;
 mod calibrate;
@@ -19,6 +22,7 @@ mod device;
 mod eval;
 mod golden;
 mod hub;
+mod limits;
 mod merge;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -111,6 +115,7 @@ enum Command {
 
 /// Runs `tcc` with the process's arguments and standard streams.
 pub fn main() -> ExitCode {
+    remove_temp_files_on_signals();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut io = Io {
@@ -118,6 +123,25 @@ pub fn main() -> ExitCode {
         err: &mut stderr.lock(),
     };
     ExitCode::from(run(std::env::args_os(), &mut io))
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (Ctrl-C during a long calibration), the
+/// temporary files of outputs being written are removed, then the process
+/// ends as the signal would have ended it. The cleanup runs on an ordinary
+/// thread that signal-hook wakes, not inside the signal handler, where
+/// removing files is not safe.
+fn remove_temp_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tcc_fs::remove_pending_for_exit();
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 /// Runs `tcc` with the given arguments (the first is the program name) and

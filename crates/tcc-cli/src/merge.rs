@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use tcc_calib::{fit_merged, CalibError, PriorMeta, PriorSet, StatsFile};
 
 use crate::common::{CliError, Io};
+use crate::limits::check_output;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -35,6 +36,8 @@ pub struct Args {
 fn is_zip(path: &std::path::Path) -> Result<bool, CliError> {
     use std::io::Read;
     let mut head = [0u8; 4];
+    tcc_fs::check_input_file(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     let mut f = std::fs::File::open(path)
         .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     let n = f
@@ -55,6 +58,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             args.out.display()
         )));
     }
+    check_output("--out", &args.out, tcc_fs::OutputKind::File)?;
     if zips.iter().all(|&z| z) {
         let n = crate::npz::merge(&args.parts, &args.out)?;
         writeln!(

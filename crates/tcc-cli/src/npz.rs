@@ -1,7 +1,7 @@
 //! `.npz` files of images, the ADM evaluator's layout (uint8 NHWC images
 //! in `arr_0`, uint8 labels in `arr_1` when every label fits), written
 //! batch by batch: memory holds one batch of images, and the file appears
-//! under its name only once complete (a temporary file beside it, renamed).
+//! under its name only once complete (a `tcc_fs::AtomicFile`).
 //!
 //! A shard of a sampling run (`tcc sample --shard I/N`) writes the same
 //! layout plus `indices` (int64, the samples' indices in the whole run) and
@@ -67,7 +67,7 @@ pub const SAMPLE_SHARD_FORMAT: &str = "tcc-sample-shard/1";
 /// Writes images `[n, size, size, 3]` batch by batch.
 pub struct NpzWriter {
     path: PathBuf,
-    tmp: tempfile::NamedTempFile,
+    atomic: tcc_fs::AtomicFile,
     zip: ZipWriter<File>,
     n: usize,
     per: usize,
@@ -79,15 +79,11 @@ impl NpzWriter {
     /// Starts `path` (as a temporary file beside it) for `n` images of
     /// `size` x `size` pixels.
     pub fn create(path: &Path, n: usize, size: usize) -> Result<NpzWriter, CliError> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".tcc-npz-")
-            .tempfile_in(dir)
-            .map_err(|e| fail(path, e))?;
-        let file = tmp.as_file().try_clone().map_err(|e| fail(path, e))?;
+        let mut atomic = tcc_fs::AtomicFile::create(path).map_err(|e| fail(path, e))?;
+        // The zip writer seeks (to fill in entry headers): it writes through
+        // a handle of the temporary file, which `atomic` renames once done
+        // and removes if dropped before.
+        let file = atomic.file().try_clone().map_err(|e| fail(path, e))?;
         let per = size * size * 3;
         let mut opts = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         // Zip64 only where the images need it (4 GiB and over: 50k images
@@ -102,7 +98,7 @@ impl NpzWriter {
             .map_err(|e| fail(path, e))?;
         Ok(NpzWriter {
             path: path.to_path_buf(),
-            tmp,
+            atomic,
             zip,
             n,
             per,
@@ -175,9 +171,8 @@ impl NpzWriter {
             self.zip.set_comment(comment);
         }
         let file = self.zip.finish().map_err(|e| fail(&path, e))?;
-        file.sync_all().map_err(|e| fail(&path, e))?;
-        self.tmp.persist(&path).map_err(|e| fail(&path, e.error))?;
-        Ok(())
+        drop(file);
+        self.atomic.commit().map_err(|e| fail(&path, e))
     }
 }
 
@@ -230,6 +225,7 @@ struct ShardFile {
 
 fn open_shard(path: &Path) -> Result<ShardFile, CliError> {
     let bad = |m: String| CliError::input(format!("{}: {m}", path.display()));
+    tcc_fs::check_input_file(path).map_err(|e| bad(e.to_string()))?;
     let file = File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut archive =
         ZipArchive::new(file).map_err(|e| bad(format!("not a readable .npz ({e})")))?;

@@ -48,8 +48,8 @@ pub fn write_latents(
     for (name, view) in views {
         tensors.push((name, view.map_err(|e| fail(path, e))?));
     }
-    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| fail(path, e))?;
-    tcc_calib::write_atomically(path, &bytes).map_err(|e| CliError::Failure(e.to_string()))
+    let bytes = tcc_fs::safetensors_bytes(tensors, None).map_err(|e| fail(path, e))?;
+    tcc_fs::write_atomically(path, &bytes).map_err(|e| fail(path, e))
 }
 
 #[cfg(test)]

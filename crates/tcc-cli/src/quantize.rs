@@ -58,29 +58,23 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    let flag = if args.out.is_some() {
+        "--out"
+    } else {
+        "the GGUF file"
+    };
     let out = args.out.unwrap_or_else(|| dir.join(quant.file_name()));
-    if out.is_dir() {
-        return Err(CliError::input(format!(
-            "{}: is a directory, expected a file path",
-            out.display()
-        )));
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(CliError::input(format!(
-                "{}: no such directory to write into",
-                parent.display()
-            )));
-        }
-    }
+    crate::limits::check_output(flag, &out, tcc_fs::OutputKind::File)?;
     let bar = progress(&format!("quantize {}", quant.as_str()), 0);
     let report = tcc_text::quantize_encoder(&dir, quant, &out, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
+    // An input that cannot be read is bad input (2); an output that cannot
+    // be written a failure (1), as for every command.
     let report = report.map_err(|e| match e {
-        TextError::Io { .. } | TextError::Candle(_) => CliError::Failure(e.to_string()),
+        TextError::Write { .. } | TextError::Candle(_) => CliError::Failure(e.to_string()),
         _ => CliError::input(e),
     })?;
     writeln!(

@@ -68,6 +68,29 @@ impl ModelArgs {
         }
     }
 
+    /// The prompts of `--prompt` and then `--prompts FILE` (one per line,
+    /// blank lines skipped).
+    pub fn prompts(&self) -> Result<Vec<String>, CliError> {
+        let mut prompts = self.prompt.clone();
+        if let Some(path) = &self.prompts_file {
+            let text = tcc_fs::read_input_text(path, MAX_PROMPTS_BYTES)
+                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+            prompts.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+            if prompts.is_empty() {
+                return Err(CliError::input(format!(
+                    "{}: no prompts in the file",
+                    path.display()
+                )));
+            }
+        }
+        Ok(prompts)
+    }
+
     /// The schedule `file`'s plan, with `--model` and `steps` applied.
     pub fn load_plan(
         &self,
@@ -78,6 +101,9 @@ impl ModelArgs {
         crate::common::load_plan_with(file, self.source.as_deref(), steps, self.need(), err)
     }
 }
+
+/// The most bytes of a `--prompts` file (COCO's 30k captions take 2 MB).
+const MAX_PROMPTS_BYTES: u64 = 1 << 30;
 
 fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failure(e.to_string())
@@ -105,6 +131,28 @@ pub fn load_model(plan: &Plan, args: &ModelArgs, rt: &Runtime) -> Result<AnyMode
                 None => Err(no_weights(plan)),
             }
         }
+    }
+}
+
+/// What [`load_model`] would refuse before reading any weights: no
+/// weights at all, a testbed this build has no trained weights for, weights
+/// paths that are missing or not regular files. Cheap: commands call it
+/// before the memory check, so that a run without a model says so first.
+pub fn check_model_source(plan: &Plan, args: &ModelArgs) -> Result<(), CliError> {
+    if args.random_weights.is_some() {
+        return Ok(());
+    }
+    match &plan.weights {
+        Some(path) => tcc_model::weight_files(Path::new(path))
+            .map(drop)
+            .map_err(CliError::input),
+        None => match tcc_testbed::Testbed::from_name(&plan.model.name) {
+            Some(testbed) if plan.model.family == ModelFamily::Dit => {
+                tcc_testbed::check_embedded(testbed)
+                    .map_err(|e| CliError::input(format!("{}: {e}", plan.source)))
+            }
+            _ => Err(no_weights(plan)),
+        },
     }
 }
 
@@ -198,23 +246,7 @@ impl Captions {
             }
             return Ok(None);
         }
-        let mut prompts = args.prompt.clone();
-        if let Some(path) = &args.prompts_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
-            prompts.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(String::from),
-            );
-            if prompts.is_empty() {
-                return Err(CliError::input(format!(
-                    "{}: no prompts in the file",
-                    path.display()
-                )));
-            }
-        }
+        let prompts = args.prompts()?;
         let (l, c) = (m.caption_tokens, m.caption_dim);
         if prompts.is_empty() {
             if let Some(seed) = args.random_weights {
@@ -286,23 +318,22 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// The inputs of a sampling run: initial noise and the condition of every
-/// sample.
+/// sample. The noise is drawn batch by batch ([`Inputs::batch`]), never
+/// all at once.
 pub struct Inputs<'a> {
-    /// `[n, C, H, W]`, drawn in sample order from one stream of `seed`, so
-    /// a sample's noise does not depend on the batch size.
-    pub noise: Tensor,
     /// Class id (class-conditional models) or prompt index (text) of every
     /// sample.
     pub labels: Vec<u32>,
     pub captions: Option<&'a Captions>,
     pub seed: u64,
+    /// `[C, H, W]` of one sample's noise.
+    sample_dims: [usize; 3],
     device: Device,
 }
 
 impl<'a> Inputs<'a> {
     /// `n` samples of `seed`: all of `class` or cycling through the classes,
-    /// or cycling through the prompts of `captions`; on the runtime's device
-    /// (the noise is drawn on the host, so it is the same on every device).
+    /// or cycling through the prompts of `captions`; on the runtime's device.
     pub fn new(
         plan: &Plan,
         seed: u64,
@@ -330,14 +361,11 @@ impl<'a> Inputs<'a> {
             (None, Some(c)) => vec![c as u32; n],
             (None, None) => (0..n).map(|i| (i % m.num_classes.max(1)) as u32).collect(),
         };
-        let noise = NoiseRng::new(seed)
-            .randn((n, m.in_channels, m.input_size, m.input_size), &rt.device)
-            .map_err(fail)?;
         Ok(Inputs {
-            noise,
             labels,
             captions,
             seed,
+            sample_dims: [m.in_channels, m.input_size, m.input_size],
             device: rt.device.clone(),
         })
     }
@@ -351,7 +379,14 @@ impl<'a> Inputs<'a> {
     pub fn batch(&self, plan: &Plan, start: usize, len: usize) -> Result<SampleBatch, CliError> {
         let dev = &self.device;
         let labels = &self.labels[start..start + len];
-        let noise = self.noise.narrow(0, start, len).map_err(fail)?;
+        // Sample i's noise is values i*CHW.. of the seed's stream, as if
+        // all samples were drawn in one call, whatever the batches (drawn
+        // on the host, so it is the same on every device).
+        let [c, h, w] = self.sample_dims;
+        let per = c * h * w;
+        let mut values = vec![0f32; len * per];
+        NoiseRng::new(self.seed).fill_at((start * per) as u64, &mut values);
+        let noise = Tensor::from_vec(values, (len, c, h, w), dev).map_err(fail)?;
         // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
         let seed = self.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(start as u64 + 1);
         Ok(match self.captions {
@@ -450,4 +485,40 @@ pub fn progress(label: &str, len: u64) -> ProgressBar {
     );
     bar.set_message(label.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceChoice;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Noise is drawn batch by batch (never for all samples at once), and
+    /// every batching gives each sample the values one draw of all
+    /// samples would: the seed's stream in sample order.
+    #[test]
+    fn noise_drawn_per_batch_is_the_noise_of_one_draw() {
+        let s = tcc_schedule::parse("t.sched", "[model]\nname = \"tiny\"\n").unwrap();
+        let plan = tcc_plan::compile(&s, Path::new("")).unwrap();
+        let rt = Runtime::new(Some(DeviceChoice::Cpu), DType::F32).unwrap();
+        let m = &plan.model;
+        let n = 5;
+        let whole = NoiseRng::new(7)
+            .randn((n, m.in_channels, m.input_size, m.input_size), &Device::Cpu)
+            .unwrap();
+        let inputs = Inputs::new(&plan, 7, n, None, None, &rt).unwrap();
+        for sizes in [&[5][..], &[2, 3], &[1, 1, 3], &[3, 2]] {
+            let mut start = 0;
+            for &len in sizes {
+                let batch = inputs.batch(&plan, start, len).unwrap();
+                let want = whole.narrow(0, start, len).unwrap();
+                assert_eq!(bits(&batch.noise), bits(&want), "{sizes:?} at {start}");
+                start += len;
+            }
+        }
+    }
 }

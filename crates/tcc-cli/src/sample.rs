@@ -7,8 +7,11 @@ use tcc_calib::{PriorHooks, PriorSet};
 use tcc_exec::{Hooks, NoHooks};
 use tcc_metrics::{DataRange, ErrorStats};
 
+use tcc_fs::OutputKind;
+
 use crate::common::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};
 use crate::output::{to_nhwc_u8, write_latents};
 use crate::runtime::{load_model, pipeline_dir, run_range, Captions, Inputs, ModelArgs};
@@ -25,7 +28,10 @@ Examples:
   tcc sample pixart.sched --model hf:PixArt-alpha/PixArt-XL-2-256x256 --prompt \"a cat\" --grid out.png
 
 The same --seed gives the same samples: sample i's noise is the i-th draw of
-the seed's stream whatever the batch size. Without --class, sample i has
+the seed's stream whatever the batch size (drawn batch by batch). Outputs
+are checked before sampling (their folders must exist; --out DIR is created
+in an existing folder) and written atomically; a run that would not fit in
+memory is refused with the estimate. Without --class, sample i has
 class i mod (number of classes). Schedules naming the `tiny` or `shapes160`
 model without weights use the embedded testbed model. --model takes the model from a folder,
 a checkpoint or a Hugging Face Hub repository instead of the schedule's
@@ -86,43 +92,13 @@ pub struct Args {
     model: ModelArgs,
 }
 
+/// The largest side of a `--grid` PNG, in pixels (image viewers and
+/// decoders give up well before PNG's own limit).
+const MAX_GRID_SIDE: usize = 1 << 16;
+
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    if args.n == 0 || args.batch_size == 0 {
-        return Err(CliError::input("--n and --batch-size must be at least 1"));
-    }
-    let rt = Runtime::from_args(&args.model.runtime)?;
-    let plan = args.model.load_plan(&args.file, None, io.err)?;
-    let model = load_model(&plan, &args.model, &rt)?;
-    let mut hooks: Box<dyn Hooks> = match &args.priors {
-        Some(path) => {
-            let set = PriorSet::load(path).map_err(CliError::input)?;
-            set.check_binding(&plan.hash().to_string(), &plan.model.name)
-                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
-            Box::new(
-                PriorHooks::from_set(&set, PRIOR_DTYPE, &rt.device)
-                    .map_err(|e| CliError::Failure(e.to_string()))?,
-            )
-        }
-        None => Box::new(NoHooks),
-    };
-    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
-    // Pixel-space models sample images; latent models need the pipeline's
-    // VAE, checked before sampling so a missing one fails fast.
-    let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
-    // A testbed's latents (shapes160) decode without a VAE.
-    let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
-    let vae = if writes_images && plan.model.in_channels != 3 && testbed.is_none() {
-        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
-            CliError::input(format!(
-                "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
-                plan.model.name, plan.model.in_channels
-            ))
-        })?;
-        Some(tcc_vae::VaeDecoder::load(&dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?)
-    } else {
-        None
-    };
-    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
+    check_count("--n", args.n, MAX_SAMPLES)?;
+    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
     let shard = args.shard.unwrap_or(tcc_core::Shard::WHOLE);
     let range = shard
         .nonempty_samples(args.n, args.batch_size, "samples")
@@ -132,41 +108,184 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "with --shard, write --npz (a partial file for `tcc merge`) or --out (PNGs named by sample index), not --grid or --latents",
         ));
     }
+    // This process's samples.
     let n = range.len();
-    let classes = &inputs.labels[range.clone()];
-    let scorer = if shard.is_whole()
-        && args.n >= 2
-        && plan.weights.is_none()
-        && args.model.random_weights.is_none()
-    {
-        TestbedScorer::for_model(&plan.model.name, &rt.device)?
+    // Every output is checked before any work; no folder is created but
+    // --out itself (in an existing folder).
+    if let Some(dir) = &args.out {
+        check_output("--out", dir, OutputKind::Dir)?;
+    }
+    for (flag, path) in [
+        ("--grid", &args.grid),
+        ("--npz", &args.npz),
+        ("--latents", &args.latents),
+    ] {
+        if let Some(path) = path {
+            check_output(flag, path, OutputKind::File)?;
+        }
+    }
+    let rt = Runtime::from_args(&args.model.runtime)?;
+    let plan = args.model.load_plan(&args.file, None, io.err)?;
+    let priors = match &args.priors {
+        Some(path) => {
+            let set = PriorSet::load(path).map_err(CliError::input)?;
+            set.check_binding(&plan.hash().to_string(), &plan.model.name)
+                .and_then(|()| set.check_plan(&plan))
+                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+            Some((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
+        }
+        None => None,
+    };
+    // Pixel-space models sample images; latent models need the pipeline's
+    // VAE, checked before sampling so a missing one fails fast.
+    let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
+    // A testbed's latents (shapes160) decode without a VAE.
+    let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
+    let needs_vae = writes_images && plan.model.in_channels != 3 && testbed.is_none();
+    // The VAE's folder, config and weights file are checked here; its
+    // weights are read once the model is loaded.
+    let vae_files = if needs_vae {
+        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
+            CliError::input(format!(
+                "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
+                plan.model.name, plan.model.in_channels
+            ))
+        })?;
+        let files = tcc_vae::VaeDecoder::inspect(&dir).map_err(CliError::input)?;
+        Some((dir, files))
     } else {
         None
     };
-    let decode = |x: &Tensor| -> Result<(Vec<f32>, usize), CliError> {
-        let s = plan.model.input_size;
-        let len = x.dim(0).map_err(|e| CliError::Failure(e.to_string()))?;
-        Ok(match &vae {
-            None => match testbed {
-                Some(tb) => tb.to_images(&flat(x)?, len).map_err(CliError::input)?,
-                None => (flat(x)?, s),
-            },
-            Some(vae) => {
-                let img = vae
-                    .decode(x)
-                    .map_err(|e| CliError::Failure(e.to_string()))?;
-                (flat(&img)?, s * vae.config().upscale())
-            }
-        })
+    let side = plan.model.input_size
+        * match (&vae_files, testbed) {
+            (Some((_, files)), _) => files.config.upscale(),
+            (None, Some(tcc_testbed::Testbed::Shapes160)) => 2,
+            _ => 1,
+        };
+    let prompts = if plan.model.family == tcc_core::ModelFamily::Pixart {
+        args.model.prompts()?.len()
+    } else {
+        0
     };
-    // Started at the first batch, when the image size is known.
-    let mut npz: Option<NpzWriter> = None;
+    let grid = args.grid.as_ref().map(|_| {
+        let nrow = if plan.model.family == tcc_core::ModelFamily::Pixart {
+            prompts.max(1).min(args.n)
+        } else if args.class.is_none() {
+            plan.model.num_classes.min(args.n)
+        } else {
+            args.n.min(10)
+        };
+        tcc_data::Grid {
+            nrow,
+            pad: 2,
+            scale: 4,
+        }
+    });
+    if let Some(g) = &grid {
+        let (w, h) = g.pixels(args.n, side, side);
+        if w.max(h) > MAX_GRID_SIDE {
+            return Err(CliError::input(format!(
+                "--grid: {} samples make a {w} x {h} pixel grid, more than {MAX_GRID_SIDE} pixels a side: write --out or --npz for this many",
+                args.n
+            )));
+        }
+    }
+    crate::runtime::check_model_source(&plan, &args.model)?;
+    let wants_scorer = shard.is_whole()
+        && args.n >= 2
+        && plan.weights.is_none()
+        && args.model.random_weights.is_none()
+        && testbed.is_some();
     // The latents of every sample are kept only for what needs them all.
     let keep = args.out.is_some()
         || args.grid.is_some()
         || args.latents.is_some()
         || args.vs_full
-        || scorer.is_some();
+        || wants_scorer;
+    let mut memory = Memory::new();
+    memory
+        .model(&plan, &args.model, rt.dtype)
+        .batch(&plan, args.batch_size);
+    if keep {
+        // The batches' latents, their concatenation, and a host copy.
+        memory.latents("final latents", &plan, n, 3);
+    }
+    if args.vs_full {
+        memory.latents("full computation's latents", &plan, n, 2);
+    }
+    if let Some((_, bytes)) = &priors {
+        // The file, its values in f64, the folded matrices.
+        memory.add("priors", 4 * *bytes as u128);
+    }
+    if let Some((_, files)) = &vae_files {
+        // Its weights file is read whole, then converted.
+        memory.add("the VAE", 2 * files.weights_bytes as u128);
+    }
+    let pixels = |n: usize| n as u128 * 3 * (side * side) as u128;
+    if args.out.is_some() || args.grid.is_some() {
+        memory.add("images", 2 * 4 * pixels(n));
+    }
+    if args.npz.is_some() {
+        // Written batch by batch: one batch's images and their uint8 copy.
+        memory.add(
+            "one batch of the .npz",
+            (2 * 4 + 1) * pixels(args.batch_size.min(n)),
+        );
+    }
+    if let Some(g) = &grid {
+        let (w, h) = g.pixels(args.n, side, side);
+        memory.add("the grid", 2 * 3 * (w * h) as u128);
+    }
+    memory.check()?;
+
+    let model = load_model(&plan, &args.model, &rt)?;
+    let mut hooks: Box<dyn Hooks> = match &priors {
+        Some((set, _)) => Box::new(
+            PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
+                .map_err(|e| CliError::Failure(e.to_string()))?,
+        ),
+        None => Box::new(NoHooks),
+    };
+    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
+    let vae = match &vae_files {
+        Some((dir, _)) => Some(
+            tcc_vae::VaeDecoder::load(dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?,
+        ),
+        None => None,
+    };
+    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
+    let classes = &inputs.labels[range.clone()];
+    let scorer = if wants_scorer {
+        TestbedScorer::for_model(&plan.model.name, &rt.device)?
+    } else {
+        None
+    };
+    // Images `[len, 3, side, side]` of samples `start..start + len`.
+    let decode = |x: &Tensor, start: usize, bar: Option<&indicatif::ProgressBar>| {
+        let len = x.dim(0).map_err(|e| CliError::Failure(e.to_string()))?;
+        let imgs = match &vae {
+            None => match testbed {
+                Some(tb) => tb.to_images(&flat(x)?, len).map_err(CliError::input)?.0,
+                None => flat(x)?,
+            },
+            Some(vae) => {
+                let img = vae
+                    .decode_with_progress(x, |done, _| {
+                        if let Some(bar) = bar {
+                            bar.set_position(done as u64)
+                        }
+                    })
+                    .map_err(|e| CliError::Failure(e.to_string()))?;
+                flat(&img)?
+            }
+        };
+        check_finite(&imgs, side, start)?;
+        Ok::<_, CliError>(imgs)
+    };
+    let mut npz = match &args.npz {
+        Some(path) => Some(NpzWriter::create(path, n, side)?),
+        None => None,
+    };
     rt.announce(io.err)?;
     let (x, time) = run_range(
         &model,
@@ -177,15 +296,11 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         hooks.as_mut(),
         "sampling",
         keep,
-        &mut |_, latents| {
-            if let Some(path) = &args.npz {
-                let (imgs, s) = decode(latents)?;
-                if npz.is_none() {
-                    npz = Some(NpzWriter::create(path, n, s)?);
-                }
-                if let Some(w) = npz.as_mut() {
-                    w.write_images(&to_nhwc_u8(&imgs, imgs.len() / (3 * s * s), s, s))?;
-                }
+        &mut |start, latents| {
+            if let Some(w) = npz.as_mut() {
+                let imgs = decode(latents, start, None)?;
+                let len = imgs.len() / (3 * side * side);
+                w.write_images(&to_nhwc_u8(&imgs, len, side, side))?;
             }
             Ok(())
         },
@@ -277,25 +392,29 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         write_latents(path, &flat(&x)?, x.dims(), classes)?;
         writeln!(io.out, "wrote {}", path.display())?;
     }
+    if args.out.is_none() && args.grid.is_none() {
+        return Ok(());
+    }
 
-    let decoded = std::cell::OnceCell::new();
-    let images = || -> Result<(Vec<f32>, usize), CliError> {
-        if let Some(d) = decoded.get() {
-            return Ok(Clone::clone(d));
-        }
-        let out = decode(&x)?;
-        let _ = decoded.set(out.clone());
-        Ok(out)
-    };
+    let bar = vae
+        .as_ref()
+        .map(|_| crate::runtime::progress("decoding", n as u64));
+    let imgs = decode(&x, range.start, bar.as_ref())?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    drop(x);
     let what = if captions.is_some() {
         "prompt"
     } else {
         "class"
     };
+    let s = side;
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
-        let (imgs, s) = images()?;
+        if !dir.is_dir() {
+            std::fs::create_dir(dir)
+                .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+        }
         let per = 3 * s * s;
         for (i, c) in classes.iter().enumerate() {
             let path = dir.join(format!("{:06}_{what}{c}.png", range.start + i));
@@ -313,29 +432,24 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         writeln!(io.out, "wrote {n} PNGs to {}", dir.display())?;
     }
-    if let Some(path) = &args.grid {
-        let (imgs, s) = images()?;
-        let nrow = if let Some(c) = &captions {
-            c.prompts.len().min(args.n)
-        } else if args.class.is_none() {
-            plan.model.num_classes.min(args.n)
-        } else {
-            args.n.min(10)
-        };
-        tcc_data::write_grid_png(
-            path,
-            &imgs,
-            [args.n, 3, s, s],
-            tcc_data::Grid {
-                nrow,
-                pad: 2,
-                scale: 4,
-            },
-        )
-        .map_err(|e| CliError::Failure(e.to_string()))?;
+    if let (Some(path), Some(g)) = (&args.grid, grid) {
+        tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
+            .map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(io.out, "wrote grid {}", path.display())?;
     }
     Ok(())
+}
+
+/// Refuses images of samples `start..` with a non-finite value, naming the
+/// first such sample: nothing is written from them.
+fn check_finite(imgs: &[f32], side: usize, start: usize) -> Result<(), CliError> {
+    match imgs.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(CliError::Failure(format!(
+            "the decoded images are not finite (sample {}): nothing written",
+            start + i / (3 * side * side)
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>, CliError> {
@@ -347,8 +461,8 @@ fn flat(t: &Tensor) -> Result<Vec<f32>, CliError> {
 /// SHA-256 of a file, hex.
 fn sha256_file(path: &std::path::Path) -> Result<String, CliError> {
     use sha2::Digest;
-    let bytes =
-        std::fs::read(path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let bytes = tcc_fs::read_input(path, tcc_calib::MAX_PRIORS_BYTES)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 

@@ -93,6 +93,76 @@ impl ModelShape {
         (self.hidden as f64 * self.mlp_ratio).round() as usize
     }
 
+    /// The most blocks a model may have.
+    pub const MAX_DEPTH: usize = 1000;
+    /// The widest a hidden size, MLP hidden size, channel count or caption
+    /// width may be: 16x the widest released DiT, and small enough that
+    /// the product of two sizes never overflows.
+    pub const MAX_WIDTH: usize = 1 << 16;
+    /// The largest (latent) input side.
+    pub const MAX_INPUT_SIZE: usize = 1 << 13;
+    pub const MAX_CLASSES: usize = 1 << 24;
+    pub const MAX_CAPTION_TOKENS: usize = 1 << 16;
+
+    /// Refuses sizes beyond the limits above (a config file can say
+    /// anything; a model that large would ask for petabytes), naming the
+    /// first one.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let sizes = [
+            ("depth", self.depth, Self::MAX_DEPTH),
+            ("hidden size", self.hidden, Self::MAX_WIDTH),
+            ("heads", self.heads, Self::MAX_WIDTH),
+            ("MLP hidden size", self.mlp_hidden(), Self::MAX_WIDTH),
+            ("patch size", self.patch, Self::MAX_INPUT_SIZE),
+            ("input size", self.input_size, Self::MAX_INPUT_SIZE),
+            ("input channels", self.in_channels, Self::MAX_WIDTH),
+            ("output channels", self.out_channels, Self::MAX_WIDTH),
+            ("classes", self.num_classes, Self::MAX_CLASSES),
+            (
+                "caption tokens",
+                self.caption_tokens,
+                Self::MAX_CAPTION_TOKENS,
+            ),
+            ("caption width", self.caption_dim, Self::MAX_WIDTH),
+        ];
+        for (what, v, max) in sizes {
+            if v > max {
+                return Err(format!("{what} {v} is more than the {max} tcc accepts"));
+            }
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio >= 0.0) {
+            return Err(format!("MLP ratio {} is not a size ratio", self.mlp_ratio));
+        }
+        Ok(())
+    }
+
+    /// The number of weights and biases of the model, counted from its
+    /// layer sizes (position embeddings included): what loading it costs.
+    pub fn parameter_count(&self) -> u128 {
+        let (d, f) = (self.hidden as u128, self.mlp_hidden() as u128);
+        let p2 = (self.patch * self.patch) as u128;
+        let (cin, cout) = (self.in_channels as u128, self.out_channels as u128);
+        let tokens = self.tokens() as u128;
+        // Patch embedding, timestep MLP (256 -> D -> D), position embedding.
+        let embed = cin * p2 * d + d + 256 * d + d + d * d + d + tokens * d;
+        let attn = 4 * (d * d + d);
+        let mlp = d * f + f + f * d + d;
+        let out = d * p2 * cout + p2 * cout;
+        match self.family {
+            ModelFamily::Dit => {
+                let labels = (self.num_classes as u128 + 1) * d;
+                let block = attn + mlp + d * 6 * d + 6 * d;
+                embed + labels + self.depth as u128 * block + out + d * 2 * d + 2 * d
+            }
+            ModelFamily::Pixart => {
+                let caption = self.caption_dim as u128 * d + d + d * d + d;
+                let shared = d * 6 * d + 6 * d;
+                let block = 2 * attn + mlp + 6 * d;
+                embed + caption + shared + self.depth as u128 * block + out + 2 * d
+            }
+        }
+    }
+
     /// The built-in presets, by name.
     pub fn preset(name: &str) -> Option<ModelShape> {
         let dit = |depth, hidden, heads, patch, input_size: usize| ModelShape {
@@ -186,5 +256,28 @@ mod tests {
         for b in Branch::ALL {
             assert_eq!(Branch::from_name(b.name()), Some(b));
         }
+    }
+
+    /// DiT-XL/2 has 675,129,632 parameters: the count DiT's `train.py`
+    /// prints (`sum(p.numel() for p in model.parameters())`, the frozen
+    /// position embedding included), the paper's "675M".
+    #[test]
+    fn parameter_count_matches_the_released_dit() {
+        let xl = ModelShape::preset("dit-xl-2-256").unwrap();
+        assert_eq!(xl.parameter_count(), 675_129_632);
+    }
+
+    #[test]
+    fn limits_name_the_size_that_is_too_large() {
+        for name in ModelShape::PRESETS {
+            ModelShape::preset(name).unwrap().check_limits().unwrap();
+        }
+        let mut m = ModelShape::preset("tiny").unwrap();
+        m.in_channels = usize::MAX;
+        let e = m.check_limits().unwrap_err();
+        assert!(e.contains("input channels"), "{e}");
+        m.in_channels = 3;
+        m.num_classes = usize::MAX;
+        assert!(m.check_limits().unwrap_err().contains("classes"));
     }
 }

@@ -33,6 +33,19 @@ impl Grid {
             scale: 1,
         }
     }
+
+    /// Width and height in pixels of the grid of `n` images of `h x w`
+    /// (saturating: a grid that large is refused anyway).
+    pub fn pixels(&self, n: usize, h: usize, w: usize) -> (usize, usize) {
+        let cols = self.nrow.min(n).max(1);
+        let rows = n.div_ceil(cols);
+        let cell_w = w.saturating_mul(self.scale).saturating_add(self.pad);
+        let cell_h = h.saturating_mul(self.scale).saturating_add(self.pad);
+        (
+            cols.saturating_mul(cell_w).saturating_add(self.pad),
+            rows.saturating_mul(cell_h).saturating_add(self.pad),
+        )
+    }
 }
 
 /// Renders `images` (`[n, c, h, w]` back to back, values in `[-1, 1]`, `c`
@@ -56,9 +69,8 @@ pub fn grid_image(images: &[f32], shape: [usize; 4], grid: Grid) -> Result<RgbIm
         ));
     }
     let cols = grid.nrow.min(n);
-    let rows = n.div_ceil(cols);
     let (cell_w, cell_h) = (w * grid.scale + grid.pad, h * grid.scale + grid.pad);
-    let (width, height) = (cols * cell_w + grid.pad, rows * cell_h + grid.pad);
+    let (width, height) = grid.pixels(n, h, w);
     if width > u32::MAX as usize || height > u32::MAX as usize {
         return Err(DataError::Invalid(format!(
             "grid: {width}x{height} pixels is too large"
@@ -104,22 +116,21 @@ pub fn write_grid_png(
         let grey = img.pixels().map(|p| p.0[0]).collect();
         (grey, image::ExtendedColorType::L8)
     } else {
-        (img.as_raw().clone(), image::ExtendedColorType::Rgb8)
+        (img.into_raw(), image::ExtendedColorType::Rgb8)
     };
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut png,
-        image::codecs::png::CompressionType::Best,
-        image::codecs::png::FilterType::Adaptive,
-    )
-    .write_image(&pixels, img.width(), img.height(), colour)
-    .map_err(|e| err(e.to_string()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(e.to_string()))?;
-    tmp.write_all(&png).map_err(|e| err(e.to_string()))?;
-    tmp.persist(path).map_err(|e| err(e.error.to_string()))?;
+    let (width, height) = grid.pixels(shape[0], shape[2], shape[3]);
+    let mut file = tcc_fs::AtomicFile::create(path).map_err(|e| err(e.to_string()))?;
+    {
+        let mut w = std::io::BufWriter::new(file.file());
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut w,
+            image::codecs::png::CompressionType::Best,
+            image::codecs::png::FilterType::Adaptive,
+        )
+        .write_image(&pixels, width as u32, height as u32, colour)
+        .map_err(|e| err(e.to_string()))?;
+        w.flush().map_err(|e| err(e.to_string()))?;
+    }
+    file.commit().map_err(|e| err(e.to_string()))?;
     Ok(())
 }

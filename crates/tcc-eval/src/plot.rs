@@ -1,7 +1,7 @@
 //! A small line plot of per-step deviations, drawn straight into a PNG
 //! (axes, grid, tick labels and legend in an 8x8 bitmap font).
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use font8x8::{UnicodeFonts, BASIC_FONTS};
@@ -100,17 +100,14 @@ pub fn plot_deviation(
         text(&mut img, lx + 32, ly, &s.name, ink);
     }
 
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let io = |e: &dyn std::fmt::Display| EvalError::Io(format!("{}: {e}", path.display()));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(&e))?;
+    let mut file = tcc_fs::AtomicFile::create(path).map_err(|e| io(&e))?;
     {
-        let mut w = BufWriter::new(tmp.as_file());
+        let mut w = BufWriter::new(file.file());
         img.write_to(&mut w, ImageFormat::Png).map_err(|e| io(&e))?;
+        w.flush().map_err(|e| io(&e))?;
     }
-    tmp.persist(path).map_err(|e| io(&e.error))?;
+    file.commit().map_err(|e| io(&e))?;
     Ok(())
 }
 

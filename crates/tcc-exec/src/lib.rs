@@ -39,6 +39,14 @@ pub enum ExecError {
     },
     #[error("the trajectory has already run all {0} steps")]
     Finished(usize),
+    /// The latents after a step hold NaN or infinite values (or values so
+    /// large that their sum overflows): whatever follows would be garbage.
+    #[error("the latents are not finite after step {step} (of steps 0 to {last}): {detail}; the sampler diverged (guidance scale, priors or weights out of range?)")]
+    NonFinite {
+        step: usize,
+        last: usize,
+        detail: String,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

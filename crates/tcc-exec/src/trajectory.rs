@@ -301,6 +301,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             None
         };
         self.x = self.sampler.step(s, &self.x, &guided, noise.as_ref())?;
+        check_finite(&self.x, s, plan.steps.len())?;
 
         for key in &self.layout.drop[s] {
             self.cache.remove(key);
@@ -319,4 +320,29 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         }
         Ok(self.x)
     }
+}
+
+/// Refuses latents with NaN or infinite values after step `step`: one
+/// reduction per step (the sum is finite only if every value is, short of
+/// an overflow of the sum itself, which only latents of ~1e34 and more
+/// reach); the values are read back only to describe a failure.
+fn check_finite(x: &Tensor, step: usize, steps: usize) -> Result<()> {
+    let total = x.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    if total.is_finite() {
+        return Ok(());
+    }
+    let v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let nan = v.iter().filter(|x| x.is_nan()).count();
+    let inf = v.iter().filter(|x| x.is_infinite()).count();
+    let detail = if nan + inf > 0 {
+        format!("{nan} NaN and {inf} infinite of {} values", v.len())
+    } else {
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        format!("values up to {max:e}, whose sum overflows")
+    };
+    Err(ExecError::NonFinite {
+        step,
+        last: steps.saturating_sub(1),
+        detail,
+    })
 }

@@ -377,6 +377,54 @@ fn a_plan_for_another_model_is_refused() {
     );
 }
 
+/// Replaces every branch output of one step by a huge but finite value, as
+/// a priors file with values near f32's maximum would.
+struct Blow(usize);
+
+impl tcc_exec::Hooks for Blow {
+    fn branch_output(
+        &mut self,
+        site: &tcc_exec::BranchSite,
+        out: &Tensor,
+    ) -> tcc_exec::Result<Option<Tensor>> {
+        Ok((site.step == self.0).then(|| (out.zeros_like().unwrap() + 3e38).unwrap()))
+    }
+}
+
+/// Non-finite latents stop the run at the step that made them, whatever
+/// made them: a guidance scale out of f32's range, or hooks.
+#[test]
+fn diverging_latents_are_an_error_naming_the_step() {
+    let sh = shape(2, 16, 4, 3, false);
+    let m = model(&sh, 0);
+    let p = plan(
+        &sh,
+        sampler_spec(SamplerKind::Ddim, 4, 1e300, 0.0, CfgOrder::CondFirst),
+        |_, _, _| true,
+    );
+    let err = Trajectory::new(&m, &p, &batch(&sh, 2, 0))
+        .unwrap()
+        .run(&mut NoHooks)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not finite after step 0 (of steps 0 to 3)") && err.contains("NaN"),
+        "{err}"
+    );
+
+    let p = plan(
+        &sh,
+        sampler_spec(SamplerKind::Ddim, 4, 1.5, 0.0, CfgOrder::CondFirst),
+        |s, _, _| s != 2,
+    );
+    let mut traj = Trajectory::new(&m, &p, &batch(&sh, 2, 0)).unwrap();
+    let mut hooks = Blow(2);
+    traj.step(&mut hooks).unwrap();
+    traj.step(&mut hooks).unwrap();
+    let err = traj.step(&mut hooks).unwrap_err().to_string();
+    assert!(err.contains("after step 2"), "{err}");
+}
+
 /// Two spellings of FORA N = 3 compile to one plan and sample identically.
 #[test]
 fn schedules_that_compile_to_one_plan_sample_identically() {

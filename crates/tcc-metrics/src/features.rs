@@ -1,7 +1,6 @@
 //! Mergeable first and second moments of feature vectors.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use faer::linalg::matmul::matmul;
@@ -220,11 +219,10 @@ impl FeatureStats {
         .map(|(k, v)| v.map(|v| (k, v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| file_err(e.to_string()))?;
-        let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+        let mut meta = metadata.clone();
         meta.insert("format".into(), FEATURE_STATS_FORMAT.into());
-        let bytes =
-            safetensors::serialize(tensors, Some(meta)).map_err(|e| file_err(e.to_string()))?;
-        write_atomic(path, &bytes).map_err(|e| file_err(e.to_string()))
+        let bytes = tcc_fs::safetensors_bytes(tensors, Some(meta)).map_err(file_err)?;
+        tcc_fs::write_atomically(path, &bytes).map_err(|e| file_err(e.to_string()))
     }
 
     /// Reads a file written by [`save`](FeatureStats::save); returns the
@@ -234,7 +232,7 @@ impl FeatureStats {
             path: path.to_path_buf(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+        let bytes = tcc_fs::read_input(path, 1 << 32).map_err(|e| file_err(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| file_err(format!("not a safetensors file: {e}")))?;
         let mut meta: BTreeMap<String, String> = header
@@ -296,18 +294,4 @@ fn f64_from(b: &[u8]) -> Vec<f64> {
     b.chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
         .collect()
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use tcc_core::Branch;
-use tcc_model::{BlockModel, Dit, DitConfig, DitSize};
+use tcc_model::{attention, ops, BlockModel, Dit, DitConfig, DitSize};
 
 const BATCH: usize = 2;
 
@@ -97,6 +97,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let w = Tensor::randn(0f32, 1.0, (cfg.mlp_hidden, cfg.hidden), &dev)?.to_dtype(dtype)?;
     let g =
         Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), cfg.mlp_hidden), &dev)?.to_dtype(dtype)?;
+    let bias = Tensor::randn(0f32, 1.0, cfg.mlp_hidden, &dev)?.to_dtype(dtype)?;
+    // The packed qkv projection's output, as the attention core reads it.
+    let qkv =
+        Tensor::randn(0f32, 1.0, (BATCH, cfg.tokens(), 3 * cfg.hidden), &dev)?.to_dtype(dtype)?;
+    let flop_core = 2.0 * 2.0 * b * heads * tok * tok * hd;
     let cases: Vec<Case> = vec![
         (
             "modulation",
@@ -130,8 +135,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(|| a.matmul(&w.t()?)),
             2.0 * b * tok * d * mh,
         ),
-        ("gelu (op)", Box::new(|| tcc_model::ops::gelu(&g)), 0.0),
+        ("gelu (op)", Box::new(|| ops::gelu(&g)), 0.0),
         ("gelu (candle)", Box::new(|| g.gelu()), 0.0),
+        // The fused kernels against the composed candle ops they replace.
+        (
+            "attn core fused",
+            Box::new(|| attention::packed_self_attention(&qkv, cfg.heads)),
+            flop_core,
+        ),
+        (
+            "attn core comp.",
+            Box::new(|| attention::packed_self_attention_composed(&qkv, cfg.heads)),
+            flop_core,
+        ),
+        (
+            "fc1+gelu fused",
+            Box::new(|| ops::linear(&a, &w, &bias, true)),
+            2.0 * b * tok * d * mh,
+        ),
+        (
+            "fc1+gelu comp.",
+            Box::new(|| ops::linear_composed(&a, &w, &bias, true)),
+            2.0 * b * tok * d * mh,
+        ),
     ];
     let times = time_interleaved(&cases, iters)?;
     println!(

@@ -225,6 +225,13 @@ impl DitConfig {
             self.input_size,
             self.patch,
         )?;
+        if self.num_classes > ModelShape::MAX_CLASSES {
+            return Err(format!(
+                "num_classes {} is more than the {} tcc accepts",
+                self.num_classes,
+                ModelShape::MAX_CLASSES
+            ));
+        }
         check_positive("norm eps", self.numerics.mlp_norm_eps)?;
         let half = (FREQ_EMBED_DIM / 2) as f64;
         if !(self.numerics.freq_shift.is_finite() && self.numerics.freq_shift < half) {
@@ -264,6 +271,15 @@ pub(crate) fn check_sizes(
         if v == 0 {
             return Err(format!("{name} must be positive"));
         }
+        let max = match name {
+            "depth" => ModelShape::MAX_DEPTH,
+            "input_size" | "patch" => ModelShape::MAX_INPUT_SIZE,
+            "caption_tokens" => ModelShape::MAX_CAPTION_TOKENS,
+            _ => ModelShape::MAX_WIDTH,
+        };
+        if v > max {
+            return Err(format!("{name} {v} is more than the {max} tcc accepts"));
+        }
     }
     if !hidden.is_multiple_of(heads) {
         return Err(format!("hidden {hidden} is not divisible by heads {heads}"));
@@ -288,13 +304,17 @@ pub(crate) fn check_positive(what: &str, v: f64) -> std::result::Result<(), Stri
     }
 }
 
+/// The most bytes of a `config.json` or weights index read (real ones
+/// have a few kB).
+pub(crate) const MAX_JSON_BYTES: u64 = 64 << 20;
+
 /// Reads a diffusers `config.json` and converts it (see
 /// [`parse_diffusers_json`]).
 pub(crate) fn read_diffusers_config<R: DeserializeOwned, C>(
     path: &Path,
     into_config: impl FnOnce(R) -> std::result::Result<C, String>,
 ) -> Result<C> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = tcc_fs::read_input_text(path, MAX_JSON_BYTES).map_err(|e| Error::io(path, e))?;
     parse_diffusers_json(&text, path, into_config)
 }
 
@@ -390,7 +410,9 @@ impl DiffusersConfig {
         let heads = self.num_attention_heads.unwrap_or(16);
         let head_dim = self.attention_head_dim.unwrap_or(72);
         let in_channels = self.in_channels.unwrap_or(4);
-        let hidden = heads * head_dim;
+        let hidden = heads
+            .checked_mul(head_dim)
+            .ok_or("num_attention_heads x attention_head_dim overflows")?;
         let num_classes = self
             .num_embeds_ada_norm
             .ok_or("num_embeds_ada_norm is missing (the number of classes)")?;
@@ -402,7 +424,7 @@ impl DiffusersConfig {
             input_size: self.sample_size.unwrap_or(32),
             in_channels,
             out_channels: self.out_channels.unwrap_or(in_channels),
-            mlp_hidden: 4 * hidden,
+            mlp_hidden: hidden.saturating_mul(4),
             num_classes,
             numerics: Numerics::diffusers(self.norm_eps.unwrap_or(1e-5)),
         };
@@ -466,5 +488,43 @@ mod tests {
             DitConfig::from_shape(&xl).unwrap(),
             DitConfig::preset(DitSize::XL, 2, 256).unwrap()
         );
+    }
+
+    /// Sizes a config file may hold but no model can have are refused
+    /// before anything is allocated, and never overflow.
+    #[test]
+    fn absurd_config_sizes_are_refused() {
+        let p = Path::new("config.json");
+        let base = r#""_class_name": "DiTTransformer2DModel", "num_layers": 2,
+            "sample_size": 8, "patch_size": 2, "norm_type": "ada_norm_zero""#;
+        let sizes = |classes: &str, cin: &str, cout: &str, heads: &str, dim: &str| {
+            format!(
+                r#"{{{base}, "num_embeds_ada_norm": {classes}, "in_channels": {cin}, "out_channels": {cout}, "num_attention_heads": {heads}, "attention_head_dim": {dim}}}"#
+            )
+        };
+        assert!(DitConfig::from_diffusers_json(&sizes("10", "4", "8", "2", "8"), p).is_ok());
+        for (text, needle) in [
+            (
+                sizes("18446744073709551615", "4", "8", "2", "8"),
+                "num_classes",
+            ),
+            (
+                sizes("10", "1000000000000000", "8", "2", "8"),
+                "in_channels 1000000000000000 is more than",
+            ),
+            (
+                sizes("10", "4", "1000000000", "2", "8"),
+                "out_channels 1000000000 is more than",
+            ),
+            (
+                sizes("10", "4", "8", "4294967296", "4294967296"),
+                "overflows",
+            ),
+        ] {
+            let e = DitConfig::from_diffusers_json(&text, p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 }

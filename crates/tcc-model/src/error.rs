@@ -23,6 +23,10 @@ pub enum Error {
         name: String,
         msg: String,
     },
+    /// The output could not be written (disk full, permissions): not a
+    /// problem with the input.
+    #[error("{}: cannot write: {msg}", path.display())]
+    Write { path: PathBuf, msg: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

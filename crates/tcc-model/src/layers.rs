@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
+use crate::attention;
 use crate::config::FREQ_EMBED_DIM;
 use crate::error::{Error, Result};
 use crate::ops;
@@ -29,28 +30,15 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// `x W^T` without the bias.
-    pub(crate) fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let (k, lead) = match dims.split_last() {
-            Some((k, lead)) => (*k, lead),
-            None => candle_core::bail!("linear: scalar input"),
-        };
-        let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, k))?.matmul(&self.w.t()?)?;
-        let mut out = lead.to_vec();
-        out.push(self.w.dim(0)?);
-        y.reshape(out)
-    }
-
+    /// `x W^T + b` over the last dim of `x`.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::bias_add(&self.matmul(x)?, &self.b)
+        ops::linear(x, &self.w, &self.b, false)
     }
 }
 
 /// `fc2(gelu_tanh(fc1(x)))`, the bias and GELU of `fc1` fused.
 pub(crate) fn gelu_mlp(fc1: &Linear, fc2: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    fc2.forward(&ops::bias_gelu(&fc1.matmul(x)?, &fc1.b)?)
+    fc2.forward(&ops::linear(x, &fc1.w, &fc1.b, true)?)
 }
 
 /// Checkpoint tensors on their way into a model: taken by name, cast to the
@@ -289,14 +277,7 @@ pub(crate) fn self_attention(
     heads: usize,
     h: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let (b, t, d) = h.dims3()?;
-    let hd = d / heads;
-    let qkv = qkv
-        .forward(h)?
-        .reshape((b, t, 3, heads, hd))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()?;
-    let out = attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None)?;
+    let out = attention::packed_self_attention(&qkv.forward(h)?, heads)?;
     proj.forward(&out)
 }
 

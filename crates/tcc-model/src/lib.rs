@@ -7,6 +7,7 @@
 //! [`AnyModel`] holds either.
 
 mod any;
+pub mod attention;
 mod config;
 mod dit;
 mod error;
@@ -15,12 +16,13 @@ mod load;
 pub mod ops;
 mod parts;
 mod pixart;
+mod vmath;
 
 pub use any::AnyModel;
 pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
 pub use dit::Dit;
 pub use error::{Error, Result};
 pub use layers::pos_embed_2d;
-pub use load::{convert_checkpoint, detect_layout, ConvertReport, WeightsLayout};
+pub use load::{convert_checkpoint, detect_layout, weight_files, ConvertReport, WeightsLayout};
 pub use parts::{BlockModel, Conditioning, Modulation};
 pub use pixart::{PixArt, PixArtConfig};

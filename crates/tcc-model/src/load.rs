@@ -67,6 +67,7 @@ impl Raw {
 /// Checkpoint tensors are read and checked in host memory; `Weights` casts
 /// and moves each one to the model's device as the model takes it.
 fn read_safetensors(file: &Path, out: &mut Named) -> Result<()> {
+    tcc_fs::check_input_file(file).map_err(|e| Error::io(file, e))?;
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
         Error::format(
@@ -94,6 +95,7 @@ fn read_pth(file: &Path) -> Result<(Named, Option<&'static str>)> {
         let names = p.tensor_infos();
         names.contains_key(ORIGINAL_MARKER) || names.contains_key(DIFFUSERS_MARKER)
     };
+    verify_zip(file)?;
     let mut found = None;
     let top = PthTensors::new(file, None).map_err(wrap)?;
     let top_count = top.tensor_infos().len();
@@ -135,10 +137,56 @@ fn read_pth(file: &Path) -> Result<(Named, Option<&'static str>)> {
     Ok((out, key))
 }
 
+/// Checks the CRC-32 of every stored entry of a PyTorch zip checkpoint by
+/// reading it to its end: candle's reader reads the tensors' bytes without
+/// checking them, so a checkpoint damaged in the middle would load (or
+/// convert) with wrong values. Entries in other compressions are left to
+/// candle's reader.
+fn verify_zip(file: &Path) -> Result<()> {
+    let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| {
+        Error::format(
+            file,
+            format!("cannot read as a PyTorch checkpoint (truncated or corrupt?): {e}"),
+        )
+    })?;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index_raw(i)
+            .map_err(|e| Error::format(file, format!("zip entry {i}: {e}")))?;
+        if entry.compression() != zip::CompressionMethod::Stored {
+            continue;
+        }
+        let name = entry.name().to_string();
+        let want = entry.crc32();
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut entry, &mut buf)
+                .map_err(|e| Error::format(file, format!("zip entry `{name}`: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let got = hasher.finalize();
+        if got != want {
+            return Err(Error::format(
+                file,
+                format!(
+                    "zip entry `{name}` is damaged: its CRC-32 is {got:08x}, the archive says {want:08x} (truncated or corrupted download?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a single weights file, safetensors or PyTorch zip (told apart by
 /// their first bytes).
 fn read_file(file: &Path) -> Result<Raw> {
     use std::io::Read;
+    tcc_fs::check_input_file(file).map_err(|e| Error::io(file, e))?;
     let mut magic = [0u8; 4];
     let n = std::fs::File::open(file)
         .and_then(|mut f| f.read(&mut magic))
@@ -162,7 +210,8 @@ fn read_file(file: &Path) -> Result<Raw> {
 
 /// The shard files named by a diffusers `*.safetensors.index.json`.
 fn shards(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = tcc_fs::read_input_text(index, crate::config::MAX_JSON_BYTES)
+        .map_err(|e| Error::io(index, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::format(
             index,
@@ -230,6 +279,23 @@ pub(crate) fn resolve(path: &Path) -> Result<Source> {
         ));
     };
     Ok(Source::Diffusers { config, files })
+}
+
+/// The files the weights at `path` are read from (a file, or a diffusers
+/// folder's weight files), with their sizes: what loading them reads into
+/// memory, known before reading. Each must be a regular file.
+pub fn weight_files(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let files = match resolve(path)? {
+        Source::File(f) => vec![f],
+        Source::Diffusers { files, .. } => files,
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let len = tcc_fs::check_input_file(&f).map_err(|e| Error::io(&f, e))?;
+            Ok((f, len))
+        })
+        .collect()
 }
 
 pub(crate) fn read_source(path: &Path, src: &Source) -> Result<Raw> {
@@ -646,7 +712,8 @@ pub struct ConvertReport {
 /// `ema`/`model`/...) to safetensors with the same tensor names, contiguous,
 /// in their stored dtypes. The output is written to a temporary file in the
 /// same directory and renamed into place, so it never exists half-written.
-/// Non-finite values are refused.
+/// Non-finite values and damaged zip entries are refused; a failure to
+/// write the output is [`Error::Write`].
 pub fn convert_checkpoint(input: &Path, output: &Path) -> Result<ConvertReport> {
     let (tensors, key) = read_pth(input)?;
     if !tensors.contains_key(ORIGINAL_MARKER) {
@@ -665,21 +732,15 @@ pub fn convert_checkpoint(input: &Path, output: &Path) -> Result<ConvertReport> 
         parameters += t.elem_count();
         out.insert(name.clone(), t.contiguous()?);
     }
-    let file_name = output
-        .file_name()
-        .ok_or_else(|| Error::format(output, "output is not a file path"))?;
-    let tmp = output.with_file_name(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = candle_core::safetensors::save(&out, &tmp)
-        .map_err(|e| Error::format(&tmp, format!("cannot write: {e}")))
-        .and_then(|()| std::fs::rename(&tmp, output).map_err(|e| Error::io(output, e)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
+    let write = |e: String| Error::Write {
+        path: output.to_path_buf(),
+        msg: e,
+    };
+    let file = tcc_fs::AtomicFile::create(output).map_err(|e| write(e.to_string()))?;
+    // safetensors orders the tensors by dtype, then name: the same
+    // checkpoint gives the same bytes.
+    candle_core::safetensors::save(&out, file.temp_path()).map_err(|e| write(e.to_string()))?;
+    file.commit().map_err(|e| write(e.to_string()))?;
     Ok(ConvertReport {
         tensors: out.len(),
         parameters,

@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the element-wise parts of a DiT block.
+//! Fused CPU kernels for the linear layers and the element-wise parts of a
+//! DiT block (the attention kernel is in [`crate::attention`]).
 //!
 //! candle's `Tensor::gelu` runs on one thread and its broadcast ops make a
 //! pass per operation; these kernels are parallel (rayon) and fused. On other
@@ -9,8 +10,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
+use gemm::{gemm, Parallelism};
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use crate::vmath;
 
 /// Elements per parallel work item of the element-wise kernels.
 const CHUNK: usize = 4096;
@@ -61,7 +65,7 @@ fn contiguous<'a, T>(src: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     let z = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-    x / (1.0 + (-2.0 * z).exp())
+    x / (1.0 + vmath::exp(-2.0 * z))
 }
 
 struct FastGelu;
@@ -76,9 +80,11 @@ impl CustomOp1 for FastGelu {
             let src = contiguous(src, layout, "fast-gelu")?;
             let mut dst: Vec<T> = src.to_vec();
             dst.par_chunks_mut(CHUNK).for_each(|c| {
-                for v in c {
-                    *v = T::from_f32(gelu_tanh(v.to_f32()));
-                }
+                vmath::with_simd(|| {
+                    for v in c {
+                        *v = T::from_f32(gelu_tanh(v.to_f32()));
+                    }
+                })
             });
             Ok(dst)
         }
@@ -137,12 +143,14 @@ impl CustomOp2 for BiasAct {
             dst.par_chunks_mut(rows * n)
                 .zip(x.par_chunks(rows * n))
                 .for_each(|(out, x)| {
-                    for (out, x) in out.chunks_mut(n).zip(x.chunks(n)) {
-                        for i in 0..n {
-                            let v = x[i].to_f32() + b[i].to_f32();
-                            out[i] = T::from_f32(if gelu { gelu_tanh(v) } else { v });
+                    vmath::with_simd(|| {
+                        for (out, x) in out.chunks_mut(n).zip(x.chunks(n)) {
+                            for i in 0..n {
+                                let v = x[i].to_f32() + b[i].to_f32();
+                                out[i] = T::from_f32(if gelu { gelu_tanh(v) } else { v });
+                            }
                         }
-                    }
+                    })
                 });
             dst
         }
@@ -198,6 +206,160 @@ pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `gelu(x + b)` (tanh approximation), `b` `[N]` broadcast over `x` `[..., N]`.
 pub fn bias_gelu(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     bias_act(x, b, true)
+}
+
+/// `x Wᵀ + b`, optionally followed by the GELU: `x` `[rows, k]`, `w`
+/// `[n, k]`, `b` `[n]`, f32. The output starts as the bias rows and one
+/// gemm (on all rayon threads) accumulates `x Wᵀ` onto it: no zero fill, no
+/// second buffer and no separate bias pass; the GELU then runs in place.
+struct LinearOp {
+    gelu: bool,
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        if self.gelu {
+            "linear-gelu"
+        } else {
+            "linear"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let what = self.name();
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k_w) = l2.shape().dims2()?;
+        if k_w != k || l3.dims() != [n] {
+            candle_core::bail!(
+                "{what}: input {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (x, w, b) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => (
+                contiguous(x, l1, what)?,
+                contiguous(w, l2, what)?,
+                contiguous(b, l3, what)?,
+            ),
+            _ => candle_core::bail!("{what}: needs f32 inputs"),
+        };
+        let mut dst: Vec<f32> = Vec::with_capacity(rows * n);
+        if n > 0 {
+            dst.spare_capacity_mut()[..rows * n]
+                .par_chunks_mut(n)
+                .for_each(|row| {
+                    for (o, &v) in row.iter_mut().zip(b) {
+                        o.write(v);
+                    }
+                });
+        }
+        // SAFETY: the loop above wrote all rows * n elements.
+        unsafe { dst.set_len(rows * n) };
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        // SAFETY: dst is rows x n (row stride n), x rows x k (row stride k),
+        // and Wᵀ is k x n with element (i, j) = w[j k + i].
+        unsafe {
+            gemm(
+                rows,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        if self.gelu {
+            dst.par_chunks_mut(CHUNK).for_each(|c| {
+                vmath::with_simd(|| {
+                    for v in c {
+                        *v = gelu_tanh(*v);
+                    }
+                })
+            });
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((rows, n))))
+    }
+}
+
+/// `x Wᵀ + b` over the last dim of `x` `[..., k]`, `w` `[n, k]`, `b` `[n]`,
+/// followed by the tanh GELU when `gelu`: one fused pass after the matmul on
+/// the CPU in f32, [`linear_composed`] otherwise.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+    let (k, lead) = match x.dims().split_last() {
+        Some((k, lead)) => (*k, lead.to_vec()),
+        None => candle_core::bail!("linear: scalar input"),
+    };
+    let (n, k_w) = w.dims2()?;
+    if k_w != k || b.dims() != [n] {
+        candle_core::bail!(
+            "linear: input {:?}, weight {:?}, bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    let fast =
+        matches!(x.device(), Device::Cpu) && [x, w, b].iter().all(|t| t.dtype() == DType::F32);
+    if !fast {
+        return linear_composed(x, w, b, gelu);
+    }
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, k))?.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        &LinearOp { gelu },
+    )?;
+    let mut out = lead;
+    out.push(n);
+    y.reshape(out)
+}
+
+/// The composed form of [`linear`]: candle's matmul, then [`bias_add`] or
+/// [`bias_gelu`] (any device and dtype).
+pub fn linear_composed(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+    let dims = x.dims();
+    let (k, lead) = match dims.split_last() {
+        Some((k, lead)) => (*k, lead),
+        None => candle_core::bail!("linear: scalar input"),
+    };
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    let y = y.reshape(out)?;
+    if gelu {
+        bias_gelu(&y, b)
+    } else {
+        bias_add(&y, b)
+    }
 }
 
 /// `x + out * gate`, `x` and `out` `[B, T, D]`, `gate` `[B, D]`.
@@ -506,6 +668,46 @@ mod tests {
             assert_eq!(max_abs_diff(&got, &want), 0.0, "{dt:?}");
             assert!(gated_add(&x, &out.narrow(1, 0, 3).unwrap(), &gate).is_err());
         }
+    }
+
+    /// The fused linear layer against candle's matmul + bias (+ GELU),
+    /// within 1e-5 in f32 (outputs of order 1); other dtypes take the
+    /// composed path.
+    #[test]
+    fn linear_matches_composed_ops() {
+        for (b, t, k, n) in [(1, 1, 1, 1), (2, 7, 40, 33), (3, 50, 96, 130)] {
+            let x = wave((b, t, k), 1.0, 0.1);
+            let w = (wave((1, n, k), 1.0, 0.9).squeeze(0).unwrap() / (k as f64).sqrt()).unwrap();
+            let bias = wave((1, 1, n), 0.5, 0.4).flatten_all().unwrap();
+            for gelu in [false, true] {
+                let fast = linear(&x, &w, &bias, gelu).unwrap();
+                let slow = linear_composed(&x, &w, &bias, gelu).unwrap();
+                assert_eq!(fast.dims(), [b, t, n]);
+                let err = max_abs_diff(&fast, &slow);
+                assert!(err <= 1e-5, "{b}x{t}x{k} -> {n}, gelu {gelu}: {err}");
+            }
+            // Transposed (non-contiguous) input.
+            let xt = wave((b, k, t), 1.0, 0.2).transpose(1, 2).unwrap();
+            let err = max_abs_diff(
+                &linear(&xt, &w, &bias, true).unwrap(),
+                &linear_composed(&xt, &w, &bias, true).unwrap(),
+            );
+            assert!(err <= 1e-5, "transposed: {err}");
+            let xh = x.to_dtype(DType::BF16).unwrap();
+            let [wh, bh] = [&w, &bias].map(|v| v.to_dtype(DType::BF16).unwrap());
+            assert_eq!(linear(&xh, &wh, &bh, false).unwrap().dtype(), DType::BF16);
+        }
+        let x = wave((1, 2, 8), 1.0, 0.1);
+        let w = wave((1, 3, 8), 1.0, 0.1).squeeze(0).unwrap();
+        let bias = wave((1, 1, 4), 1.0, 0.1).flatten_all().unwrap();
+        assert!(linear(&x, &w, &bias, false).is_err());
+        assert!(linear(
+            &x,
+            &w.narrow(1, 0, 7).unwrap(),
+            &bias.narrow(0, 0, 3).unwrap(),
+            false
+        )
+        .is_err());
     }
 
     #[test]

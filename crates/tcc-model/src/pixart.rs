@@ -249,7 +249,9 @@ impl DiffusersConfig {
             );
         }
         let heads = self.num_attention_heads.unwrap_or(16);
-        let hidden = heads * self.attention_head_dim.unwrap_or(72);
+        let hidden = heads
+            .checked_mul(self.attention_head_dim.unwrap_or(72))
+            .ok_or("num_attention_heads x attention_head_dim overflows")?;
         let cross = self.cross_attention_dim.unwrap_or(1152);
         if cross != hidden {
             return Err(format!(
@@ -269,7 +271,7 @@ impl DiffusersConfig {
             input_size: sample_size,
             in_channels,
             out_channels: self.out_channels.unwrap_or(in_channels),
-            mlp_hidden: 4 * hidden,
+            mlp_hidden: hidden.saturating_mul(4),
             caption_channels,
             caption_tokens: 120,
             interpolation_scale: self

@@ -158,6 +158,40 @@ fn truncated_files_are_clear_errors() {
     assert!(!out.exists());
 }
 
+/// A byte flipped inside a tensor's zip entry keeps the archive readable:
+/// only the entry's CRC-32 tells.
+#[test]
+fn a_damaged_zip_entry_is_refused_not_converted() {
+    let mut bytes = std::fs::read(fixtures().join("original.pt")).unwrap();
+    let (start, len) = {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).unwrap();
+        let mut best = (0u64, 0u64);
+        for i in 0..zip.len() {
+            let e = zip.by_index(i).unwrap();
+            if e.name().contains("/data/") && e.size() > best.1 {
+                best = (e.data_start(), e.size());
+            }
+        }
+        best
+    };
+    assert!(len > 0, "the fixture has tensor entries");
+    bytes[(start + len / 2) as usize] ^= 0x40;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("damaged.pt");
+    std::fs::write(&file, &bytes).unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let msg = convert_checkpoint(&file, &out).unwrap_err().to_string();
+    assert!(
+        msg.contains("damaged.pt") && msg.contains("CRC-32"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    let msg = Dit::load(&file, Some(&tiny_cfg()), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("CRC-32"), "{msg}");
+}
+
 #[test]
 fn nonexistent_and_foreign_paths() {
     let missing = Path::new("/nonexistent/dit-xl-2.pt");

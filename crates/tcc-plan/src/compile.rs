@@ -7,6 +7,8 @@ mod model_dir;
 #[cfg(test)]
 mod proptests;
 mod settings;
+
+pub use settings::{MAX_ALPHA, MAX_CALIBRATION_SAMPLES, MAX_GUIDANCE};
 #[cfg(test)]
 mod tests;
 
@@ -65,6 +67,10 @@ impl std::error::Error for CompileError {
     }
 }
 
+/// The most bytes a schedule file may have: thousands of times what the
+/// longest table a real plan needs takes.
+pub const MAX_SCHEDULE_BYTES: u64 = 16 << 20;
+
 /// Reads, parses and compiles a schedule file. Relative model and weights
 /// paths are resolved against the file's directory.
 pub fn compile_file(path: &Path) -> Result<Plan, CompileError> {
@@ -94,10 +100,11 @@ pub fn compile_file_with(
     path: &Path,
     edit: impl FnOnce(&mut Schedule),
 ) -> Result<Plan, CompileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CompileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        tcc_fs::read_input_text(path, MAX_SCHEDULE_BYTES).map_err(|source| CompileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let name = path.display().to_string();
     let invalid = |diagnostics| CompileError::Invalid {
         source_name: name.clone(),

@@ -182,6 +182,13 @@ impl PlanCost {
         }
     }
 
+    /// Whether a MAC count saturated its 64-bit counter (at
+    /// [`u64::MAX`]): then the counts are lower bounds and the speedup
+    /// means nothing.
+    pub fn saturated(&self) -> bool {
+        self.total == u64::MAX || self.full_total == u64::MAX
+    }
+
     /// Predicted speedup over full computation: full MACs / plan MACs.
     pub fn speedup(&self) -> f64 {
         if self.total == 0 {
@@ -248,11 +255,16 @@ pub struct CostSummary {
     pub speedup: f64,
 }
 
-/// `1.23G`-style MAC count: three significant digits and an SI suffix.
+/// `1.23G`-style MAC count: three significant digits and an SI suffix;
+/// `>18.4E` for a saturated count.
 pub fn human_macs(macs: u64) -> String {
     const UNITS: [&str; 7] = ["", "K", "M", "G", "T", "P", "E"];
     if macs < 1000 {
         return macs.to_string();
+    }
+    if macs == u64::MAX {
+        // A saturated counter: the true count is larger.
+        return ">18.4E".to_string();
     }
     let mut value = macs as f64;
     let mut unit = 0;
@@ -357,6 +369,8 @@ mod tests {
         assert_eq!(human_macs(12_345_678_901), "12.3G");
         assert_eq!(human_macs(123_456_789_012), "123G");
         assert_eq!(human_macs(999_600_000), "1.00G");
-        assert_eq!(human_macs(u64::MAX), "18.4E");
+        assert_eq!(human_macs(u64::MAX - 1), "18.4E");
+        // Saturated: the count is larger than it can show.
+        assert_eq!(human_macs(u64::MAX), ">18.4E");
     }
 }

@@ -117,7 +117,7 @@ impl<'p> PlanDiff<'p> {
                     plan.source,
                     plan.hash().short(),
                     plan.steps.len(),
-                    speedup_text(cost.speedup())
+                    speedup_text(cost)
                 ),
             );
         }
@@ -182,9 +182,9 @@ impl<'p> PlanDiff<'p> {
             &format!(
                 "a {} MACs ({}), b {} MACs ({}), b - a {} MACs ({percent:+.1}%)",
                 human_macs(ta),
-                speedup_text(self.cost_a.speedup()),
+                speedup_text(&self.cost_a),
                 human_macs(tb),
-                speedup_text(self.cost_b.speedup()),
+                speedup_text(&self.cost_b),
                 signed_macs(ta, tb),
             ),
         );

@@ -8,7 +8,8 @@ mod compile;
 mod plan;
 
 pub use compile::{
-    compile, compile_file, compile_file_with, compile_file_with_steps, CompileError,
+    compile, compile_file, compile_file_with, compile_file_with_steps, CompileError, MAX_ALPHA,
+    MAX_CALIBRATION_SAMPLES, MAX_GUIDANCE, MAX_SCHEDULE_BYTES,
 };
 pub use plan::{Action, Plan, StepPlan};
 pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};

@@ -153,13 +153,24 @@ pub(crate) fn label(out: &mut String, name: &str, text: &str) {
     out.push('\n');
 }
 
-pub(crate) fn speedup_text(speedup: f64) -> String {
-    format!("{speedup:.2}x")
+/// The predicted speedup, or why there is none: MAC counts that saturate
+/// the 64-bit counters (an absurd model shape) give no ratio.
+pub(crate) fn speedup_text(cost: &PlanCost) -> String {
+    if cost.saturated() {
+        "unknown (MAC counts beyond 2^64, shown as >18.4E)".to_string()
+    } else {
+        format!("{:.2}x", cost.speedup())
+    }
 }
 
-/// The shortest form of a float that reads back (`0`, `1.5`, `0.0001`).
+/// The shortest form of a float that reads back (`0`, `1.5`, `0.0001`),
+/// in exponent form when very large or small (`1e300`, not 301 digits).
 pub(crate) fn num(x: f64) -> String {
-    format!("{x}")
+    if x != 0.0 && x.is_finite() && !(1e-6..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 impl Plan {
@@ -395,7 +406,7 @@ impl Plan {
                 "{} MACs, full computation {} MACs, predicted speedup {}",
                 human_macs(cost.total),
                 human_macs(cost.full_total),
-                speedup_text(cost.speedup()),
+                speedup_text(&cost),
             ),
         );
         out

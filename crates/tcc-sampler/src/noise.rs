@@ -45,6 +45,11 @@ impl NoiseRng {
     fn uniform_pair(&mut self) -> (f64, f64) {
         let j = self.pairs;
         self.pairs += 1;
+        self.uniform_pair_at(j)
+    }
+
+    /// The `j`-th pair of uniforms of this generator's stream.
+    fn uniform_pair_at(&self, j: u64) -> (f64, f64) {
         let a = mix(self
             .key
             .wrapping_add((2 * j + 1).wrapping_mul(GOLDEN_GAMMA)));
@@ -65,6 +70,31 @@ impl NoiseRng {
             if let Some(v) = chunk.get_mut(1) {
                 *v = (r * theta.sin()) as f32;
             }
+        }
+    }
+
+    /// Values `start..start + out.len()` of the stream that one `fill` call
+    /// on a fresh generator of this seed gives (value `k` is the cosine of
+    /// pair `k / 2` if `k` is even, else its sine), bit for bit; drawn
+    /// without computing what comes before. Leaves `self` as it is.
+    pub fn fill_at(&self, start: u64, out: &mut [f32]) {
+        let mut k = start;
+        let mut i = 0;
+        while i < out.len() {
+            let (u1, u2) = self.uniform_pair_at(k / 2);
+            let r = (-2.0 * u1.ln()).sqrt();
+            let theta = std::f64::consts::TAU * u2;
+            if k.is_multiple_of(2) {
+                out[i] = (r * theta.cos()) as f32;
+                i += 1;
+                k += 1;
+                if i == out.len() {
+                    break;
+                }
+            }
+            out[i] = (r * theta.sin()) as f32;
+            i += 1;
+            k += 1;
         }
     }
 
@@ -104,6 +134,31 @@ mod tests {
                 .unwrap(),
             y.to_vec()
         );
+    }
+
+    #[test]
+    fn any_part_of_a_stream_is_drawn_alone_bit_for_bit() {
+        let mut whole = vec![0f32; 101];
+        NoiseRng::new(9).fill(&mut whole);
+        let rng = NoiseRng::new(9);
+        for (start, len) in [
+            (0, 101),
+            (0, 1),
+            (1, 1),
+            (1, 6),
+            (7, 30),
+            (50, 51),
+            (100, 1),
+        ] {
+            let mut part = vec![0f32; len];
+            rng.fill_at(start as u64, &mut part);
+            let want: Vec<u32> = whole[start..start + len]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let got: Vec<u32> = part.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "values {start}..{}", start + len);
+        }
     }
 
     #[test]

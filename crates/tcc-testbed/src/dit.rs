@@ -59,6 +59,19 @@ pub fn shapes160_training() -> Option<&'static str> {
     SHAPES160_TRAINING
 }
 
+/// Whether this build embeds `testbed`'s DiT: [`TestbedError::NotTrained`]
+/// if not, as [`embedded_dit`] would say, without building the model.
+pub fn check_embedded(testbed: Testbed) -> Result<()> {
+    match testbed {
+        Testbed::Shapes160 if SHAPES160_WEIGHTS.is_none() => Err(TestbedError::NotTrained {
+            model: testbed.name().into(),
+            missing: SHAPES160_WEIGHTS_PATH.into(),
+            how: SHAPES160_TRAINING_COMMAND.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The embedded DiT of `testbed`. [`TestbedError::NotTrained`] when the
 /// testbed's weights were not present at build time.
 pub fn embedded_dit(testbed: Testbed, dtype: DType, device: &Device) -> Result<Dit> {
@@ -66,11 +79,8 @@ pub fn embedded_dit(testbed: Testbed, dtype: DType, device: &Device) -> Result<D
     match testbed {
         Testbed::Tiny => tiny_dit(dtype, device).map_err(model),
         Testbed::Shapes160 => {
-            let weights = SHAPES160_WEIGHTS.ok_or_else(|| TestbedError::NotTrained {
-                model: testbed.name().into(),
-                missing: SHAPES160_WEIGHTS_PATH.into(),
-                how: SHAPES160_TRAINING_COMMAND.into(),
-            })?;
+            check_embedded(testbed)?;
+            let weights = SHAPES160_WEIGHTS.unwrap_or_default();
             Dit::load_diffusers_bytes(
                 "<embedded shapes160 dit>",
                 SHAPES160_DIT_CONFIG,

@@ -26,8 +26,8 @@ mod testbed;
 
 pub use classifier::{Classifier, ClassifierArch, CLASSIFIER_SEED, FEATURE_DIM};
 pub use dit::{
-    embedded_dit, shapes160_training, tiny_dit, SHAPES160_DIT_CONFIG, SHAPES160_TRAINING_COMMAND,
-    SHAPES160_WEIGHTS_PATH, TINY_DIT_CONFIG, TINY_DIT_TRAINING,
+    check_embedded, embedded_dit, shapes160_training, tiny_dit, SHAPES160_DIT_CONFIG,
+    SHAPES160_TRAINING_COMMAND, SHAPES160_WEIGHTS_PATH, TINY_DIT_CONFIG, TINY_DIT_TRAINING,
 };
 pub use error::{Result, TestbedError};
 pub use reference::{

@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -8,6 +7,10 @@ use sha2::{Digest, Sha256};
 use crate::encoder::hex;
 use crate::precision::TextPrecision;
 use crate::{Result, TextError};
+
+/// The most bytes of one cache entry read (PixArt-α's: 120 x 4096 f32,
+/// about 2 MB).
+const MAX_ENTRY_BYTES: u64 = 1 << 28;
 
 /// A directory of caption embeddings: one `<key>.safetensors` per (encoder
 /// identity, dtype, max_tokens, prompt), holding `embedding`
@@ -75,7 +78,8 @@ impl EmbeddingCache {
         d_model: usize,
         device: &Device,
     ) -> Option<(Tensor, Tensor)> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
+        // An entry is two small tensors; anything else is not one of ours.
+        let bytes = tcc_fs::read_input(&self.path(key), MAX_ENTRY_BYTES).ok()?;
         let mut map = candle_core::safetensors::load_buffer(&bytes, device).ok()?;
         let emb = map.remove("embedding")?;
         let mask = map.remove("mask")?;
@@ -96,20 +100,11 @@ impl EmbeddingCache {
         };
         let embedding = embedding.to_dtype(DType::F32)?.contiguous()?;
         let mask = mask.to_dtype(DType::F32)?.contiguous()?;
-        let metadata = HashMap::from([("prompt".to_string(), prompt.to_string())]);
+        let metadata = BTreeMap::from([("prompt".to_string(), prompt.to_string())]);
         let bytes =
-            safetensors::serialize([("embedding", &embedding), ("mask", &mask)], Some(metadata))
-                .map_err(|e| err(e.to_string()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .suffix(".safetensors")
-            .tempfile_in(&self.dir)
-            .map_err(|e| err(format!("creating a temporary file: {e}")))?;
-        tmp.write_all(&bytes)
-            .and_then(|()| tmp.flush())
-            .map_err(|e| err(format!("writing: {e}")))?;
-        tmp.persist(&path)
-            .map_err(|e| err(format!("renaming into place: {}", e.error)))?;
+            tcc_fs::safetensors_bytes([("embedding", &embedding), ("mask", &mask)], Some(metadata))
+                .map_err(err)?;
+        tcc_fs::write_atomically(&path, &bytes).map_err(|e| err(format!("writing: {e}")))?;
         Ok(())
     }
 }

@@ -70,8 +70,12 @@ impl std::fmt::Debug for TextEncoder {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| TextError::Io {
+/// The most bytes of a config, index or tokenizer file (T5's
+/// tokenizer.json has 2.4 MB).
+const MAX_JSON_BYTES: u64 = 1 << 28;
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    tcc_fs::read_input(path, MAX_JSON_BYTES).map_err(|source| TextError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -150,6 +154,7 @@ pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<(Config, serde_j
 pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
+        regular(&single)?;
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
@@ -185,8 +190,20 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
     for f in &files {
         require(f, "T5 weights shard")?;
+        regular(f)?;
     }
     Ok(files)
+}
+
+/// Refuses a weights file that is not a regular file (a FIFO would block,
+/// a device never end) before it is mapped or read.
+pub(crate) fn regular(path: &Path) -> Result<()> {
+    tcc_fs::check_input_file(path)
+        .map(drop)
+        .map_err(|source| TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A hex sha256 over what identifies an encoder cheaply: config.json,
@@ -545,6 +562,7 @@ pub(crate) fn load_quantized(
         path: path.to_path_buf(),
         source,
     };
+    regular(path)?;
     let mut file = File::open(path).map_err(|source| TextError::Io {
         path: path.to_path_buf(),
         source,

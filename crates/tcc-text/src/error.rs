@@ -40,13 +40,18 @@ pub enum TextError {
     #[error("quantizing {path}: {message}", path = path.display())]
     Quantize { path: PathBuf, message: String },
 
-    /// Reading or writing a file failed.
+    /// Reading a file failed.
     #[error("{path}: {source}", path = path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+
+    /// An output could not be written (disk full, permissions, file size
+    /// limit): not a problem with the input.
+    #[error("{path}: cannot write: {message}", path = path.display())]
+    Write { path: PathBuf, message: String },
 
     /// `config.json` (or the weights index) is not a usable T5 config.
     #[error("bad T5 config {path}: {message}", path = path.display())]

@@ -80,10 +80,7 @@ pub fn quantize_encoder(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<QuantizeReport> {
     let config_path = dir_text_encoder.join("config.json");
-    let config_bytes = std::fs::read(&config_path).map_err(|source| TextError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    let config_bytes = crate::encoder::read(&config_path)?;
     let (_, config_json) = parse_config(&config_path, &config_bytes)?;
     let files = weight_files(dir_text_encoder)?;
     let weights_err = |source| TextError::Weights {
@@ -154,40 +151,29 @@ pub fn quantize_encoder(
     ];
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
 
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TextError::Io { path, source }
+    let write = |e: &dyn std::fmt::Display| TextError::Write {
+        path: out.to_path_buf(),
+        message: e.to_string(),
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tcc-quantize-")
-        .suffix(".gguf.tmp")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    let tmp_path = tmp.path().to_path_buf();
+    let mut file = tcc_fs::AtomicFile::create(out).map_err(|e| write(&e))?;
+    let tmp_path = file.temp_path().to_path_buf();
     {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        gguf_file::write(&mut w, &metadata, &refs).map_err(|e| bad(e.to_string()))?;
-        std::io::Write::flush(&mut w).map_err(io(&tmp_path))?;
+        let mut w = std::io::BufWriter::new(file.file());
+        gguf_file::write(&mut w, &metadata, &refs).map_err(|e| write(&e))?;
+        std::io::Write::flush(&mut w).map_err(|e| write(&e))?;
     }
     drop(refs);
     drop(tensors);
     // Load it back the way `TextEncoder::load` will.
     let check: Result<quantized_t5::T5EncoderModel> =
-        load_quantized(tmp.path(), quant, &config_path, config_json, &Device::Cpu);
+        load_quantized(&tmp_path, quant, &config_path, config_json, &Device::Cpu);
     check.map_err(|e| {
         bad(format!(
             "the written file does not load as a T5 encoder: {e}"
         ))
     })?;
-    tmp.persist(out).map_err(|e| TextError::Io {
-        path: out.to_path_buf(),
-        source: e.error,
-    })?;
-    let bytes = std::fs::metadata(out).map_err(io(out))?.len();
+    file.commit().map_err(|e| write(&e))?;
+    let bytes = std::fs::metadata(out).map_err(|e| write(&e))?.len();
     Ok(QuantizeReport {
         path: out.to_path_buf(),
         quantized,

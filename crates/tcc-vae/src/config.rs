@@ -51,7 +51,7 @@ struct Raw {
 impl VaeConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match tcc_fs::read_input_text(path, 1 << 20) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VaeError::MissingFile {
@@ -70,6 +70,13 @@ impl VaeConfig {
     }
 
     /// Parses a config given as text; `source` only names it in errors.
+    /// The most channels of any layer a config may declare.
+    pub const MAX_CHANNELS: usize = 1 << 16;
+    /// The most up blocks (each but the last doubles the side).
+    pub const MAX_BLOCKS: usize = 8;
+    /// The most layers per block.
+    pub const MAX_LAYERS: usize = 64;
+
     pub fn parse(json: &str, source: &Path) -> Result<Self> {
         let bad = |message: String| VaeError::Config {
             path: source.to_path_buf(),
@@ -98,6 +105,39 @@ impl VaeConfig {
             return Err(bad(format!(
                 "block_out_channels {:?} must be non-empty and positive",
                 config.block_out_channels
+            )));
+        }
+        // Bounds on what a file may declare, far beyond any released VAE
+        // (SD's: 4 blocks of at most 512 channels, 2 layers each), so that
+        // sizes never overflow and a hostile config asks for no petabytes.
+        let widths = [
+            ("out_channels", config.out_channels),
+            ("latent_channels", config.latent_channels),
+        ]
+        .into_iter()
+        .chain(
+            config
+                .block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c)),
+        );
+        for (what, v) in widths {
+            if v > Self::MAX_CHANNELS {
+                return Err(bad(format!(
+                    "{what} {v} is more than the {} tcc accepts",
+                    Self::MAX_CHANNELS
+                )));
+            }
+        }
+        if config.block_out_channels.len() > Self::MAX_BLOCKS
+            || config.layers_per_block > Self::MAX_LAYERS
+        {
+            return Err(bad(format!(
+                "{} blocks of {} layers: tcc accepts at most {} blocks of {}",
+                config.block_out_channels.len(),
+                config.layers_per_block,
+                Self::MAX_BLOCKS,
+                Self::MAX_LAYERS
             )));
         }
         if config.out_channels == 0 || config.latent_channels == 0 {
@@ -216,6 +256,20 @@ mod tests {
                 "up_block_types",
             ),
             ("{not json", "config.json"),
+            // Sizes no VAE has: 70 blocks once overflowed `upscale`.
+            (
+                r#"{"block_out_channels": [32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32]}"#,
+                "70 blocks",
+            ),
+            (r#"{"layers_per_block": 100000}"#, "100000 layers"),
+            (
+                r#"{"block_out_channels": [4294967296]}"#,
+                "block_out_channels 4294967296 is more than",
+            ),
+            (
+                r#"{"latent_channels": 100000000000}"#,
+                "latent_channels 100000000000 is more than",
+            ),
         ] {
             let e = parse(json).unwrap_err().to_string();
             assert!(

@@ -19,6 +19,18 @@ pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 /// The half-precision variant, used when [`WEIGHTS_FILE`] is absent.
 pub const WEIGHTS_FILE_FP16: &str = "diffusion_pytorch_model.fp16.safetensors";
 
+/// The most bytes of a VAE's weights file: SD's VAE has ~330 MB in f32.
+pub const MAX_WEIGHTS_BYTES: u64 = 1 << 32;
+
+/// A VAE directory's config and weights file, checked but not yet read
+/// ([`VaeDecoder::inspect`]).
+#[derive(Clone, Debug)]
+pub struct VaeFiles {
+    pub config: VaeConfig,
+    pub weights: PathBuf,
+    pub weights_bytes: u64,
+}
+
 /// The decoder half of a diffusers `AutoencoderKL` (`post_quant_conv` and
 /// `decoder.*`), with the latent scaling of its config.
 #[derive(Debug)]
@@ -108,12 +120,11 @@ fn conv(
 }
 
 impl VaeDecoder {
-    /// Loads the decoder from a diffusers `AutoencoderKL` directory
-    /// (`config.json` and `diffusion_pytorch_model.safetensors`, or its
-    /// `.fp16.safetensors` variant). Weights are converted to `dtype` and
-    /// placed on `device`; `f32` is the safe choice on CPU. Encoder weights
-    /// may be present or not: they are not read.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    /// What [`VaeDecoder::load`] checks before it reads the weights: the
+    /// directory, its config and a regular weights file of at most
+    /// [`MAX_WEIGHTS_BYTES`]. Cheap; for callers that check their inputs
+    /// before expensive work.
+    pub fn inspect(dir: &Path) -> Result<VaeFiles> {
         if !dir.is_dir() {
             return Err(VaeError::MissingFile {
                 path: dir.to_path_buf(),
@@ -121,22 +132,54 @@ impl VaeDecoder {
             });
         }
         let config = VaeConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let mut path = dir.join(WEIGHTS_FILE);
-        if !path.is_file() && dir.join(WEIGHTS_FILE_FP16).is_file() {
-            path = dir.join(WEIGHTS_FILE_FP16);
+        let mut weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() && dir.join(WEIGHTS_FILE_FP16).is_file() {
+            weights = dir.join(WEIGHTS_FILE_FP16);
         }
-        let bytes = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                VaeError::MissingFile {
-                    path: path.clone(),
-                    what: "a diffusers AutoencoderKL directory needs its weights",
-                }
-            } else {
-                VaeError::Io {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
+        let weights_bytes = match tcc_fs::check_input_file(&weights) {
+            Ok(n) if n > MAX_WEIGHTS_BYTES => {
+                return Err(VaeError::Io {
+                    path: weights,
+                    message: format!(
+                        "{n} bytes is more than the {MAX_WEIGHTS_BYTES} a VAE's weights may have"
+                    ),
+                })
             }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VaeError::MissingFile {
+                    path: weights,
+                    what: "a diffusers AutoencoderKL directory needs its weights",
+                })
+            }
+            Err(e) => {
+                return Err(VaeError::Io {
+                    path: weights,
+                    message: e.to_string(),
+                })
+            }
+        };
+        Ok(VaeFiles {
+            config,
+            weights,
+            weights_bytes,
+        })
+    }
+
+    /// Loads the decoder from a diffusers `AutoencoderKL` directory
+    /// (`config.json` and `diffusion_pytorch_model.safetensors`, or its
+    /// `.fp16.safetensors` variant). Weights are converted to `dtype` and
+    /// placed on `device`; `f32` is the safe choice on CPU. Encoder weights
+    /// may be present or not: they are not read.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let VaeFiles {
+            config,
+            weights: path,
+            ..
+        } = Self::inspect(dir)?;
+        let bytes = tcc_fs::read_input(&path, MAX_WEIGHTS_BYTES).map_err(|e| VaeError::Io {
+            path: path.clone(),
+            message: e.to_string(),
         })?;
         let inner = candle_core::safetensors::BufferedSafetensors::new(bytes).map_err(|e| {
             VaeError::Weights {

@@ -37,7 +37,9 @@ mod rgb;
 use std::path::PathBuf;
 
 pub use config::{VaeConfig, DEFAULT_SCALING_FACTOR};
-pub use decoder::{VaeDecoder, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_FILE_FP16};
+pub use decoder::{
+    VaeDecoder, VaeFiles, CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, WEIGHTS_FILE_FP16,
+};
 pub use rgb::{to_u8_nhwc, RgbBatch};
 
 /// Everything that can go wrong loading or running the VAE decoder.

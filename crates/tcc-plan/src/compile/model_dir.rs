@@ -10,10 +10,8 @@ use tcc_core::{ModelFamily, ModelShape};
 /// `max_sequence_length`; the transformer's config does not hold it).
 const PIXART_CAPTION_TOKENS: usize = 120;
 
-/// Bounds on what a config may declare, so that a plan's table stays
-/// small: no real DiT comes near them.
-const MAX_DEPTH: usize = 1000;
-const MAX_WIDTH: usize = 1 << 20;
+/// The most bytes a `config.json` may have (real ones have a few hundred).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Why a model directory gave no shape: a message and the file it is about.
 #[derive(Debug)]
@@ -45,7 +43,8 @@ pub(crate) fn shape_from_dir(dir: &Path, name: &str) -> Result<ModelShape, Model
         message,
         file: file.clone(),
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let text = tcc_fs::read_input_text(&file, MAX_CONFIG_BYTES)
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
     let json: Value =
         serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
     shape_from_config(&json, name).map_err(fail)
@@ -105,12 +104,7 @@ pub(crate) fn shape_from_config(json: &Value, name: &str) -> Result<ModelShape, 
         ),
     };
     let depth = int("num_layers", Some(28))?;
-    if depth > MAX_DEPTH || hidden > MAX_WIDTH || input_size > MAX_WIDTH {
-        return Err(format!(
-            "implausible shape: {depth} layers, hidden size {hidden}, sample size {input_size}"
-        ));
-    }
-    Ok(ModelShape {
+    let shape = ModelShape {
         name: name.to_string(),
         family,
         depth,
@@ -130,5 +124,7 @@ pub(crate) fn shape_from_config(json: &Value, name: &str) -> Result<ModelShape, 
         num_classes,
         caption_tokens,
         caption_dim,
-    })
+    };
+    shape.check_limits()?;
+    Ok(shape)
 }

@@ -14,6 +14,7 @@ use tcc_schedule::{
 };
 
 use crate::plan::Action;
+use crate::render::num;
 
 /// The model's shape and the resolved weights path, if any. A `path`
 /// model without `weights` takes its weights from the model directory.
@@ -127,10 +128,16 @@ pub(super) fn resolve_sampler(
         }
     }
     if let Some(g) = &s.guidance {
-        if g.value.is_finite() {
-            spec.guidance_scale = g.value;
-        } else {
+        if !g.value.is_finite() {
             diags.push(not_finite("guidance scale", g));
+        } else if !(0.0..=MAX_GUIDANCE).contains(&g.value) {
+            diags.push(Diagnostic::new(
+                format!("guidance scale {} is out of range", num(g.value)),
+                g.span,
+                format!("expected a number from 0 to {MAX_GUIDANCE}"),
+            ));
+        } else {
+            spec.guidance_scale = g.value;
         }
     }
     if let Some(e) = &s.eta {
@@ -143,11 +150,11 @@ pub(super) fn resolve_sampler(
                 )
                 .with_help("remove `eta`, or use kind = \"ddim\""),
             );
-        } else if !(e.value.is_finite() && e.value >= 0.0) {
+        } else if !(e.value.is_finite() && (0.0..=1.0).contains(&e.value)) {
             diags.push(Diagnostic::new(
-                format!("eta = {}", e.value),
+                format!("eta = {} is out of range", num(e.value)),
                 e.span,
-                "expected a finite number >= 0",
+                "expected a number from 0 (deterministic) to 1 (DDPM-like)",
             ));
         } else {
             spec.eta = e.value;
@@ -205,10 +212,16 @@ pub(super) fn resolve_calibration(
         spec.mode = m.value;
     }
     if let Some(a) = &c.alpha {
-        if a.value.is_finite() {
-            spec.alpha = a.value;
-        } else {
+        if !a.value.is_finite() {
             diags.push(not_finite("alpha", a));
+        } else if !(0.0..=MAX_ALPHA).contains(&a.value) {
+            diags.push(Diagnostic::new(
+                format!("alpha {} is out of range", num(a.value)),
+                a.span,
+                format!("expected a blend from 0 (no prior) to {MAX_ALPHA}"),
+            ));
+        } else {
+            spec.alpha = a.value;
         }
     }
     if let Some(p) = &c.prior {
@@ -357,7 +370,7 @@ fn resolve_priors(c: &CalibrationSection, spec: &mut CalibrationSpec, diags: &mu
         for x in &list.value {
             if !x.value.is_finite() || !ok(x.value) {
                 diags.push(Diagnostic::new(
-                    format!("{what} {} is out of range", x.value),
+                    format!("{what} {} is out of range", num(x.value)),
                     x.span,
                     expected.to_string(),
                 ));
@@ -371,7 +384,7 @@ fn resolve_priors(c: &CalibrationSection, spec: &mut CalibrationSpec, diags: &mu
         spec.alphas = finite_list(
             "alpha",
             list,
-            &|a| a > 0.0 && a <= 4.0,
+            &|a| a > 0.0 && a <= MAX_ALPHA,
             "expected a blend in (0, 4]; 0 (no prior) is always tried",
             diags,
         );
@@ -477,3 +490,10 @@ fn resolve_priors(c: &CalibrationSection, spec: &mut CalibrationSpec, diags: &mu
 /// beyond the paper's 100 000 latents, far below what would overflow a
 /// buffer size.
 pub const MAX_CALIBRATION_SAMPLES: u64 = 100_000_000;
+
+/// The largest guidance scale: far beyond the 1.5 to 20 that models are
+/// sampled with, far below what makes f32 latents overflow.
+pub const MAX_GUIDANCE: f64 = 1000.0;
+
+/// The largest blend of a prior (the paper's presets use up to 1.75).
+pub const MAX_ALPHA: f64 = 4.0;

@@ -313,6 +313,10 @@ fn calibration_errors() {
     ));
     assert!(e.contains("alpha is not a finite number"), "{e}");
     assert!(e.contains("no calibration samples"), "{e}");
+    let e = error(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 3\"\n[calibration]\nalpha = 3e38\n"
+    ));
+    assert!(e.contains("alpha 3e38 is out of range"), "{e}");
 }
 
 #[test]
@@ -367,6 +371,9 @@ fn sampler_errors() {
         ("steps = 1001", "1001 sampling steps"),
         ("guidance = nan", "guidance scale is not a finite number"),
         ("eta = -1.0", "eta = -1"),
+        ("eta = 1e300", "eta = 1e300 is out of range"),
+        ("guidance = 1e300", "guidance scale 1e300 is out of range"),
+        ("guidance = -2", "guidance scale -2 is out of range"),
         ("guided-channels = 4", "4 guided channels"),
         (
             "kind = \"ddpm\"\neta = 0.0",
