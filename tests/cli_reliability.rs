@@ -221,3 +221,40 @@ fn an_interrupted_write_leaves_nothing_behind() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// The streamed `.npz` is a pending temporary file from its first batch:
+/// SIGTERM removes it and no output appears.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_npz_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let sched_dir = tempfile::tempdir().unwrap();
+    let sched = short_schedule(sched_dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npz");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcc"))
+        .args(["sample", s(&sched), "--n", "2", "--batch-size", "1"])
+        .args(["--npz", s(&out)])
+        .env("TCC_TEST_COMMIT_DELAY_MS", "60000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !names(dir.path()).iter().any(|n| n.contains(".tcc-tmp-")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no temporary file appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+}

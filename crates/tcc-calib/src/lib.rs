@@ -8,8 +8,10 @@
 //! validation samples.
 
 mod apply;
+mod codec;
 mod fit;
 mod moments;
+mod partial;
 mod pooling;
 mod priors;
 mod select;
@@ -19,13 +21,16 @@ mod walk;
 pub use apply::PriorHooks;
 pub use fit::{fit, fit_centered, fit_with, residual, Centered, Fit, FoldedPrior, Hyper, Prior};
 pub use moments::{blended_error, Moments};
+pub use partial::{
+    AllGather, Gathered, Local, Reduce, StatsFile, StatsMeta, StepStats, MAX_STATS_BYTES,
+};
 pub use pooling::{Pooler, SiteStats};
 pub use priors::{PriorMeta, PriorSet, Site, MAX_PRIORS_BYTES};
 pub use select::{choose, fit_candidates, Candidate, Choice};
 pub use stats::{PairStats, Rows, Side};
 pub use walk::{
-    calibrate, calibrated_sites, CalibBatch, Calibration, CostReport, FinalCheck, Progress,
-    SiteChoice, StepReport, StepValidation,
+    calibrate, calibrate_across, calibrated_sites, fit_merged, gather_one_shot, CalibBatch,
+    Calibration, CostReport, FinalCheck, Progress, SiteChoice, StepReport, StepValidation,
 };
 
 /// Errors from calibration.

@@ -12,6 +12,7 @@
 use candle_core::{DType, Tensor};
 use faer::MatRef;
 
+use crate::codec::{Reader, Writer};
 use crate::{CalibError, FoldedPrior};
 
 /// Per-token-position first sums: what a prior with one mean per token
@@ -227,6 +228,60 @@ impl Moments {
             }
         }
         Ok(())
+    }
+
+    /// Writes the sums under `prefix`.
+    pub(crate) fn encode(&self, prefix: &str, w: &mut Writer) {
+        let d = self.dim;
+        w.u64(format!("{prefix}.n"), vec![1], &[self.n]);
+        w.f64(format!("{prefix}.sum_a"), vec![d], &self.sum_a);
+        w.f64(format!("{prefix}.sum_b"), vec![d], &self.sum_b);
+        w.f64(format!("{prefix}.aa"), vec![1], &[self.aa]);
+        w.f64(format!("{prefix}.bb"), vec![d, d], &self.bb);
+        w.f64(format!("{prefix}.ba"), vec![d, d], &self.ba);
+        if let Some(p) = &self.positions {
+            let t = p.sum_a.len() / d.max(1);
+            w.u64(format!("{prefix}.positions.count"), vec![1], &[p.count]);
+            w.f64(format!("{prefix}.positions.sum_a"), vec![t, d], &p.sum_a);
+            w.f64(format!("{prefix}.positions.sum_b"), vec![t, d], &p.sum_b);
+        }
+    }
+
+    /// Reads what [`Moments::encode`] wrote under `prefix`.
+    pub(crate) fn decode(prefix: &str, r: &Reader) -> Result<Moments, CalibError> {
+        let (s, sum_a) = r.f64(&format!("{prefix}.sum_a"))?;
+        let d = sum_a.len();
+        if s != [d] || d == 0 {
+            return Err(r.bad(format!(
+                "tensor `{prefix}.sum_a` has shape {s:?}, expected [D] with D > 0"
+            )));
+        }
+        let aa = r.f64_shaped(&format!("{prefix}.aa"), &[1])?[0];
+        let positions = if r.has(&format!("{prefix}.positions.count")) {
+            let (ps, pa) = r.f64(&format!("{prefix}.positions.sum_a"))?;
+            if ps.len() != 2 || ps[1] != d {
+                return Err(r.bad(format!(
+                    "tensor `{prefix}.positions.sum_a` has shape {ps:?}, expected [T, {d}]"
+                )));
+            }
+            Some(PositionSums {
+                count: r.u64_scalar(&format!("{prefix}.positions.count"))?,
+                sum_b: r.f64_shaped(&format!("{prefix}.positions.sum_b"), &ps)?,
+                sum_a: pa,
+            })
+        } else {
+            None
+        };
+        Ok(Moments {
+            dim: d,
+            n: r.u64_scalar(&format!("{prefix}.n"))?,
+            sum_b: r.f64_shaped(&format!("{prefix}.sum_b"), &[d])?,
+            sum_a,
+            aa,
+            bb: r.f64_shaped(&format!("{prefix}.bb"), &[d, d])?,
+            ba: r.f64_shaped(&format!("{prefix}.ba"), &[d, d])?,
+            positions,
+        })
     }
 
     /// The sums a fit reads.

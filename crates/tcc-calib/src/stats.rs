@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Reader, Writer};
 use crate::CalibError;
 
 /// Per-row sums of one side (reference `a` or accelerated `b`).
@@ -209,6 +210,82 @@ impl PairStats {
 
     pub fn is_empty(&self) -> bool {
         self.a.is_empty()
+    }
+}
+
+impl PairStats {
+    /// Writes the sums under `prefix`: per side the row keys, their
+    /// contribution counts and their sums (`[rows, dim]`).
+    pub(crate) fn encode(&self, prefix: &str, w: &mut Writer) {
+        for (side, rows) in [("a", &self.a), ("b", &self.b)] {
+            let keys: Vec<u64> = rows.keys().copied().collect();
+            let counts: Vec<u64> = rows.values().map(|r| r.count).collect();
+            let sums: Vec<f64> = rows.values().flat_map(|r| r.sum.iter().copied()).collect();
+            w.u64(format!("{prefix}.{side}.keys"), vec![keys.len()], &keys);
+            w.u64(format!("{prefix}.{side}.counts"), vec![keys.len()], &counts);
+            w.f64(
+                format!("{prefix}.{side}.sums"),
+                vec![keys.len(), self.dim],
+                &sums,
+            );
+        }
+    }
+
+    /// Reads what [`PairStats::encode`] wrote under `prefix`.
+    pub(crate) fn decode(prefix: &str, r: &Reader) -> Result<PairStats, CalibError> {
+        let mut dim = None;
+        let mut sides = Vec::with_capacity(2);
+        for side in ["a", "b"] {
+            let (ks, keys) = r.u64(&format!("{prefix}.{side}.keys"))?;
+            let (cs, counts) = r.u64(&format!("{prefix}.{side}.counts"))?;
+            let name = format!("{prefix}.{side}.sums");
+            let (ss, sums) = r.f64(&name)?;
+            let n = keys.len();
+            if ks != [n] || cs != [n] || ss.len() != 2 || ss[0] != n {
+                return Err(r.bad(format!(
+                    "tensors of {prefix}.{side} have inconsistent shapes (keys {ks:?}, counts {cs:?}, sums {ss:?})"
+                )));
+            }
+            let d = ss[1];
+            if d == 0 || *dim.get_or_insert(d) != d {
+                return Err(r.bad(format!(
+                    "tensor `{name}` has width {d}, expected {}",
+                    dim.unwrap_or(0)
+                )));
+            }
+            if keys.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(r.bad(format!(
+                    "tensor `{prefix}.{side}.keys` is not strictly ascending"
+                )));
+            }
+            if let Some(i) = counts.iter().position(|&c| c == 0) {
+                return Err(r.bad(format!(
+                    "tensor `{prefix}.{side}.counts` has a zero count at {i}"
+                )));
+            }
+            let map: BTreeMap<u64, RowSums> = keys
+                .into_iter()
+                .zip(counts)
+                .zip(sums.chunks_exact(d))
+                .map(|((k, count), sum)| {
+                    (
+                        k,
+                        RowSums {
+                            count,
+                            sum: sum.to_vec(),
+                        },
+                    )
+                })
+                .collect();
+            sides.push(map);
+        }
+        let b = sides.pop().expect("two sides");
+        let a = sides.pop().expect("two sides");
+        Ok(PairStats {
+            dim: dim.expect("width read"),
+            a,
+            b,
+        })
     }
 }
 

@@ -6,14 +6,15 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
-use tcc_core::{Branch, CalibMode, Selection};
+use serde::{Deserialize, Serialize};
+use tcc_core::{Branch, CalibMode, CalibrationSpec, Selection};
 use tcc_exec::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 use tcc_model::{BlockModel, Conditioning, Modulation};
 use tcc_plan::{Action, Plan};
 
+use crate::partial::{Local, Reduce, StatsFile, StepStats};
 use crate::select::{choose, fit_candidates, Choice};
-use crate::{CalibError, Moments, Pooler, Prior, PriorHooks, Site, SiteStats};
+use crate::{CalibError, Moments, Pooler, Prior, PriorHooks, Site};
 
 /// One batch of calibration samples and the condition (row key) of each.
 #[derive(Clone, Debug)]
@@ -109,7 +110,7 @@ pub struct FinalCheck {
 
 /// Model evaluations, counted in branch evaluations (one branch of one
 /// block for one model batch).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CostReport {
     pub samples: usize,
     /// Measured on the reference trajectories.
@@ -127,6 +128,47 @@ pub struct CostReport {
     /// What re-running from the nearest refresh step for every calibrated
     /// step would cost, given the latents at every refresh step.
     pub rerun_from_refresh: u64,
+}
+
+impl CostReport {
+    /// Adds another shard's counts (every field is a sum over batches).
+    pub fn add(&mut self, other: &CostReport) {
+        self.samples += other.samples;
+        self.reference += other.reference;
+        self.accelerated += other.accelerated;
+        self.validation += other.validation;
+        self.one_pass_bound += other.one_pass_bound;
+        self.rerun_from_start += other.rerun_from_start;
+        self.rerun_from_refresh += other.rerun_from_refresh;
+    }
+
+    fn to_values(&self) -> Vec<f64> {
+        [
+            self.samples as u64,
+            self.reference,
+            self.accelerated,
+            self.validation,
+            self.one_pass_bound,
+            self.rerun_from_start,
+            self.rerun_from_refresh,
+        ]
+        .iter()
+        .map(|&x| x as f64)
+        .collect()
+    }
+
+    fn from_values(v: &[f64]) -> CostReport {
+        // Counts below 2^53 add up exactly in f64.
+        CostReport {
+            samples: v[0] as usize,
+            reference: v[1] as u64,
+            accelerated: v[2] as u64,
+            validation: v[3] as u64,
+            one_pass_bound: v[4] as u64,
+            rerun_from_start: v[5] as u64,
+            rerun_from_refresh: v[6] as u64,
+        }
+    }
 }
 
 /// The result of a calibration walk.
@@ -337,14 +379,180 @@ fn rel_l2_sum(x: &Tensor, reference: &Tensor) -> Result<(f64, usize), CalibError
     Ok((sum, n))
 }
 
-fn mean_rel(parts: impl IntoIterator<Item = (f64, usize)>) -> f64 {
-    let (s, n) = parts
+/// Gathers one calibrated step's statistics on this process: advances
+/// every calibration and validation pair to step `k` and sums the paired
+/// outputs of `sites`.
+#[allow(clippy::too_many_arguments)]
+fn gather_step<M: BlockModel>(
+    k: usize,
+    sites: &[Site],
+    branches: &[Branch],
+    plan: &Plan,
+    calib: &mut [Pair<'_, M>],
+    batches: &[CalibBatch],
+    val: &mut [Pair<'_, M>],
+    validation: &[CalibBatch],
+    hooks: &mut PriorHooks,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<StepStats, CalibError> {
+    let pooler = Pooler::new(plan);
+    let val_pooler = Pooler::validation(plan);
+    let mut part = StepStats::empty(k, sites.to_vec());
+    for (i, (p, b)) in calib.iter_mut().zip(batches).enumerate() {
+        let outs = p.outputs_at(k, sites, branches, hooks)?;
+        for ((a, bo), st) in outs.iter().zip(part.calib.iter_mut()) {
+            let st = st.get_or_insert_with(|| pooler.stats(a.dim(2).unwrap_or(0)));
+            pooler.add_pair(a, bo, &b.conditions, st)?;
+            let (t, c) = pooler.common_error(a, bo, b.conditions.len())?;
+            part.err[0] += t;
+            part.err[1] += c;
+        }
+        progress(Progress::Calibration {
+            step: k,
+            batch: i,
+            batches: batches.len(),
+        });
+    }
+    // The validation statistics of step k: every token of both halves.
+    for (i, (p, b)) in val.iter_mut().zip(validation).enumerate() {
+        let outs = p.outputs_at(k, sites, branches, hooks)?;
+        for ((a, bo), m) in outs.iter().zip(part.validation.iter_mut()) {
+            let m = m.get_or_insert_with(|| Moments::new(a.dim(2).unwrap_or(0)));
+            for ((ha, _), (hb, _)) in val_pooler
+                .halves(a, b.conditions.len())?
+                .into_iter()
+                .zip(val_pooler.halves(bo, b.conditions.len())?)
+            {
+                m.add_tokens(&ha, &hb)?;
+            }
+        }
+        progress(Progress::Validation {
+            step: k,
+            batch: i,
+            batches: validation.len(),
+        });
+    }
+    Ok(part)
+}
+
+/// The candidates fitted at one step's sites and the choice made at each,
+/// with the distances on the fitted rows.
+struct StepFit {
+    choices: Vec<(Site, Choice, Option<Prior>)>,
+    after: f64,
+    before: f64,
+    norm: f64,
+    rows: usize,
+    dim: usize,
+}
+
+/// Fits and chooses the priors of one step on its (complete) statistics.
+fn fit_step(total: &StepStats, cal: &CalibrationSpec) -> Result<StepFit, CalibError> {
+    let mut fit = StepFit {
+        choices: Vec::with_capacity(total.sites.len()),
+        after: 0.0,
+        before: 0.0,
+        norm: 0.0,
+        rows: 0,
+        dim: 0,
+    };
+    for (j, site) in total.sites.iter().enumerate() {
+        let st = total.calib[j]
+            .as_ref()
+            .ok_or_else(|| CalibError::Empty(format!("{site}: no calibration statistics")))?;
+        let centered = st.centered(cal.pooling)?;
+        fit.rows = st.rows();
+        fit.dim = st.dim();
+        let candidates = fit_candidates(&centered, cal).map_err(|e| e.at(*site))?;
+        let choice = choose(&candidates, cal, total.validation[j].as_ref())?;
+        let prior = choice.candidate.map(|c| candidates[c].prior.clone());
+        let (a, b, n) = st.residual(prior.as_ref(), cal.pooling, choice.alpha)?;
+        fit.after += a;
+        fit.before += b;
+        fit.norm += n;
+        fit.choices.push((*site, choice, prior));
+    }
+    Ok(fit)
+}
+
+fn step_report(total: &StepStats, fit: &StepFit, validation: Option<StepValidation>) -> StepReport {
+    let rel = |x: f64| {
+        if fit.norm > 0.0 {
+            (x / fit.norm).sqrt()
+        } else {
+            0.0
+        }
+    };
+    let [err_total, err_common] = total.err;
+    StepReport {
+        step: total.step,
+        sites: total.sites.len(),
+        rows: fit.rows,
+        dim: fit.dim,
+        rel_before: rel(fit.before),
+        rel_after: rel(fit.after),
+        common_share: if err_total > 0.0 {
+            err_common / err_total
+        } else {
+            0.0
+        },
+        validation,
+    }
+}
+
+fn plan_sites(plan: &Plan) -> Result<Vec<(usize, Vec<Site>)>, CalibError> {
+    let sites = calibrated_sites(plan);
+    if sites.is_empty() {
+        return Err(CalibError::Empty(
+            "the schedule has no calibrated steps: set `[calibration] method = \"tcc\"` and `steps`".into(),
+        ));
+    }
+    let branches = plan.branches();
+    Ok(sites
         .into_iter()
-        .fold((0.0, 0), |(s, n), (x, m)| (s + x, n + m));
-    if n > 0 {
-        s / n as f64
-    } else {
-        0.0
+        .map(|(k, list)| {
+            let s = list
+                .iter()
+                .map(|&(block, bi)| Site::new(k, branches[bi], block))
+                .collect();
+            (k, s)
+        })
+        .collect())
+}
+
+/// The cost report of `batches` calibration batches, given the measured
+/// evaluations.
+fn cost_report(
+    plan: &Plan,
+    last_step: usize,
+    batches: u64,
+    samples: usize,
+    measured: [u64; 3],
+) -> CostReport {
+    let reference_plan = plan.all_compute();
+    let last = plan.steps.len() - 1;
+    let full = computed_branches(&reference_plan, 0..=last);
+    let refresh_before = |k: usize| {
+        (0..=k)
+            .rev()
+            .find(|&s| plan.steps[s].is_full())
+            .unwrap_or(0)
+    };
+    let sites = calibrated_sites(plan);
+    let rerun_from_start: u64 = sites.keys().map(|&k| computed_branches(plan, 0..=k)).sum();
+    let rerun_from_refresh: u64 = computed_branches(plan, 0..=last_step)
+        + sites
+            .keys()
+            .map(|&k| computed_branches(plan, refresh_before(k)..=k))
+            .sum::<u64>();
+    CostReport {
+        samples,
+        reference: measured[0],
+        accelerated: measured[1],
+        validation: measured[2],
+        one_pass_bound: batches * (full + computed_branches(plan, 0..=last)),
+        rerun_from_start: batches * (full + rerun_from_start),
+        rerun_from_refresh: batches * (full + rerun_from_refresh),
     }
 }
 
@@ -374,27 +582,47 @@ pub fn calibrate<M: BlockModel>(
     dtype: DType,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Calibration, CalibError> {
-    let sites = calibrated_sites(plan);
-    if sites.is_empty() {
-        return Err(CalibError::Empty(
-            "the schedule has no calibrated steps: set `[calibration] method = \"tcc\"` and `steps`".into(),
-        ));
-    }
+    let validating = !validation.is_empty();
+    calibrate_across(
+        model, plan, batches, validation, validating, mode, dtype, &mut Local, progress,
+    )
+}
+
+/// [`calibrate`] as one of several processes that each walk their share
+/// of the calibration and validation batches: at every calibrated step,
+/// once this process's statistics are complete, `reduce` adds up every
+/// process's, and every process fits the same priors on the sums and
+/// applies them before it walks on (the distances the validation measures
+/// are added up the same way). `validating` says whether any process has
+/// validation samples (every process must take part in every reduction,
+/// those without validation batches included). With [`Local`] this is
+/// [`calibrate`].
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate_across<M: BlockModel>(
+    model: &M,
+    plan: &Plan,
+    batches: &[CalibBatch],
+    validation: &[CalibBatch],
+    validating: bool,
+    mode: CalibMode,
+    dtype: DType,
+    reduce: &mut dyn Reduce,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Calibration, CalibError> {
+    let sites = plan_sites(plan)?;
     if batches.is_empty() {
         return Err(CalibError::Empty("no calibration samples".into()));
     }
     let cal = &plan.calibration;
-    if cal.validation_chooses() && validation.is_empty() {
+    if cal.validation_chooses() && !validating {
         return Err(CalibError::Empty(
             "these calibration settings choose priors on validation samples, and none were given"
                 .into(),
         ));
     }
     let branches = plan.branches();
-    let pooler = Pooler::new(plan);
-    let val_pooler = Pooler::validation(plan);
     let reference_plan = plan.all_compute();
-    let last_step = *sites.keys().last().expect("sites is not empty");
+    let last_step = sites.last().expect("sites is not empty").0;
 
     let count = |m| Counting {
         inner: m,
@@ -417,99 +645,40 @@ pub fn calibrate<M: BlockModel>(
             accelerated: Trajectory::new(&val_model, plan, &b.batch).map_err(exec)?,
         });
     }
+    let device = calib[0].accelerated.latents().device().clone();
 
     let mut hooks = PriorHooks::lenient();
     let mut priors = BTreeMap::new();
     let mut alphas = BTreeMap::new();
     let mut choices = Vec::new();
     let mut reports = Vec::new();
-    for (&k, list) in &sites {
-        let step_sites: Vec<Site> = list
-            .iter()
-            .map(|&(block, bi)| Site::new(k, branches[bi], block))
-            .collect();
-
-        // The calibration statistics of step k.
-        let mut stats: Vec<Option<SiteStats>> = vec![None; step_sites.len()];
-        let (mut err_total, mut err_common) = (0.0, 0.0);
-        for (i, (p, b)) in calib.iter_mut().zip(batches).enumerate() {
-            let outs = p.outputs_at(k, &step_sites, branches, &mut hooks)?;
-            for ((a, bo), st) in outs.iter().zip(stats.iter_mut()) {
-                let st = st.get_or_insert_with(|| pooler.stats(a.dim(2).unwrap_or(0)));
-                pooler.add_pair(a, bo, &b.conditions, st)?;
-                let (t, c) = pooler.common_error(a, bo, b.conditions.len())?;
-                err_total += t;
-                err_common += c;
-            }
-            progress(Progress::Calibration {
-                step: k,
-                batch: i,
-                batches: batches.len(),
-            });
-        }
-        let stats: Vec<SiteStats> = stats.into_iter().flatten().collect();
-
-        // The validation statistics of step k: every token of both halves.
-        let mut vstats: Vec<Moments> = Vec::new();
-        for (i, (p, b)) in val.iter_mut().zip(validation).enumerate() {
-            let outs = p.outputs_at(k, &step_sites, branches, &mut hooks)?;
-            if vstats.is_empty() {
-                vstats = outs
-                    .iter()
-                    .map(|(a, _)| Moments::new(a.dim(2).unwrap_or(0)))
-                    .collect();
-            }
-            for ((a, bo), m) in outs.iter().zip(vstats.iter_mut()) {
-                for ((ha, _), (hb, _)) in val_pooler
-                    .halves(a, b.conditions.len())?
-                    .into_iter()
-                    .zip(val_pooler.halves(bo, b.conditions.len())?)
-                {
-                    m.add_tokens(&ha, &hb)?;
-                }
-            }
-            progress(Progress::Validation {
-                step: k,
-                batch: i,
-                batches: validation.len(),
-            });
-        }
-
-        // Fit the candidates and choose, site by site.
-        let mut step_choices = Vec::with_capacity(step_sites.len());
-        let (mut fit_after, mut fit_before, mut fit_norm) = (0.0, 0.0, 0.0);
-        let (mut rows, mut dim) = (0, 0);
-        for (j, (site, st)) in step_sites.iter().zip(&stats).enumerate() {
-            let centered = st.centered(cal.pooling)?;
-            rows = st.rows();
-            dim = st.dim();
-            let candidates = fit_candidates(&centered, cal).map_err(|e| e.at(*site))?;
-            let choice = choose(&candidates, cal, vstats.get(j))?;
-            let prior = choice.candidate.map(|c| candidates[c].prior.clone());
-            let (a, b, n) = st.residual(prior.as_ref(), cal.pooling, choice.alpha)?;
-            fit_after += a;
-            fit_before += b;
-            fit_norm += n;
-            step_choices.push((*site, choice, prior));
-        }
+    for (k, step_sites) in &sites {
+        let k = *k;
+        let local = gather_step(
+            k, step_sites, branches, plan, &mut calib, batches, &mut val, validation, &mut hooks,
+            progress,
+        )?;
+        // The barrier: every process's statistics of step k, summed.
+        let total = reduce.step(local)?;
+        let mut fit = fit_step(&total, cal)?;
 
         // Try the step's priors on the validation latents.
         let mut step_hooks = hooks.clone();
-        for (site, choice, prior) in &step_choices {
+        for (site, choice, prior) in &fit.choices {
             if let Some(p) = prior {
-                let device = calib[0].accelerated.latents().device().clone();
                 step_hooks
                     .insert(*site, p, choice.alpha, dtype, &device)
                     .map_err(candle)?;
             }
         }
-        let with_prior = step_choices
+        let with_prior = fit
+            .choices
             .iter()
             .filter(|(_, c, p)| p.is_some() && c.alpha != 0.0)
             .count();
         let mut step_validation = None;
         let mut keep = true;
-        if !val.is_empty() {
+        if validating {
             let (mut with, mut without) = (Vec::new(), Vec::new());
             let (mut after, mut before) = (Vec::new(), Vec::new());
             for p in &val {
@@ -522,7 +691,8 @@ pub fn calibrate<M: BlockModel>(
                 before.push(rel_l2_sum(b.latents(), p.reference.latents())?);
                 without.push(b);
             }
-            let (latent_after, latent_before) = (mean_rel(after), mean_rel(before));
+            let v = reduce.values(sums(&[after, before]))?;
+            let (latent_after, latent_before) = (mean_of(v[0], v[1]), mean_of(v[2], v[3]));
             if cal.select == Selection::Validated && with_prior > 0 && latent_after > latent_before
             {
                 keep = false;
@@ -538,7 +708,7 @@ pub fn calibrate<M: BlockModel>(
                 p.accelerated = t;
             }
             let sum = |f: &dyn Fn(&Choice) -> Option<f64>| -> f64 {
-                step_choices.iter().filter_map(|(_, c, _)| f(c)).sum()
+                fit.choices.iter().filter_map(|(_, c, _)| f(c)).sum()
             };
             let norm = sum(&|c| c.val_norm);
             let rel = |x: f64| if norm > 0.0 { (x / norm).sqrt() } else { 0.0 };
@@ -556,7 +726,7 @@ pub fn calibrate<M: BlockModel>(
             });
         }
         if !keep {
-            for (_, choice, prior) in step_choices.iter_mut() {
+            for (_, choice, prior) in fit.choices.iter_mut() {
                 *prior = None;
                 *choice = Choice {
                     kind: None,
@@ -568,52 +738,31 @@ pub fn calibrate<M: BlockModel>(
                 };
             }
             let (mut a, mut b) = (0.0, 0.0);
-            for ((_, _, _), st) in step_choices.iter().zip(&stats) {
+            for st in total.calib.iter().flatten() {
                 let (x, y, _) = st.residual(None, cal.pooling, 0.0)?;
                 a += x;
                 b += y;
             }
-            fit_after = a;
-            fit_before = b;
+            fit.after = a;
+            fit.before = b;
         }
         if mode == CalibMode::Consistent && keep {
             hooks = step_hooks;
         }
-        for (site, choice, prior) in step_choices {
+        reports.push(step_report(&total, &fit, step_validation));
+        for (site, choice, prior) in fit.choices {
             alphas.insert(site, if prior.is_some() { choice.alpha } else { 0.0 });
             if let Some(p) = prior {
                 priors.insert(site, p);
             }
             choices.push(SiteChoice { site, choice });
         }
-        let rel = |x: f64| {
-            if fit_norm > 0.0 {
-                (x / fit_norm).sqrt()
-            } else {
-                0.0
-            }
-        };
-        reports.push(StepReport {
-            step: k,
-            sites: list.len(),
-            rows,
-            dim,
-            rel_before: rel(fit_before),
-            rel_after: rel(fit_after),
-            common_share: if err_total > 0.0 {
-                err_common / err_total
-            } else {
-                0.0
-            },
-            validation: step_validation,
-        });
         progress(Progress::Fitted { step: k });
     }
 
     // End to end on the validation samples: with all priors, and without.
     let mut final_check = None;
-    if !val.is_empty() {
-        let device = calib[0].accelerated.latents().device().clone();
+    if validating {
         let mut all = PriorHooks::lenient();
         for (site, p) in &priors {
             all.insert(*site, p, alphas[site], dtype, &device)
@@ -634,14 +783,18 @@ pub fn calibrate<M: BlockModel>(
                 .map_err(exec)?;
             calibrated.push(rel_l2_sum(&corrected, x_ref)?);
         }
-        let (cache, calibrated) = (mean_rel(cache), mean_rel(calibrated));
+        let local_samples = validation.iter().map(|b| b.conditions.len()).sum::<usize>();
+        let mut local = sums(&[cache, calibrated]);
+        local.push(local_samples as f64);
+        let v = reduce.values(local)?;
+        let (cache, calibrated) = (mean_of(v[0], v[1]), mean_of(v[2], v[3]));
         let kept = !(cal.select == Selection::Validated && calibrated > cache);
         if !kept {
             priors.clear();
             alphas.values_mut().for_each(|a| *a = 0.0);
         }
         final_check = Some(FinalCheck {
-            samples: validation.iter().map(|b| b.conditions.len()).sum(),
+            samples: v[4] as usize,
             cache,
             calibrated,
             kept,
@@ -649,35 +802,144 @@ pub fn calibrate<M: BlockModel>(
         progress(Progress::Final);
     }
 
-    let n = batches.len() as u64;
-    let last = plan.steps.len() - 1;
-    let full = computed_branches(&reference_plan, 0..=last);
-    let refresh_before = |k: usize| {
-        (0..=k)
-            .rev()
-            .find(|&s| plan.steps[s].is_full())
-            .unwrap_or(0)
-    };
-    let rerun_from_start: u64 = sites.keys().map(|&k| computed_branches(plan, 0..=k)).sum();
-    let rerun_from_refresh: u64 = computed_branches(plan, 0..=last_step)
-        + sites
-            .keys()
-            .map(|&k| computed_branches(plan, refresh_before(k)..=k))
-            .sum::<u64>();
+    let local_cost = cost_report(
+        plan,
+        last_step,
+        batches.len() as u64,
+        batches.iter().map(|b| b.conditions.len()).sum(),
+        [
+            ref_model.evals.get(),
+            acc_model.evals.get(),
+            val_model.evals.get(),
+        ],
+    );
+    let cost = CostReport::from_values(&reduce.values(local_cost.to_values())?);
     Ok(Calibration {
         priors,
         alphas,
         choices,
         steps: reports,
         final_check,
-        cost: CostReport {
-            samples: batches.iter().map(|b| b.conditions.len()).sum(),
-            reference: ref_model.evals.get(),
-            accelerated: acc_model.evals.get(),
-            validation: val_model.evals.get(),
-            one_pass_bound: n * (full + computed_branches(plan, 0..=last)),
-            rerun_from_start: n * (full + rerun_from_start),
-            rerun_from_refresh: n * (full + rerun_from_refresh),
-        },
+        cost,
+    })
+}
+
+/// `[Σ sum, Σ n]` of each list of `(sum, n)` parts, concatenated.
+fn sums(lists: &[Vec<(f64, usize)>]) -> Vec<f64> {
+    lists
+        .iter()
+        .flat_map(|parts| {
+            let (s, n) = parts
+                .iter()
+                .fold((0.0, 0), |(s, n), &(x, m)| (s + x, n + m));
+            [s, n as f64]
+        })
+        .collect()
+}
+
+fn mean_of(sum: f64, n: f64) -> f64 {
+    if n > 0.0 {
+        sum / n
+    } else {
+        0.0
+    }
+}
+
+/// The statistics of every calibrated step of a `one-shot` calibration on
+/// this process's batches, without fitting: what a calibration shard
+/// writes (see [`StatsFile`]). In one-shot mode no trajectory applies a
+/// prior during the walk, so the statistics do not depend on any fit and
+/// the shards' files add up to the single run's statistics
+/// ([`StatsFile::merge`]); [`fit_merged`] then fits them.
+pub fn gather_one_shot<M: BlockModel>(
+    model: &M,
+    plan: &Plan,
+    batches: &[CalibBatch],
+    validation: &[CalibBatch],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<StepStats>, CostReport), CalibError> {
+    let sites = plan_sites(plan)?;
+    let branches = plan.branches();
+    let reference_plan = plan.all_compute();
+    let last_step = sites.last().expect("sites is not empty").0;
+    let count = |m| Counting {
+        inner: m,
+        evals: Cell::new(0),
+    };
+    let (ref_model, acc_model, val_model) = (count(model), count(model), count(model));
+    let mut calib = Vec::with_capacity(batches.len());
+    for b in batches {
+        calib.push(Pair {
+            reference: Trajectory::new(&ref_model, &reference_plan, &b.batch).map_err(exec)?,
+            accelerated: Trajectory::new(&acc_model, plan, &b.batch).map_err(exec)?,
+        });
+    }
+    let mut val = Vec::with_capacity(validation.len());
+    for b in validation {
+        val.push(Pair {
+            reference: Trajectory::new(&val_model, &reference_plan, &b.batch).map_err(exec)?,
+            accelerated: Trajectory::new(&val_model, plan, &b.batch).map_err(exec)?,
+        });
+    }
+    let mut hooks = PriorHooks::lenient();
+    let mut steps = Vec::with_capacity(sites.len());
+    for (k, step_sites) in &sites {
+        steps.push(gather_step(
+            *k, step_sites, branches, plan, &mut calib, batches, &mut val, validation, &mut hooks,
+            progress,
+        )?);
+    }
+    let cost = cost_report(
+        plan,
+        last_step,
+        batches.len() as u64,
+        batches.iter().map(|b| b.conditions.len()).sum(),
+        [
+            ref_model.evals.get(),
+            acc_model.evals.get(),
+            val_model.evals.get(),
+        ],
+    );
+    Ok((steps, cost))
+}
+
+/// Fits the priors of merged one-shot statistics: per step what
+/// [`calibrate`] fits and chooses on the same sums. The validation
+/// samples' statistics take part in the choice; the checks that run the
+/// model on the validation latents (per step and end to end) do not, so
+/// the steps' `validation` and the `final_check` are absent. Refuses
+/// `validated` selection, whose choice depends on those checks.
+pub fn fit_merged(stats: &StatsFile) -> Result<Calibration, CalibError> {
+    let cal = &stats.meta.calibration;
+    if stats.meta.mode != CalibMode::OneShot {
+        return Err(CalibError::Binding(
+            "only one-shot statistics can be fitted apart from the walk: consistent mode fits each step on the trajectory the earlier priors shifted".into(),
+        ));
+    }
+    if cal.select == Selection::Validated {
+        return Err(CalibError::Binding(
+            "validated selection checks every step's priors on the validation latents: it cannot be fitted from statistics files (calibrate in one process, or across processes with MPI)".into(),
+        ));
+    }
+    let (mut priors, mut alphas, mut choices, mut reports) =
+        (BTreeMap::new(), BTreeMap::new(), Vec::new(), Vec::new());
+    for total in &stats.steps {
+        let fit = fit_step(total, cal)?;
+        reports.push(step_report(total, &fit, None));
+        for (site, choice, prior) in fit.choices {
+            alphas.insert(site, if prior.is_some() { choice.alpha } else { 0.0 });
+            if let Some(p) = prior {
+                priors.insert(site, p);
+            }
+            choices.push(SiteChoice { site, choice });
+        }
+    }
+    Ok(Calibration {
+        priors,
+        alphas,
+        choices,
+        steps: reports,
+        final_check: None,
+        cost: stats.meta.cost.clone(),
     })
 }

@@ -4,8 +4,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use tcc_calib::{calibrate, CalibBatch, Calibration, Prior, PriorHooks, PriorMeta, PriorSet};
-use tcc_core::CalibMode;
+use tcc_calib::{
+    calibrate, calibrate_across, fit_merged, gather_one_shot, AllGather, CalibBatch, Calibration,
+    Gathered, Prior, PriorHooks, PriorMeta, PriorSet, StatsFile, StatsMeta,
+};
+use tcc_core::{CalibMode, Shard};
 use tcc_exec::{Hooks, NoHooks, SampleBatch, Trajectory};
 use tcc_model::{Dit, DitConfig};
 use tcc_plan::Plan;
@@ -382,4 +385,186 @@ fn token_level_families_share_the_first_prior_across_modes() {
         .steps
         .iter()
         .all(|s| s.rel_after < s.rel_before && s.common_share > 0.0 && s.common_share < 1.0));
+}
+
+/// The all-gather of processes run as threads: every rank writes its bytes
+/// into a shared slot, and all read every slot.
+struct Threads {
+    rank: usize,
+    slots: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    barrier: std::sync::Arc<std::sync::Barrier>,
+}
+
+impl AllGather for Threads {
+    fn all_gather(&mut self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, tcc_calib::CalibError> {
+        self.slots.lock().unwrap()[self.rank] = bytes;
+        self.barrier.wait();
+        let all = self.slots.lock().unwrap().clone();
+        self.barrier.wait();
+        Ok(all)
+    }
+}
+
+/// `||x - y|| / ||y||` over every tensor of two sets of priors (same sites).
+fn max_rel_diff(x: &Calibration, y: &Calibration) -> f64 {
+    assert_eq!(
+        x.priors.keys().collect::<Vec<_>>(),
+        y.priors.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(x.alphas, y.alphas);
+    let rel = |a: &[f64], b: &[f64]| {
+        let d: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum();
+        let n: f64 = b.iter().map(|q| q * q).sum();
+        (d / n.max(f64::MIN_POSITIVE)).sqrt()
+    };
+    let mut worst: f64 = 0.0;
+    for (site, p) in &x.priors {
+        let q = &y.priors[site];
+        for (a, b) in [(&p.r, &q.r), (&p.mu_a, &q.mu_a), (&p.mu_b, &q.mu_b)] {
+            worst = worst.max(rel(a, b));
+        }
+        worst = worst.max(rel(&[p.s], &[q.s]));
+    }
+    worst
+}
+
+#[test]
+fn the_walk_across_two_processes_fits_the_single_process_priors() {
+    let p = plan(FORA);
+    let m = model(&p);
+    let (all, val) = (batches(&p), validation(&p));
+    // Consistent mode is the one that needs the barrier; one-shot shards
+    // are checked through statistics files below.
+    {
+        let mode = CalibMode::Consistent;
+        let single = run_validated(&m, &p, mode);
+        let slots = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); 2]));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        // Rank 0 walks the first batch and the validation batch, rank 1 the
+        // second batch and no validation sample.
+        let ranks: Vec<Calibration> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (m, p) = (&m, &p);
+                    let mine = &all[rank..rank + 1];
+                    let v = if rank == 0 { &val[..] } else { &[][..] };
+                    let mut g = Gathered(Threads {
+                        rank,
+                        slots: slots.clone(),
+                        barrier: barrier.clone(),
+                    });
+                    s.spawn(move || {
+                        calibrate_across(m, p, mine, v, true, mode, DType::F32, &mut g, &mut |_| {})
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Both ranks add the parts in rank order: the same priors, bit for bit.
+        assert_eq!(ranks[0].priors, ranks[1].priors, "{mode:?}");
+        assert_eq!(ranks[0].final_check, ranks[1].final_check);
+        // Against one process: f64 sums in another order, 1e-6 relative.
+        let d = max_rel_diff(&ranks[0], &single);
+        assert!(d < 1e-6, "{mode:?}: priors differ by {d:e} (relative)");
+        assert_eq!(ranks[0].cost, single.cost);
+        let (a, b) = (
+            ranks[0].final_check.as_ref().unwrap(),
+            single.final_check.as_ref().unwrap(),
+        );
+        assert_eq!(a.samples, b.samples);
+        assert!((a.calibrated - b.calibrated).abs() <= 1e-6 * b.calibrated);
+        for (x, y) in ranks[0].steps.iter().zip(&single.steps) {
+            assert!((x.rel_after - y.rel_after).abs() <= 1e-6 * y.rel_after);
+            assert_eq!(
+                x.validation.as_ref().map(|v| v.kept),
+                y.validation.as_ref().map(|v| v.kept)
+            );
+        }
+    }
+}
+
+fn shard_file(
+    m: &Dit,
+    p: &Plan,
+    index: usize,
+    batches: &[CalibBatch],
+    val: &[CalibBatch],
+) -> StatsFile {
+    let (steps, cost) = gather_one_shot(m, p, batches, val, &mut |_| {}).unwrap();
+    let file = StatsFile {
+        meta: StatsMeta {
+            plan_hash: p.hash().to_string(),
+            model: p.model.name.clone(),
+            mode: CalibMode::OneShot,
+            calibration: p.calibration.clone(),
+            batch_size: 3,
+            shard: Shard::new(index, 2).unwrap(),
+            samples: [3 * index, 3 * index + 3],
+            validation: if val.is_empty() { [4, 4] } else { [0, 4] },
+            cost,
+            tool_version: "test".into(),
+        },
+        steps,
+    };
+    // Through the file format.
+    StatsFile::from_bytes(&file.to_bytes().unwrap(), "shard").unwrap()
+}
+
+#[test]
+fn one_shot_statistics_of_two_shards_merge_to_the_single_run_priors() {
+    let p = plan(FORA);
+    let m = model(&p);
+    let (all, val) = (batches(&p), validation(&p));
+    let single = run_validated(&m, &p, CalibMode::OneShot);
+    let s0 = shard_file(&m, &p, 0, &all[..1], &val);
+    let s1 = shard_file(&m, &p, 1, &all[1..], &[]);
+    // Given in any order, merged in shard order.
+    let merged =
+        StatsFile::merge(vec![("b".into(), s1.clone()), ("a".into(), s0.clone())]).unwrap();
+    assert_eq!(merged.meta.shard, Shard::WHOLE);
+    // Every count but the validation's (the shards run no validation
+    // latents: those checks need the fitted priors).
+    let (c, want) = (&merged.meta.cost, &single.cost);
+    assert_eq!(
+        (c.samples, c.reference, c.accelerated, c.one_pass_bound),
+        (
+            want.samples,
+            want.reference,
+            want.accelerated,
+            want.one_pass_bound
+        )
+    );
+    let fitted = fit_merged(&merged).unwrap();
+    let d = max_rel_diff(&fitted, &single);
+    assert!(d < 1e-6, "priors differ by {d:e} (relative)");
+    for (x, y) in fitted.steps.iter().zip(&single.steps) {
+        assert_eq!((x.step, x.rows, x.dim), (y.step, y.rows, y.dim));
+        assert!((x.rel_after - y.rel_after).abs() <= 1e-6 * y.rel_after);
+        assert!((x.common_share - y.common_share).abs() <= 1e-6);
+    }
+    // Refusals: a shard twice, a missing shard, another plan.
+    let err = |files: Vec<(String, StatsFile)>| StatsFile::merge(files).unwrap_err().to_string();
+    let e = err(vec![("a".into(), s0.clone()), ("c".into(), s0.clone())]);
+    assert!(e.contains("shard 0/2 is given twice: a and c"), "{e}");
+    let e = err(vec![("a".into(), s0.clone())]);
+    assert!(e.contains("shard 1/2 missing"), "{e}");
+    let mut other = s1.clone();
+    other.meta.plan_hash = "0123".into();
+    let e = err(vec![("a".into(), s0.clone()), ("b".into(), other)]);
+    assert!(
+        e.contains("b and a are not shards of one calibration: plan 0123"),
+        "{e}"
+    );
+    // Consistent statistics cannot be fitted apart from the walk.
+    let mut consistent = merged.clone();
+    consistent.meta.mode = CalibMode::Consistent;
+    assert!(fit_merged(&consistent).is_err());
+    // A damaged file names the problem.
+    let mut bytes = s0.to_bytes().unwrap();
+    bytes.truncate(bytes.len() - 8);
+    let e = StatsFile::from_bytes(&bytes, "s0.stats")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s0.stats"), "{e}");
 }

@@ -3,8 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tcc_calib::{calibrate, CalibBatch, Calibration, PriorMeta, PriorSet, Progress};
-use tcc_core::{CalibMethod, CalibMode, Selection};
+use tcc_calib::{
+    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorMeta, PriorSet,
+    Progress, Reduce, StatsFile, StatsMeta,
+};
+use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
 use tcc_plan::Plan;
 
@@ -32,7 +35,16 @@ step's priors, and with `select = validated` choose them (per site the
 closest candidate, or none; a step or a whole set that does not bring them
 closer to full computation is dropped).
 The priors file is bound to the plan's hash: `tcc sample --priors` refuses it
-for any other plan.";
+for any other plan.
+
+Across machines (docs/scale.md): `--mode one-shot --shard I/N` walks shard I
+(from 0) of N of the calibration and validation samples (contiguous whole
+batches) and writes its statistics (f64 sums, bound to the plan and the
+shard; default FILE's name with `.stats-I-of-N.safetensors`); `tcc merge`
+adds them up and fits the priors. Consistent mode needs every shard's
+statistics at every calibrated step: build with `--features mpi` and run
+`mpirun -n N tcc calibrate ...` (every rank walks its shard, the ranks add
+up their statistics before each step's fit; rank 0 writes the priors).";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -66,11 +78,42 @@ pub struct Args {
     /// Samples per model batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Walk only shard I of N (I from 0) of the samples and write its
+    /// statistics for `tcc merge` (one-shot mode; fixed selection).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     #[command(flatten)]
     model: ModelArgs,
 }
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    // Under `mpirun -n N` (feature `mpi`), rank r walks shard r/N and the
+    // ranks add up their statistics at every calibrated step; rank 0
+    // prints and writes the priors.
+    #[cfg(feature = "mpi")]
+    if let Some(m) = crate::mpi::Mpi::join()? {
+        if args.shard.is_some() {
+            return Err(CliError::input(
+                "--shard is for separate processes: under MPI every rank takes its shard by itself",
+            ));
+        }
+        let shard = Shard::new(m.rank(), m.size()).map_err(CliError::input)?;
+        let mut reduce = tcc_calib::Gathered(m.gather());
+        if shard.index == 0 {
+            return run_as(args, io, shard, &mut reduce);
+        }
+        let mut sink = std::io::sink();
+        let mut quiet = Io {
+            out: &mut sink,
+            err: &mut *io.err,
+        };
+        return run_as(args, &mut quiet, shard, &mut reduce);
+    }
+    run_as(args, io, Shard::WHOLE, &mut Local)
+}
+
+/// `tcc calibrate` as `shard` of the processes that `reduce` joins.
+fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Result<(), CliError> {
     let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, None, io.err)?;
     if plan.calibration.method != CalibMethod::Tcc {
@@ -107,6 +150,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     }
     check_count("--batch-size", args.batch_size, MAX_BATCH)?;
     check_validation(&plan)?;
+    if let Some(shard) = args.shard {
+        return run_shard(&args, io, &plan, plan_hash, mode, shard);
+    }
     let out = args
         .out
         .clone()
@@ -120,7 +166,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     crate::runtime::check_model_source(&plan, &args.model)?;
     let mut memory = Memory::new();
     memory.model(&plan, &args.model, rt.dtype);
-    calibration_memory(&plan, args.batch_size, &mut memory);
+    calibration_memory(&plan, args.batch_size, shard, &mut memory);
     memory.check()?;
     let model = load_model(&plan, &args.model, &rt)?;
     let captions = Captions::for_plan(&plan, &args.model, &rt)?;
@@ -149,6 +195,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             n => format!("; {n} validation samples, seed {}", cal.validation_seed()),
         }
     )?;
+    if shard.count > 1 {
+        writeln!(
+            io.out,
+            "across {} MPI processes: rank r walks shard r/{} of the samples, the ranks add up their statistics before every calibrated step's fit",
+            shard.count, shard.count
+        )?;
+    }
     let (set, result, time) = fit_priors(
         &model,
         captions.as_ref(),
@@ -158,8 +211,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         args.batch_size,
         &rt,
         "calibrating",
+        shard,
+        reduce,
     )?;
     print_report(io, &plan, &result)?;
+    if shard.index != 0 {
+        return Ok(());
+    }
     set.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
     let walk = time.total - time.fitting;
@@ -176,14 +234,113 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     Ok(())
 }
 
-/// What a calibration walk holds at its peak ([`fit_priors`]): every
-/// calibration and validation sample's pair of trajectories (latents and
-/// the accelerated one's cache), one batch in flight, one step's
+/// `tcc calibrate --shard I/N`: the one-shot statistics of one shard.
+fn run_shard(
+    args: &Args,
+    io: &mut Io,
+    plan: &Plan,
+    plan_hash: String,
+    mode: CalibMode,
+    shard: Shard,
+) -> Result<(), CliError> {
+    if mode != CalibMode::OneShot {
+        return Err(CliError::input(format!(
+            "{}: --shard needs --mode one-shot: consistent mode fits each step on the trajectory the earlier priors shifted, so every shard needs every shard's statistics at every calibrated step; run it across processes with MPI instead (a build with --features mpi, then `mpirun -n N tcc calibrate ...`; docs/scale.md)",
+            args.file.display()
+        )));
+    }
+    if plan.calibration.select == Selection::Validated {
+        return Err(CliError::input(format!(
+            "{}: --shard needs `select = \"fixed\"`: validated selection checks every step's priors on the validation latents as it walks (run it in one process or with MPI)",
+            args.file.display()
+        )));
+    }
+    let rt = Runtime::from_args(&args.model.runtime)?;
+    let cal = &plan.calibration;
+    let samples = shard
+        .nonempty_samples(cal.samples, args.batch_size, "calibration samples")
+        .map_err(CliError::input)?;
+    let validation = shard.samples(cal.validation_samples(), args.batch_size);
+    let out = args.out.clone().unwrap_or_else(|| {
+        beside_cwd(
+            &args.file,
+            &format!("stats-{}-of-{}.safetensors", shard.index, shard.count),
+        )
+    });
+    let flag = if args.out.is_some() {
+        "--out"
+    } else {
+        "the statistics file"
+    };
+    check_output(flag, &out, OutputKind::File)?;
+    crate::runtime::check_model_source(plan, &args.model)?;
+    let mut memory = Memory::new();
+    memory.model(plan, &args.model, rt.dtype);
+    calibration_memory(plan, args.batch_size, shard, &mut memory);
+    memory.check()?;
+    let model = load_model(plan, &args.model, &rt)?;
+    let captions = Captions::for_plan(plan, &args.model, &rt)?;
+    rt.announce(io.err)?;
+    writeln!(
+        io.out,
+        "gathering the one-shot statistics of shard {shard} of {}: calibration samples {}..{} of {} (seed {}), validation samples {}..{} of {}",
+        plan.source,
+        samples.start,
+        samples.end,
+        cal.samples,
+        cal.seed,
+        validation.start,
+        validation.end,
+        cal.validation_samples()
+    )?;
+    let (batches, val) = shard_batches(plan, shard, args.batch_size, captions.as_ref(), &rt)?;
+    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
+    let bar = progress("gathering", (batches.len() + val.len()) as u64 * sites);
+    let started = std::time::Instant::now();
+    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    bar.finish_and_clear();
+    let file = StatsFile {
+        meta: StatsMeta {
+            plan_hash,
+            model: plan.model.name.clone(),
+            mode,
+            calibration: plan.calibration.clone(),
+            batch_size: args.batch_size,
+            shard,
+            samples: [samples.start, samples.end],
+            validation: [validation.start, validation.end],
+            cost,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        steps,
+    };
+    file.save(&out)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    writeln!(
+        io.out,
+        "wrote the statistics of {} calibrated steps to {} in {:.1}s; `tcc merge --out PRIORS` with every shard's file fits the priors",
+        file.steps.len(),
+        out.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+/// What a calibration walk of `shard` holds at its peak ([`fit_priors`]):
+/// every calibration and validation sample's pair of trajectories (latents
+/// and the accelerated one's cache), one batch in flight, one step's
 /// statistics and the priors fitted so far.
-pub(crate) fn calibration_memory(plan: &Plan, batch_size: usize, memory: &mut Memory) {
+pub(crate) fn calibration_memory(
+    plan: &Plan,
+    batch_size: usize,
+    shard: Shard,
+    memory: &mut Memory,
+) {
     let cal = &plan.calibration;
     let m = &plan.model;
-    let samples = (cal.samples + cal.validation_samples()) as u128;
+    let samples = (shard.samples(cal.samples, batch_size).len()
+        + shard.samples(cal.validation_samples(), batch_size).len()) as u128;
     let rows = if plan.sampler.uses_cfg() { 2 } else { 1 };
     let (t, d) = (m.tokens() as u128, m.hidden as u128);
     let cache = tcc_exec::CacheLayout::new(plan).peak_entries() as u128 * rows * t * d;
@@ -390,17 +547,11 @@ pub(crate) fn fit_priors(
     batch_size: usize,
     rt: &Runtime,
     label: &str,
+    shard: Shard,
+    reduce: &mut dyn Reduce,
 ) -> Result<(PriorSet, Calibration, CalibTime), CliError> {
     let cal = &plan.calibration;
-    let batches = calib_batches(plan, cal.seed, cal.samples, batch_size, captions, rt)?;
-    let validation = calib_batches(
-        plan,
-        cal.validation_seed(),
-        cal.validation_samples(),
-        batch_size,
-        captions,
-        rt,
-    )?;
+    let (batches, validation) = shard_batches(plan, shard, batch_size, captions, rt)?;
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
     let bar = progress(label, (batches.len() + validation.len()) as u64 * sites + 1);
     let started = std::time::Instant::now();
@@ -409,13 +560,15 @@ pub(crate) fn fit_priors(
     // synchronised).
     let mut reached = started;
     let mut fitting = 0.0;
-    let result = calibrate(
+    let result = calibrate_across(
         model,
         plan,
         &batches,
         &validation,
+        cal.validation_samples() > 0,
         mode,
         PRIOR_DTYPE,
+        reduce,
         &mut |p| match p {
             Progress::Fitted { step } => {
                 fitting += reached.elapsed().as_secs_f64();
@@ -467,25 +620,54 @@ pub(crate) struct CalibTime {
     pub fitting: f64,
 }
 
-/// `n` calibration samples of `seed` (classes or prompts cycling) in model
-/// batches of at most `batch_size`.
+/// Shard `shard`'s calibration and validation batches (the shard rule of
+/// [`Shard::samples`]; the calibration share must not be empty).
+fn shard_batches(
+    plan: &Plan,
+    shard: Shard,
+    batch_size: usize,
+    captions: Option<&Captions>,
+    rt: &Runtime,
+) -> Result<(Vec<CalibBatch>, Vec<CalibBatch>), CliError> {
+    let cal = &plan.calibration;
+    let range = shard
+        .nonempty_samples(cal.samples, batch_size, "calibration samples")
+        .map_err(CliError::input)?;
+    let batches = calib_batches(plan, cal.seed, cal.samples, range, batch_size, captions, rt)?;
+    let n = cal.validation_samples();
+    let validation = calib_batches(
+        plan,
+        cal.validation_seed(),
+        n,
+        shard.samples(n, batch_size),
+        batch_size,
+        captions,
+        rt,
+    )?;
+    Ok((batches, validation))
+}
+
+/// Samples `range` of `n` calibration samples of `seed` (classes or
+/// prompts cycling) in model batches of at most `batch_size`, starting at
+/// `range.start`.
 fn calib_batches(
     plan: &Plan,
     seed: u64,
     n: usize,
+    range: std::ops::Range<usize>,
     batch_size: usize,
     captions: Option<&Captions>,
     rt: &Runtime,
 ) -> Result<Vec<CalibBatch>, CliError> {
-    if n == 0 {
+    if range.is_empty() {
         return Ok(Vec::new());
     }
     let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
     let conditions = inputs.conditions();
     let mut batches = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = batch_size.min(n - start);
+    let mut start = range.start;
+    while start < range.end {
+        let len = batch_size.min(range.end - start);
         batches.push(CalibBatch {
             batch: inputs.batch(plan, start, len)?,
             conditions: conditions[start..start + len].to_vec(),

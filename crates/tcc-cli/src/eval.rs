@@ -193,7 +193,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 ));
             }
             let mut fit = Memory::new();
-            calibration_memory(plan, args.batch_size, &mut fit);
+            calibration_memory(plan, args.batch_size, tcc_core::Shard::WHOLE, &mut fit);
             memory.add("fitting priors", fit.total());
         }
     }
@@ -315,6 +315,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         args.batch_size,
                         &rt,
                         &label,
+                        tcc_core::Shard::WHOLE,
+                        &mut tcc_calib::Local,
                     )?
                     .0
                 }

@@ -23,6 +23,10 @@ mod eval;
 mod golden;
 mod hub;
 mod limits;
+mod merge;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod npz;
 mod output;
 mod plan;
 mod quantize;
@@ -93,6 +97,9 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Measure full vs cache vs cache + priors on held-out seeds.
     Eval(eval::Args),
+    /// Join the partial results of shards (--shard I/N): samples or
+    /// calibration statistics.
+    Merge(merge::Args),
     /// Time a schedule's plan against full computation on this device.
     Bench(bench::Args),
     /// Convert an original DiT checkpoint (.pt) to safetensors.
@@ -160,6 +167,7 @@ where
         Command::Sample(args) => sample::run(args, io),
         Command::Calibrate(args) => calibrate::run(args, io),
         Command::Eval(args) => eval::run(args, io),
+        Command::Merge(args) => merge::run(args, io),
         Command::Bench(args) => bench::run(args, io),
         Command::Convert(args) => convert::run(args, io),
         Command::QuantizeT5(args) => quantize::run(args, io),

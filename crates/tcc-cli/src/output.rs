@@ -2,7 +2,6 @@
 //! `.npz` (uint8 NHWC under `arr_0`), and the latents as safetensors. Every file is written to a
 //! temporary file in its directory and renamed into place.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::common::CliError;
@@ -25,58 +24,6 @@ pub fn to_nhwc_u8(images: &[f32], n: usize, h: usize, w: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-/// A `.npy` (format 1.0) of a uint8 array of `shape`.
-fn npy_u8(data: &[u8], shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
-/// Write an `.npz` with `arr_0` = images (uint8 NHWC) and `arr_1` = labels
-/// (uint8... as the ADM evaluator reads only `arr_0`, labels are optional).
-pub fn write_npz(
-    path: &Path,
-    nhwc: &[u8],
-    shape: [usize; 4],
-    labels: Option<&[u32]>,
-) -> Result<(), CliError> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        zip.start_file("arr_0.npy", opts)
-            .map_err(|e| fail(path, e))?;
-        zip.write_all(&npy_u8(nhwc, &shape))
-            .map_err(|e| fail(path, e))?;
-        if let Some(labels) = labels {
-            if labels.iter().all(|&l| l < 256) {
-                let l: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
-                zip.start_file("arr_1.npy", opts)
-                    .map_err(|e| fail(path, e))?;
-                zip.write_all(&npy_u8(&l, &[l.len()]))
-                    .map_err(|e| fail(path, e))?;
-            }
-        }
-        zip.finish().map_err(|e| fail(path, e))?;
-    }
-    tcc_fs::write_atomically(path, &buf.into_inner()).map_err(|e| fail(path, e))
 }
 
 /// Write final latents `dims` (f32, row-major) as safetensors: `latents`
@@ -108,16 +55,6 @@ pub fn write_latents(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn npy_header_is_aligned_and_describes_the_array() {
-        let npy = npy_u8(&[1, 2, 3, 4, 5, 6], &[1, 2, 1, 3]);
-        let hlen = u16::from_le_bytes([npy[8], npy[9]]) as usize;
-        assert_eq!((10 + hlen) % 64, 0);
-        let header = std::str::from_utf8(&npy[10..10 + hlen]).unwrap();
-        assert!(header.contains("'shape': (1, 2, 1, 3)"), "{header}");
-        assert_eq!(&npy[10 + hlen..], &[1, 2, 3, 4, 5, 6]);
-    }
 
     #[test]
     fn nhwc_conversion_interleaves_channels() {

@@ -370,10 +370,6 @@ impl<'a> Inputs<'a> {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
     /// The row key of every sample for calibration: its class or prompt.
     pub fn conditions(&self) -> Vec<u64> {
         self.labels.iter().map(|&c| c as u64).collect()
@@ -425,24 +421,30 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// Run `plan` over all `n` samples in batches, with a progress bar; returns
-/// the final latents `[n, C, H, W]` (f32, on the inputs' device) and the
-/// wall time spent in the model.
-pub fn run_plan(
+/// Run `plan` over samples `range` in batches of the whole run's (the
+/// first starts at `range.start`: a shard's batches are the single run's),
+/// calling `each(start, latents)` after every batch. Returns the final
+/// latents of the range if `keep` (else `None`: memory holds one batch)
+/// and the wall time spent in the model (not in `each`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_range(
     model: &AnyModel,
     plan: &Plan,
     inputs: &Inputs,
+    range: std::ops::Range<usize>,
     batch_size: usize,
     hooks: &mut dyn Hooks,
     label: &str,
-) -> Result<(Tensor, Duration), CliError> {
-    let n = inputs.len();
-    let bar = progress(label, (n * plan.steps.len()) as u64);
+    keep: bool,
+    each: &mut dyn FnMut(usize, &Tensor) -> Result<(), CliError>,
+) -> Result<(Option<Tensor>, Duration), CliError> {
+    let bar = progress(label, (range.len() * plan.steps.len()) as u64);
     let mut outs = Vec::new();
     let started = std::time::Instant::now();
-    let mut start = 0;
-    while start < n {
-        let len = batch_size.min(n - start);
+    let mut outside = Duration::ZERO;
+    let mut start = range.start;
+    while start < range.end {
+        let len = batch_size.min(range.end - start);
         let b = inputs.batch(plan, start, len)?;
         let mut traj =
             Trajectory::new(model, plan, &b).map_err(|e| CliError::Failure(e.to_string()))?;
@@ -451,14 +453,23 @@ pub fn run_plan(
                 .map_err(|e| CliError::Failure(e.to_string()))?;
             bar.inc(len as u64);
         }
-        outs.push(traj.latents().clone());
+        let t = std::time::Instant::now();
+        each(start, traj.latents())?;
+        outside += t.elapsed();
+        if keep {
+            outs.push(traj.latents().clone());
+        }
         start += len;
     }
     // GPU kernels run asynchronously: wait for them before reading the clock.
     inputs.device.synchronize().map_err(fail)?;
-    let elapsed = started.elapsed();
+    let elapsed = started.elapsed().saturating_sub(outside);
     bar.finish_and_clear();
-    let x = Tensor::cat(&outs, 0).map_err(|e| CliError::Failure(e.to_string()))?;
+    let x = if keep {
+        Some(Tensor::cat(&outs, 0).map_err(|e| CliError::Failure(e.to_string()))?)
+    } else {
+        None
+    };
     Ok((x, elapsed))
 }
 

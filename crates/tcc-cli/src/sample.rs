@@ -12,8 +12,9 @@ use tcc_fs::OutputKind;
 use crate::common::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
-use crate::output::{to_nhwc_u8, write_latents, write_npz};
-use crate::runtime::{load_model, pipeline_dir, run_plan, Captions, Inputs, ModelArgs};
+use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};
+use crate::output::{to_nhwc_u8, write_latents};
+use crate::runtime::{load_model, pipeline_dir, run_range, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
@@ -22,6 +23,7 @@ Examples:
   tcc sample schedules/fora3.sched --n 100 --class 3 --out samples/
   tcc sample schedules/fora3.sched --priors fora3.priors.safetensors --vs-full
   tcc sample schedules/full.sched --n 1000 --npz full.npz
+  tcc sample schedules/full.sched --n 1000 --npz part3.npz --shard 3/8   (then: tcc merge --out full.npz part*.npz)
   tcc sample schedules/fora3.sched --device cuda --dtype bf16 --latents x.safetensors
   tcc sample pixart.sched --model hf:PixArt-alpha/PixArt-XL-2-256x256 --prompt \"a cat\" --grid out.png
 
@@ -33,7 +35,13 @@ memory is refused with the estimate. Without --class, sample i has
 class i mod (number of classes). Schedules naming the `tiny` or `shapes160`
 model without weights use the embedded testbed model. --model takes the model from a folder,
 a checkpoint or a Hugging Face Hub repository instead of the schedule's
-[model] section (docs/pixart.md).";
+[model] section (docs/pixart.md).
+
+--shard I/N samples only shard I (from 0) of N: contiguous whole batches of
+--batch-size, the same samples, noise and classes as in the whole run; its
+--npz is a partial file (with the samples' indices) that `tcc merge` joins
+into the whole run's file, byte for byte (docs/scale.md). --npz is written
+batch by batch: memory holds one batch of images.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -76,6 +84,10 @@ pub struct Args {
     /// sample's error against it (relative L2, PSNR).
     #[arg(long)]
     vs_full: bool,
+    /// Sample only shard I of N (I from 0): contiguous whole batches of the
+    /// --n samples; --npz then writes a partial file for `tcc merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<tcc_core::Shard>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -87,6 +99,17 @@ const MAX_GRID_SIDE: usize = 1 << 16;
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     check_count("--n", args.n, MAX_SAMPLES)?;
     check_count("--batch-size", args.batch_size, MAX_BATCH)?;
+    let shard = args.shard.unwrap_or(tcc_core::Shard::WHOLE);
+    let range = shard
+        .nonempty_samples(args.n, args.batch_size, "samples")
+        .map_err(CliError::input)?;
+    if !shard.is_whole() && (args.grid.is_some() || args.latents.is_some()) {
+        return Err(CliError::input(
+            "with --shard, write --npz (a partial file for `tcc merge`) or --out (PNGs named by sample index), not --grid or --latents",
+        ));
+    }
+    // This process's samples.
+    let n = range.len();
     // Every output is checked before any work; no folder is created but
     // --out itself (in an existing folder).
     if let Some(dir) = &args.out {
@@ -168,14 +191,27 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
     }
     crate::runtime::check_model_source(&plan, &args.model)?;
+    let wants_scorer = shard.is_whole()
+        && args.n >= 2
+        && plan.weights.is_none()
+        && args.model.random_weights.is_none()
+        && testbed.is_some();
+    // The latents of every sample are kept only for what needs them all.
+    let keep = args.out.is_some()
+        || args.grid.is_some()
+        || args.latents.is_some()
+        || args.vs_full
+        || wants_scorer;
     let mut memory = Memory::new();
     memory
         .model(&plan, &args.model, rt.dtype)
-        .batch(&plan, args.batch_size)
+        .batch(&plan, args.batch_size);
+    if keep {
         // The batches' latents, their concatenation, and a host copy.
-        .latents("final latents", &plan, args.n, 3);
+        memory.latents("final latents", &plan, n, 3);
+    }
     if args.vs_full {
-        memory.latents("full computation's latents", &plan, args.n, 2);
+        memory.latents("full computation's latents", &plan, n, 2);
     }
     if let Some((_, bytes)) = &priors {
         // The file, its values in f64, the folded matrices.
@@ -185,12 +221,16 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         // Its weights file is read whole, then converted.
         memory.add("the VAE", 2 * files.weights_bytes as u128);
     }
-    let pixels = args.n as u128 * 3 * (side * side) as u128;
-    if writes_images {
-        memory.add("images", 2 * 4 * pixels);
+    let pixels = |n: usize| n as u128 * 3 * (side * side) as u128;
+    if args.out.is_some() || args.grid.is_some() {
+        memory.add("images", 2 * 4 * pixels(n));
     }
     if args.npz.is_some() {
-        memory.add("the .npz", 2 * pixels);
+        // Written batch by batch: one batch's images and their uint8 copy.
+        memory.add(
+            "one batch of the .npz",
+            (2 * 4 + 1) * pixels(args.batch_size.min(n)),
+        );
     }
     if let Some(g) = &grid {
         let (w, h) = g.pixels(args.n, side, side);
@@ -214,55 +254,127 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         None => None,
     };
     let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
-    let classes = &inputs.labels;
-    rt.announce(io.err)?;
-    let (x, time) = run_plan(
-        &model,
-        &plan,
-        &inputs,
-        args.batch_size,
-        hooks.as_mut(),
-        "sampling",
-    )?;
-    writeln!(
-        io.out,
-        "sampled {} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
-        args.n,
-        plan.model.name,
-        plan.source,
-        time.as_secs_f64(),
-        1e3 * time.as_secs_f64() / (args.n * plan.steps.len()) as f64
-    )?;
-
-    let scorer = if plan.weights.is_none() && args.model.random_weights.is_none() {
+    let classes = &inputs.labels[range.clone()];
+    let scorer = if wants_scorer {
         TestbedScorer::for_model(&plan.model.name, &rt.device)?
     } else {
         None
     };
+    // Images `[len, 3, side, side]` of samples `start..start + len`.
+    let decode = |x: &Tensor, start: usize, bar: Option<&indicatif::ProgressBar>| {
+        let len = x.dim(0).map_err(|e| CliError::Failure(e.to_string()))?;
+        let imgs = match &vae {
+            None => match testbed {
+                Some(tb) => tb.to_images(&flat(x)?, len).map_err(CliError::input)?.0,
+                None => flat(x)?,
+            },
+            Some(vae) => {
+                let img = vae
+                    .decode_with_progress(x, |done, _| {
+                        if let Some(bar) = bar {
+                            bar.set_position(done as u64)
+                        }
+                    })
+                    .map_err(|e| CliError::Failure(e.to_string()))?;
+                flat(&img)?
+            }
+        };
+        check_finite(&imgs, side, start)?;
+        Ok::<_, CliError>(imgs)
+    };
+    let mut npz = match &args.npz {
+        Some(path) => Some(NpzWriter::create(path, n, side)?),
+        None => None,
+    };
+    rt.announce(io.err)?;
+    let (x, time) = run_range(
+        &model,
+        &plan,
+        &inputs,
+        range.clone(),
+        args.batch_size,
+        hooks.as_mut(),
+        "sampling",
+        keep,
+        &mut |start, latents| {
+            if let Some(w) = npz.as_mut() {
+                let imgs = decode(latents, start, None)?;
+                let len = imgs.len() / (3 * side * side);
+                w.write_images(&to_nhwc_u8(&imgs, len, side, side))?;
+            }
+            Ok(())
+        },
+    )?;
+    writeln!(
+        io.out,
+        "sampled {}{} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
+        n,
+        if shard.is_whole() {
+            String::new()
+        } else {
+            format!(
+                " (shard {shard}: samples {}..{} of {})",
+                range.start, range.end, args.n
+            )
+        },
+        plan.model.name,
+        plan.source,
+        time.as_secs_f64(),
+        1e3 * time.as_secs_f64() / (n * plan.steps.len()) as f64
+    )?;
+    if let Some(w) = npz {
+        let path = args.npz.as_ref().expect("npz path");
+        let meta = (!shard.is_whole())
+            .then(|| -> Result<SampleShard, CliError> {
+                Ok(SampleShard {
+                    format: SAMPLE_SHARD_FORMAT.into(),
+                    plan_hash: plan.hash().to_string(),
+                    model: plan.model.name.clone(),
+                    priors: args.priors.as_deref().map(sha256_file).transpose()?,
+                    seed: args.seed,
+                    n: args.n,
+                    batch_size: args.batch_size,
+                    class: args.class,
+                    prompts: captions.as_ref().map(|c| sha256_lines(&c.prompts)),
+                    shard,
+                })
+            })
+            .transpose()?;
+        let indices: Vec<u64> = (range.start as u64..range.end as u64).collect();
+        w.finish(classes, meta.as_ref().map(|m| (&indices[..], m)))?;
+        writeln!(io.out, "wrote {}", path.display())?;
+    }
+    let x = match x {
+        Some(x) => x,
+        None => return Ok(()),
+    };
+
     if let Some(scorer) = scorer {
-        if args.n >= 2 {
-            let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
-            writeln!(
-                io.out,
-                "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
-                args.n
-            )?;
-        }
+        let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
+        writeln!(
+            io.out,
+            "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
+            args.n
+        )?;
     }
 
     if args.vs_full {
         let full = plan.all_compute();
-        let (reference, full_time) = run_plan(
+        let (reference, full_time) = run_range(
             &model,
             &full,
             &inputs,
+            range.clone(),
             args.batch_size,
             &mut NoHooks,
             "full",
+            true,
+            &mut |_, _| Ok(()),
         )?;
+        let reference = reference.expect("kept");
         let mut err = ErrorStats::new(DataRange::Signed);
         let (a, b) = (flat(&x)?, flat(&reference)?);
-        err.add_batch(&a, &b, args.n)
+        err.add_batch(&a, &b, n)
             .map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(
             io.out,
@@ -280,31 +392,18 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         write_latents(path, &flat(&x)?, x.dims(), classes)?;
         writeln!(io.out, "wrote {}", path.display())?;
     }
-    if !writes_images {
+    if args.out.is_none() && args.grid.is_none() {
         return Ok(());
     }
 
-    let imgs = match &vae {
-        None => match testbed {
-            Some(tb) => tb.to_images(&flat(&x)?, args.n).map_err(CliError::input)?.0,
-            None => flat(&x)?,
-        },
-        Some(vae) => {
-            let bar = crate::runtime::progress("decoding", args.n as u64);
-            let img = vae
-                .decode_with_progress(&x, |done, _| bar.set_position(done as u64))
-                .map_err(|e| CliError::Failure(e.to_string()))?;
-            bar.finish_and_clear();
-            flat(&img)?
-        }
-    };
-    drop(x);
-    if let Some(i) = imgs.iter().position(|v| !v.is_finite()) {
-        return Err(CliError::Failure(format!(
-            "the decoded images are not finite (sample {}): nothing written",
-            i / (3 * side * side)
-        )));
+    let bar = vae
+        .as_ref()
+        .map(|_| crate::runtime::progress("decoding", n as u64));
+    let imgs = decode(&x, range.start, bar.as_ref())?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    drop(x);
     let what = if captions.is_some() {
         "prompt"
     } else {
@@ -318,7 +417,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         }
         let per = 3 * s * s;
         for (i, c) in classes.iter().enumerate() {
-            let path = dir.join(format!("{:06}_{what}{c}.png", i));
+            let path = dir.join(format!("{:06}_{what}{c}.png", range.start + i));
             tcc_data::write_grid_png(
                 &path,
                 &imgs[i * per..(i + 1) * per],
@@ -331,27 +430,49 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             )
             .map_err(|e| CliError::Failure(e.to_string()))?;
         }
-        writeln!(io.out, "wrote {} PNGs to {}", args.n, dir.display())?;
+        writeln!(io.out, "wrote {n} PNGs to {}", dir.display())?;
     }
     if let (Some(path), Some(g)) = (&args.grid, grid) {
         tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
             .map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(io.out, "wrote grid {}", path.display())?;
     }
-    if let Some(path) = &args.npz {
-        write_npz(
-            path,
-            &to_nhwc_u8(&imgs, args.n, s, s),
-            [args.n, s, s, 3],
-            Some(classes),
-        )?;
-        writeln!(io.out, "wrote {}", path.display())?;
-    }
     Ok(())
+}
+
+/// Refuses images of samples `start..` with a non-finite value, naming the
+/// first such sample: nothing is written from them.
+fn check_finite(imgs: &[f32], side: usize, start: usize) -> Result<(), CliError> {
+    match imgs.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(CliError::Failure(format!(
+            "the decoded images are not finite (sample {}): nothing written",
+            start + i / (3 * side * side)
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>, CliError> {
     t.flatten_all()
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| CliError::Failure(e.to_string()))
+}
+
+/// SHA-256 of a file, hex.
+fn sha256_file(path: &std::path::Path) -> Result<String, CliError> {
+    use sha2::Digest;
+    let bytes = tcc_fs::read_input(path, tcc_calib::MAX_PRIORS_BYTES)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+/// SHA-256 of lines, each ended by a newline, hex.
+fn sha256_lines(lines: &[String]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for l in lines {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    format!("{:x}", h.finalize())
 }

@@ -8,6 +8,7 @@
 mod calibration;
 mod model;
 mod sampler;
+mod shard;
 
 pub use calibration::{
     CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind, Selection,
@@ -15,3 +16,4 @@ pub use calibration::{
 };
 pub use model::{Branch, ModelFamily, ModelShape};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
+pub use shard::{Shard, MAX_SHARDS};

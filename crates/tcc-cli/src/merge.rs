@@ -1,0 +1,137 @@
+//! `tcc merge`: joins the partial results of shards (`--shard I/N`) into
+//! the whole run's result.
+
+use std::path::PathBuf;
+
+use tcc_calib::{fit_merged, CalibError, PriorMeta, PriorSet, StatsFile};
+
+use crate::common::{CliError, Io};
+use crate::limits::check_output;
+
+const EXAMPLES: &str = "\
+Examples:
+  tcc merge --out full.npz part0.npz part1.npz            samples of `tcc sample --shard I/N --npz`
+  tcc merge --out fora3.priors.safetensors fora3.stats-*.safetensors   statistics of `tcc calibrate --shard I/N`
+
+Every shard 0/N .. N-1/N of one run must be given, once, in any order.
+Samples: the merged .npz equals the unsharded run's, byte for byte.
+Statistics: the sums are added in shard order and the priors fitted as
+`tcc calibrate` fits them (one-shot mode), then written as a priors file.
+Shards of different runs (another plan, seed, sample count, batch size or
+priors), duplicate and missing shards are refused with exit status 2,
+before anything is written; the output appears only once complete.";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The partial files: all `.npz` samples or all statistics files.
+    #[arg(value_name = "PARTS", required = true)]
+    parts: Vec<PathBuf>,
+    /// Where to write the merged result.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// What kind of partial a file is, from its first bytes.
+fn is_zip(path: &std::path::Path) -> Result<bool, CliError> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    tcc_fs::check_input_file(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let n = f
+        .read(&mut head)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    Ok(n == 4 && &head == b"PK\x03\x04")
+}
+
+pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    let zips = args
+        .parts
+        .iter()
+        .map(|p| is_zip(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.parts.iter().any(|p| p == &args.out) {
+        return Err(CliError::input(format!(
+            "--out {} is one of the parts: write the merged file elsewhere",
+            args.out.display()
+        )));
+    }
+    check_output("--out", &args.out, tcc_fs::OutputKind::File)?;
+    if zips.iter().all(|&z| z) {
+        let n = crate::npz::merge(&args.parts, &args.out)?;
+        writeln!(
+            io.out,
+            "merged {} shards ({n} samples) into {}",
+            args.parts.len(),
+            args.out.display()
+        )?;
+        return Ok(());
+    }
+    if zips.iter().any(|&z| z) {
+        return Err(CliError::input(
+            "the parts mix sample files (.npz) and statistics files: merge one kind at a time",
+        ));
+    }
+    let files = args
+        .parts
+        .iter()
+        .map(|p| {
+            StatsFile::load(p)
+                .map(|f| (p.display().to_string(), f))
+                .map_err(CliError::input)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let shards = files.len();
+    let merged = StatsFile::merge(files).map_err(CliError::input)?;
+    let result = fit_merged(&merged).map_err(|e| match e {
+        CalibError::Binding(_) | CalibError::Empty(_) => CliError::input(e),
+        e => CliError::Failure(e.to_string()),
+    })?;
+    let m = &merged.meta;
+    let cal = &m.calibration;
+    let report = serde_json::json!({
+        "steps": result.steps,
+        "choices": result.choices,
+        "final": result.final_check,
+        "merged_shards": shards,
+    });
+    let set = PriorSet {
+        meta: PriorMeta {
+            plan_hash: m.plan_hash.clone(),
+            model: m.model.clone(),
+            alpha: cal.alpha,
+            mode: m.mode,
+            prior: cal.prior,
+            samples: cal.samples,
+            seed: cal.seed,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            select: cal.select,
+            validation: (cal.validation_samples() > 0)
+                .then(|| (cal.validation_samples(), cal.validation_seed())),
+            report: Some(report.to_string()),
+        },
+        priors: result.priors.clone(),
+        alphas: result.alphas.clone(),
+    };
+    set.save(&args.out)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    writeln!(io.out, "step  sites    rows   dim  fit before   after")?;
+    for s in &result.steps {
+        writeln!(
+            io.out,
+            "{:>4}  {:>5}  {:>6}  {:>4}  {:>10.4}  {:>6.4}",
+            s.step, s.sites, s.rows, s.dim, s.rel_before, s.rel_after
+        )?;
+    }
+    writeln!(
+        io.out,
+        "merged the statistics of {shards} shards ({} calibration samples) and wrote {} priors ({} calibrated sites) to {}",
+        m.cost.samples,
+        set.priors.len(),
+        set.sites().len(),
+        args.out.display()
+    )?;
+    Ok(())
+}
