@@ -293,6 +293,27 @@ struct Pair<'a, M: BlockModel> {
     accelerated: Trajectory<'a, M>,
 }
 
+/// One reference and one accelerated trajectory per batch, each on its own
+/// (counting) model so that the cost report tells them apart.
+fn pairs<'a, M: BlockModel>(
+    reference_model: &'a M,
+    accelerated_model: &'a M,
+    reference_plan: &'a Plan,
+    plan: &'a Plan,
+    batches: &'a [CalibBatch],
+) -> Result<Vec<Pair<'a, M>>, CalibError> {
+    batches
+        .iter()
+        .map(|b| {
+            Ok(Pair {
+                reference: Trajectory::new(reference_model, reference_plan, &b.batch)
+                    .map_err(exec)?,
+                accelerated: Trajectory::new(accelerated_model, plan, &b.batch).map_err(exec)?,
+            })
+        })
+        .collect()
+}
+
 impl<M: BlockModel> Pair<'_, M> {
     /// Advances both trajectories to calibrated step `k` and returns, per
     /// site, the reference output `A` (the reference trajectory runs step
@@ -631,20 +652,8 @@ pub fn calibrate_across<M: BlockModel>(
     let (ref_model, acc_model, val_model) = (count(model), count(model), count(model));
     // The reference trajectories run on `ref_model`, the accelerated ones on
     // `acc_model`, so that the cost report tells them apart.
-    let mut calib = Vec::with_capacity(batches.len());
-    for b in batches {
-        calib.push(Pair {
-            reference: Trajectory::new(&ref_model, &reference_plan, &b.batch).map_err(exec)?,
-            accelerated: Trajectory::new(&acc_model, plan, &b.batch).map_err(exec)?,
-        });
-    }
-    let mut val = Vec::with_capacity(validation.len());
-    for b in validation {
-        val.push(Pair {
-            reference: Trajectory::new(&val_model, &reference_plan, &b.batch).map_err(exec)?,
-            accelerated: Trajectory::new(&val_model, plan, &b.batch).map_err(exec)?,
-        });
-    }
+    let mut calib = pairs(&ref_model, &acc_model, &reference_plan, plan, batches)?;
+    let mut val = pairs(&val_model, &val_model, &reference_plan, plan, validation)?;
     let device = calib[0].accelerated.latents().device().clone();
 
     let mut hooks = PriorHooks::lenient();
@@ -867,20 +876,8 @@ pub fn gather_one_shot<M: BlockModel>(
         evals: Cell::new(0),
     };
     let (ref_model, acc_model, val_model) = (count(model), count(model), count(model));
-    let mut calib = Vec::with_capacity(batches.len());
-    for b in batches {
-        calib.push(Pair {
-            reference: Trajectory::new(&ref_model, &reference_plan, &b.batch).map_err(exec)?,
-            accelerated: Trajectory::new(&acc_model, plan, &b.batch).map_err(exec)?,
-        });
-    }
-    let mut val = Vec::with_capacity(validation.len());
-    for b in validation {
-        val.push(Pair {
-            reference: Trajectory::new(&val_model, &reference_plan, &b.batch).map_err(exec)?,
-            accelerated: Trajectory::new(&val_model, plan, &b.batch).map_err(exec)?,
-        });
-    }
+    let mut calib = pairs(&ref_model, &acc_model, &reference_plan, plan, batches)?;
+    let mut val = pairs(&val_model, &val_model, &reference_plan, plan, validation)?;
     let mut hooks = PriorHooks::lenient();
     let mut steps = Vec::with_capacity(sites.len());
     for (k, step_sites) in &sites {
