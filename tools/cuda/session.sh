@@ -7,32 +7,42 @@
 #   tools/train/shapes160_prepare.sh     # here: .gpu/export_shapes160, .whl/
 #   run(command="bash tools/cuda/session.sh", carry=["target/cuda/tcc.xz", ".gpu", ".whl"])
 #
-# Phase A, at once, all checks of correctness (sharing the GPU does not
-# change their results):
-#   - tools/train/shapes160_gpu.sh (TRAIN_MINUTES, default 4.5);
-#   - tools/cuda/check.sh steps 1-3 (refusals, golden, CUDA vs CPU);
+# Phase A, at once (sharing the machine does not change their results):
+#   - tools/train/shapes160_gpu.sh on the GPU (TRAIN_MINUTES, default 6.5);
+#   - tools/cuda/check.sh steps CHECK_STEPS_A (default 123: refusals,
+#     golden, CUDA vs CPU; empty to skip);
 #   - the calibration study of docs/eval.md (`tcc eval` of the FORA N=3 and
-#     N=2 schedules and their prior families), stopped when phase A's other
-#     two jobs are done.
-# Phase B, alone on the machine, what is timed: check.sh steps 4-5 (tcc bench
-# vs PyTorch eager, calibration throughput).
-# Phase C, if time is left before SESSION_DEADLINE_S (default 570 s): TCC on
-# shapes160 with the weights phase A trained.
+#     N=2 schedules and their prior families, 5 seed sets x 100) on the
+#     machine's CPU cores (STUDY_DEVICE, default cpu: the tiny model gains
+#     little from the GPU, and the GPU stays the trainer's), as four
+#     processes, until SESSION_DEADLINE_S or until phase B needs the machine.
+# Phase B, alone on the machine, what is timed: check.sh steps CHECK_STEPS_B
+# (default 45: tcc bench vs PyTorch eager, calibration throughput; empty to
+# skip, and then the study runs on).
+# Phase C, on the GPU until SESSION_DEADLINE_S (default 570 s): TCC on
+# shapes160 with the weights phase A trained, the preset schedules (paper
+# protocol, but a tenth of its calibration samples: 10 per class, not 100,
+# to fit the time) and their validated variants, 5 seed sets of one sample
+# per class, no one-shot variants.
 #
 # The device tool brings back at most 8 files of at most 16 MiB from $OUT,
 # and a call stopped at its limit takes its processes with it. So every
 # phase works in a scratch folder, is time-boxed, and leaves one archive in
-# $OUT when it ends: A.tar.gz (train/, check-a/, study/), B.tar.gz
+# $OUT when it ends: A.tar.gz (train/, check-a/), study.tar.gz, B.tar.gz
 # (check-b/), C.tar.gz (shapes160/), the trained weights' two shards
 # (<16 MiB each, as shapes160_install.py reads them back with the rest of
-# train/dit/ from A.tar.gz) and session.log: 6 files.
+# train/dit/ from A.tar.gz) and session.log: 7 files.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?"set OUT to the output folder"}
 deadline=${SESSION_DEADLINE_S:-570}
+checks_a=${CHECK_STEPS_A-123}
+checks_b=${CHECK_STEPS_B-45}
+study_device=${STUDY_DEVICE:-cpu}
 t0=$SECONDS
 work=$(mktemp -d /tmp/tcc-session.XXXXXX)
 log() { echo "[session ${1}: $((SECONDS - t0)) s] ${*:2}" | tee -a "$OUT/session.log"; }
+left() { echo $((deadline - (SECONDS - t0))); }
 pack() { # NAME DIR...: one archive in $OUT, weights left out (they come back apart)
   local name=$1
   shift
@@ -40,65 +50,99 @@ pack() { # NAME DIR...: one archive in $OUT, weights left out (they come back ap
 }
 mkdir -p "$work/study"
 
-tcc="$work/tcc"
-python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-  target/cuda/tcc.xz "$tcc" && chmod +x "$tcc"
+# A dry run on a CPU machine sets TCC_BIN (a binary to use instead of the
+# carried one), TRAIN_SCRIPT (a stand-in for the training call that writes
+# weights into its argument's dit/), C_DEVICE=cpu and empty CHECK_STEPS_*.
+tcc=${TCC_BIN:-$work/tcc}
+[[ -n ${TCC_BIN:-} ]] ||
+  { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    target/cuda/tcc.xz "$tcc" && chmod +x "$tcc"; }
 # check.sh finds the CUDA libraries the same way, and says so in its report.
 libs=$(python3 -c 'import glob, os, site
 hits = [h for r in site.getsitepackages() for h in glob.glob(os.path.join(r, "nvidia", "**", "libcublas.so.13"), recursive=True)]
 print(os.path.dirname(hits[0]) if hits else "/usr/local/cuda/lib64")')
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-log A "start: training, check steps 1-3, study"
-TRAIN_MINUTES=${TRAIN_MINUTES:-4.5} bash tools/train/shapes160_gpu.sh "$work/train" \
+log A "start: training, check steps '${checks_a}', study on ${study_device} ($(nproc) cores)"
+TRAIN_MINUTES=${TRAIN_MINUTES:-6.5} bash "${TRAIN_SCRIPT:-tools/train/shapes160_gpu.sh}" "$work/train" \
   > "$work/train.out" 2>&1 &
 train=$!
-(
-  for n in 3 2; do
-    scheds=(schedules/fora$n.sched schedules/fora$n-validated.sched
-      schedules/study/fora$n-{validated-window,affine,diagonal,lowrank}.sched)
-    "$tcc" eval "${scheds[@]}" --device cuda --plot "$work/study/fora$n.png" --json \
-      > "$work/study/fora$n.json" 2> "$work/study/fora$n.log"
-    echo "fora$n: exit $? at $((SECONDS - t0)) s" >> "$work/study/status"
+
+# The study: per N, the paper's protocol with validation (fora$n,
+# fora$n-validated) and the prior families (window, affine, diagonal,
+# lowrank), each group one `tcc eval` with its own full-computation run.
+# Three threads each leave the trainer's Python process a core of its own.
+study_pids=()
+for n in 3 2; do
+  groups=("fora$n fora$n-validated" "study/fora$n-validated-window study/fora$n-affine study/fora$n-diagonal study/fora$n-lowrank")
+  for g in 0 1; do
+    scheds=()
+    for s in ${groups[$g]}; do scheds+=("schedules/$s.sched"); done
+    name="fora$n-$g"
+    (
+      RAYON_NUM_THREADS=3 "$tcc" eval "${scheds[@]}" --device "$study_device" \
+        --plot "$work/study/$name.png" --json > "$work/study/$name.json" 2> "$work/study/$name.log"
+      echo "$name: exit $? at $((SECONDS - t0)) s" >> "$work/study/status"
+    ) &
+    study_pids+=($!)
   done
-) &
-study=$!
-CHECK_STEPS=123 OUT="$work/check-a" TCC_BIN="$tcc" timeout 300 bash tools/cuda/check.sh \
-  > "$work/check-a.out" 2>&1
-log A "check steps 1-3 done (exit $?)"
+done
+stop_study() {
+  local pid kids
+  for pid in "${study_pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kids=$(pgrep -P "$pid")
+      kill "$pid" $kids 2>/dev/null
+      echo "stopped at $((SECONDS - t0)) s: $1" >> "$work/study/status"
+    fi
+  done
+  wait "${study_pids[@]}" 2>/dev/null
+  log S "$(tr '\n' ' ' < "$work/study/status")"
+  pack study study
+}
+
+if [[ -n $checks_a ]]; then
+  CHECK_STEPS=$checks_a OUT="$work/check-a" TCC_BIN="$tcc" timeout 300 bash tools/cuda/check.sh \
+    > "$work/check-a.out" 2>&1
+  log A "check steps ${checks_a} done (exit $?)"
+fi
 wait $train
 log A "training done (exit $?)"
-if kill -0 $study 2>/dev/null; then
-  kids=$(pgrep -P $study)
-  kill $study 2>/dev/null
-  kill $kids 2>/dev/null
-  wait $study 2>/dev/null
-  echo "stopped at $((SECONDS - t0)) s for phase B" >> "$work/study/status"
-fi
-log A "study: $(tr '\n' ' ' < "$work/study/status")"
 cp "$work"/train/dit/diffusion_pytorch_model-*.safetensors "$OUT/" 2>/dev/null
-pack A train train.out check-a check-a.out study
+pack A train train.out $( [[ -n $checks_a ]] && echo check-a check-a.out)
 
-left=$((deadline - (SECONDS - t0)))
-log B "start: check steps 4-5, ${left} s left"
-CHECK_STEPS=45 CHECK_BUDGET_S=$((left - 20)) OUT="$work/check-b" TCC_BIN="$tcc" \
-  timeout "$((left - 10))" bash tools/cuda/check.sh > "$work/check-b.out" 2>&1
-log B "done (exit $?)"
-pack B check-b check-b.out
+if [[ -n $checks_b ]]; then
+  stop_study "phase B needs the machine alone"
+  log B "start: check steps ${checks_b}, $(left) s left"
+  CHECK_STEPS=$checks_b CHECK_BUDGET_S=$(($(left) - 20)) OUT="$work/check-b" TCC_BIN="$tcc" \
+    timeout "$(($(left) - 10))" bash tools/cuda/check.sh > "$work/check-b.out" 2>&1
+  log B "done (exit $?)"
+  pack B check-b check-b.out
+fi
 
-# Phase C: a first look at TCC on shapes160 with the weights just trained,
-# at a tenth of the preset's calibration samples (10 per class), 3 seed
-# sets of one sample per class.
-left=$((deadline - (SECONDS - t0)))
-if [[ -f $work/train/dit/config.json ]] && (( left > 60 )); then
-  log C "start: shapes160 eval, ${left} s left"
+# Phase C: TCC on shapes160 with the weights just trained, each eval one
+# process with its time limit, so that those that finish come back.
+if [[ -f $work/train/dit/config.json ]] && (($(left) > 60)); then
+  log C "start: shapes160 evals, $(left) s left"
   mkdir -p "$work/shapes160"
-  sed -e "s|^name = \"shapes160\"|&\nweights = \"$work/train/dit\"|" -e 's/^samples = 16000/samples = 1600/' \
-    schedules/shapes160-fora3.sched > "$work/shapes160/fora3.sched"
-  timeout "$((left - 10))" "$tcc" eval "$work/shapes160/fora3.sched" --device cuda --n 160 \
-    --seeds 101,102,103 --plot "$work/shapes160/fora3.png" --json \
-    > "$work/shapes160/fora3.json" 2> "$work/shapes160/fora3.log"
-  log C "done (exit $?)"
+  for n in 3 2; do
+    for s in shapes160-fora$n shapes160-fora$n-validated; do
+      sed -e "s|^name = \"shapes160\"|&\nweights = \"$work/train/dit\"|" -e 's/^samples = 16000/samples = 1600/' \
+        "schedules/$s.sched" > "$work/shapes160/$s.sched"
+    done
+  done
+  for n in 3 2; do
+    (($(left) > 40)) || break
+    timeout "$(($(left) - 25))" "$tcc" eval "$work/shapes160/shapes160-fora$n.sched" \
+      "$work/shapes160/shapes160-fora$n-validated.sched" --device "${C_DEVICE:-cuda}" --n 160 --no-one-shot \
+      --plot "$work/shapes160/fora$n.png" --json \
+      > "$work/shapes160/fora$n.json" 2> "$work/shapes160/fora$n.log"
+    log C "fora$n done (exit $?)"
+  done
   pack C shapes160
 fi
+
+# The study, until the deadline.
+while (($(left) > 15)) && pgrep -f "$tcc eval" >/dev/null; do sleep 2; done
+stop_study "session deadline"
 rm -rf "$work"

@@ -156,6 +156,10 @@ def main():
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--dit-init", action="store_true", help="the DiT paper's initialisation with adaLN-Zero (see dit_init)")
+    ap.add_argument("--rng", choices=["host", "device"], default="host",
+                    help="where data order and noise are drawn: host (a CPU generator: the same run on any device, "
+                         "the shipped `tiny` weights' recipe) or device (a generator on --device: no host-to-device "
+                         "copy per step, so the host queues the next step while the GPU runs this one)")
     ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                     help="cosine decays to 5%% over --steps; constant keeps the peak (EMA does the averaging), so any checkpoint is a finished model")
     args = ap.parse_args()
@@ -199,9 +203,12 @@ def main():
     alphas_cumprod = torch.cumprod(1.0 - betas, 0).float().to(dev)
     fused = {"fused": True} if dev.type == "cuda" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, **fused)
-    # Draws come from a CPU generator whatever the device, so a run's data
-    # order and noise depend only on the seed.
-    gen = torch.Generator().manual_seed(args.seed)
+    # With --rng host, draws come from a CPU generator whatever the device, so
+    # a run's data order and noise depend only on the seed; but copying them
+    # to the GPU every step makes the host wait for the GPU (pageable copies
+    # are synchronous), so launches and kernels never overlap.
+    draw_dev = dev if args.rng == "device" else torch.device("cpu")
+    gen = torch.Generator(device=draw_dev).manual_seed(args.seed)
     ema_params = list(ema.parameters())
     model_params = list(model.parameters())
 
@@ -234,11 +241,11 @@ def main():
             lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, n, (args.batch,), generator=gen)
-        x0, y = images[idx.to(dev)], labels[idx.to(dev)]
+        idx = torch.randint(0, n, (args.batch,), generator=gen, device=draw_dev).to(dev)
+        x0, y = images[idx], labels[idx]
         # Random horizontal flips would change the glyph classes' meaning: none.
-        t = torch.randint(0, 1000, (args.batch,), generator=gen).to(dev)
-        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen, device=draw_dev).to(dev)
+        eps = torch.randn(x0.shape, generator=gen, device=draw_dev).to(dev)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         with autocast:
@@ -281,6 +288,7 @@ def main():
         "final_loss_100": float(sum(losses[-100:])) / max(1, len(losses[-100:])),
         "device": str(dev),
         "lr_schedule": args.lr_schedule,
+        "rng": args.rng,
         "dit_init": args.dit_init,
         "architecture": {"patch": args.patch, "heads": args.heads, "head_dim": args.head_dim, "layers": args.layers},
         "lr": args.lr,
