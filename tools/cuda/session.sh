@@ -12,10 +12,11 @@
 #   - tools/cuda/check.sh steps CHECK_STEPS_A (default 123: refusals,
 #     golden, CUDA vs CPU; empty to skip);
 #   - the calibration study of docs/eval.md (`tcc eval` of the FORA N=3 and
-#     N=2 schedules and their prior families, 5 seed sets x 100) on the
-#     machine's CPU cores (STUDY_DEVICE, default cpu: the tiny model gains
-#     little from the GPU, and the GPU stays the trainer's), as four
-#     processes, until SESSION_DEADLINE_S or until phase B needs the machine.
+#     N=2 schedules and their prior families, 5 seed sets x 100) as four
+#     processes on STUDY_DEVICE (default cuda: on 12 of the H200 machine's
+#     16 CPU cores the four had fitted their priors but not finished their
+#     evals after 550 s), until SESSION_DEADLINE_S or until phase B needs
+#     the machine.
 # Phase B, alone on the machine, what is timed: check.sh steps CHECK_STEPS_B
 # (default 45: tcc bench vs PyTorch eager, calibration throughput; empty to
 # skip, and then the study runs on).
@@ -38,7 +39,7 @@ OUT=${OUT:?"set OUT to the output folder"}
 deadline=${SESSION_DEADLINE_S:-570}
 checks_a=${CHECK_STEPS_A-123}
 checks_b=${CHECK_STEPS_B-45}
-study_device=${STUDY_DEVICE:-cpu}
+study_device=${STUDY_DEVICE:-cuda}
 t0=$SECONDS
 work=$(mktemp -d /tmp/tcc-session.XXXXXX)
 log() { echo "[session ${1}: $((SECONDS - t0)) s] ${*:2}" | tee -a "$OUT/session.log"; }
@@ -52,7 +53,8 @@ mkdir -p "$work/study"
 
 # A dry run on a CPU machine sets TCC_BIN (a binary to use instead of the
 # carried one), TRAIN_SCRIPT (a stand-in for the training call that writes
-# weights into its argument's dit/), C_DEVICE=cpu and empty CHECK_STEPS_*.
+# weights into its argument's dit/), STUDY_DEVICE=cpu, C_DEVICE=cpu and empty
+# CHECK_STEPS_*.
 tcc=${TCC_BIN:-$work/tcc}
 [[ -n ${TCC_BIN:-} ]] ||
   { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \

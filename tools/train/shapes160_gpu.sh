@@ -60,7 +60,7 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 export PYTHONUNBUFFERED=1
 python3 tools/train/train_tiny_dit.py --data "$work/shapes160.safetensors" --out "$out/dit" \
     --device "$device" --threads "$(nproc)" --layers 12 --patch 2 --heads 4 --head-dim 32 \
-    --lr 1e-3 --ema 0.999 --checkpoint-every 0 --shard-size 10MB "${train[@]}"
+    --lr "${TRAIN_LR:-3e-4}" --dit-init --ema 0.999 --checkpoint-every 0 --shard-size 10MB "${train[@]}"
 python3 tools/train/shapes160_check.py --model "$out/dit" --data "$work/shapes160.safetensors" \
     --device "$device" --json "$out/check.json" --grid "$out/samples.png" "${check[@]}"
 echo "done in $(( $(date +%s) - start )) s"
