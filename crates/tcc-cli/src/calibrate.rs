@@ -9,11 +9,11 @@ use tcc_calib::{
 };
 use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
-use tcc_plan::Plan;
+use tcc_plan::{Plan, PlanHash};
 
 use tcc_fs::OutputKind;
 
-use crate::common::{beside_cwd, CliError, Io};
+use crate::common::{beside_cwd, spelled, CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
@@ -59,8 +59,8 @@ pub struct Args {
     out: Option<PathBuf>,
     /// Override the schedule's mode: `consistent` (each step fitted on the
     /// trajectory the earlier priors shifted) or `one-shot` (ablation).
-    #[arg(long, value_parser = ["consistent", "one-shot"])]
-    mode: Option<String>,
+    #[arg(long, value_parser = spelled(CalibMode::ALL))]
+    mode: Option<CalibMode>,
     /// Override the number of calibration samples.
     #[arg(long)]
     samples: Option<usize>,
@@ -70,8 +70,8 @@ pub struct Args {
     /// Override how priors are chosen: `fixed` (the paper's protocol: every
     /// calibrated site gets the schedule's prior and alpha) or `validated`
     /// (per site the closest candidate on the validation samples, or none).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Selection::ALL.iter().map(|(n, _)| *n)))]
-    select: Option<String>,
+    #[arg(long, value_parser = spelled(Selection::ALL))]
+    select: Option<Selection>,
     /// Override the number of validation samples (0: none).
     #[arg(long)]
     validation_samples: Option<usize>,
@@ -124,12 +124,8 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
     }
     // Overrides are part of what the priors were fitted with, but not of the
     // plan the priors apply to: the hash is taken before them.
-    let plan_hash = plan.hash().to_string();
-    let mode = match args.mode.as_deref() {
-        Some("one-shot") => CalibMode::OneShot,
-        Some(_) => CalibMode::Consistent,
-        None => plan.calibration.mode,
-    };
+    let plan_hash = plan.hash();
+    let mode = args.mode.unwrap_or(plan.calibration.mode);
     if let Some(n) = args.samples {
         check_count("--samples", n, MAX_SAMPLES)?;
         plan.calibration.samples = n;
@@ -137,7 +133,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
     if let Some(s) = args.seed {
         plan.calibration.seed = s;
     }
-    if let Some(s) = args.select.as_deref().and_then(Selection::from_name) {
+    if let Some(s) = args.select {
         plan.calibration.select = s;
     }
     if let Some(n) = args.validation_samples {
@@ -176,7 +172,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         io.out,
         "calibrating {} ({} mode, {}) on {} samples, seed {}{}",
         plan.source,
-        name(&mode),
+        mode,
         match cal.select {
             Selection::Fixed => format!("{} prior, alpha {}", cal.prior, cal.alpha),
             Selection::Validated => format!(
@@ -239,7 +235,7 @@ fn run_shard(
     args: &Args,
     io: &mut Io,
     plan: &Plan,
-    plan_hash: String,
+    plan_hash: PlanHash,
     mode: CalibMode,
     shard: Shard,
 ) -> Result<(), CliError> {
@@ -542,7 +538,7 @@ pub(crate) fn fit_priors(
     model: &AnyModel,
     captions: Option<&Captions>,
     plan: &Plan,
-    plan_hash: String,
+    plan_hash: PlanHash,
     mode: CalibMode,
     batch_size: usize,
     rt: &Runtime,
@@ -675,11 +671,4 @@ fn calib_batches(
         start += len;
     }
     Ok(batches)
-}
-
-pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

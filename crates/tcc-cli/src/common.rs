@@ -9,6 +9,20 @@ use tcc_schedule::{ModelSource, Schedule, Spanned};
 
 use crate::hub::{self, HubSource, Need};
 
+/// A clap value parser for a settings enum of tcc-core: its spellings are
+/// the possible values (listed in `--help`), and the value is the variant.
+pub fn spelled<T: Copy + Send + Sync + 'static>(
+    all: &'static [(&'static str, T)],
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(all.iter().map(|(n, _)| *n)).map(move |name| {
+        all.iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+            .expect("clap accepts only the possible values")
+    })
+}
+
 /// The streams a subcommand writes to: results on `out`, diagnostics and
 /// progress on `err`.
 pub struct Io<'a> {

@@ -99,7 +99,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     });
     let set = PriorSet {
         meta: PriorMeta {
-            plan_hash: m.plan_hash.clone(),
+            plan_hash: m.plan_hash,
             model: m.model.clone(),
             alpha: cal.alpha,
             mode: m.mode,

@@ -129,7 +129,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let priors = match &args.priors {
         Some(path) => {
             let set = PriorSet::load(path).map_err(CliError::input)?;
-            set.check_binding(&plan.hash().to_string(), &plan.model.name)
+            set.check_binding(&plan.hash(), &plan.model.name)
                 .and_then(|()| set.check_plan(&plan))
                 .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
             Some((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
@@ -328,7 +328,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             .then(|| -> Result<SampleShard, CliError> {
                 Ok(SampleShard {
                     format: SAMPLE_SHARD_FORMAT.into(),
-                    plan_hash: plan.hash().to_string(),
+                    plan_hash: plan.hash(),
                     model: plan.model.name.clone(),
                     priors: args.priors.as_deref().map(sha256_file).transpose()?,
                     seed: args.seed,

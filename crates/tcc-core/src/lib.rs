@@ -5,6 +5,8 @@
 //! calibration settings. It knows nothing about the `.sched` syntax and
 //! nothing about tensors, so every other crate may depend on it.
 
+#[macro_use]
+mod spelling;
 mod calibration;
 mod model;
 mod sampler;
@@ -17,3 +19,4 @@ pub use calibration::{
 pub use model::{Branch, ModelFamily, ModelShape};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
 pub use shard::{Shard, MAX_SHARDS};
+pub use spelling::UnknownName;

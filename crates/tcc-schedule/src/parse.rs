@@ -497,26 +497,13 @@ impl<'t> Cx<'t> {
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
                 "kind" => {
-                    s.kind = self.choice(
-                        v,
-                        &[
-                            ("ddpm", SamplerKind::Ddpm),
-                            ("ddim", SamplerKind::Ddim),
-                            ("dpm-solver++", SamplerKind::DpmSolverPp),
-                        ],
-                    )
+                    s.kind = self.choice(v, SamplerKind::ALL)
                 }
                 "steps" => s.steps = self.uint(v),
                 "guidance" => s.guidance = self.float(v),
                 "eta" => s.eta = self.float(v),
                 "cfg-order" => {
-                    s.cfg_order = self.choice(
-                        v,
-                        &[
-                            ("cond-first", CfgOrder::CondFirst),
-                            ("uncond-first", CfgOrder::UncondFirst),
-                        ],
-                    )
+                    s.cfg_order = self.choice(v, CfgOrder::ALL)
                 }
                 "guided-channels" => {
                     s.guided_channels = match v.get_ref() {
@@ -711,17 +698,10 @@ impl<'t> Cx<'t> {
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
                 "method" => {
-                    c.method =
-                        self.choice(v, &[("none", CalibMethod::None), ("tcc", CalibMethod::Tcc)])
+                    c.method = self.choice(v, CalibMethod::ALL)
                 }
                 "mode" => {
-                    c.mode = self.choice(
-                        v,
-                        &[
-                            ("consistent", CalibMode::Consistent),
-                            ("one-shot", CalibMode::OneShot),
-                        ],
-                    )
+                    c.mode = self.choice(v, CalibMode::ALL)
                 }
                 "steps" => c.steps = self.selector(v, IndexKind::Step),
                 "alpha" => c.alpha = self.float(v),
