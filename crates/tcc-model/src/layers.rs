@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::attention;
-use crate::config::FREQ_EMBED_DIM;
+use tcc_core::TIMESTEP_FREQ_DIM;
 use crate::error::{Error, Result};
 use crate::ops;
 
@@ -221,10 +221,10 @@ fn sincos_2d(hidden: usize, side: usize, pos: impl Fn(usize) -> f64) -> Vec<f64>
 }
 
 /// The timestep frequencies `exp(-ln(10000) k / (half - shift))`
-/// `[FREQ_EMBED_DIM / 2]`, computed in f32 step by step as PyTorch does, so
+/// `[TIMESTEP_FREQ_DIM / 2]`, computed in f32 step by step as PyTorch does, so
 /// that `t * freq` rounds the same.
 pub(crate) fn timestep_freqs(shift: f64, device: &Device) -> candle_core::Result<Tensor> {
-    let half = FREQ_EMBED_DIM / 2;
+    let half = TIMESTEP_FREQ_DIM / 2;
     let neg_log = -(10000f64.ln()) as f32;
     let denom = (half as f64 - shift) as f32;
     let freqs: Vec<f32> = (0..half)
@@ -234,7 +234,7 @@ pub(crate) fn timestep_freqs(shift: f64, device: &Device) -> candle_core::Result
 }
 
 /// The sinusoidal timestep embedding `[cos(t f), sin(t f)]` `[B,
-/// FREQ_EMBED_DIM]` of the timesteps `t` `[B]`, computed in f32 and cast to
+/// TIMESTEP_FREQ_DIM]` of the timesteps `t` `[B]`, computed in f32 and cast to
 /// `dtype`; `freqs` from [`timestep_freqs`].
 pub(crate) fn timestep_embedding(
     t: &Tensor,

@@ -15,13 +15,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::silu;
-use serde::Deserialize;
-use tcc_core::{Branch, ModelFamily, ModelShape};
-
-use crate::config::{
-    check_norm_and_bias, check_positive, check_sizes, expect_value, parse_diffusers_json,
-    read_diffusers_config, FREQ_EMBED_DIM,
+use tcc_core::{
+    Branch, ModelFamily, ModelShape, TransformerConfig, TIMESTEP_FREQ_DIM,
 };
+
+use crate::config::{check_positive, check_sizes, parse_diffusers_json, read_diffusers_config};
 use crate::error::{Error, Result};
 use crate::layers::{
     self, attend, fan_in_std, gelu_mlp, pos_embed_scaled, push_linear, Linear, PatchEmbed, Shapes,
@@ -177,108 +175,36 @@ impl PixArtConfig {
     /// (also the older `Transformer2DModel` export with
     /// `norm_type = "ada_norm_single"`).
     pub fn from_diffusers_config(path: &Path) -> Result<PixArtConfig> {
-        read_diffusers_config(path, DiffusersConfig::into_config)
+        read_diffusers_config(path, ModelFamily::Pixart, PixArtConfig::from_transformer)
     }
 
     /// The config of a diffusers `config.json` given as text; `path` names
     /// it in messages.
     pub fn from_diffusers_json(text: &str, path: &Path) -> Result<PixArtConfig> {
-        parse_diffusers_json(text, path, DiffusersConfig::into_config)
+        parse_diffusers_json(
+            text,
+            path,
+            ModelFamily::Pixart,
+            PixArtConfig::from_transformer,
+        )
     }
-}
 
-/// The fields of a diffusers PixArt `config.json` that matter here.
-#[derive(Deserialize)]
-struct DiffusersConfig {
-    #[serde(rename = "_class_name")]
-    class_name: Option<String>,
-    num_attention_heads: Option<usize>,
-    attention_head_dim: Option<usize>,
-    in_channels: Option<usize>,
-    out_channels: Option<usize>,
-    num_layers: Option<usize>,
-    cross_attention_dim: Option<usize>,
-    attention_bias: Option<bool>,
-    sample_size: Option<usize>,
-    patch_size: Option<usize>,
-    activation_fn: Option<String>,
-    norm_type: Option<String>,
-    norm_elementwise_affine: Option<bool>,
-    norm_eps: Option<f64>,
-    interpolation_scale: Option<f64>,
-    use_additional_conditions: Option<bool>,
-    caption_channels: Option<usize>,
-    attention_type: Option<String>,
-    only_cross_attention: Option<bool>,
-    double_self_attention: Option<bool>,
-}
-
-impl DiffusersConfig {
-    fn into_config(self) -> std::result::Result<PixArtConfig, String> {
-        // Defaults of `PixArtTransformer2DModel.__init__`; the generic
-        // `Transformer2DModel` has norm_eps 1e-5 and no norm_type default.
-        let generic = match self.class_name.as_deref() {
-            None | Some("PixArtTransformer2DModel") => false,
-            Some("Transformer2DModel") => true,
-            Some(c) => {
-                return Err(format!(
-                    "_class_name is `{c}`, expected PixArtTransformer2DModel"
-                ))
-            }
-        };
-        match self.norm_type.as_deref() {
-            Some("ada_norm_single") => {}
-            None if !generic => {}
-            None => return Err("norm_type is missing; PixArt-α has `ada_norm_single`".into()),
-            Some(v) => {
-                return Err(format!(
-                    "norm_type is `{v}`; only `ada_norm_single` (PixArt-α) is supported"
-                ))
-            }
-        }
-        expect_value(
-            "activation_fn",
-            self.activation_fn.as_deref(),
-            "gelu-approximate",
-        )?;
-        expect_value("attention_type", self.attention_type.as_deref(), "default")?;
-        check_norm_and_bias(self.norm_elementwise_affine, self.attention_bias)?;
-        if self.only_cross_attention == Some(true) || self.double_self_attention == Some(true) {
-            return Err(
-                "only_cross_attention / double_self_attention = true is not supported".into(),
-            );
-        }
-        let heads = self.num_attention_heads.unwrap_or(16);
-        let hidden = heads
-            .checked_mul(self.attention_head_dim.unwrap_or(72))
-            .ok_or("num_attention_heads x attention_head_dim overflows")?;
-        let cross = self.cross_attention_dim.unwrap_or(1152);
-        if cross != hidden {
-            return Err(format!(
-                "cross_attention_dim {cross} differs from the hidden size {hidden}"
-            ));
-        }
-        let caption_channels = self.caption_channels.ok_or(
-            "caption_channels is missing: a model without a caption projection is not supported",
-        )?;
-        let sample_size = self.sample_size.unwrap_or(128);
-        let in_channels = self.in_channels.unwrap_or(4);
+    /// The PixArt-α of a diffusers config.
+    fn from_transformer(t: TransformerConfig) -> std::result::Result<PixArtConfig, String> {
         let cfg = PixArtConfig {
-            depth: self.num_layers.unwrap_or(28),
-            hidden,
-            heads,
-            patch: self.patch_size.unwrap_or(2),
-            input_size: sample_size,
-            in_channels,
-            out_channels: self.out_channels.unwrap_or(in_channels),
-            mlp_hidden: hidden.saturating_mul(4),
-            caption_channels,
-            caption_tokens: 120,
-            interpolation_scale: self
-                .interpolation_scale
-                .unwrap_or((sample_size / 64).max(1) as f64),
-            norm_eps: self.norm_eps.unwrap_or(if generic { 1e-5 } else { 1e-6 }),
-            use_additional_conditions: self.use_additional_conditions.unwrap_or(sample_size == 128),
+            depth: t.depth,
+            hidden: t.hidden,
+            heads: t.heads,
+            patch: t.patch,
+            input_size: t.input_size,
+            in_channels: t.in_channels,
+            out_channels: t.out_channels,
+            mlp_hidden: t.mlp_hidden,
+            caption_channels: t.caption_channels,
+            caption_tokens: t.caption_tokens,
+            interpolation_scale: t.interpolation_scale,
+            norm_eps: t.norm_eps,
+            use_additional_conditions: t.use_additional_conditions,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -313,7 +239,7 @@ pub struct PixArt {
     device: Device,
     /// The patch embedding with the fixed 2-D sin-cos position embedding.
     patch_embed: PatchEmbed,
-    /// Timestep frequencies `[FREQ_EMBED_DIM / 2]`, f32.
+    /// Timestep frequencies `[TIMESTEP_FREQ_DIM / 2]`, f32.
     t_freqs: Tensor,
     t_mlp1: Linear,
     t_mlp2: Linear,
@@ -340,7 +266,7 @@ pub(crate) fn diffusers_shapes(cfg: &PixArtConfig) -> Shapes {
     lin(
         "adaln_single.emb.timestep_embedder.linear_1",
         d,
-        FREQ_EMBED_DIM,
+        TIMESTEP_FREQ_DIM,
     );
     lin("adaln_single.emb.timestep_embedder.linear_2", d, d);
     lin("adaln_single.linear", 6 * d, d);
@@ -410,7 +336,7 @@ fn original_shapes(cfg: &PixArtConfig) -> Shapes {
     let p = cfg.patch;
     let mut v = Shapes::new();
     let mut lin = |name: &str, out: usize, inp: usize| push_linear(&mut v, name, out, inp);
-    lin("t_embedder.mlp.0", d, FREQ_EMBED_DIM);
+    lin("t_embedder.mlp.0", d, TIMESTEP_FREQ_DIM);
     lin("t_embedder.mlp.2", d, d);
     lin("t_block.1", 6 * d, d);
     lin("y_embedder.y_proj.fc1", d, cfg.caption_channels);
