@@ -571,3 +571,21 @@ fn one_shot_statistics_of_two_shards_merge_to_the_single_run_priors() {
         .to_string();
     assert!(e.contains("s0.stats"), "{e}");
 }
+
+/// A batch without the null condition the plan's CFG needs is the
+/// caller's mistake, reported as the executor's input error, not as a
+/// numerical failure.
+#[test]
+fn a_missing_null_condition_is_an_input_error() {
+    let p = plan(FORA);
+    let m = model(&p);
+    let mut bad = batches(&p);
+    bad[1].batch.uncond = None;
+    let err = calibrate(&m, &p, &bad, &[], CalibMode::OneShot, DType::F32, &mut |_| {})
+        .unwrap_err();
+    assert!(err.is_input(), "{err:?}");
+    assert!(matches!(err, tcc_calib::CalibError::Exec(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("no null condition"), "{text}");
+    assert!(!text.contains("numerical failure"), "{text}");
+}

@@ -293,8 +293,7 @@ fn run_shard(
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
     let bar = progress("gathering", (batches.len() + val.len()) as u64 * sites);
     let started = std::time::Instant::now();
-    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))
-        .map_err(|e| CliError::Failure(e.to_string()))?;
+    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let file = StatsFile {
         meta: StatsMeta {
@@ -575,8 +574,7 @@ pub(crate) fn fit_priors(
                 reached = std::time::Instant::now();
             }
         },
-    )
-    .map_err(|e| CliError::Failure(e.to_string()))?;
+    )?;
     bar.finish_and_clear();
     let time = CalibTime {
         total: started.elapsed().as_secs_f64(),

@@ -80,6 +80,38 @@ impl From<CompileError> for CliError {
     }
 }
 
+impl From<tcc_exec::ExecError> for CliError {
+    /// A plan, model and batch that do not fit are the input's fault (exit
+    /// status 2); anything else is a failure.
+    fn from(e: tcc_exec::ExecError) -> CliError {
+        match e.kind() {
+            tcc_exec::ErrorKind::Input => CliError::input(e),
+            _ => CliError::Failure(e.to_string()),
+        }
+    }
+}
+
+impl From<tcc_calib::CalibError> for CliError {
+    fn from(e: tcc_calib::CalibError) -> CliError {
+        if e.is_input() {
+            CliError::input(e)
+        } else {
+            CliError::Failure(e.to_string())
+        }
+    }
+}
+
+impl From<tcc_eval::EvalError> for CliError {
+    fn from(e: tcc_eval::EvalError) -> CliError {
+        match e {
+            tcc_eval::EvalError::Input(_) => CliError::input(e),
+            tcc_eval::EvalError::Exec(e) => e.into(),
+            tcc_eval::EvalError::Calib(e) if e.is_input() => CliError::input(e),
+            e => CliError::Failure(e.to_string()),
+        }
+    }
+}
+
 impl From<io::Error> for CliError {
     /// Errors writing the output.
     fn from(e: io::Error) -> CliError {
@@ -248,4 +280,38 @@ pub fn beside_cwd(file: &Path, suffix: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "schedule".into());
     PathBuf::from(format!("{stem}.{suffix}"))
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+    use tcc_calib::CalibError;
+    use tcc_exec::ExecError;
+
+    /// Input errors of the executor exit with 2 whichever crate passes them
+    /// up; numerical failures with 1.
+    #[test]
+    fn input_errors_exit_2_through_every_layer() {
+        let input = || ExecError::Input("no null condition".into());
+        assert_eq!(CliError::from(input()).exit_code(), 2);
+        assert_eq!(CliError::from(CalibError::Exec(input())).exit_code(), 2);
+        assert_eq!(
+            CliError::from(tcc_eval::EvalError::Exec(input())).exit_code(),
+            2
+        );
+        let diverged = ExecError::NonFinite {
+            step: 1,
+            last: 3,
+            detail: "NaN".into(),
+        };
+        assert_eq!(CliError::from(CalibError::Exec(diverged)).exit_code(), 1);
+        assert_eq!(
+            CliError::from(CalibError::Numerics("SVD".into())).exit_code(),
+            1
+        );
+        assert_eq!(
+            CliError::from(CalibError::Binding("other plan".into())).exit_code(),
+            2
+        );
+    }
 }

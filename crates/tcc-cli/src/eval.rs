@@ -420,8 +420,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         scorer.as_ref().map(|s| s as &dyn Scorer),
         &test_refs,
         &mut |p| bar.inc(p.samples as u64),
-    )
-    .map_err(|e| CliError::Failure(e.to_string()))?;
+    )?;
     bar.finish_and_clear();
     let calibrated: Vec<(String, PriorSet, &Plan)> = entries
         .iter()

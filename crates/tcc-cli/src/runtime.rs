@@ -446,11 +446,9 @@ pub fn run_range(
     while start < range.end {
         let len = batch_size.min(range.end - start);
         let b = inputs.batch(plan, start, len)?;
-        let mut traj =
-            Trajectory::new(model, plan, &b).map_err(|e| CliError::Failure(e.to_string()))?;
+        let mut traj = Trajectory::new(model, plan, &b)?;
         while !traj.is_done() {
-            traj.step(hooks)
-                .map_err(|e| CliError::Failure(e.to_string()))?;
+            traj.step(hooks)?;
             bar.inc(len as u64);
         }
         let t = std::time::Instant::now();
