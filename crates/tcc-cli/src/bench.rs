@@ -9,7 +9,7 @@ use tcc_exec::{NoHooks, SampleBatch, Trajectory};
 use tcc_model::BlockModel;
 use tcc_plan::{Plan, PlanCost};
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::device::Runtime;
 use crate::runtime::{load_model, Captions, Inputs, ModelArgs};
 

@@ -13,7 +13,8 @@ use tcc_plan::{Plan, PlanHash};
 
 use tcc_fs::OutputKind;
 
-use crate::common::{beside_cwd, spelled, CliError, Io};
+use crate::common::{beside_cwd, spelled};
+use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};

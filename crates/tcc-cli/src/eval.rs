@@ -15,7 +15,8 @@ use tcc_plan::{Action, Plan, PlanHash};
 use tcc_fs::OutputKind;
 
 use crate::calibrate::{calibration_memory, check_validation, fit_priors};
-use crate::common::{beside_cwd, CliError, Io};
+use crate::common::beside_cwd;
+use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};

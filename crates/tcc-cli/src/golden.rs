@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use tcc_model::{BlockModel, Dit, PixArt};
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::device::{parse_device, DeviceChoice, Runtime};
 
 #[derive(clap::Args, Debug)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tcc_calib::{fit_merged, CalibError, PriorMeta, PriorSet, StatsFile};
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::limits::check_output;
 
 const EXAMPLES: &str = "\

@@ -17,7 +17,7 @@ use tcc_core::Shard;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failure(format!("{}: {e}", path.display()))

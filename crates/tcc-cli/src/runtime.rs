@@ -12,7 +12,7 @@ use tcc_model::{AnyModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
-use crate::common::CliError;
+use crate::error::CliError;
 use crate::device::{Runtime, RuntimeArgs};
 use crate::hub::Need;
 

@@ -9,7 +9,7 @@ use tcc_metrics::{DataRange, ErrorStats};
 
 use tcc_fs::OutputKind;
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};

@@ -249,26 +249,6 @@ pub(crate) fn timestep_embedding(
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype)
 }
 
-/// Multi-head attention: `q` `[B, H, Tq, hd]`, `k`, `v` `[B, H, Tk, hd]`,
-/// `bias` `[B, 1, 1, Tk]` f32 added to the scores. Softmax in f32 (a
-/// half-precision sum over 256+ keys loses digits). Returns `[B, Tq, H hd]`.
-pub(crate) fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    let (b, h, tq, hd) = q.dims4()?;
-    let dtype = q.dtype();
-    let q = (q * (hd as f64).powf(-0.5))?;
-    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, h * hd))
-}
-
 /// Multi-head self-attention of `h` `[B, T, D]`: the fused projection `qkv`
 /// (`[3D, D]`), then `proj`.
 pub(crate) fn self_attention(

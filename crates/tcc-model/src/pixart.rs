@@ -21,8 +21,9 @@ use tcc_core::{
 
 use crate::config::{check_positive, check_sizes, parse_diffusers_json, read_diffusers_config};
 use crate::error::{Error, Result};
+use crate::attention::attend;
 use crate::layers::{
-    self, attend, fan_in_std, gelu_mlp, pos_embed_scaled, push_linear, Linear, PatchEmbed, Shapes,
+    self, fan_in_std, gelu_mlp, pos_embed_scaled, push_linear, Linear, PatchEmbed, Shapes,
     Weights,
 };
 use crate::load::{self, Raw, Source, WeightsLayout};
