@@ -14,7 +14,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Serialize;
-use tcc_core::{Branch, CalibMode, Pooling, PriorKind, Selection};
+use tcc_core::{Branch, CalibMode, CalibrationSpec, Pooling, PriorKind, Selection};
 use tcc_plan::{Plan, PlanHash};
 
 use crate::{CalibError, Prior};
@@ -103,6 +103,39 @@ const FORMAT_V1: &str = "tcc-priors/1";
 const NO_PRIOR: &str = "none";
 
 impl PriorSet {
+    /// The priors `result` chose, bound to the plan they apply to
+    /// (`plan_hash`, `model`) and saying how they were fitted: the
+    /// calibration settings `cal` (overrides applied), `mode`, and `report`
+    /// ([`Calibration::report`](crate::Calibration::report), maybe with
+    /// more entries).
+    pub fn fitted(
+        plan_hash: PlanHash,
+        model: &str,
+        cal: &CalibrationSpec,
+        mode: CalibMode,
+        result: &crate::Calibration,
+        report: serde_json::Map<String, serde_json::Value>,
+    ) -> PriorSet {
+        PriorSet {
+            meta: PriorMeta {
+                plan_hash,
+                model: model.to_string(),
+                alpha: cal.alpha,
+                mode,
+                prior: cal.prior,
+                samples: cal.samples,
+                seed: cal.seed,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                select: cal.select,
+                validation: (cal.validation_samples() > 0)
+                    .then(|| (cal.validation_samples(), cal.validation_seed())),
+                report: Some(serde_json::Value::Object(report).to_string()),
+            },
+            priors: result.priors.clone(),
+            alphas: result.alphas.clone(),
+        }
+    }
+
     /// The blend of `site`.
     pub fn alpha(&self, site: &Site) -> f64 {
         self.alphas.get(site).copied().unwrap_or(self.meta.alpha)

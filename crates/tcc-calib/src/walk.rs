@@ -184,6 +184,21 @@ pub struct Calibration {
     pub cost: CostReport,
 }
 
+impl Calibration {
+    /// What the calibration measured and chose (per step, per site, and the
+    /// end-to-end check), as a priors file keeps it ([`PriorMeta::report`]).
+    pub fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut report = serde_json::Map::new();
+        let mut put = |key: &str, value: serde_json::Result<serde_json::Value>| {
+            report.insert(key.into(), value.unwrap_or(serde_json::Value::Null));
+        };
+        put("steps", serde_json::to_value(&self.steps));
+        put("choices", serde_json::to_value(&self.choices));
+        put("final", serde_json::to_value(&self.final_check));
+        report
+    }
+}
+
 /// Counts branch evaluations of the wrapped model.
 struct Counting<'m, M> {
     inner: &'m M,

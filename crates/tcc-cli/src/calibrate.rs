@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tcc_calib::{
-    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorMeta, PriorSet,
+    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorSet,
     Progress, Reduce, StatsFile, StatsMeta,
 };
 use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
@@ -581,29 +581,14 @@ pub(crate) fn fit_priors(
         total: started.elapsed().as_secs_f64(),
         fitting,
     };
-    let report = serde_json::json!({
-        "steps": result.steps,
-        "choices": result.choices,
-        "final": result.final_check,
-    });
-    let set = PriorSet {
-        meta: PriorMeta {
-            plan_hash,
-            model: plan.model.name.clone(),
-            alpha: cal.alpha,
-            mode,
-            prior: cal.prior,
-            samples: cal.samples,
-            seed: cal.seed,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            select: cal.select,
-            validation: (cal.validation_samples() > 0)
-                .then(|| (cal.validation_samples(), cal.validation_seed())),
-            report: Some(report.to_string()),
-        },
-        priors: result.priors.clone(),
-        alphas: result.alphas.clone(),
-    };
+    let set = PriorSet::fitted(
+        plan_hash,
+        &plan.model.name,
+        cal,
+        mode,
+        &result,
+        result.report(),
+    );
     Ok((set, result, time))
 }
 
@@ -659,15 +644,15 @@ fn calib_batches(
     }
     let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
     let conditions = inputs.conditions();
-    let mut batches = Vec::new();
-    let mut start = range.start;
-    while start < range.end {
-        let len = batch_size.min(range.end - start);
-        batches.push(CalibBatch {
-            batch: inputs.batch(plan, start, len)?,
-            conditions: conditions[start..start + len].to_vec(),
-        });
-        start += len;
-    }
-    Ok(batches)
+    inputs
+        .batches(plan, range, batch_size)
+        .map(|b| {
+            let (start, batch) = b?;
+            let len = batch.noise.dims()[0];
+            Ok(CalibBatch {
+                batch,
+                conditions: conditions[start..start + len].to_vec(),
+            })
+        })
+        .collect()
 }
