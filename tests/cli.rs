@@ -174,7 +174,9 @@ fn first_bad_schedule() -> String {
         .map(|p| format!("{BAD}/{}", p.file_name().unwrap().to_string_lossy()))
         .collect();
     bad.sort();
-    bad.into_iter().next().expect("tcc-plan's tests/bad has schedules")
+    bad.into_iter()
+        .next()
+        .expect("tcc-plan's tests/bad has schedules")
 }
 
 #[test]

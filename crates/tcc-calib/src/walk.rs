@@ -317,8 +317,7 @@ fn pairs<'a, M: BlockModel>(
         .iter()
         .map(|b| {
             Ok(Pair {
-                reference: Trajectory::new(reference_model, reference_plan, &b.batch)
-                    ?,
+                reference: Trajectory::new(reference_model, reference_plan, &b.batch)?,
                 accelerated: Trajectory::new(accelerated_model, plan, &b.batch)?,
             })
         })
@@ -794,13 +793,11 @@ pub fn calibrate_across<M: BlockModel>(
                 p.reference.step(&mut NoHooks)?;
             }
             let x_ref = p.reference.latents();
-            let plain = Trajectory::new(&val_model, plan, &b.batch)
-                .and_then(|t| t.run(&mut NoHooks))
-                ?;
+            let plain =
+                Trajectory::new(&val_model, plan, &b.batch).and_then(|t| t.run(&mut NoHooks))?;
             cache.push(rel_l2_sum(&plain, x_ref)?);
-            let corrected = Trajectory::new(&val_model, plan, &b.batch)
-                .and_then(|t| t.run(&mut all))
-                ?;
+            let corrected =
+                Trajectory::new(&val_model, plan, &b.batch).and_then(|t| t.run(&mut all))?;
             calibrated.push(rel_l2_sum(&corrected, x_ref)?);
         }
         let local_samples = validation.iter().map(|b| b.conditions.len()).sum::<usize>();

@@ -581,8 +581,16 @@ fn a_missing_null_condition_is_an_input_error() {
     let m = model(&p);
     let mut bad = batches(&p);
     bad[1].batch.uncond = None;
-    let err = calibrate(&m, &p, &bad, &[], CalibMode::OneShot, DType::F32, &mut |_| {})
-        .unwrap_err();
+    let err = calibrate(
+        &m,
+        &p,
+        &bad,
+        &[],
+        CalibMode::OneShot,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.is_input(), "{err:?}");
     assert!(matches!(err, tcc_calib::CalibError::Exec(_)), "{err:?}");
     let text = err.to_string();

@@ -9,8 +9,8 @@ use tcc_exec::{NoHooks, SampleBatch, Trajectory};
 use tcc_model::BlockModel;
 use tcc_plan::{Plan, PlanCost};
 
-use crate::error::{CliError, Io};
 use crate::device::Runtime;
+use crate::error::{CliError, Io};
 use crate::runtime::{load_model, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\

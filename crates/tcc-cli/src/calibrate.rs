@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tcc_calib::{
-    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorSet,
-    Progress, Reduce, StatsFile, StatsMeta,
+    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorSet, Progress, Reduce,
+    StatsFile, StatsMeta,
 };
 use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
@@ -14,8 +14,8 @@ use tcc_plan::{Plan, PlanHash};
 use tcc_fs::OutputKind;
 
 use crate::common::{beside_cwd, spelled};
-use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 

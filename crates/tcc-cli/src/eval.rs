@@ -16,8 +16,8 @@ use tcc_fs::OutputKind;
 
 use crate::calibrate::{calibration_memory, check_validation, fit_priors};
 use crate::common::beside_cwd;
-use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;

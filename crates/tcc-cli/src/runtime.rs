@@ -12,8 +12,8 @@ use tcc_model::{AnyModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
-use crate::error::CliError;
 use crate::device::{Runtime, RuntimeArgs};
+use crate::error::CliError;
 use crate::hub::Need;
 
 /// Options shared by every command that runs a model.

@@ -9,8 +9,8 @@ use tcc_metrics::{DataRange, ErrorStats};
 
 use tcc_fs::OutputKind;
 
-use crate::error::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};
 use crate::output::{to_nhwc_u8, write_latents};

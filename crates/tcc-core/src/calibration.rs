@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(err.expected, PriorKind::NAMES);
         let json: Result<CfgHalf, _> = serde_json::from_str("\"half\"");
         let msg = json.unwrap_err().to_string();
-        assert!(msg.contains("unknown variant `half`, expected one of `cond`, `uncond`, `both`"), "{msg}");
+        assert!(
+            msg.contains("unknown variant `half`, expected one of `cond`, `uncond`, `both`"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -339,10 +339,19 @@ mod tests {
         let dit = read(r#"{"_class_name": "DiTTransformer2DModel"}"#, None).unwrap();
         assert_eq!(dit.family, ModelFamily::Dit);
         assert_eq!(
-            (dit.depth, dit.hidden, dit.heads, dit.input_size, dit.out_channels),
+            (
+                dit.depth,
+                dit.hidden,
+                dit.heads,
+                dit.input_size,
+                dit.out_channels
+            ),
             (28, 1152, 16, 32, 4)
         );
-        assert_eq!((dit.num_classes, dit.norm_eps, dit.mlp_hidden), (1000, 1e-5, 4608));
+        assert_eq!(
+            (dit.num_classes, dit.norm_eps, dit.mlp_hidden),
+            (1000, 1e-5, 4608)
+        );
         let e = read(r#"{"_class_name": "Transformer2DModel"}"#, None).unwrap_err();
         assert!(e.contains("num_embeds_ada_norm is missing"), "{e}");
 
@@ -352,7 +361,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(px.family, ModelFamily::Pixart);
-        assert_eq!((px.input_size, px.out_channels, px.caption_tokens), (128, 8, 120));
+        assert_eq!(
+            (px.input_size, px.out_channels, px.caption_tokens),
+            (128, 8, 120)
+        );
         assert_eq!((px.interpolation_scale, px.norm_eps), (2.0, 1e-6));
         assert!(px.use_additional_conditions);
         let shape = px.shape("p");
@@ -371,7 +383,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("_class_name is `DiTTransformer2DModel`"), "{e}");
-        let e = read(r#"{"norm_type": "ada_norm_zero"}"#, Some(ModelFamily::Pixart)).unwrap_err();
+        let e = read(
+            r#"{"norm_type": "ada_norm_zero"}"#,
+            Some(ModelFamily::Pixart),
+        )
+        .unwrap_err();
         assert!(e.contains("norm_type is `ada_norm_zero`"), "{e}");
         let e = read(r#"{"_class_name": "UNet2DModel"}"#, None).unwrap_err();
         assert!(e.contains("unsupported model class `UNet2DModel`"), "{e}");
@@ -380,18 +396,39 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!((e.family, e.norm_eps, e.out_channels), (ModelFamily::Pixart, 1e-5, 4));
+        assert_eq!(
+            (e.family, e.norm_eps, e.out_channels),
+            (ModelFamily::Pixart, 1e-5, 4)
+        );
     }
 
     #[test]
     fn bad_values_are_refused_before_use() {
         for (text, needle) in [
-            (r#"{"_class_name": "DiTTransformer2DModel", "patch_size": 0}"#, "`patch_size` must be a positive integer"),
-            (r#"{"_class_name": "DiTTransformer2DModel", "sample_size": 9}"#, "not a multiple of patch_size 2"),
-            (r#"{"_class_name": "DiTTransformer2DModel", "num_attention_heads": 4294967296, "attention_head_dim": 4294967296}"#, "overflows"),
-            (r#"{"_class_name": "DiTTransformer2DModel", "num_layers": -1}"#, "invalid JSON"),
-            (r#"{"_class_name": "DiTTransformer2DModel", "cross_attention_dim": 8}"#, "not a class-conditional DiT"),
-            (r#"{"_class_name": "DiTTransformer2DModel", "activation_fn": "gelu"}"#, "activation_fn is `gelu`"),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "patch_size": 0}"#,
+                "`patch_size` must be a positive integer",
+            ),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "sample_size": 9}"#,
+                "not a multiple of patch_size 2",
+            ),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "num_attention_heads": 4294967296, "attention_head_dim": 4294967296}"#,
+                "overflows",
+            ),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "num_layers": -1}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "cross_attention_dim": 8}"#,
+                "not a class-conditional DiT",
+            ),
+            (
+                r#"{"_class_name": "DiTTransformer2DModel", "activation_fn": "gelu"}"#,
+                "activation_fn is `gelu`",
+            ),
             ("[1]", "expected a JSON object"),
             ("{", "invalid JSON"),
         ] {

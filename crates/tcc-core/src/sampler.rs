@@ -114,7 +114,10 @@ mod tests {
     fn spellings_match_serde() {
         for &(name, kind) in SamplerKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), name);
-            assert_eq!(serde_json::from_value::<SamplerKind>(name.into()).unwrap(), kind);
+            assert_eq!(
+                serde_json::from_value::<SamplerKind>(name.into()).unwrap(),
+                kind
+            );
         }
         for &(name, order) in CfgOrder::ALL {
             assert_eq!(serde_json::to_value(order).unwrap(), name);

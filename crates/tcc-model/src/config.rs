@@ -345,11 +345,9 @@ pub(crate) fn parse_diffusers_json<C>(
     let at = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
     match TransformerConfig::from_json(text, Some(family)) {
         Ok(t) => into_config(t).map_err(at),
-        Err(ConfigError::Json(e)) => Err(at(format!(
-            "line {}, column {}: {e}",
-            e.line(),
-            e.column()
-        ))),
+        Err(ConfigError::Json(e)) => {
+            Err(at(format!("line {}, column {}: {e}", e.line(), e.column())))
+        }
         Err(ConfigError::Invalid(msg)) => Err(at(msg)),
     }
 }

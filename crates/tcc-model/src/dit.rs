@@ -8,13 +8,13 @@ use candle_nn::ops::silu;
 use tcc_core::Branch;
 
 use crate::config::DitConfig;
-use tcc_core::TIMESTEP_FREQ_DIM;
 use crate::error::{Error, Result};
 use crate::layers::{
     self, fan_in_std, gelu_mlp, pos_embed_2d, push_linear, Linear, PatchEmbed, Shapes, Weights,
 };
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// eps of the LayerNorm before attention and of the final LayerNorm (both
 /// the original code and diffusers).

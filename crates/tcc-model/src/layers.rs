@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::attention;
-use tcc_core::TIMESTEP_FREQ_DIM;
 use crate::error::{Error, Result};
 use crate::ops;
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// Tensor names and shapes, as a model expects them in a checkpoint.
 pub(crate) type Shapes = Vec<(String, Vec<usize>)>;

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{DitConfig, Numerics};
-use tcc_core::TIMESTEP_FREQ_DIM;
 use crate::dit::{original_shapes, Dit, BLOCK_EMBEDDER};
 use crate::error::{Error, Result};
 use crate::layers::{pos_embed_2d, push_linear, Shapes};
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// The two naming schemes of DiT weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

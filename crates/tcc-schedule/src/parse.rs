@@ -470,15 +470,11 @@ impl<'t> Cx<'t> {
         let mut s = SamplerSection::default();
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
-                "kind" => {
-                    s.kind = self.choice(v, SamplerKind::ALL)
-                }
+                "kind" => s.kind = self.choice(v, SamplerKind::ALL),
                 "steps" => s.steps = self.uint(v),
                 "guidance" => s.guidance = self.float(v),
                 "eta" => s.eta = self.float(v),
-                "cfg-order" => {
-                    s.cfg_order = self.choice(v, CfgOrder::ALL)
-                }
+                "cfg-order" => s.cfg_order = self.choice(v, CfgOrder::ALL),
                 "guided-channels" => {
                     s.guided_channels = match v.get_ref() {
                         DeValue::String(_) => self
@@ -671,12 +667,8 @@ impl<'t> Cx<'t> {
         let mut c = CalibrationSection::default();
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
-                "method" => {
-                    c.method = self.choice(v, CalibMethod::ALL)
-                }
-                "mode" => {
-                    c.mode = self.choice(v, CalibMode::ALL)
-                }
+                "method" => c.method = self.choice(v, CalibMethod::ALL),
+                "mode" => c.mode = self.choice(v, CalibMode::ALL),
                 "steps" => c.steps = self.selector(v, IndexKind::Step),
                 "alpha" => c.alpha = self.float(v),
                 "prior" => c.prior = self.choice(v, PriorKind::ALL),

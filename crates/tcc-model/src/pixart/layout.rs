@@ -312,5 +312,4 @@ impl PixArt {
         let tensors = raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect();
         PixArt::build(&cfg, tensors, dtype, device)
     }
-
 }

@@ -30,9 +30,7 @@ use tcc_core::Branch;
 
 use crate::attention::attend;
 use crate::error::{Error, Result};
-use crate::layers::{
-    self, fan_in_std, gelu_mlp, pos_embed_scaled, Linear, PatchEmbed, Weights,
-};
+use crate::layers::{self, fan_in_std, gelu_mlp, pos_embed_scaled, Linear, PatchEmbed, Weights};
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
 
@@ -400,4 +398,3 @@ impl BlockModel for PixArt {
         layers::unpatchify(&h, cfg.input_size / cfg.patch, cfg.patch, cfg.out_channels)
     }
 }
-
