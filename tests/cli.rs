@@ -164,16 +164,19 @@ fn check_fails_with_status_2_if_any_file_is_bad() {
     );
 }
 
-/// A schedule from tests/bad/ (each is rejected with a diagnostic).
+/// A schedule from tcc-plan's tests/bad/ (each is rejected with a diagnostic).
 fn first_bad_schedule() -> String {
-    let mut bad: Vec<String> = std::fs::read_dir("tests/bad")
+    const BAD: &str = "crates/tcc-plan/tests/bad";
+    let mut bad: Vec<String> = std::fs::read_dir(BAD)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "sched"))
-        .map(|p| format!("tests/bad/{}", p.file_name().unwrap().to_string_lossy()))
+        .map(|p| format!("{BAD}/{}", p.file_name().unwrap().to_string_lossy()))
         .collect();
     bad.sort();
-    bad.into_iter().next().expect("tests/bad has schedules")
+    bad.into_iter()
+        .next()
+        .expect("tcc-plan's tests/bad has schedules")
 }
 
 #[test]

@@ -72,7 +72,7 @@ fn fora3_set() -> PriorSet {
     }
     PriorSet {
         meta: PriorMeta {
-            plan_hash: plan.hash().to_string(),
+            plan_hash: plan.hash(),
             model: plan.model.name.clone(),
             alpha: 0.5,
             mode: CalibMode::Consistent,

@@ -52,6 +52,10 @@ pub enum CalibError {
     Format(String),
     #[error("{0}")]
     Binding(String),
+    /// The executor's error, as it reported it (its kind tells a caller's
+    /// mistake from a failure).
+    #[error(transparent)]
+    Exec(#[from] tcc_exec::ExecError),
 }
 
 impl CalibError {
@@ -67,6 +71,17 @@ impl CalibError {
             CalibError::Io(m) => CalibError::Io(at(m)),
             CalibError::Format(m) => CalibError::Format(at(m)),
             CalibError::Binding(m) => CalibError::Binding(at(m)),
+            CalibError::Exec(e) => CalibError::Exec(e),
+        }
+    }
+
+    /// Whether the inputs are at fault (a file or batch that does not fit
+    /// the plan), not the calibration: the `tcc` command exits with 2.
+    pub fn is_input(&self) -> bool {
+        match self {
+            CalibError::Format(_) | CalibError::Binding(_) => true,
+            CalibError::Exec(e) => e.kind() == tcc_exec::ErrorKind::Input,
+            _ => false,
         }
     }
 }

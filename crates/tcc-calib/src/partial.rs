@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tcc_core::{Branch, CalibMode, CalibrationSpec, Shard};
+use tcc_plan::PlanHash;
 
 use crate::codec::{Reader, Writer};
 use crate::{CalibError, CostReport, Moments, PairStats, Site, SiteStats};
@@ -226,7 +227,7 @@ impl<G: AllGather> Reduce for Gathered<G> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatsMeta {
     /// Content hash of the plan the priors will apply to.
-    pub plan_hash: String,
+    pub plan_hash: PlanHash,
     pub model: String,
     pub mode: CalibMode,
     /// The calibration settings, command-line overrides applied.

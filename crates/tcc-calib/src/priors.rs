@@ -14,10 +14,8 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Serialize;
-use tcc_core::{Branch, CalibMode, PriorKind, Selection};
-
-use tcc_core::Pooling;
-use tcc_plan::Plan;
+use tcc_core::{Branch, CalibMode, CalibrationSpec, Pooling, PriorKind, Selection};
+use tcc_plan::{Plan, PlanHash};
 
 use crate::{CalibError, Prior};
 
@@ -61,7 +59,7 @@ impl std::fmt::Display for Site {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriorMeta {
     /// Content hash of the plan (see `tcc plan --show`).
-    pub plan_hash: String,
+    pub plan_hash: PlanHash,
     /// Model identity: preset name or weights path, and shape.
     pub model: String,
     /// The blend of every site under the fixed protocol (per-site blends,
@@ -98,19 +96,6 @@ fn key(site: &Site, what: &str) -> String {
     )
 }
 
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    // The serde names are the schedule-language spellings.
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown {what} `{s}` in the metadata"))
-}
-
 /// The current file format, and the one before per-site blends.
 const FORMAT: &str = "tcc-priors/2";
 const FORMAT_V1: &str = "tcc-priors/1";
@@ -118,6 +103,39 @@ const FORMAT_V1: &str = "tcc-priors/1";
 const NO_PRIOR: &str = "none";
 
 impl PriorSet {
+    /// The priors `result` chose, bound to the plan they apply to
+    /// (`plan_hash`, `model`) and saying how they were fitted: the
+    /// calibration settings `cal` (overrides applied), `mode`, and `report`
+    /// ([`Calibration::report`](crate::Calibration::report), maybe with
+    /// more entries).
+    pub fn fitted(
+        plan_hash: PlanHash,
+        model: &str,
+        cal: &CalibrationSpec,
+        mode: CalibMode,
+        result: &crate::Calibration,
+        report: serde_json::Map<String, serde_json::Value>,
+    ) -> PriorSet {
+        PriorSet {
+            meta: PriorMeta {
+                plan_hash,
+                model: model.to_string(),
+                alpha: cal.alpha,
+                mode,
+                prior: cal.prior,
+                samples: cal.samples,
+                seed: cal.seed,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                select: cal.select,
+                validation: (cal.validation_samples() > 0)
+                    .then(|| (cal.validation_samples(), cal.validation_seed())),
+                report: Some(serde_json::Value::Object(report).to_string()),
+            },
+            priors: result.priors.clone(),
+            alphas: result.alphas.clone(),
+        }
+    }
+
     /// The blend of `site`.
     pub fn alpha(&self, site: &Site) -> f64 {
         self.alphas.get(site).copied().unwrap_or(self.meta.alpha)
@@ -181,10 +199,10 @@ impl PriorSet {
         let m = &self.meta;
         let mut metadata: BTreeMap<String, String> = [
             ("format", FORMAT.to_string()),
-            ("plan_hash", m.plan_hash.clone()),
+            ("plan_hash", m.plan_hash.to_string()),
             ("model", m.model.clone()),
             ("alpha", format!("{:?}", m.alpha)),
-            ("mode", enum_name(&m.mode)),
+            ("mode", m.mode.to_string()),
             ("prior", m.prior.to_string()),
             ("samples", m.samples.to_string()),
             ("seed", m.seed.to_string()),
@@ -253,6 +271,8 @@ impl PriorSet {
                 .map_err(|_| bad(format!("metadata `{k}` is not an integer")))
         };
         let prior_name = get("prior")?;
+        let mode_name = get("mode")?;
+        let hash_text = get("plan_hash")?;
         let select = if v1 {
             Selection::Fixed
         } else {
@@ -267,10 +287,15 @@ impl PriorSet {
             _ => None,
         };
         let meta = PriorMeta {
-            plan_hash: get("plan_hash")?,
+            plan_hash: PlanHash::from_hex(&hash_text).ok_or_else(|| {
+                bad(format!(
+                    "metadata `plan_hash` is `{hash_text}`, not a plan hash (64 hex digits)"
+                ))
+            })?,
             model: get("model")?,
             alpha: num("alpha")?,
-            mode: parse_enum(&get("mode")?, "mode").map_err(bad)?,
+            mode: CalibMode::from_name(&mode_name)
+                .ok_or_else(|| bad(format!("unknown mode `{mode_name}` in the metadata")))?,
             prior: PriorKind::from_name(&prior_name)
                 .ok_or_else(|| bad(format!("unknown prior kind `{prior_name}` in the metadata")))?,
             samples: int("samples")? as usize,
@@ -473,7 +498,7 @@ impl PriorSet {
                     "tensor `{}` has shape [{}, {d}], expected [{rows}, {d}] ({} pooling)",
                     key(site, "muA"),
                     p.mean_rows(),
-                    enum_name(&plan.calibration.pooling)
+                    plan.calibration.pooling
                 )));
             }
         }
@@ -481,8 +506,8 @@ impl PriorSet {
     }
 
     /// Refuse priors fitted for another plan or model.
-    pub fn check_binding(&self, plan_hash: &str, model: &str) -> Result<(), CalibError> {
-        if self.meta.plan_hash != plan_hash {
+    pub fn check_binding(&self, plan_hash: &PlanHash, model: &str) -> Result<(), CalibError> {
+        if self.meta.plan_hash != *plan_hash {
             return Err(CalibError::Binding(format!(
                 "these priors were fitted for plan {} but the schedule compiles to plan {}; priors are tied to the exact plan (steps, cache rules, sampler, calibration settings): calibrate this schedule again",
                 self.meta.plan_hash, plan_hash
@@ -539,6 +564,14 @@ mod tests {
 
     use super::*;
 
+    const HASH: PlanHash = PlanHash([0xab; 32]);
+    const HASH_HEX: &str = "abababababababababababababababababababababababababababababababab";
+
+    #[test]
+    fn the_test_hash_spells_its_hex() {
+        assert_eq!(HASH.to_string(), HASH_HEX);
+    }
+
     fn sample_set() -> PriorSet {
         let mut priors = BTreeMap::new();
         let mut p = Prior::identity(3);
@@ -554,7 +587,7 @@ mod tests {
         priors.insert(b, p);
         PriorSet {
             meta: PriorMeta {
-                plan_hash: "abc123".into(),
+                plan_hash: HASH,
                 model: "tiny".into(),
                 alpha: 1.75,
                 mode: CalibMode::Consistent,
@@ -609,7 +642,7 @@ mod tests {
             &tensors,
             &[
                 ("format", "tcc-priors/1"),
-                ("plan_hash", "h"),
+                ("plan_hash", HASH_HEX),
                 ("model", "tiny"),
                 ("alpha", "0.5"),
                 ("mode", "one-shot"),
@@ -638,9 +671,13 @@ mod tests {
         assert_eq!(back, set);
         assert_eq!(back.sites().len(), 3);
         assert_eq!(back.alpha(&Site::new(3, Branch::Attn, 1)), 0.0);
-        assert!(back.check_binding("abc123", "tiny").is_ok());
-        let err = back.check_binding("ffff", "tiny").unwrap_err().to_string();
-        assert!(err.contains("abc123") && err.contains("ffff"), "{err}");
+        assert!(back.check_binding(&HASH, "tiny").is_ok());
+        let other = PlanHash([0xff; 32]);
+        let err = back.check_binding(&other, "tiny").unwrap_err().to_string();
+        assert!(
+            err.contains(HASH_HEX) && err.contains(&other.to_string()),
+            "{err}"
+        );
         // Only the final file is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -692,7 +729,7 @@ mod tests {
 
     const META_V2: [(&str, &str); 11] = [
         ("format", "tcc-priors/2"),
-        ("plan_hash", "h"),
+        ("plan_hash", HASH_HEX),
         ("model", "tiny"),
         ("alpha", "0.5"),
         ("mode", "consistent"),

@@ -184,6 +184,21 @@ pub struct Calibration {
     pub cost: CostReport,
 }
 
+impl Calibration {
+    /// What the calibration measured and chose (per step, per site, and the
+    /// end-to-end check), as a priors file keeps it ([`PriorMeta::report`]).
+    pub fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut report = serde_json::Map::new();
+        let mut put = |key: &str, value: serde_json::Result<serde_json::Value>| {
+            report.insert(key.into(), value.unwrap_or(serde_json::Value::Null));
+        };
+        put("steps", serde_json::to_value(&self.steps));
+        put("choices", serde_json::to_value(&self.choices));
+        put("final", serde_json::to_value(&self.final_check));
+        report
+    }
+}
+
 /// Counts branch evaluations of the wrapped model.
 struct Counting<'m, M> {
     inner: &'m M,
@@ -279,10 +294,6 @@ fn computed_branches(plan: &Plan, steps: std::ops::RangeInclusive<usize>) -> u64
         .count() as u64
 }
 
-fn exec(e: tcc_exec::ExecError) -> CalibError {
-    CalibError::Numerics(e.to_string())
-}
-
 fn candle(e: candle_core::Error) -> CalibError {
     CalibError::Numerics(e.to_string())
 }
@@ -306,9 +317,8 @@ fn pairs<'a, M: BlockModel>(
         .iter()
         .map(|b| {
             Ok(Pair {
-                reference: Trajectory::new(reference_model, reference_plan, &b.batch)
-                    .map_err(exec)?,
-                accelerated: Trajectory::new(accelerated_model, plan, &b.batch).map_err(exec)?,
+                reference: Trajectory::new(reference_model, reference_plan, &b.batch)?,
+                accelerated: Trajectory::new(accelerated_model, plan, &b.batch)?,
             })
         })
         .collect()
@@ -327,7 +337,7 @@ impl<M: BlockModel> Pair<'_, M> {
         hooks: &mut PriorHooks,
     ) -> Result<Vec<(Tensor, Tensor)>, CalibError> {
         while self.accelerated.next_step() < k {
-            self.accelerated.step(hooks).map_err(exec)?;
+            self.accelerated.step(hooks)?;
         }
         let mut bs = Vec::with_capacity(sites.len());
         for site in sites {
@@ -347,14 +357,14 @@ impl<M: BlockModel> Pair<'_, M> {
             bs.push(out.clone());
         }
         while self.reference.next_step() < k {
-            self.reference.step(&mut NoHooks).map_err(exec)?;
+            self.reference.step(&mut NoHooks)?;
         }
         let mut rec = Recorder {
             step: k,
             sites,
             outputs: HashMap::new(),
         };
-        self.reference.step(&mut rec).map_err(exec)?;
+        self.reference.step(&mut rec)?;
         sites
             .iter()
             .zip(bs)
@@ -692,11 +702,11 @@ pub fn calibrate_across<M: BlockModel>(
             let (mut after, mut before) = (Vec::new(), Vec::new());
             for p in &val {
                 let mut a = p.accelerated.clone();
-                a.step(&mut step_hooks).map_err(exec)?;
+                a.step(&mut step_hooks)?;
                 after.push(rel_l2_sum(a.latents(), p.reference.latents())?);
                 with.push(a);
                 let mut b = p.accelerated.clone();
-                b.step(&mut hooks).map_err(exec)?;
+                b.step(&mut hooks)?;
                 before.push(rel_l2_sum(b.latents(), p.reference.latents())?);
                 without.push(b);
             }
@@ -780,16 +790,14 @@ pub fn calibrate_across<M: BlockModel>(
         let (mut cache, mut calibrated) = (Vec::new(), Vec::new());
         for (p, b) in val.iter_mut().zip(validation) {
             while !p.reference.is_done() {
-                p.reference.step(&mut NoHooks).map_err(exec)?;
+                p.reference.step(&mut NoHooks)?;
             }
             let x_ref = p.reference.latents();
-            let plain = Trajectory::new(&val_model, plan, &b.batch)
-                .and_then(|t| t.run(&mut NoHooks))
-                .map_err(exec)?;
+            let plain =
+                Trajectory::new(&val_model, plan, &b.batch).and_then(|t| t.run(&mut NoHooks))?;
             cache.push(rel_l2_sum(&plain, x_ref)?);
-            let corrected = Trajectory::new(&val_model, plan, &b.batch)
-                .and_then(|t| t.run(&mut all))
-                .map_err(exec)?;
+            let corrected =
+                Trajectory::new(&val_model, plan, &b.batch).and_then(|t| t.run(&mut all))?;
             calibrated.push(rel_l2_sum(&corrected, x_ref)?);
         }
         let local_samples = validation.iter().map(|b| b.conditions.len()).sum::<usize>();

@@ -186,7 +186,7 @@ fn alpha_zero_and_identity_priors_leave_samples_bit_identical() {
     let fitted = run(&m, &p, CalibMode::Consistent);
     let set = |alpha: f64, priors| PriorSet {
         meta: PriorMeta {
-            plan_hash: p.hash().to_string(),
+            plan_hash: p.hash(),
             model: p.model.name.clone(),
             alpha,
             mode: CalibMode::Consistent,
@@ -267,7 +267,7 @@ fn validation_error(model: &Dit, plan: &Plan, hooks: &mut dyn Hooks) -> f64 {
 fn set_of(p: &Plan, c: &Calibration) -> PriorSet {
     PriorSet {
         meta: PriorMeta {
-            plan_hash: p.hash().to_string(),
+            plan_hash: p.hash(),
             model: p.model.name.clone(),
             alpha: p.calibration.alpha,
             mode: CalibMode::Consistent,
@@ -494,7 +494,7 @@ fn shard_file(
     let (steps, cost) = gather_one_shot(m, p, batches, val, &mut |_| {}).unwrap();
     let file = StatsFile {
         meta: StatsMeta {
-            plan_hash: p.hash().to_string(),
+            plan_hash: p.hash(),
             model: p.model.name.clone(),
             mode: CalibMode::OneShot,
             calibration: p.calibration.clone(),
@@ -550,10 +550,13 @@ fn one_shot_statistics_of_two_shards_merge_to_the_single_run_priors() {
     let e = err(vec![("a".into(), s0.clone())]);
     assert!(e.contains("shard 1/2 missing"), "{e}");
     let mut other = s1.clone();
-    other.meta.plan_hash = "0123".into();
+    other.meta.plan_hash = tcc_plan::PlanHash([0x01; 32]);
     let e = err(vec![("a".into(), s0.clone()), ("b".into(), other)]);
     assert!(
-        e.contains("b and a are not shards of one calibration: plan 0123"),
+        e.contains(&format!(
+            "b and a are not shards of one calibration: plan {}",
+            "01".repeat(32)
+        )),
         "{e}"
     );
     // Consistent statistics cannot be fitted apart from the walk.
@@ -567,4 +570,30 @@ fn one_shot_statistics_of_two_shards_merge_to_the_single_run_priors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("s0.stats"), "{e}");
+}
+
+/// A batch without the null condition the plan's CFG needs is the
+/// caller's mistake, reported as the executor's input error, not as a
+/// numerical failure.
+#[test]
+fn a_missing_null_condition_is_an_input_error() {
+    let p = plan(FORA);
+    let m = model(&p);
+    let mut bad = batches(&p);
+    bad[1].batch.uncond = None;
+    let err = calibrate(
+        &m,
+        &p,
+        &bad,
+        &[],
+        CalibMode::OneShot,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.is_input(), "{err:?}");
+    assert!(matches!(err, tcc_calib::CalibError::Exec(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("no null condition"), "{text}");
+    assert!(!text.contains("numerical failure"), "{text}");
 }

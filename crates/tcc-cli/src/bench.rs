@@ -9,8 +9,8 @@ use tcc_exec::{NoHooks, SampleBatch, Trajectory};
 use tcc_model::BlockModel;
 use tcc_plan::{Plan, PlanCost};
 
-use crate::common::{CliError, Io};
 use crate::device::Runtime;
+use crate::error::{CliError, Io};
 use crate::runtime::{load_model, Captions, Inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
@@ -186,7 +186,7 @@ fn time<M: BlockModel>(
     rounds: usize,
     rt: &Runtime,
 ) -> Result<Timing, CliError> {
-    let fail = |e: tcc_exec::ExecError| CliError::Failure(e.to_string());
+    let fail = CliError::from;
     // Warm-up: the first steps load kernels and fill allocator pools.
     for p in [full, plan] {
         let mut traj = Trajectory::new(model, p, batch).map_err(fail)?;

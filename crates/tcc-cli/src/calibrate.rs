@@ -4,17 +4,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tcc_calib::{
-    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorMeta, PriorSet,
-    Progress, Reduce, StatsFile, StatsMeta,
+    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorSet, Progress, Reduce,
+    StatsFile, StatsMeta,
 };
 use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
-use tcc_plan::Plan;
+use tcc_plan::{Plan, PlanHash};
 
 use tcc_fs::OutputKind;
 
-use crate::common::{beside_cwd, CliError, Io};
+use crate::common::{beside_cwd, spelled};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 
@@ -59,8 +60,8 @@ pub struct Args {
     out: Option<PathBuf>,
     /// Override the schedule's mode: `consistent` (each step fitted on the
     /// trajectory the earlier priors shifted) or `one-shot` (ablation).
-    #[arg(long, value_parser = ["consistent", "one-shot"])]
-    mode: Option<String>,
+    #[arg(long, value_parser = spelled(CalibMode::ALL))]
+    mode: Option<CalibMode>,
     /// Override the number of calibration samples.
     #[arg(long)]
     samples: Option<usize>,
@@ -70,8 +71,8 @@ pub struct Args {
     /// Override how priors are chosen: `fixed` (the paper's protocol: every
     /// calibrated site gets the schedule's prior and alpha) or `validated`
     /// (per site the closest candidate on the validation samples, or none).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Selection::ALL.iter().map(|(n, _)| *n)))]
-    select: Option<String>,
+    #[arg(long, value_parser = spelled(Selection::ALL))]
+    select: Option<Selection>,
     /// Override the number of validation samples (0: none).
     #[arg(long)]
     validation_samples: Option<usize>,
@@ -124,12 +125,8 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
     }
     // Overrides are part of what the priors were fitted with, but not of the
     // plan the priors apply to: the hash is taken before them.
-    let plan_hash = plan.hash().to_string();
-    let mode = match args.mode.as_deref() {
-        Some("one-shot") => CalibMode::OneShot,
-        Some(_) => CalibMode::Consistent,
-        None => plan.calibration.mode,
-    };
+    let plan_hash = plan.hash();
+    let mode = args.mode.unwrap_or(plan.calibration.mode);
     if let Some(n) = args.samples {
         check_count("--samples", n, MAX_SAMPLES)?;
         plan.calibration.samples = n;
@@ -137,7 +134,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
     if let Some(s) = args.seed {
         plan.calibration.seed = s;
     }
-    if let Some(s) = args.select.as_deref().and_then(Selection::from_name) {
+    if let Some(s) = args.select {
         plan.calibration.select = s;
     }
     if let Some(n) = args.validation_samples {
@@ -176,7 +173,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         io.out,
         "calibrating {} ({} mode, {}) on {} samples, seed {}{}",
         plan.source,
-        name(&mode),
+        mode,
         match cal.select {
             Selection::Fixed => format!("{} prior, alpha {}", cal.prior, cal.alpha),
             Selection::Validated => format!(
@@ -239,7 +236,7 @@ fn run_shard(
     args: &Args,
     io: &mut Io,
     plan: &Plan,
-    plan_hash: String,
+    plan_hash: PlanHash,
     mode: CalibMode,
     shard: Shard,
 ) -> Result<(), CliError> {
@@ -297,8 +294,7 @@ fn run_shard(
     let sites = tcc_calib::calibrated_sites(plan).len() as u64;
     let bar = progress("gathering", (batches.len() + val.len()) as u64 * sites);
     let started = std::time::Instant::now();
-    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))
-        .map_err(|e| CliError::Failure(e.to_string()))?;
+    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let file = StatsFile {
         meta: StatsMeta {
@@ -542,7 +538,7 @@ pub(crate) fn fit_priors(
     model: &AnyModel,
     captions: Option<&Captions>,
     plan: &Plan,
-    plan_hash: String,
+    plan_hash: PlanHash,
     mode: CalibMode,
     batch_size: usize,
     rt: &Runtime,
@@ -579,36 +575,20 @@ pub(crate) fn fit_priors(
                 reached = std::time::Instant::now();
             }
         },
-    )
-    .map_err(|e| CliError::Failure(e.to_string()))?;
+    )?;
     bar.finish_and_clear();
     let time = CalibTime {
         total: started.elapsed().as_secs_f64(),
         fitting,
     };
-    let report = serde_json::json!({
-        "steps": result.steps,
-        "choices": result.choices,
-        "final": result.final_check,
-    });
-    let set = PriorSet {
-        meta: PriorMeta {
-            plan_hash,
-            model: plan.model.name.clone(),
-            alpha: cal.alpha,
-            mode,
-            prior: cal.prior,
-            samples: cal.samples,
-            seed: cal.seed,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            select: cal.select,
-            validation: (cal.validation_samples() > 0)
-                .then(|| (cal.validation_samples(), cal.validation_seed())),
-            report: Some(report.to_string()),
-        },
-        priors: result.priors.clone(),
-        alphas: result.alphas.clone(),
-    };
+    let set = PriorSet::fitted(
+        plan_hash,
+        &plan.model.name,
+        cal,
+        mode,
+        &result,
+        result.report(),
+    );
     Ok((set, result, time))
 }
 
@@ -664,22 +644,15 @@ fn calib_batches(
     }
     let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
     let conditions = inputs.conditions();
-    let mut batches = Vec::new();
-    let mut start = range.start;
-    while start < range.end {
-        let len = batch_size.min(range.end - start);
-        batches.push(CalibBatch {
-            batch: inputs.batch(plan, start, len)?,
-            conditions: conditions[start..start + len].to_vec(),
-        });
-        start += len;
-    }
-    Ok(batches)
-}
-
-pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    inputs
+        .batches(plan, range, batch_size)
+        .map(|b| {
+            let (start, batch) = b?;
+            let len = batch.noise.dims()[0];
+            Ok(CalibBatch {
+                batch,
+                conditions: conditions[start..start + len].to_vec(),
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use tcc_plan::PlanCost;
 
-use crate::common::{load_plan_with, CliError, Io};
+use crate::common::load_plan_with;
+use crate::error::{CliError, Io};
 use crate::hub::Need;
 
 const EXAMPLES: &str = "\

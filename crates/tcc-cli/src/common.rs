@@ -1,80 +1,27 @@
-//! What every subcommand shares: output streams, errors with exit status,
-//! and loading a schedule into a plan.
+//! What every subcommand shares: loading a schedule into a plan, typed
+//! flags over tcc-core's settings enums, default output names.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tcc_plan::{CompileError, Plan};
+use tcc_plan::Plan;
 use tcc_schedule::{ModelSource, Schedule, Spanned};
 
+use crate::error::CliError;
 use crate::hub::{self, HubSource, Need};
 
-/// The streams a subcommand writes to: results on `out`, diagnostics and
-/// progress on `err`.
-pub struct Io<'a> {
-    pub out: &'a mut dyn Write,
-    pub err: &'a mut dyn Write,
-}
-
-/// Why a subcommand failed, and the exit status that says so.
-#[derive(Debug)]
-pub enum CliError {
-    /// Invalid input (exit status 2). The text is printed to stderr as is:
-    /// rendered diagnostics, or one `error: ...` line.
-    Input(String),
-    /// The command line is inconsistent (exit status 2), reported with the
-    /// usage line like clap's own errors.
-    Usage(clap::Error),
-    /// Anything else (exit status 1).
-    Failure(String),
-    /// stdout was closed early (`tcc plan --show x | head`): stop quietly.
-    BrokenPipe,
-}
-
-impl CliError {
-    /// One `error: ...` line for invalid input.
-    pub fn input(message: impl std::fmt::Display) -> CliError {
-        CliError::Input(format!("error: {message}\n"))
-    }
-
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Input(_) | CliError::Usage(_) => 2,
-            CliError::Failure(_) => 1,
-            CliError::BrokenPipe => 0,
-        }
-    }
-
-    /// Prints the error to `io.err` and returns the exit status.
-    pub fn report(self, io: &mut Io) -> u8 {
-        let code = self.exit_code();
-        let text = match self {
-            CliError::Input(text) => text,
-            CliError::Usage(e) => e.render().to_string(),
-            CliError::Failure(message) => format!("error: {message}\n"),
-            CliError::BrokenPipe => String::new(),
-        };
-        let _ = io.err.write_all(text.as_bytes());
-        let _ = io.err.flush();
-        code
-    }
-}
-
-impl From<CompileError> for CliError {
-    fn from(e: CompileError) -> CliError {
-        CliError::Input(e.render())
-    }
-}
-
-impl From<io::Error> for CliError {
-    /// Errors writing the output.
-    fn from(e: io::Error) -> CliError {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            CliError::BrokenPipe
-        } else {
-            CliError::Failure(format!("cannot write the output: {e}"))
-        }
-    }
+/// A clap value parser for a settings enum of tcc-core: its spellings are
+/// the possible values (listed in `--help`), and the value is the variant.
+pub fn spelled<T: Copy + Send + Sync + 'static>(
+    all: &'static [(&'static str, T)],
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(all.iter().map(|(n, _)| *n)).map(move |name| {
+        all.iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+            .expect("clap accepts only the possible values")
+    })
 }
 
 /// Reads and compiles a schedule file. The plan's `source` is the path as
@@ -82,7 +29,7 @@ impl From<io::Error> for CliError {
 /// wrote it. `hf:` model sources in the schedule are fetched (their configs
 /// only; progress on stderr), see [`load_plan_with`].
 pub fn load_plan(path: &Path) -> Result<Plan, CliError> {
-    load_plan_with(path, None, None, Need::Config, &mut io::stderr())
+    load_plan_with(path, None, None, Need::Config, &mut std::io::stderr())
 }
 
 /// [`load_plan`] with the command line's overrides: `model` (`--model

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device};
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 /// The dtype TCC priors are applied in, whatever the model's: the branch
 /// output is cast to f32, corrected and cast back, as the reference code

@@ -10,13 +10,14 @@ use tcc_core::{CalibMethod, CalibMode, Selection};
 use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
 use tcc_exec::NoHooks;
 use tcc_metrics::Summary;
-use tcc_plan::{Action, Plan};
+use tcc_plan::{Action, Plan, PlanHash};
 
 use tcc_fs::OutputKind;
 
-use crate::calibrate::{calibration_memory, check_validation, fit_priors, name};
-use crate::common::{beside_cwd, CliError, Io};
+use crate::calibrate::{calibration_memory, check_validation, fit_priors};
+use crate::common::beside_cwd;
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
 use crate::scoring::TestbedScorer;
@@ -91,7 +92,7 @@ pub struct Args {
 /// One schedule of the evaluation: its plan and the variants it adds.
 struct Entry {
     plan: Plan,
-    hash: String,
+    hash: PlanHash,
     /// `stem:` when several schedules are compared, else empty.
     prefix: String,
     /// (variant label, priors) of its calibrated variants.
@@ -218,7 +219,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                     plan.source
                 )));
             }
-            let set = load_priors(path, plan, &plan.hash().to_string(), mode)?;
+            let set = load_priors(path, plan, &plan.hash(), mode)?;
             given.push((mode, set));
         }
     }
@@ -253,7 +254,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         } else {
             String::new()
         };
-        let hash = plan.hash().to_string();
+        let hash = plan.hash();
         let cache = entries
             .iter()
             .find(|e| cache_actions(&e.plan) == cache_actions(&plan))
@@ -277,9 +278,10 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         if plan.calibration.method != CalibMethod::Tcc {
             continue;
         }
+        // The variants are labelled `one-shot` (the mode's name) and `tcc`.
         let mut wanted = vec![("tcc", CalibMode::Consistent)];
         if !args.no_one_shot {
-            wanted.insert(0, ("one-shot", CalibMode::OneShot));
+            wanted.insert(0, (CalibMode::OneShot.as_str(), CalibMode::OneShot));
         }
         let sets: Vec<Option<PriorSet>> = wanted
             .iter()
@@ -310,7 +312,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         &model,
                         captions.as_ref(),
                         plan,
-                        e.hash.clone(),
+                        e.hash,
                         mode,
                         args.batch_size,
                         &rt,
@@ -419,8 +421,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         scorer.as_ref().map(|s| s as &dyn Scorer),
         &test_refs,
         &mut |p| bar.inc(p.samples as u64),
-    )
-    .map_err(|e| CliError::Failure(e.to_string()))?;
+    )?;
     bar.finish_and_clear();
     let calibrated: Vec<(String, PriorSet, &Plan)> = entries
         .iter()
@@ -447,7 +448,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "seeds": args.seeds,
             "priors": calibrated.iter().map(|(l, s, _)| serde_json::json!({
                 "variant": l,
-                "mode": name(&s.meta.mode),
+                "mode": s.meta.mode,
                 "select": s.meta.select.as_str(),
                 "alpha": s.meta.alpha,
                 "sites": s.sites().len(),
@@ -559,7 +560,7 @@ fn oracle_rows(
 fn load_priors(
     path: &Path,
     plan: &Plan,
-    hash: &str,
+    hash: &PlanHash,
     mode: CalibMode,
 ) -> Result<PriorSet, CliError> {
     let set = PriorSet::load(path).map_err(CliError::input)?;
@@ -570,8 +571,8 @@ fn load_priors(
         return Err(CliError::input(format!(
             "{}: these are {} priors, but the option expects {} priors",
             path.display(),
-            name(&set.meta.mode),
-            name(&mode)
+            set.meta.mode,
+            mode
         )));
     }
     Ok(set)
@@ -649,7 +650,7 @@ fn print_tables(
         writeln!(
             out,
             "  {label} priors: {} mode, {how}, fitted on {} samples of seed {}{validation} (held out from evaluation)",
-            name(&set.meta.mode),
+            set.meta.mode,
             set.meta.samples,
             set.meta.seed
         )?;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use tcc_model::{BlockModel, Dit, PixArt};
 
-use crate::common::{CliError, Io};
 use crate::device::{parse_device, DeviceChoice, Runtime};
+use crate::error::{CliError, Io};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

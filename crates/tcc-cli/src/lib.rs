@@ -19,6 +19,7 @@ mod check;
 mod common;
 mod convert;
 mod device;
+mod error;
 mod eval;
 mod golden;
 mod hub;
@@ -40,7 +41,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use common::{load_plan, CliError, Io};
+pub use common::load_plan;
+pub use error::{CliError, Io};
 
 const ABOUT: &str =
     "Cache-accelerated Diffusion Transformer sampling with Trajectory-Consistent Calibration";

@@ -8,7 +8,7 @@ use candle_core::DType;
 use tcc_fs::OutputKind;
 use tcc_plan::Plan;
 
-use crate::common::CliError;
+use crate::error::CliError;
 use crate::runtime::ModelArgs;
 
 /// The most samples a command samples, calibrates on or evaluates per seed

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use tcc_calib::{fit_merged, CalibError, PriorMeta, PriorSet, StatsFile};
+use tcc_calib::{fit_merged, CalibError, PriorSet, StatsFile};
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::limits::check_output;
 
 const EXAMPLES: &str = "\
@@ -91,30 +91,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     })?;
     let m = &merged.meta;
     let cal = &m.calibration;
-    let report = serde_json::json!({
-        "steps": result.steps,
-        "choices": result.choices,
-        "final": result.final_check,
-        "merged_shards": shards,
-    });
-    let set = PriorSet {
-        meta: PriorMeta {
-            plan_hash: m.plan_hash.clone(),
-            model: m.model.clone(),
-            alpha: cal.alpha,
-            mode: m.mode,
-            prior: cal.prior,
-            samples: cal.samples,
-            seed: cal.seed,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            select: cal.select,
-            validation: (cal.validation_samples() > 0)
-                .then(|| (cal.validation_samples(), cal.validation_seed())),
-            report: Some(report.to_string()),
-        },
-        priors: result.priors.clone(),
-        alphas: result.alphas.clone(),
-    };
+    let mut report = result.report();
+    report.insert("merged_shards".into(), shards.into());
+    let set = PriorSet::fitted(m.plan_hash, &m.model, cal, m.mode, &result, report);
     set.save(&args.out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
     writeln!(io.out, "step  sites    rows   dim  fit before   after")?;

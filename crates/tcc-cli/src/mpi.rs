@@ -9,7 +9,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use tcc_calib::{AllGather, CalibError};
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 /// This process's place in an MPI job of more than one process.
 pub struct Mpi {

@@ -17,7 +17,7 @@ use tcc_core::Shard;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failure(format!("{}: {e}", path.display()))
@@ -49,7 +49,7 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
 pub struct SampleShard {
     /// Always `tcc-sample-shard/1`.
     pub format: String,
-    pub plan_hash: String,
+    pub plan_hash: tcc_plan::PlanHash,
     pub model: String,
     /// SHA-256 of the priors file applied, if any.
     pub priors: Option<String>,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failure(format!("{}: {e}", path.display()))

@@ -6,7 +6,8 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, ValueEnum};
 use tcc_plan::{Format, PlanDiff, PlanDocument};
 
-use crate::common::{load_plan_with, CliError, Io};
+use crate::common::load_plan_with;
+use crate::error::{CliError, Io};
 use crate::hub::Need;
 
 const EXAMPLES: &str = "\

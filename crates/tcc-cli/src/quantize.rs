@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tcc_text::{Quant, TextError};
 
-use crate::common::{CliError, Io};
+use crate::error::{CliError, Io};
 use crate::hub::{self, HubSource, Need};
 use crate::runtime::progress;
 

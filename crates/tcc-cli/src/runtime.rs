@@ -12,8 +12,8 @@ use tcc_model::{AnyModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
 
-use crate::common::CliError;
 use crate::device::{Runtime, RuntimeArgs};
+use crate::error::CliError;
 use crate::hub::Need;
 
 /// Options shared by every command that runs a model.
@@ -375,6 +375,22 @@ impl<'a> Inputs<'a> {
         self.labels.iter().map(|&c| c as u64).collect()
     }
 
+    /// Samples `range` in executor batches of at most `batch_size`, the
+    /// first starting at `range.start` (a shard's batches are the single
+    /// run's): `(start, batch)` in order.
+    pub fn batches<'s>(
+        &'s self,
+        plan: &'s Plan,
+        range: std::ops::Range<usize>,
+        batch_size: usize,
+    ) -> impl Iterator<Item = Result<(usize, SampleBatch), CliError>> + 's {
+        let end = range.end;
+        range.step_by(batch_size.max(1)).map(move |start| {
+            let len = batch_size.min(end - start);
+            self.batch(plan, start, len).map(|b| (start, b))
+        })
+    }
+
     /// Samples `start..start+len` as one executor batch.
     pub fn batch(&self, plan: &Plan, start: usize, len: usize) -> Result<SampleBatch, CliError> {
         let dev = &self.device;
@@ -442,15 +458,12 @@ pub fn run_range(
     let mut outs = Vec::new();
     let started = std::time::Instant::now();
     let mut outside = Duration::ZERO;
-    let mut start = range.start;
-    while start < range.end {
-        let len = batch_size.min(range.end - start);
-        let b = inputs.batch(plan, start, len)?;
-        let mut traj =
-            Trajectory::new(model, plan, &b).map_err(|e| CliError::Failure(e.to_string()))?;
+    for batch in inputs.batches(plan, range, batch_size) {
+        let (start, b) = batch?;
+        let len = b.noise.dim(0).map_err(fail)?;
+        let mut traj = Trajectory::new(model, plan, &b)?;
         while !traj.is_done() {
-            traj.step(hooks)
-                .map_err(|e| CliError::Failure(e.to_string()))?;
+            traj.step(hooks)?;
             bar.inc(len as u64);
         }
         let t = std::time::Instant::now();
@@ -459,7 +472,6 @@ pub fn run_range(
         if keep {
             outs.push(traj.latents().clone());
         }
-        start += len;
     }
     // GPU kernels run asynchronously: wait for them before reading the clock.
     inputs.device.synchronize().map_err(fail)?;

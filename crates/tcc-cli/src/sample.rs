@@ -9,8 +9,8 @@ use tcc_metrics::{DataRange, ErrorStats};
 
 use tcc_fs::OutputKind;
 
-use crate::common::{CliError, Io};
 use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};
 use crate::output::{to_nhwc_u8, write_latents};
@@ -129,7 +129,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let priors = match &args.priors {
         Some(path) => {
             let set = PriorSet::load(path).map_err(CliError::input)?;
-            set.check_binding(&plan.hash().to_string(), &plan.model.name)
+            set.check_binding(&plan.hash(), &plan.model.name)
                 .and_then(|()| set.check_plan(&plan))
                 .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
             Some((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
@@ -328,7 +328,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             .then(|| -> Result<SampleShard, CliError> {
                 Ok(SampleShard {
                     format: SAMPLE_SHARD_FORMAT.into(),
-                    plan_hash: plan.hash().to_string(),
+                    plan_hash: plan.hash(),
                     model: plan.model.name.clone(),
                     priors: args.priors.as_deref().map(sha256_file).transpose()?,
                     seed: args.seed,

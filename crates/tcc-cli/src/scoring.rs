@@ -6,7 +6,7 @@ use tcc_eval::Scorer;
 use tcc_metrics::FeatureStats;
 use tcc_testbed::Testbed;
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 /// A testbed's classifier and the real data's feature statistics.
 pub struct TestbedScorer {

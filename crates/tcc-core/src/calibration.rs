@@ -1,79 +1,43 @@
 use serde::{Deserialize, Serialize};
 
-/// One spelling per variant, shared by the schedule parser and printer, the
-/// plan renderer, priors files and the CLI, so a new variant is a one-place
-/// edit: `ALL` lists `(spelling, variant)` in documentation order.
-macro_rules! spelled {
-    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// Every variant with its spelling in schedules and files.
-            pub const ALL: &'static [(&'static str, $ty)] = &[$(($name, $ty::$variant)),+];
-
-            /// The spelling in schedules and files.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name),+
-                }
-            }
-
-            /// The variant spelled `name`.
-            pub fn from_name(name: &str) -> Option<$ty> {
-                Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
-            }
-        }
-
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
+spelled_enum! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CalibMethod {
+        None = "none",
+        Tcc = "tcc",
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CalibMethod {
-    None,
-    Tcc,
+spelled_enum! {
+    /// How the statistics of later calibrated steps are gathered.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CalibMode {
+        /// Each step is fitted on the trajectory already shifted by the earlier priors.
+        Consistent = "consistent",
+        /// Every step is fitted on one uncorrected accelerated trajectory (ablation).
+        OneShot = "one-shot",
+    }
 }
 
-/// How the statistics of later calibrated steps are gathered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CalibMode {
-    /// Each step is fitted on the trajectory already shifted by the earlier priors.
-    Consistent,
-    /// Every step is fitted on one uncorrected accelerated trajectory (ablation).
-    OneShot,
+spelled_enum! {
+    /// The family of a prior. Every family has the folded run-time form
+    /// `out = B M + c` (one `D x D` GEMM plus a bias).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum PriorKind {
+        /// Rotation R, isotropic scale s and means (the paper's prior, the default).
+        Procrustes = "procrustes",
+        /// R = I, least-squares scale s.
+        ScaleShift = "scale-shift",
+        /// R = I, s = 1: mean shift only.
+        Shift = "shift",
+        /// Ridge least squares `A ≈ B W + b`, W pulled toward the identity.
+        Affine = "affine",
+        /// Per-channel scale and shift.
+        Diagonal = "diagonal",
+        /// `W = I + U Vᵀ` of low rank: reduced-rank regression of `A - B` on `B`.
+        Lowrank = "lowrank",
+    }
 }
-
-/// The family of a prior. Every family has the folded run-time form
-/// `out = B M + c` (one `D x D` GEMM plus a bias).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PriorKind {
-    /// Rotation R, isotropic scale s and means (the paper's prior, the default).
-    Procrustes,
-    /// R = I, least-squares scale s.
-    ScaleShift,
-    /// R = I, s = 1: mean shift only.
-    Shift,
-    /// Ridge least squares `A ≈ B W + b`, W pulled toward the identity.
-    Affine,
-    /// Per-channel scale and shift.
-    Diagonal,
-    /// `W = I + U Vᵀ` of low rank: reduced-rank regression of `A - B` on `B`.
-    Lowrank,
-}
-
-spelled!(PriorKind {
-    Procrustes => "procrustes",
-    ScaleShift => "scale-shift",
-    Shift => "shift",
-    Affine => "affine",
-    Diagonal => "diagonal",
-    Lowrank => "lowrank",
-});
 
 impl PriorKind {
     /// Whether the fit has a ridge strength to choose (`ridge` in schedules).
@@ -91,62 +55,46 @@ impl PriorKind {
     }
 }
 
-/// What one row of the fitted statistics is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pooling {
-    /// One row per condition: mean over tokens and latents of that condition.
-    Tokens,
-    /// One row per token position: mean over conditions and latents.
-    Conditions,
-    /// One row per sample: mean over its tokens (the official PixArt-α setting).
-    Samples,
-    /// No pooling: every token of every sample is a row.
-    #[serde(rename = "none")]
-    Unpooled,
+spelled_enum! {
+    /// What one row of the fitted statistics is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Pooling {
+        /// One row per condition: mean over tokens and latents of that condition.
+        Tokens = "tokens",
+        /// One row per token position: mean over conditions and latents.
+        Conditions = "conditions",
+        /// One row per sample: mean over its tokens (the official PixArt-α setting).
+        Samples = "samples",
+        /// No pooling: every token of every sample is a row.
+        Unpooled = "none",
+    }
 }
 
-spelled!(Pooling {
-    Tokens => "tokens",
-    Conditions => "conditions",
-    Samples => "samples",
-    Unpooled => "none",
-});
-
-/// Which half of the CFG batch the statistics are pooled from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CfgHalf {
-    Cond,
-    Uncond,
-    /// Both halves: rows from the conditional and the null-condition half.
-    Both,
+spelled_enum! {
+    /// Which half of the CFG batch the statistics are pooled from.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CfgHalf {
+        Cond = "cond",
+        Uncond = "uncond",
+        /// Both halves: rows from the conditional and the null-condition half.
+        Both = "both",
+    }
 }
 
-spelled!(CfgHalf {
-    Cond => "cond",
-    Uncond => "uncond",
-    Both => "both",
-});
-
-/// How the prior of each calibrated site is chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Selection {
-    /// The paper's protocol: every calibrated site gets `prior` at `alpha`.
-    #[default]
-    Fixed,
-    /// Per site, the candidate (prior kind, ridge, alpha, or no prior) that
-    /// is closest to the reference on the validation samples; a step whose
-    /// priors move the validation latents away from the reference gets
-    /// none, and so does the whole set if it is worse end to end.
-    Validated,
+spelled_enum! {
+    /// How the prior of each calibrated site is chosen.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub enum Selection {
+        /// The paper's protocol: every calibrated site gets `prior` at `alpha`.
+        #[default]
+        Fixed = "fixed",
+        /// Per site, the candidate (prior kind, ridge, alpha, or no prior) that
+        /// is closest to the reference on the validation samples; a step whose
+        /// priors move the validation latents away from the reference gets
+        /// none, and so does the whole set if it is worse end to end.
+        Validated = "validated",
+    }
 }
-
-spelled!(Selection {
-    Fixed => "fixed",
-    Validated => "validated",
-});
 
 /// The ridge strengths tried when a schedule gives none: `λ = γ tr(Cov_B) / D`
 /// for each `γ` here.
@@ -293,12 +241,23 @@ mod tests {
                 assert_eq!(serde_json::to_value(v).unwrap(), name, "{v:?}");
             }
         }
+        check(CalibMethod::ALL, CalibMethod::from_name);
+        check(CalibMode::ALL, CalibMode::from_name);
         check(PriorKind::ALL, PriorKind::from_name);
         check(Pooling::ALL, Pooling::from_name);
         check(CfgHalf::ALL, CfgHalf::from_name);
         check(Selection::ALL, Selection::from_name);
         assert_eq!(Pooling::Unpooled.as_str(), "none");
         assert_eq!(PriorKind::from_name("nope"), None);
+        assert_eq!("one-shot".parse(), Ok(CalibMode::OneShot));
+        let err = "lowrnk".parse::<PriorKind>().unwrap_err();
+        assert_eq!(err.expected, PriorKind::NAMES);
+        let json: Result<CfgHalf, _> = serde_json::from_str("\"half\"");
+        let msg = json.unwrap_err().to_string();
+        assert!(
+            msg.contains("unknown variant `half`, expected one of `cond`, `uncond`, `both`"),
+            "{msg}"
+        );
     }
 
     #[test]

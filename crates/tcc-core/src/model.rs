@@ -35,6 +35,10 @@ impl std::fmt::Display for Branch {
     }
 }
 
+/// Width of the sinusoidal timestep embedding that both DiT and PixArt-α
+/// feed to their timestep MLP.
+pub const TIMESTEP_FREQ_DIM: usize = 256;
+
 /// Which kind of DiT a shape describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,7 +148,8 @@ impl ModelShape {
         let (cin, cout) = (self.in_channels as u128, self.out_channels as u128);
         let tokens = self.tokens() as u128;
         // Patch embedding, timestep MLP (256 -> D -> D), position embedding.
-        let embed = cin * p2 * d + d + 256 * d + d + d * d + d + tokens * d;
+        let freq = TIMESTEP_FREQ_DIM as u128;
+        let embed = cin * p2 * d + d + freq * d + d + d * d + d + tokens * d;
         let attn = 4 * (d * d + d);
         let mlp = d * f + f + f * d + d;
         let out = d * p2 * cout + p2 * cout;

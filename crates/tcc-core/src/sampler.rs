@@ -1,35 +1,26 @@
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SamplerKind {
-    /// Ancestral DDPM with DiT's timestep respacing.
-    Ddpm,
-    /// DDIM; deterministic when eta = 0.
-    Ddim,
-    /// DPM-Solver++ multistep, order 2 (PixArt's sampler).
-    #[serde(rename = "dpm-solver++")]
-    DpmSolverPp,
-}
-
-impl SamplerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Ddim => "ddim",
-            SamplerKind::DpmSolverPp => "dpm-solver++",
-        }
+spelled_enum! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum SamplerKind {
+        /// Ancestral DDPM with DiT's timestep respacing.
+        Ddpm = "ddpm",
+        /// DDIM; deterministic when eta = 0.
+        Ddim = "ddim",
+        /// DPM-Solver++ multistep, order 2 (PixArt's sampler).
+        DpmSolverPp = "dpm-solver++",
     }
 }
 
-/// Order of the two halves of a classifier-free-guidance batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CfgOrder {
-    /// `[cond; uncond]` (DiT).
-    CondFirst,
-    /// `[uncond; cond]` (PixArt).
-    UncondFirst,
+spelled_enum! {
+    /// Order of the two halves of a classifier-free-guidance batch.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CfgOrder {
+        /// `[cond; uncond]` (DiT).
+        CondFirst = "cond-first",
+        /// `[uncond; cond]` (PixArt).
+        UncondFirst = "uncond-first",
+    }
 }
 
 /// Sampler settings, as a schedule states them and a plan carries them.
@@ -118,6 +109,21 @@ impl Default for SamplerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_match_serde() {
+        for &(name, kind) in SamplerKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+            assert_eq!(
+                serde_json::from_value::<SamplerKind>(name.into()).unwrap(),
+                kind
+            );
+        }
+        for &(name, order) in CfgOrder::ALL {
+            assert_eq!(serde_json::to_value(order).unwrap(), name);
+        }
+        assert_eq!(SamplerKind::DpmSolverPp.as_str(), "dpm-solver++");
+    }
 
     #[test]
     fn ddim_respacing_matches_dit_rule() {

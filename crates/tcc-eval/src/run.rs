@@ -227,7 +227,7 @@ pub fn evaluate<M: BlockModel>(
     // Per variant, per step: (Σ||x_v - x_full||^2, Σ||x_full||^2).
     let mut latent: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, 0.0); nsteps]; nv];
     let mut branch: Vec<BranchDistances> = vec![BranchDistances::new(); nv];
-    let mut pooled: Vec<HashMap<(usize, Branch, usize), SiteStats>> = vec![HashMap::new(); nv];
+    let mut pooled: Vec<HashMap<Site, SiteStats>> = vec![HashMap::new(); nv];
     let mut moments: Vec<BTreeMap<Site, Moments>> = vec![BTreeMap::new(); nv];
     let all_tokens = Pooler::validation(full);
 
@@ -420,13 +420,13 @@ pub fn evaluate<M: BlockModel>(
 /// Per step: `sqrt(Σ ||a_i - b_i||^2 / Σ ||a_i||^2)` over the pooled rows of
 /// all its sites, as `tcc calibrate` computes "before" and "after".
 fn pooled_per_step(
-    stats: &HashMap<(usize, Branch, usize), SiteStats>,
+    stats: &HashMap<Site, SiteStats>,
     pooler: Pooler,
 ) -> Result<BTreeMap<usize, f64>, EvalError> {
     let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
-    for ((step, _, _), st) in stats {
+    for (site, st) in stats {
         let (d, _, n) = st.residual(None, pooler.pooling(), 0.0)?;
-        let e = sums.entry(*step).or_default();
+        let e = sums.entry(site.step).or_default();
         e.0 += d;
         e.1 += n;
     }
@@ -461,7 +461,7 @@ struct Observer<'a> {
     inner: &'a mut dyn Hooks,
     reference: &'a HashMap<(usize, Branch), Tensor>,
     distances: &'a mut BranchDistances,
-    pooled: &'a mut HashMap<(usize, Branch, usize), SiteStats>,
+    pooled: &'a mut HashMap<Site, SiteStats>,
     pooler: Pooler,
     /// Where to keep the oracle moments, and the pooler of every token.
     moments: Option<(&'a mut BTreeMap<Site, Moments>, Pooler)>,
@@ -502,7 +502,7 @@ impl Observer<'_> {
         let pooler = self.pooler;
         let st = self
             .pooled
-            .entry((site.step, site.branch, site.block))
+            .entry(Site::new(site.step, site.branch, site.block))
             .or_insert_with(|| pooler.stats(used.dim(2).unwrap_or(0)));
         pooler.add_pair(r, used, self.conditions, st)?;
         Ok(())

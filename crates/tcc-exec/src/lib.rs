@@ -17,6 +17,20 @@ mod trajectory;
 pub use cache::CacheLayout;
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 
+/// What kind of failure an [`ExecError`] is, for callers that must tell a
+/// caller's mistake (exit status 2 in the `tcc` command) from a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The plan, model and batch do not fit together.
+    Input,
+    /// The trajectory diverged (non-finite latents).
+    Numerics,
+    /// A [`Hooks`] implementation failed.
+    Hook,
+    /// Anything else: the device, the sampler, an inconsistent plan.
+    Internal,
+}
+
 /// Errors from the executor.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -30,6 +44,9 @@ pub enum ExecError {
     },
     #[error("the plan's branches ({plan}) differ from the model's ({model})")]
     BranchMismatch { plan: String, model: String },
+    /// The batch does not fit the plan (e.g. CFG without a null condition).
+    #[error("{0}")]
+    Input(String),
     #[error("step {step}, block {block}, {branch}: the plan reuses step {from}, but nothing from that step is cached (the plan is inconsistent)")]
     MissingCache {
         step: usize,
@@ -47,10 +64,29 @@ pub enum ExecError {
         last: usize,
         detail: String,
     },
+    /// What a hook returned, as it returned it.
+    #[error(transparent)]
+    Hook(Box<ExecError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Sampler(#[from] tcc_sampler::SamplerError),
+}
+
+impl ExecError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExecError::DepthMismatch { .. }
+            | ExecError::BranchMismatch { .. }
+            | ExecError::Input(_) => ErrorKind::Input,
+            ExecError::NonFinite { .. } => ErrorKind::Numerics,
+            ExecError::Hook(_) => ErrorKind::Hook,
+            ExecError::MissingCache { .. }
+            | ExecError::Finished(_)
+            | ExecError::Candle(_)
+            | ExecError::Sampler(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ExecError>;

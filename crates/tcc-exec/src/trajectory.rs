@@ -117,7 +117,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         }
         let cond_in = if plan.sampler.uses_cfg() {
             let uncond = batch.uncond.as_ref().ok_or_else(|| {
-                candle_core::Error::Msg("the plan uses CFG but no null condition was given".into())
+                ExecError::Input("the plan uses CFG but no null condition was given".into())
             })?;
             match plan.sampler.cfg_order {
                 CfgOrder::CondFirst => Tensor::cat(&[&batch.cond, uncond], 0)?,
@@ -134,10 +134,9 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                 CfgOrder::UncondFirst => Tensor::cat(&[u, m], 0)?,
             }),
             _ => {
-                return Err(candle_core::Error::Msg(
+                return Err(ExecError::Input(
                     "the plan uses CFG: give a key mask for both the condition and the null condition, or for neither".into(),
-                )
-                .into())
+                ))
             }
         };
         Ok(Trajectory {
@@ -270,7 +269,13 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     branch,
                     action,
                 };
-                let out = hooks.branch_output(&site, &out)?.unwrap_or(out);
+                let out = hooks
+                    .branch_output(&site, &out)
+                    .map_err(|e| match e {
+                        ExecError::Hook(_) => e,
+                        e => ExecError::Hook(Box::new(e)),
+                    })?
+                    .unwrap_or(out);
                 match action {
                     Action::Compute if self.layout.store[s].contains(&(block, bi)) => {
                         self.cache.insert((block, bi), (s, out.clone()));

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use tcc_core::{CalibrationSpec, CfgOrder, ModelShape, SamplerKind, SamplerSpec};
-use tcc_exec::{CacheLayout, NoHooks, SampleBatch, Trajectory};
+use tcc_exec::{CacheLayout, ErrorKind, ExecError, NoHooks, SampleBatch, Trajectory};
 use tcc_model::{BlockModel, Dit, DitConfig};
 use tcc_plan::{Action, Plan, StepPlan};
 use tcc_sampler::{guide, sample_loop, NoiseRng, Sampler};
@@ -571,9 +571,55 @@ fn cfg_with_one_mask_is_refused() {
         uncond_mask: None,
         ..captioned_batch(&sh, 0.0)
     };
-    let err = Trajectory::new(&m, &p, &b)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.contains("key mask"), "{err}");
+    let err = Trajectory::new(&m, &p, &b).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Input);
+    assert!(err.to_string().contains("key mask"), "{err}");
+}
+
+/// A missing null condition is the caller's mistake, not a numerical
+/// failure; a hook's error comes back as the hook's.
+#[test]
+fn errors_tell_input_from_hooks_and_numerics() {
+    let sh = shape(2, 16, 4, 3, false);
+    let m = model(&sh, 0);
+    let p = plan(
+        &sh,
+        sampler_spec(SamplerKind::Ddim, 4, 1.5, 0.0, CfgOrder::CondFirst),
+        |_, _, _| true,
+    );
+    let b = SampleBatch {
+        uncond: None,
+        ..batch(&sh, 2, 0)
+    };
+    let err = Trajectory::new(&m, &p, &b).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Input);
+    assert!(err.to_string().contains("no null condition"), "{err}");
+
+    struct Fails;
+    impl tcc_exec::Hooks for Fails {
+        fn branch_output(
+            &mut self,
+            _: &tcc_exec::BranchSite,
+            _: &Tensor,
+        ) -> tcc_exec::Result<Option<Tensor>> {
+            Err(ExecError::Input("the hook's own message".into()))
+        }
+    }
+    let err = Trajectory::new(&m, &p, &batch(&sh, 2, 0))
+        .unwrap()
+        .run(&mut Fails)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Hook);
+    assert_eq!(err.to_string(), "the hook's own message");
+
+    let big = plan(
+        &sh,
+        sampler_spec(SamplerKind::Ddim, 4, 1e300, 0.0, CfgOrder::CondFirst),
+        |_, _, _| true,
+    );
+    let err = Trajectory::new(&m, &big, &batch(&sh, 2, 0))
+        .unwrap()
+        .run(&mut NoHooks)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Numerics);
 }

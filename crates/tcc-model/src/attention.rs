@@ -16,7 +16,6 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::layers::attend;
 use crate::vmath;
 
 /// Query rows per work item: its scores (`QBLOCK x T` f32, 128 KiB at 256
@@ -178,6 +177,26 @@ pub fn packed_self_attention_composed(qkv: &Tensor, heads: usize) -> Result<Tens
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?;
     attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None)
+}
+
+/// Multi-head attention: `q` `[B, H, Tq, hd]`, `k`, `v` `[B, H, Tk, hd]`,
+/// `bias` `[B, 1, 1, Tk]` f32 added to the scores. Softmax in f32 (a
+/// half-precision sum over 256+ keys loses digits). Returns `[B, Tq, H hd]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, h, tq, hd) = q.dims4()?;
+    let dtype = q.dtype();
+    let q = (q * (hd as f64).powf(-0.5))?;
+    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, h * hd))
 }
 
 #[cfg(test)]

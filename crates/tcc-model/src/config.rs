@@ -1,12 +1,11 @@
-//! DiT hyper-parameters: presets, conversion from [`ModelShape`], and the
-//! diffusers `config.json` of `DiTTransformer2DModel`; the checks and the
-//! `config.json` reading that PixArt-α's config shares.
+//! DiT hyper-parameters: presets, conversion from [`ModelShape`] and from
+//! the diffusers `config.json` of `DiTTransformer2DModel` (read by
+//! [`TransformerConfig`]); the checks and the `config.json` reading that
+//! PixArt-α's config shares.
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use tcc_core::{ModelFamily, ModelShape};
+use tcc_core::{ConfigError, ModelFamily, ModelShape, TransformerConfig, TIMESTEP_FREQ_DIM};
 
 use crate::error::{Error, Result};
 
@@ -60,9 +59,6 @@ pub struct DitConfig {
     pub num_classes: usize,
     pub numerics: Numerics,
 }
-
-/// Width of the sinusoidal timestep embedding fed to the timestep MLP.
-pub const FREQ_EMBED_DIM: usize = 256;
 
 /// The DiT model sizes of the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +229,7 @@ impl DitConfig {
             ));
         }
         check_positive("norm eps", self.numerics.mlp_norm_eps)?;
-        let half = (FREQ_EMBED_DIM / 2) as f64;
+        let half = (TIMESTEP_FREQ_DIM / 2) as f64;
         if !(self.numerics.freq_shift.is_finite() && self.numerics.freq_shift < half) {
             return Err(format!(
                 "timestep frequency shift {} is out of range",
@@ -247,13 +243,31 @@ impl DitConfig {
     /// the older `Transformer2DModel` export of the DiT checkpoints), with
     /// diffusers numerics.
     pub fn from_diffusers_config(path: &Path) -> Result<DitConfig> {
-        read_diffusers_config(path, DiffusersConfig::into_config)
+        read_diffusers_config(path, ModelFamily::Dit, DitConfig::from_transformer)
     }
 
     /// The config of a diffusers `config.json` given as text; `path` names
     /// it in messages.
     pub fn from_diffusers_json(text: &str, path: &Path) -> Result<DitConfig> {
-        parse_diffusers_json(text, path, DiffusersConfig::into_config)
+        parse_diffusers_json(text, path, ModelFamily::Dit, DitConfig::from_transformer)
+    }
+
+    /// The DiT of a diffusers config, with diffusers numerics.
+    fn from_transformer(t: TransformerConfig) -> std::result::Result<DitConfig, String> {
+        let cfg = DitConfig {
+            depth: t.depth,
+            hidden: t.hidden,
+            heads: t.heads,
+            patch: t.patch,
+            input_size: t.input_size,
+            in_channels: t.in_channels,
+            out_channels: t.out_channels,
+            mlp_hidden: t.mlp_hidden,
+            num_classes: t.num_classes,
+            numerics: Numerics::diffusers(t.norm_eps),
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
@@ -308,128 +322,33 @@ pub(crate) fn check_positive(what: &str, v: f64) -> std::result::Result<(), Stri
 /// have a few kB).
 pub(crate) const MAX_JSON_BYTES: u64 = 64 << 20;
 
-/// Reads a diffusers `config.json` and converts it (see
+/// Reads a diffusers `config.json` of a `family` model and converts it (see
 /// [`parse_diffusers_json`]).
-pub(crate) fn read_diffusers_config<R: DeserializeOwned, C>(
+pub(crate) fn read_diffusers_config<C>(
     path: &Path,
-    into_config: impl FnOnce(R) -> std::result::Result<C, String>,
+    family: ModelFamily,
+    into_config: impl FnOnce(TransformerConfig) -> std::result::Result<C, String>,
 ) -> Result<C> {
     let text = tcc_fs::read_input_text(path, MAX_JSON_BYTES).map_err(|e| Error::io(path, e))?;
-    parse_diffusers_json(&text, path, into_config)
+    parse_diffusers_json(&text, path, family, into_config)
 }
 
-/// Parses the text of a diffusers `config.json` into its raw fields `R` and
-/// converts them with `into_config`. Errors name `path`, and the line and
+/// Reads the text of a diffusers `config.json` of a `family` model and
+/// converts it with `into_config`. Errors name `path`, and the line and
 /// column of bad JSON.
-pub(crate) fn parse_diffusers_json<R: DeserializeOwned, C>(
+pub(crate) fn parse_diffusers_json<C>(
     text: &str,
     path: &Path,
-    into_config: impl FnOnce(R) -> std::result::Result<C, String>,
+    family: ModelFamily,
+    into_config: impl FnOnce(TransformerConfig) -> std::result::Result<C, String>,
 ) -> Result<C> {
-    let raw: R = serde_json::from_str(text).map_err(|e| {
-        Error::Config(format!(
-            "{}: line {}, column {}: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    into_config(raw).map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
-}
-
-/// Refuses a string field `name` of a diffusers config set to anything
-/// but `want` (absent is fine).
-pub(crate) fn expect_value(
-    name: &str,
-    got: Option<&str>,
-    want: &str,
-) -> std::result::Result<(), String> {
-    match got {
-        Some(v) if v != want => Err(format!("{name} is `{v}`; only `{want}` is supported")),
-        _ => Ok(()),
-    }
-}
-
-/// Refuses the diffusers settings neither model computes: LayerNorms with
-/// affine weights, attention projections without bias.
-pub(crate) fn check_norm_and_bias(
-    norm_elementwise_affine: Option<bool>,
-    attention_bias: Option<bool>,
-) -> std::result::Result<(), String> {
-    if norm_elementwise_affine == Some(true) {
-        return Err("norm_elementwise_affine = true is not supported".into());
-    }
-    if attention_bias == Some(false) {
-        return Err("attention_bias = false is not supported".into());
-    }
-    Ok(())
-}
-
-/// The fields of a diffusers DiT `config.json` that matter here.
-#[derive(Deserialize)]
-struct DiffusersConfig {
-    #[serde(rename = "_class_name")]
-    class_name: Option<String>,
-    num_attention_heads: Option<usize>,
-    attention_head_dim: Option<usize>,
-    in_channels: Option<usize>,
-    out_channels: Option<usize>,
-    num_layers: Option<usize>,
-    sample_size: Option<usize>,
-    patch_size: Option<usize>,
-    activation_fn: Option<String>,
-    num_embeds_ada_norm: Option<usize>,
-    norm_type: Option<String>,
-    norm_elementwise_affine: Option<bool>,
-    norm_eps: Option<f64>,
-    attention_bias: Option<bool>,
-    cross_attention_dim: Option<serde_json::Value>,
-}
-
-impl DiffusersConfig {
-    fn into_config(self) -> std::result::Result<DitConfig, String> {
-        if let Some(c) = &self.class_name {
-            if c != "DiTTransformer2DModel" && c != "Transformer2DModel" {
-                return Err(format!(
-                    "_class_name is `{c}`, expected DiTTransformer2DModel"
-                ));
-            }
+    let at = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+    match TransformerConfig::from_json(text, Some(family)) {
+        Ok(t) => into_config(t).map_err(at),
+        Err(ConfigError::Json(e)) => {
+            Err(at(format!("line {}, column {}: {e}", e.line(), e.column())))
         }
-        expect_value(
-            "activation_fn",
-            self.activation_fn.as_deref(),
-            "gelu-approximate",
-        )?;
-        // Old `Transformer2DModel` exports leave norm_type out and switch to
-        // adaLN-Zero because num_embeds_ada_norm and patch_size are set.
-        expect_value("norm_type", self.norm_type.as_deref(), "ada_norm_zero")?;
-        check_norm_and_bias(self.norm_elementwise_affine, self.attention_bias)?;
-        if matches!(&self.cross_attention_dim, Some(v) if !v.is_null()) {
-            return Err("cross_attention_dim is set: not a class-conditional DiT".into());
-        }
-        let heads = self.num_attention_heads.unwrap_or(16);
-        let head_dim = self.attention_head_dim.unwrap_or(72);
-        let in_channels = self.in_channels.unwrap_or(4);
-        let hidden = heads
-            .checked_mul(head_dim)
-            .ok_or("num_attention_heads x attention_head_dim overflows")?;
-        let num_classes = self
-            .num_embeds_ada_norm
-            .ok_or("num_embeds_ada_norm is missing (the number of classes)")?;
-        let cfg = DitConfig {
-            depth: self.num_layers.unwrap_or(28),
-            hidden,
-            heads,
-            patch: self.patch_size.unwrap_or(2),
-            input_size: self.sample_size.unwrap_or(32),
-            in_channels,
-            out_channels: self.out_channels.unwrap_or(in_channels),
-            mlp_hidden: hidden.saturating_mul(4),
-            num_classes,
-            numerics: Numerics::diffusers(self.norm_eps.unwrap_or(1e-5)),
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        Err(ConfigError::Invalid(msg)) => Err(at(msg)),
     }
 }
 

@@ -7,13 +7,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::silu;
 use tcc_core::Branch;
 
-use crate::config::{DitConfig, FREQ_EMBED_DIM};
+use crate::config::DitConfig;
 use crate::error::{Error, Result};
 use crate::layers::{
     self, fan_in_std, gelu_mlp, pos_embed_2d, push_linear, Linear, PatchEmbed, Shapes, Weights,
 };
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// eps of the LayerNorm before attention and of the final LayerNorm (both
 /// the original code and diffusers).
@@ -41,7 +42,7 @@ pub struct Dit {
     device: Device,
     /// The patch embedding with the fixed 2-D sin-cos position embedding.
     patch_embed: PatchEmbed,
-    /// Timestep frequencies `[FREQ_EMBED_DIM / 2]`, f32.
+    /// Timestep frequencies `[TIMESTEP_FREQ_DIM / 2]`, f32.
     t_freqs: Tensor,
     /// The timestep/class embedder (DiT has one; for diffusers weights with
     /// distinct per-block copies, block 0's, which the final layer uses).
@@ -82,7 +83,7 @@ pub(crate) fn original_shapes(cfg: &DitConfig) -> Shapes {
     let p = cfg.patch;
     let mut v = Shapes::new();
     let mut lin = |name: &str, out: usize, inp: usize| push_linear(&mut v, name, out, inp);
-    lin("t_embedder.mlp.0", d, FREQ_EMBED_DIM);
+    lin("t_embedder.mlp.0", d, TIMESTEP_FREQ_DIM);
     lin("t_embedder.mlp.2", d, d);
     for i in 0..cfg.depth {
         lin(&format!("blocks.{i}.attn.qkv"), 3 * d, d);

@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::attention;
-use crate::config::FREQ_EMBED_DIM;
 use crate::error::{Error, Result};
 use crate::ops;
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// Tensor names and shapes, as a model expects them in a checkpoint.
 pub(crate) type Shapes = Vec<(String, Vec<usize>)>;
@@ -221,10 +221,10 @@ fn sincos_2d(hidden: usize, side: usize, pos: impl Fn(usize) -> f64) -> Vec<f64>
 }
 
 /// The timestep frequencies `exp(-ln(10000) k / (half - shift))`
-/// `[FREQ_EMBED_DIM / 2]`, computed in f32 step by step as PyTorch does, so
+/// `[TIMESTEP_FREQ_DIM / 2]`, computed in f32 step by step as PyTorch does, so
 /// that `t * freq` rounds the same.
 pub(crate) fn timestep_freqs(shift: f64, device: &Device) -> candle_core::Result<Tensor> {
-    let half = FREQ_EMBED_DIM / 2;
+    let half = TIMESTEP_FREQ_DIM / 2;
     let neg_log = -(10000f64.ln()) as f32;
     let denom = (half as f64 - shift) as f32;
     let freqs: Vec<f32> = (0..half)
@@ -234,7 +234,7 @@ pub(crate) fn timestep_freqs(shift: f64, device: &Device) -> candle_core::Result
 }
 
 /// The sinusoidal timestep embedding `[cos(t f), sin(t f)]` `[B,
-/// FREQ_EMBED_DIM]` of the timesteps `t` `[B]`, computed in f32 and cast to
+/// TIMESTEP_FREQ_DIM]` of the timesteps `t` `[B]`, computed in f32 and cast to
 /// `dtype`; `freqs` from [`timestep_freqs`].
 pub(crate) fn timestep_embedding(
     t: &Tensor,
@@ -247,26 +247,6 @@ pub(crate) fn timestep_embedding(
         .unsqueeze(1)?
         .broadcast_mul(&freqs.unsqueeze(0)?)?;
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype)
-}
-
-/// Multi-head attention: `q` `[B, H, Tq, hd]`, `k`, `v` `[B, H, Tk, hd]`,
-/// `bias` `[B, 1, 1, Tk]` f32 added to the scores. Softmax in f32 (a
-/// half-precision sum over 256+ keys loses digits). Returns `[B, Tq, H hd]`.
-pub(crate) fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    let (b, h, tq, hd) = q.dims4()?;
-    let dtype = q.dtype();
-    let q = (q * (hd as f64).powf(-0.5))?;
-    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, h * hd))
 }
 
 /// Multi-head self-attention of `h` `[B, T, D]`: the fused projection `qkv`

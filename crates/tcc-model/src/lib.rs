@@ -19,7 +19,7 @@ mod pixart;
 mod vmath;
 
 pub use any::AnyModel;
-pub use config::{DitConfig, DitSize, Numerics, FREQ_EMBED_DIM};
+pub use config::{DitConfig, DitSize, Numerics};
 pub use dit::Dit;
 pub use error::{Error, Result};
 pub use layers::pos_embed_2d;

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{DitConfig, Numerics, FREQ_EMBED_DIM};
+use crate::config::{DitConfig, Numerics};
 use crate::dit::{original_shapes, Dit, BLOCK_EMBEDDER};
 use crate::error::{Error, Result};
 use crate::layers::{pos_embed_2d, push_linear, Shapes};
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// The two naming schemes of DiT weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,7 +327,7 @@ fn diffusers_shapes(cfg: &DitConfig) -> Shapes {
         lin(
             format!("{b}.norm1.emb.timestep_embedder.linear_1"),
             d,
-            FREQ_EMBED_DIM,
+            TIMESTEP_FREQ_DIM,
         );
         lin(format!("{b}.norm1.emb.timestep_embedder.linear_2"), d, d);
         lin(format!("{b}.norm1.linear"), 6 * d, d);

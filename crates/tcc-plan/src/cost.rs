@@ -9,13 +9,9 @@
 //! cost model must never overflow (a panic in debug builds).
 
 use serde::{Deserialize, Serialize};
-use tcc_core::{Branch, ModelFamily, ModelShape, SamplerSpec};
+use tcc_core::{Branch, ModelFamily, ModelShape, SamplerSpec, TIMESTEP_FREQ_DIM};
 
 use crate::{Action, Plan, StepPlan};
-
-/// Width of the sinusoidal timestep features fed to the timestep MLP (DiT
-/// and PixArt both use 256).
-pub const TIMESTEP_FREQ_DIM: u64 = 256;
 
 /// MACs of each part of one model forward at the plan's batch size (both
 /// CFG halves when guidance is on).
@@ -62,7 +58,7 @@ impl UnitCosts {
         let batch = if sampler.uses_cfg() { 2 } else { 1 };
 
         let patch_embed = mul(&[t, model.in_channels as u64, p2, d]);
-        let timestep_mlp = sum(&[mul(&[TIMESTEP_FREQ_DIM, d]), mul(&[d, d])]);
+        let timestep_mlp = sum(&[mul(&[TIMESTEP_FREQ_DIM as u64, d]), mul(&[d, d])]);
         let (condition, adaln, final_mod) = match model.family {
             // Label embedding is a table lookup; every block has its own
             // Linear D -> 6D; the final layer has a Linear D -> 2D.

@@ -225,10 +225,7 @@ impl Plan {
     pub(crate) fn sampler_line(&self) -> String {
         let s = &self.sampler;
         let cfg = if s.uses_cfg() {
-            let order = match s.cfg_order {
-                tcc_core::CfgOrder::CondFirst => "cond-first",
-                tcc_core::CfgOrder::UncondFirst => "uncond-first",
-            };
+            let order = s.cfg_order;
             let channels = match s.guided_channels {
                 Some(n) => format!("first {n} channels guided"),
                 None => "all channels guided".to_string(),
@@ -242,7 +239,7 @@ impl Plan {
         };
         format!(
             "{}, {} steps, eta {}, {cfg}, {} training timesteps, linear betas {}..{}",
-            s.kind.name(),
+            s.kind.as_str(),
             s.steps,
             num(s.eta),
             s.train_timesteps,
@@ -283,7 +280,7 @@ impl Plan {
         };
         format!(
             "tcc {}, steps {}, alpha {alpha}, {how}{hyper}, pooling {}, pooled half {}, {} samples, seed {}, {validation}",
-            kebab(&c.mode),
+            c.mode,
             if steps.is_empty() {
                 "none".to_string()
             } else {
@@ -410,14 +407,5 @@ impl Plan {
             ),
         );
         out
-    }
-}
-
-/// The serde spelling of a settings enum (`one-shot`, `scale-shift`), so the
-/// text matches the schedule and the emitted files.
-fn kebab<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "?".to_string(),
     }
 }

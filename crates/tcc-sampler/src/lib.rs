@@ -68,7 +68,7 @@ pub fn validate_spec(spec: &SamplerSpec) -> Result<()> {
         return bad(format!(
             "{} steps exceed the {max_steps} distinct timesteps {} can use with {t} train timesteps",
             spec.steps,
-            spec.kind.name()
+            spec.kind.as_str()
         ));
     }
     if !spec.guidance_scale.is_finite() {
@@ -84,7 +84,7 @@ pub fn validate_spec(spec: &SamplerSpec) -> Result<()> {
         return bad(format!(
             "eta applies to ddim only, got eta {} for {}",
             spec.eta,
-            spec.kind.name()
+            spec.kind.as_str()
         ));
     }
     let (b0, b1) = (spec.beta_start, spec.beta_end);

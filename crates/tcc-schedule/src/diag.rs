@@ -15,6 +15,10 @@ pub struct Diagnostic {
     pub label: String,
     pub help: Option<String>,
     pub note: Option<String>,
+    /// Another place that explains the error (e.g. the earlier rule it
+    /// conflicts with), underlined with `-` and its label. Boxed: most
+    /// diagnostics have none, and every `Result` carries the size.
+    pub secondary: Option<Box<(Span, String)>>,
 }
 
 impl Diagnostic {
@@ -25,7 +29,14 @@ impl Diagnostic {
             label: label.into(),
             help: None,
             note: None,
+            secondary: None,
         }
+    }
+
+    /// Points at another place too, as rustc's secondary labels do.
+    pub fn with_secondary(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
+        self.secondary = Some(Box::new((span, label.into())));
+        self
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
@@ -52,32 +63,57 @@ impl Diagnostic {
     /// ```
     pub fn render(&self, source_name: &str, source_text: &str) -> String {
         let loc = Location::of(source_text, self.span.start);
-        let line_no = loc.line.to_string();
-        let pad = " ".repeat(line_no.len());
-        let line_text: String = loc
-            .line_text
-            .chars()
-            .map(|c| if c == '\t' { ' ' } else { c })
-            .collect();
-        // Underline up to the span's end or the end of its first line.
-        let line_chars = loc.line_text.chars().count();
-        let span_end = self.span.end.clamp(self.span.start, source_text.len());
-        let span_chars = source_text
-            .get(self.span.start.min(source_text.len())..span_end)
-            .map_or(0, |s| s.chars().take_while(|&c| c != '\n').count());
-        let width = span_chars
-            .min(line_chars.saturating_sub(loc.column - 1))
-            .max(1);
+        // Every labelled place, in line order: (location, span, mark, label).
+        let mut marks = vec![(loc.clone(), self.span, '^', self.label.as_str())];
+        if let Some(other) = &self.secondary {
+            let (span, label) = &**other;
+            marks.push((Location::of(source_text, span.start), *span, '-', label));
+        }
+        marks.sort_by_key(|(l, ..)| (l.line, l.column));
+        let widest = marks.iter().map(|(l, ..)| l.line).max().unwrap_or(loc.line);
+        let pad = " ".repeat(widest.to_string().len());
 
         let mut out = format!("error: {}\n", self.message);
         out += &format!("{pad}--> {source_name}:{}:{}\n", loc.line, loc.column);
         out += &format!("{pad} |\n");
-        out += &format!("{line_no} | {}\n", line_text.trim_end());
-        let carets = format!("{}{}", " ".repeat(loc.column - 1), "^".repeat(width));
-        if self.label.is_empty() {
-            out += &format!("{pad} | {carets}\n");
-        } else {
-            out += &format!("{pad} | {carets} {}\n", self.label);
+        let mut last_line = None;
+        for (at, span, mark, label) in &marks {
+            if let Some(last) = last_line {
+                if at.line > last + 1 {
+                    out += "...\n";
+                }
+            }
+            last_line = Some(at.line);
+            let line_text: String = at
+                .line_text
+                .chars()
+                .map(|c| if c == '\t' { ' ' } else { c })
+                .collect();
+            // Underline up to the span's end or the end of its first line.
+            let line_chars = at.line_text.chars().count();
+            let span_end = span.end.clamp(span.start, source_text.len());
+            let span_chars = source_text
+                .get(span.start.min(source_text.len())..span_end)
+                .map_or(0, |s| s.chars().take_while(|&c| c != '\n').count());
+            let width = span_chars
+                .min(line_chars.saturating_sub(at.column - 1))
+                .max(1);
+            out += &format!(
+                "{:>w$} | {}\n",
+                at.line,
+                line_text.trim_end(),
+                w = pad.len()
+            );
+            let underline = format!(
+                "{}{}",
+                " ".repeat(at.column - 1),
+                mark.to_string().repeat(width)
+            );
+            if label.is_empty() {
+                out += &format!("{pad} | {underline}\n");
+            } else {
+                out += &format!("{pad} | {underline} {label}\n");
+            }
         }
         if self.help.is_some() || self.note.is_some() {
             out += &format!("{pad} |\n");
@@ -218,3 +254,30 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secondary label is underlined with `-` on its own line, places in
+    /// source order whichever is primary, `...` only between lines that are
+    /// not neighbours.
+    #[test]
+    fn secondary_labels_render_in_source_order() {
+        let text = "a = 1\nb = 2\n";
+        let d = Diagnostic::new("clash", Span::new(6, 7), "this one")
+            .with_secondary(Span::new(0, 1), "that one");
+        assert_eq!(
+            d.render("x.sched", text),
+            "error: clash\n --> x.sched:2:1\n  |\n1 | a = 1\n  | - that one\n2 | b = 2\n  | ^ this one\n"
+        );
+        let text = "a = 1\n\n\nb = 2\n";
+        let d = Diagnostic::new("clash", Span::new(0, 1), "first")
+            .with_secondary(Span::new(8, 9), "later");
+        let out = d.render("x.sched", text);
+        assert!(
+            out.contains("  | ^ first\n...\n4 | b = 2\n  | - later\n"),
+            "{out}"
+        );
+    }
+}

@@ -186,7 +186,8 @@ fn with_suggestion(
 ) -> Diagnostic {
     let best = allowed
         .iter()
-        .map(|a| (edit_distance(found, a), *a))
+        // Optimal string alignment: swapping two neighbouring characters costs 1.
+        .map(|a| (strsim::osa_distance(found, a), *a))
         .min()
         .filter(|&(dist, a)| dist <= (a.len().max(found.len()) / 3).max(1));
     match best {
@@ -197,33 +198,6 @@ fn with_suggestion(
             d.with_help(format!("expected {}", join_or(&all)))
         }
     }
-}
-
-/// Edit distance where swapping two neighbouring characters costs 1
-/// (optimal string alignment).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 struct Cx<'t> {
@@ -496,28 +470,11 @@ impl<'t> Cx<'t> {
         let mut s = SamplerSection::default();
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
-                "kind" => {
-                    s.kind = self.choice(
-                        v,
-                        &[
-                            ("ddpm", SamplerKind::Ddpm),
-                            ("ddim", SamplerKind::Ddim),
-                            ("dpm-solver++", SamplerKind::DpmSolverPp),
-                        ],
-                    )
-                }
+                "kind" => s.kind = self.choice(v, SamplerKind::ALL),
                 "steps" => s.steps = self.uint(v),
                 "guidance" => s.guidance = self.float(v),
                 "eta" => s.eta = self.float(v),
-                "cfg-order" => {
-                    s.cfg_order = self.choice(
-                        v,
-                        &[
-                            ("cond-first", CfgOrder::CondFirst),
-                            ("uncond-first", CfgOrder::UncondFirst),
-                        ],
-                    )
-                }
+                "cfg-order" => s.cfg_order = self.choice(v, CfgOrder::ALL),
                 "guided-channels" => {
                     s.guided_channels = match v.get_ref() {
                         DeValue::String(_) => self
@@ -710,19 +667,8 @@ impl<'t> Cx<'t> {
         let mut c = CalibrationSection::default();
         for (k, v) in sorted(t) {
             match k.get_ref().as_ref() {
-                "method" => {
-                    c.method =
-                        self.choice(v, &[("none", CalibMethod::None), ("tcc", CalibMethod::Tcc)])
-                }
-                "mode" => {
-                    c.mode = self.choice(
-                        v,
-                        &[
-                            ("consistent", CalibMode::Consistent),
-                            ("one-shot", CalibMode::OneShot),
-                        ],
-                    )
-                }
+                "method" => c.method = self.choice(v, CalibMethod::ALL),
+                "mode" => c.mode = self.choice(v, CalibMode::ALL),
                 "steps" => c.steps = self.selector(v, IndexKind::Step),
                 "alpha" => c.alpha = self.float(v),
                 "prior" => c.prior = self.choice(v, PriorKind::ALL),

@@ -4,8 +4,6 @@
 
 use std::fmt::Write as _;
 
-use tcc_core::{CalibMethod, CalibMode, CfgOrder};
-
 use crate::ast::*;
 
 pub(crate) fn print_schedule(s: &Schedule) -> String {
@@ -24,7 +22,7 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
         let p = &sampler.value;
         out += "\n[sampler]\n";
         if let Some(k) = &p.kind {
-            kv(&mut out, "kind", &quote(k.name()));
+            kv(&mut out, "kind", &quote(k.value.as_str()));
         }
         if let Some(n) = &p.steps {
             kv(&mut out, "steps", &n.to_string());
@@ -36,11 +34,7 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
             kv(&mut out, "eta", &float(e.value));
         }
         if let Some(o) = &p.cfg_order {
-            let name = match o.value {
-                CfgOrder::CondFirst => "cond-first",
-                CfgOrder::UncondFirst => "uncond-first",
-            };
-            kv(&mut out, "cfg-order", &quote(name));
+            kv(&mut out, "cfg-order", &quote(o.value.as_str()));
         }
         if let Some(g) = &p.guided_channels {
             match g.value {
@@ -104,18 +98,10 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
         let c = &cal.value;
         out += "\n[calibration]\n";
         if let Some(m) = &c.method {
-            let name = match m.value {
-                CalibMethod::None => "none",
-                CalibMethod::Tcc => "tcc",
-            };
-            kv(&mut out, "method", &quote(name));
+            kv(&mut out, "method", &quote(m.value.as_str()));
         }
         if let Some(m) = &c.mode {
-            let name = match m.value {
-                CalibMode::Consistent => "consistent",
-                CalibMode::OneShot => "one-shot",
-            };
-            kv(&mut out, "mode", &quote(name));
+            kv(&mut out, "mode", &quote(m.value.as_str()));
         }
         if let Some(sel) = &c.steps {
             kv(&mut out, "steps", &quote(&selector(sel, IndexKind::Step)));

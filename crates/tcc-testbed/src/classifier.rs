@@ -106,10 +106,7 @@ impl Classifier {
     /// SHA-256 (hex) of `testbed`'s embedded weights file: identifies the
     /// feature network in statistics computed with it.
     pub fn embedded_sha256(testbed: Testbed) -> String {
-        Sha256::digest(testbed.classifier_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        format!("{:x}", Sha256::digest(testbed.classifier_bytes()))
     }
 
     /// The architecture of this network.

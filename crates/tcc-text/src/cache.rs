@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use crate::encoder::hex;
 use crate::precision::TextPrecision;
 use crate::{Result, TextError};
 
@@ -60,7 +59,7 @@ impl EmbeddingCache {
             h.update((field.len() as u64).to_le_bytes());
             h.update(field);
         }
-        hex(&h.finalize())
+        format!("{:x}", h.finalize())
     }
 
     /// The file an entry lives in.

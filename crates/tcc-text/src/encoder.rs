@@ -244,11 +244,8 @@ pub(crate) fn identity(config: &[u8], tokenizer: &[u8], weights: &[PathBuf]) -> 
             field(&buf);
         }
     }
-    Ok(hex(&h.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // sha2's digests print as lowercase hex.
+    Ok(format!("{:x}", h.finalize()))
 }
 
 impl TextEncoder {
@@ -548,6 +545,10 @@ impl TextEncoder {
     }
 }
 
+/// GGUF metadata key naming the quantization (`q8_0`, ...): written by the
+/// quantizer, checked by the reader.
+pub(crate) const META_QUANT: &str = "tcc.quantization";
+
 /// Reads a GGUF T5 encoder written by [`quantize_encoder`](crate::quantize_encoder)
 /// (or any GGUF with the same tensor names), checking that the file says it
 /// holds `quant` when it says anything.
@@ -568,7 +569,7 @@ pub(crate) fn load_quantized(
         source,
     })?;
     let content = gguf_file::Content::read(&mut file).map_err(weights_err)?;
-    if let Some(v) = content.metadata.get(crate::quantize::META_QUANT) {
+    if let Some(v) = content.metadata.get(META_QUANT) {
         let stored = v.to_string().map_err(weights_err)?;
         if stored.as_str() != quant.as_str() {
             return Err(TextError::Config {

@@ -8,12 +8,10 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_transformers::models::quantized_t5;
 
-use crate::encoder::{identity, load_quantized, parse_config, weight_files};
+use crate::encoder::{identity, load_quantized, parse_config, weight_files, META_QUANT};
 use crate::precision::Quant;
 use crate::{Result, TextError};
 
-/// GGUF metadata key naming the quantization (`q8_0`, ...).
-pub(crate) const META_QUANT: &str = "tcc.quantization";
 /// GGUF metadata key with the source weights' identity (see `TextEncoder::identity`).
 const META_SOURCE: &str = "tcc.source_identity";
 

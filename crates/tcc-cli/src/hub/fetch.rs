@@ -18,7 +18,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::select::{select, shard_files, SelectError};
 use super::{HubSource, Need};
-use crate::common::CliError;
+use crate::error::CliError;
 
 /// Where and how to reach the Hub, from the environment variables Python's
 /// huggingface_hub reads.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use select::Need;
 
-use crate::common::CliError;
+use crate::error::CliError;
 
 /// What `hf:` sources look like, for error messages.
 pub const SYNTAX: &str = "hf:ORG/NAME or hf:ORG/NAME@REVISION";

@@ -310,13 +310,16 @@ impl Grid {
             }
             let cells = (start * self.branches)..(end * self.branches);
             let changed = cells.clone().filter(|&i| after[i] != before[i]).count();
-            let still = cells.filter(|&i| after[i] == d).count();
-            if changed > 0 && still > 0 {
+            let kept: Vec<usize> = cells.filter(|&i| after[i] == d).collect();
+            if changed > 0 && !kept.is_empty() {
+                // A cell the write left alone still names the earlier rule.
+                let earlier = self.origin[self.idx(step, 0, 0) + kept[0]];
                 return Err(Diagnostic::new(
                     format!("this rule overrides part of the delta range {start}..{end} at step {step}"),
                     origin,
                     "overlaps a delta range set by an earlier rule",
                 )
+                .with_secondary(earlier, format!("the delta range {start}..{end} is set here"))
                 .with_help(format!(
                     "a delta skips blocks {start}..{end} as one unit: override all of them at step {step}, or none"
                 )));

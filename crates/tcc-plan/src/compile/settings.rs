@@ -144,7 +144,7 @@ pub(super) fn resolve_sampler(
         if spec.kind != SamplerKind::Ddim {
             diags.push(
                 Diagnostic::new(
-                    format!("`eta` given for the {} sampler", spec.kind.name()),
+                    format!("`eta` given for the {} sampler", spec.kind.as_str()),
                     e.span,
                     "only DDIM has an eta",
                 )

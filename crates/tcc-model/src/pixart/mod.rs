@@ -1,0 +1,400 @@
+//! PixArt-α (Chen et al., "PixArt-α: Fast Training of Diffusion Transformer
+//! for Photorealistic Text-to-Image Synthesis"): a DiT conditioned on text
+//! through cross-attention, with adaLN-single, as diffusers'
+//! `PixArtTransformer2DModel` computes it.
+//!
+//! Per block, three branches in order: `attn` (self-attention on the
+//! modulated LayerNorm, gated), `cross` (cross-attention from the raw
+//! residual stream to the projected caption tokens, no norm, no modulation,
+//! no gate), `mlp` (GELU-tanh MLP on the modulated LayerNorm, gated). The
+//! modulation of block i is `scale_shift_table_i + t_block(silu(t_emb))`,
+//! with one timestep MLP and one `t_block` shared by all blocks.
+
+//!
+//! The model is split like DiT's: `config.rs` (hyper-parameters, from a
+//! shape or a diffusers config), `layout.rs` (tensor names and shapes of both
+//! layouts, the original -> diffusers conversion, loading) and this file
+//! (the model itself).
+
+mod config;
+mod layout;
+
+pub use config::PixArtConfig;
+use layout::diffusers_shapes;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::silu;
+use tcc_core::Branch;
+
+use crate::attention::attend;
+use crate::error::{Error, Result};
+use crate::layers::{self, fan_in_std, gelu_mlp, pos_embed_scaled, Linear, PatchEmbed, Weights};
+use crate::ops;
+use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
+
+/// eps of the final LayerNorm (`norm_out`), fixed in diffusers.
+const FINAL_NORM_EPS: f64 = 1e-6;
+
+/// The additive attention bias of a masked caption token: diffusers turns
+/// the key mask into `(1 - mask) * -10000` (not -inf: a caption whose every
+/// token is masked then attends uniformly instead of giving NaN). In f32,
+/// `exp(-10000 + s)` is exactly 0, so masked tokens contribute nothing.
+const MASK_BIAS: f64 = -10000.0;
+
+#[derive(Clone, Debug)]
+struct Block {
+    /// `[6, D]`, added to the shared timestep vector.
+    table: Tensor,
+    /// Self-attention q, k, v fused: `[3D, D]`.
+    qkv: Linear,
+    proj: Linear,
+    /// Cross-attention query (from the image tokens).
+    cross_q: Linear,
+    /// Cross-attention k, v fused (from the caption tokens): `[2D, D]`.
+    cross_kv: Linear,
+    cross_proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// A PixArt-α transformer with its weights, on one device, in one dtype.
+///
+/// Inputs of any float dtype and on any device are moved to the model's
+/// device and cast to its dtype; [`BlockModel::finish`] returns f32 whatever
+/// the dtype. Attention softmaxes run in f32.
+#[derive(Clone, Debug)]
+pub struct PixArt {
+    cfg: PixArtConfig,
+    dtype: DType,
+    device: Device,
+    /// The patch embedding with the fixed 2-D sin-cos position embedding.
+    patch_embed: PatchEmbed,
+    /// Timestep frequencies `[TIMESTEP_FREQ_DIM / 2]`, f32.
+    t_freqs: Tensor,
+    t_mlp1: Linear,
+    t_mlp2: Linear,
+    /// adaLN-single's shared projection to the 6 D modulation vector.
+    t_block: Linear,
+    caption1: Linear,
+    caption2: Linear,
+    blocks: Vec<Block>,
+    /// `[2, D]`: shift, scale of the final layer, added to the embedded
+    /// timestep.
+    final_table: Tensor,
+    proj_out: Linear,
+    /// `y_embedder.y_embedding` of an original checkpoint.
+    null_caption: Option<Tensor>,
+}
+
+impl PixArt {
+    /// A PixArt-α with seeded random weights, for benchmarks and tests.
+    /// Weights are N(0, 1/fan_in), biases N(0, 0.02^2), the scale-shift
+    /// tables N(0, 1/D) (diffusers' initialisation); adaLN-single's shared
+    /// projection is N(0, 0.3^2/fan_in), so every gate is small but
+    /// non-zero. Same seed, same weights.
+    pub fn random(cfg: &PixArtConfig, seed: u64, dtype: DType, device: &Device) -> Result<PixArt> {
+        cfg.validate().map_err(Error::Config)?;
+        let table_std = 1.0 / (cfg.hidden as f64).sqrt();
+        let tensors = layers::random_tensors(&diffusers_shapes(cfg), seed, |name, shape| {
+            if name.ends_with(".bias") {
+                0.02
+            } else if name.ends_with("scale_shift_table") {
+                table_std
+            } else if name == "adaln_single.linear.weight" {
+                fan_in_std(shape, 0.3)
+            } else {
+                fan_in_std(shape, 1.0)
+            }
+        })?;
+        PixArt::build(cfg, tensors, dtype, device)
+    }
+
+    /// The learned null caption embedding `[caption tokens, caption
+    /// channels]` of an original checkpoint (`y_embedder.y_embedding`, in
+    /// the model's dtype and device): the original sampling scripts feed it
+    /// as the unconditional caption of classifier-free guidance. `None` for
+    /// diffusers weights (diffusers drops it; its pipeline encodes an empty
+    /// prompt instead) and random ones.
+    pub fn null_caption(&self) -> Option<&Tensor> {
+        self.null_caption.as_ref()
+    }
+
+    /// Builds the model from diffusers-layout tensors (already validated),
+    /// casting them to `dtype` on `device`.
+    fn build(
+        cfg: &PixArtConfig,
+        t: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<PixArt> {
+        cfg.validate().map_err(Error::Config)?;
+        let mut w = Weights::new(t, dtype, device)?;
+        // Fused projections: the rows of q, k, v (or k, v) stacked.
+        let fused = |w: &mut Weights, names: &[String]| -> Result<Linear> {
+            let parts = names
+                .iter()
+                .map(|n| w.linear(n))
+                .collect::<Result<Vec<_>>>()?;
+            let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+            let bs: Vec<&Tensor> = parts.iter().map(|l| &l.b).collect();
+            Ok(Linear {
+                w: Tensor::cat(&ws, 0)?,
+                b: Tensor::cat(&bs, 0)?,
+            })
+        };
+        let side = cfg.input_size / cfg.patch;
+        let patch_embed = PatchEmbed::new(
+            &mut w,
+            "pos_embed.proj",
+            cfg.in_channels,
+            cfg.patch,
+            cfg.input_size,
+            pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale),
+        )?;
+        let t_mlp1 = w.linear("adaln_single.emb.timestep_embedder.linear_1")?;
+        let t_mlp2 = w.linear("adaln_single.emb.timestep_embedder.linear_2")?;
+        let t_block = w.linear("adaln_single.linear")?;
+        let caption1 = w.linear("caption_projection.linear_1")?;
+        let caption2 = w.linear("caption_projection.linear_2")?;
+        let proj_out = w.linear("proj_out")?;
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let b = format!("transformer_blocks.{i}");
+                let names = |attn: &str, parts: &[&str]| -> Vec<String> {
+                    parts.iter().map(|p| format!("{b}.{attn}.{p}")).collect()
+                };
+                Ok(Block {
+                    table: w.take(&format!("{b}.scale_shift_table"))?,
+                    qkv: fused(&mut w, &names("attn1", &["to_q", "to_k", "to_v"]))?,
+                    proj: w.linear(&format!("{b}.attn1.to_out.0"))?,
+                    cross_q: w.linear(&format!("{b}.attn2.to_q"))?,
+                    cross_kv: fused(&mut w, &names("attn2", &["to_k", "to_v"]))?,
+                    cross_proj: w.linear(&format!("{b}.attn2.to_out.0"))?,
+                    fc1: w.linear(&format!("{b}.ff.net.0.proj"))?,
+                    fc2: w.linear(&format!("{b}.ff.net.2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_table = w.take("scale_shift_table")?;
+        let t_freqs = layers::timestep_freqs(0.0, device)?;
+        Ok(PixArt {
+            cfg: cfg.clone(),
+            dtype,
+            device: device.clone(),
+            patch_embed,
+            t_freqs,
+            t_mlp1,
+            t_mlp2,
+            t_block,
+            caption1,
+            caption2,
+            blocks,
+            final_table,
+            proj_out,
+            null_caption: None,
+        })
+    }
+
+    pub fn config(&self) -> &PixArtConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn block(&self, block: usize) -> candle_core::Result<&Block> {
+        nth_block(&self.blocks, block, "PixArt-α")
+    }
+
+    /// Cross-attention from `x` `[B, T, D]` to the caption tokens `ctx`
+    /// `[B, L, D]`, masked keys (mask 0) biased by [`MASK_BIAS`].
+    fn cross_attention(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        ctx: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let l = ctx.dim(1)?;
+        let heads = self.cfg.heads;
+        let hd = d / heads;
+        let q = blk
+            .cross_q
+            .forward(x)?
+            .reshape((b, t, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let kv = blk
+            .cross_kv
+            .forward(ctx)?
+            .reshape((b, l, 2, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let bias = match mask {
+            Some(m) => {
+                Some(((m.to_dtype(DType::F32)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, l))?)
+            }
+            None => None,
+        };
+        let out = attend(&q, &kv.get(0)?, &kv.get(1)?, bias.as_ref())?;
+        blk.cross_proj.forward(&out)
+    }
+}
+
+impl BlockModel for PixArt {
+    fn depth(&self) -> usize {
+        self.cfg.depth
+    }
+
+    fn branches(&self) -> &'static [Branch] {
+        &[Branch::Attn, Branch::Cross, Branch::Mlp]
+    }
+
+    /// `x` `[B, C, H, W]` (H = W = input size), `t` `[B]` timesteps, `cond`
+    /// the caption embeddings `[B, L, caption_channels]`, `cond_mask` their
+    /// key mask `[B, L]` (1 = attend, 0 = padding; any numeric dtype).
+    fn embed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        cond_mask: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Conditioning)> {
+        let cfg = &self.cfg;
+        let b = self.patch_embed.check_input("PixArt-α", x)?;
+        if t.dims() != [b] {
+            candle_core::bail!("PixArt-α timesteps are {:?}, expected [{b}]", t.dims());
+        }
+        let (cb, l, cc) = match cond.dims3() {
+            Ok(d) => d,
+            Err(_) => candle_core::bail!(
+                "PixArt-α caption embeddings are {:?}, expected [{b}, L, {}]",
+                cond.dims(),
+                cfg.caption_channels
+            ),
+        };
+        if cb != b || cc != cfg.caption_channels || l == 0 {
+            candle_core::bail!(
+                "PixArt-α caption embeddings are {:?}, expected [{b}, L, {}] with L > 0",
+                cond.dims(),
+                cfg.caption_channels
+            );
+        }
+        if !cond.dtype().is_float() {
+            candle_core::bail!(
+                "PixArt-α caption embeddings must be floats, got {:?}",
+                cond.dtype()
+            );
+        }
+        let mask = match cond_mask {
+            Some(m) => {
+                if m.dims() != [b, l] {
+                    candle_core::bail!(
+                        "PixArt-α caption mask is {:?}, expected [{b}, {l}]",
+                        m.dims()
+                    );
+                }
+                Some(m.to_device(&self.device)?.to_dtype(DType::F32)?)
+            }
+            None => None,
+        };
+
+        let tokens = self.patch_embed.forward(x)?;
+        let freq = layers::timestep_embedding(t, &self.t_freqs, self.dtype)?;
+        let t_emb = self.t_mlp2.forward(&silu(&self.t_mlp1.forward(&freq)?)?)?;
+
+        let caption = cond.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let context = gelu_mlp(&self.caption1, &self.caption2, &caption)?;
+        Ok((
+            tokens,
+            Conditioning {
+                c: t_emb,
+                per_block: None,
+                context: Some((context, mask)),
+            },
+        ))
+    }
+
+    /// `scale_shift_table + t_block(silu(t_emb))`, split in six (shift_msa,
+    /// scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
+    fn modulation(&self, block: usize, cond: &Conditioning) -> candle_core::Result<Modulation> {
+        let blk = self.block(block)?;
+        let d = self.cfg.hidden;
+        let b = cond.c.dim(0)?;
+        let m = self
+            .t_block
+            .forward(&silu(&cond.c)?)?
+            .reshape((b, 6, d))?
+            .broadcast_add(&blk.table.unsqueeze(0)?)?;
+        let part = |i: usize| m.narrow(1, i, 1)?.squeeze(1)?.contiguous();
+        Modulation::from_chunks(part)
+    }
+
+    fn branch(
+        &self,
+        block: usize,
+        branch: Branch,
+        x: &Tensor,
+        m: &Modulation,
+        cond: &Conditioning,
+    ) -> candle_core::Result<Tensor> {
+        let blk = self.block(block)?;
+        let eps = self.cfg.norm_eps;
+        match branch {
+            Branch::Attn => {
+                let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, eps)?;
+                layers::self_attention(&blk.qkv, &blk.proj, self.cfg.heads, &h)
+            }
+            Branch::Cross => {
+                let Some((ctx, mask)) = &cond.context else {
+                    candle_core::bail!("PixArt-α cross-attention needs the caption context")
+                };
+                self.cross_attention(blk, x, ctx, mask.as_ref())
+            }
+            Branch::Mlp => {
+                let h = ops::layer_norm_modulate(x, &m.shift_mlp, &m.scale_mlp, eps)?;
+                gelu_mlp(&blk.fc1, &blk.fc2, &h)
+            }
+        }
+    }
+
+    /// `x + gate * out` for `attn` and `mlp`; `x + out` for `cross`, which
+    /// PixArt-α does not gate.
+    fn add_branch(
+        &self,
+        branch: Branch,
+        x: &Tensor,
+        m: &Modulation,
+        out: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        check_branch_output(branch, x, out)?;
+        match branch {
+            Branch::Attn => ops::gated_add(x, out, &m.gate_msa),
+            Branch::Mlp => ops::gated_add(x, out, &m.gate_mlp),
+            Branch::Cross => x + out,
+        }
+    }
+
+    fn finish(&self, x: &Tensor, cond: &Conditioning) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        // The rank of `x` is checked before anything is computed.
+        x.dims3()?;
+        let st = self
+            .final_table
+            .unsqueeze(0)?
+            .broadcast_add(&cond.c.unsqueeze(1)?)?;
+        let shift = st.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+        let scale = st.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?;
+        let h = ops::layer_norm_modulate(x, &shift, &scale, FINAL_NORM_EPS)?;
+        let h = self.proj_out.forward(&h)?;
+        layers::unpatchify(&h, cfg.input_size / cfg.patch, cfg.patch, cfg.out_channels)
+    }
+}
