@@ -20,6 +20,7 @@ mod common;
 mod convert;
 mod device;
 mod eval;
+mod eval_partial;
 mod golden;
 mod hub;
 mod limits;
@@ -97,8 +98,8 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Measure full vs cache vs cache + priors on held-out seeds.
     Eval(eval::Args),
-    /// Join the partial results of shards (--shard I/N): samples or
-    /// calibration statistics.
+    /// Join the partial results of shards (--shard I/N): samples,
+    /// calibration statistics or evaluations.
     Merge(merge::Args),
     /// Time a schedule's plan against full computation on this device.
     Bench(bench::Args),
