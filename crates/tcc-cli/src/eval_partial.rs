@@ -150,7 +150,10 @@ impl EvalPartial {
                     st.calib[k] = pooled.get(site).cloned();
                     st.validation[k] = moments.get(site).cloned();
                 }
-                t.bytes(format!("v{j}.step{step}"), st.to_bytes().map_err(|e| fail(&e))?);
+                t.bytes(
+                    format!("v{j}.step{step}"),
+                    st.to_bytes().map_err(|e| fail(&e))?,
+                );
                 layout.insert(step, sites.iter().map(site_key).collect());
             }
             stats_sites.push(layout);
@@ -178,14 +181,13 @@ impl EvalPartial {
         ]
         .into_iter()
         .collect();
-        let views = t
-            .0
-            .iter()
-            .map(|(n, (dtype, shape, bytes))| {
-                TensorView::new(*dtype, shape.clone(), bytes).map(|v| (n.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(&e))?;
+        let views =
+            t.0.iter()
+                .map(|(n, (dtype, shape, bytes))| {
+                    TensorView::new(*dtype, shape.clone(), bytes).map(|v| (n.clone(), v))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(&e))?;
         tcc_fs::safetensors_bytes(views, Some(metadata)).map_err(|e| fail(&e))
     }
 
@@ -217,7 +219,9 @@ impl EvalPartial {
         let r = Reader { st: &st, origin };
         let nv = layout.names.len();
         if nv == 0 || layout.branch_steps.len() != nv - 1 || layout.stats_sites.len() != nv - 1 {
-            return Err(bad("metadata `layout` lists no variants or is inconsistent".into()));
+            return Err(bad(
+                "metadata `layout` lists no variants or is inconsistent".into(),
+            ));
         }
         let mut sets = Vec::new();
         for (i, &seed) in run.context.seeds.iter().enumerate() {
@@ -281,8 +285,13 @@ impl EvalPartial {
             for (step, keys) in &layout.stats_sites[j - 1] {
                 let sites = keys.iter().map(site).collect::<Result<Vec<_>, _>>()?;
                 let name = format!("v{j}.step{step}");
-                let st = StepStats::from_bytes(*step, sites, r.u8(&name)?, &format!("{origin}: `{name}`"))
-                    .map_err(|e| bad(e.to_string()))?;
+                let st = StepStats::from_bytes(
+                    *step,
+                    sites,
+                    r.u8(&name)?,
+                    &format!("{origin}: `{name}`"),
+                )
+                .map_err(|e| bad(e.to_string()))?;
                 for (k, s) in st.sites.iter().enumerate() {
                     if let Some(x) = &st.calib[k] {
                         p.insert(*s, x.clone());
@@ -346,9 +355,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn raw(&self, name: &str, dtype: Dtype) -> Result<(Vec<usize>, &'a [u8]), CliError> {
-        let v = self.st.tensor(name).map_err(|_| {
-            CliError::input(format!("{}: missing tensor `{name}`", self.origin))
-        })?;
+        let v = self
+            .st
+            .tensor(name)
+            .map_err(|_| CliError::input(format!("{}: missing tensor `{name}`", self.origin)))?;
         if v.dtype() != dtype {
             return Err(CliError::input(format!(
                 "{}: tensor `{name}` is {:?}, expected {dtype:?}",
@@ -486,12 +496,12 @@ pub(crate) fn merge(paths: &[PathBuf]) -> Result<EvalPartial, CliError> {
         } else if b.context != a.context {
             Some("other evaluation settings (variants, tests or model)".to_string())
         } else if p.tool_version != version {
-            Some(format!(
-                "tcc {} against tcc {version}",
-                p.tool_version
-            ))
+            Some(format!("tcc {} against tcc {version}", p.tool_version))
         } else if b.shard.count != a.shard.count {
-            Some(format!("{} shards against {}", b.shard.count, a.shard.count))
+            Some(format!(
+                "{} shards against {}",
+                b.shard.count, a.shard.count
+            ))
         } else if b.samples != b.shard.samples(b.n, b.batch_size) {
             return Err(CliError::input(format!(
                 "{name}: shard {} holds samples {:?}, but the shard rule gives it {:?}",

@@ -250,7 +250,11 @@ fn the_scorer_gives_accuracy_and_fd_per_seed_set() {
 
 /// The samples of `set` from batch `from` on (`..to`): a shard's share.
 fn share(set: &SeedSet, batches: std::ops::Range<usize>) -> SeedSet {
-    let sizes: Vec<usize> = set.batches.iter().map(|b| b.noise.dim(0).unwrap()).collect();
+    let sizes: Vec<usize> = set
+        .batches
+        .iter()
+        .map(|b| b.noise.dim(0).unwrap())
+        .collect();
     let start: usize = sizes[..batches.start].iter().sum();
     let end: usize = sizes[..batches.end].iter().sum();
     SeedSet {
@@ -289,14 +293,25 @@ fn shards_of_the_seed_sets_merge_into_the_whole_runs_sums() {
     };
     let sets = vec![seed_set(&p, 11, 4, 2), seed_set(&p, 12, 4, 2)];
     let run = |sets: &[SeedSet]| {
-        accumulate(&model, &full, &mut variants(), sets, Some(&scorer), &mut |_| {}).unwrap()
+        accumulate(
+            &model,
+            &full,
+            &mut variants(),
+            sets,
+            Some(&scorer),
+            &mut |_| {},
+        )
+        .unwrap()
     };
     let whole = run(&sets);
     // Shard 0 of 2 takes batch 0 of each set, shard 1 batch 1; added up
     // in shard order.
     let mut merged = run(&sets.iter().map(|s| share(s, 0..1)).collect::<Vec<_>>());
     merged
-        .merge(&run(&sets.iter().map(|s| share(s, 1..2)).collect::<Vec<_>>()))
+        .merge(&run(&sets
+            .iter()
+            .map(|s| share(s, 1..2))
+            .collect::<Vec<_>>()))
         .unwrap();
     // Per sample: bit for bit, in sample order.
     for (a, b) in whole.sets.iter().zip(&merged.sets) {
