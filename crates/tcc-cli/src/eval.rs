@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use tcc_calib::{blended_error, choose, fit_candidates, Centered, PriorHooks, PriorSet};
-use tcc_core::{CalibMethod, CalibMode, Selection};
-use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
+use serde::{Deserialize, Serialize};
+use tcc_calib::{
+    blended_error, choose, fit_candidates, Centered, Moments, PriorHooks, PriorSet, Site,
+};
+use tcc_core::{CalibMethod, CalibMode, CalibrationSpec, PriorKind, Selection, Shard};
+use tcc_eval::{accumulate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
 use tcc_exec::NoHooks;
 use tcc_metrics::Summary;
 use tcc_plan::{Action, Plan, PlanHash};
@@ -37,7 +40,13 @@ fitted for: with --steps the plan changes, a priors file for the original
 plan is refused, and priors are fitted anew for the new plan. With several
 schedules (same model, weights and sampler), full computation runs once and
 each schedule's cache and priors are measured on the same samples, with
-paired tests against the first schedule's priors.";
+paired tests against the first schedule's priors.
+
+Across machines (docs/scale.md): `--shard I/N` evaluates shard I of each
+seed set's samples (the same noise and classes as the whole run) with the
+given --priors / --one-shot-priors and writes its sums to a partial file
+(default: FILE's name with `.eval-I-of-N.safetensors`); `tcc merge` adds
+the shards up and prints the whole run's report.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -85,6 +94,14 @@ pub struct Args {
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     json: bool,
+    /// Evaluate only shard I of N (I from 0) of each seed set's samples and
+    /// write the sums to a partial file for `tcc merge` (the priors must be
+    /// given: a shard does not fit them).
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["plot", "json"])]
+    shard: Option<Shard>,
+    /// With --shard: where to write the partial file.
+    #[arg(long, value_name = "FILE", requires = "shard")]
+    out: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -141,12 +158,25 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         .plot
         .clone()
         .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
-    let flag = if args.plot.is_some() {
-        "--plot"
-    } else {
-        "the plot"
+    let (flag, out) = match args.shard {
+        Some(shard) => (
+            "the partial file",
+            args.out.clone().unwrap_or_else(|| {
+                beside_cwd(
+                    &args.files[0],
+                    &format!("eval-{}-of-{}.safetensors", shard.index, shard.count),
+                )
+            }),
+        ),
+        None if args.plot.is_some() => ("--plot", plot.clone()),
+        None => ("the plot", plot.clone()),
     };
-    check_output(flag, &plot, OutputKind::File)?;
+    let flag = if args.out.is_some() { "--out" } else { flag };
+    check_output(flag, &out, OutputKind::File)?;
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
+    let range = shard
+        .nonempty_samples(args.n, args.batch_size, "samples")
+        .map_err(CliError::input)?;
     if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
         return Err(CliError::input(
             "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
@@ -176,6 +206,22 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // Evaluation seeds must be held out from the samples priors will be
     // fitted and validated on: checked before any work.
     let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
+    if args.shard.is_some() && fits_here {
+        if let Some(plan) = plans
+            .iter()
+            .find(|p| p.calibration.method == CalibMethod::Tcc)
+        {
+            return Err(CliError::input(format!(
+                "{}: a shard (--shard) evaluates given priors and does not fit them: run `tcc calibrate` first (or `tcc calibrate --mode one-shot --shard I/N` and `tcc merge`), then pass --priors{} to every shard",
+                plan.source,
+                if args.no_one_shot {
+                    ""
+                } else {
+                    " and --one-shot-priors (or --no-one-shot)"
+                }
+            )));
+        }
+    }
     let mut planned_seeds: Vec<(String, u64)> = Vec::new();
     let mut memory = Memory::new();
     memory.model(&plans[0], &args.model, rt.dtype);
@@ -202,6 +248,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     // Given priors files (one schedule only, checked above) are read and
     // checked against the plan before the model loads.
     let mut given: Vec<(CalibMode, PriorSet)> = Vec::new();
+    let mut priors_files: Vec<(CalibMode, String)> = Vec::new();
     let one_shot = if args.no_one_shot {
         &None
     } else {
@@ -221,6 +268,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             }
             let set = load_priors(path, plan, &plan.hash(), mode)?;
             given.push((mode, set));
+            if args.shard.is_some() {
+                priors_files.push((mode, crate::sample::sha256_file(path)?));
+            }
         }
     }
     // Every seed set's inputs, and the final latents of full computation
@@ -229,7 +279,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     memory.batch(&plans[0], args.batch_size).latents(
         "the evaluated latents",
         &plans[0],
-        args.n,
+        range.len(),
         (args.seeds.len() * (variants + 1)) as u128,
     );
     crate::runtime::check_model_source(&plans[0], &args.model)?;
@@ -389,17 +439,17 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     for &seed in &args.seeds {
         let inputs = Inputs::new(first, seed, args.n, None, captions.as_ref(), &rt)?;
         let mut batches = Vec::new();
-        let mut start = 0;
-        while start < args.n {
-            let len = args.batch_size.min(args.n - start);
+        let mut start = range.start;
+        while start < range.end {
+            let len = args.batch_size.min(range.end - start);
             batches.push(inputs.batch(first, start, len)?);
             start += len;
         }
         sets.push(SeedSet {
             seed,
             batches,
-            conditions: inputs.conditions(),
-            labels: inputs.labels.clone(),
+            conditions: inputs.conditions()[range.clone()].to_vec(),
+            labels: inputs.labels[range.clone()].to_vec(),
         });
     }
     let scorer = if args.model.random_weights.is_none() {
@@ -407,71 +457,205 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     } else {
         None
     };
-    let test_refs: Vec<(&str, &str)> = tests
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let total = (args.seeds.len() * args.n * first.steps.len() * (variants.len() + 1)) as u64;
+    let total = (args.seeds.len() * range.len() * first.steps.len() * (variants.len() + 1)) as u64;
     let bar = progress("evaluating", total);
-    let report = evaluate(
+    let sums = accumulate(
         &model,
         &full,
         &mut variants,
         &sets,
         scorer.as_ref().map(|s| s as &dyn Scorer),
-        &test_refs,
         &mut |p| bar.inc(p.samples as u64),
     )?;
     bar.finish_and_clear();
-    let calibrated: Vec<(String, PriorSet, &Plan)> = entries
-        .iter()
-        .flat_map(|e| {
-            e.calibrated
-                .iter()
-                .map(move |(l, s)| (l.clone(), s.clone(), &e.plan))
-        })
-        .collect();
-    let oracles = oracle_rows(&report, &calibrated)?;
+    let context = ReportContext {
+        sources: args.files.iter().map(|f| f.display().to_string()).collect(),
+        schedules: entries
+            .iter()
+            .map(|e| (e.plan.source.clone(), e.hash.to_string()))
+            .collect(),
+        model: first.model.name.clone(),
+        steps: first.steps.len(),
+        seeds: args.seeds.clone(),
+        tests,
+        priors: entries
+            .iter()
+            .flat_map(|e| {
+                e.calibrated
+                    .iter()
+                    .map(|(l, s)| PriorsInfo::of(l, s, &e.plan.calibration))
+            })
+            .collect(),
+    };
+    let mut terms = Vec::new();
+    for (label, set) in entries.iter().flat_map(|e| &e.calibrated) {
+        let i = sums.names.iter().position(|n| n == label);
+        terms.push(prior_terms(i.map(|i| &sums.moments[i - 1]), set)?);
+    }
+    if args.shard.is_some() {
+        return crate::eval_partial::write_shard(
+            io,
+            &out,
+            crate::eval_partial::ShardRun {
+                context,
+                n: args.n,
+                batch_size: args.batch_size,
+                shard,
+                samples: range,
+                priors: priors_files,
+            },
+            sums,
+            terms,
+        );
+    }
+    let report = sums
+        .report(
+            scorer.as_ref().map(|s| s.reference()),
+            &context.test_pairs(),
+        )
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    print_report(io, &context, &report, &terms, &plot, args.json).map(|_| ())
+}
 
-    write_plot(&plot, first, &report)?;
+/// What the report says besides the measurements: the same for `tcc eval`
+/// and for `tcc merge` of its shards' partial files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReportContext {
+    /// The schedule files as given.
+    pub sources: Vec<String>,
+    /// Each schedule's plan source and hash.
+    pub schedules: Vec<(String, String)>,
+    pub model: String,
+    pub steps: usize,
+    pub seeds: Vec<u64>,
+    /// The pairs of variants compared by paired tests.
+    pub tests: Vec<(String, String)>,
+    pub priors: Vec<PriorsInfo>,
+}
 
-    if args.json {
-        let doc = serde_json::json!({
-            "schedules": entries.iter().map(|e| serde_json::json!({
-                "schedule": e.plan.source,
-                "plan_hash": e.hash,
-            })).collect::<Vec<_>>(),
-            "schedule": first.source,
-            "plan_hash": entries[0].hash,
-            "model": first.model.name,
-            "steps": first.steps.len(),
-            "seeds": args.seeds,
-            "priors": calibrated.iter().map(|(l, s, _)| serde_json::json!({
-                "variant": l,
-                "mode": s.meta.mode,
-                "select": s.meta.select.as_str(),
-                "alpha": s.meta.alpha,
-                "sites": s.sites().len(),
-                "sites_with_prior": s.priors.len(),
-                "samples": s.meta.samples,
-                "seed": s.meta.seed,
-                "validation": s.meta.validation,
-            })).collect::<Vec<_>>(),
-            "oracle": oracles,
-            "plot": plot.display().to_string(),
-            "report": report,
-        });
+impl ReportContext {
+    pub fn test_pairs(&self) -> Vec<(&str, &str)> {
+        self.tests
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect()
+    }
+}
+
+/// One calibrated variant's priors, as the report describes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PriorsInfo {
+    pub variant: String,
+    pub mode: CalibMode,
+    pub select: Selection,
+    pub prior: PriorKind,
+    pub alpha: f64,
+    pub sites: usize,
+    pub sites_with_prior: usize,
+    pub samples: usize,
+    pub seed: u64,
+    pub validation: Option<(usize, u64)>,
+    /// The plan's calibration settings: which priors the oracle tries.
+    pub calibration: CalibrationSpec,
+}
+
+impl PriorsInfo {
+    fn of(variant: &str, set: &PriorSet, calibration: &CalibrationSpec) -> PriorsInfo {
+        PriorsInfo {
+            variant: variant.to_string(),
+            mode: set.meta.mode,
+            select: set.meta.select,
+            prior: set.meta.prior,
+            alpha: set.meta.alpha,
+            sites: set.sites().len(),
+            sites_with_prior: set.priors.len(),
+            samples: set.meta.samples,
+            seed: set.meta.seed,
+            validation: set.meta.validation,
+            calibration: calibration.clone(),
+        }
+    }
+}
+
+/// Per calibrated site with oracle moments: the error terms of the
+/// variant's prior on them ([`Moments::error_terms`], sums over samples,
+/// so shards add them up) and the site's blend: `[e0, e1, e2, alpha]`.
+pub(crate) type PriorTerms = BTreeMap<Site, [f64; 4]>;
+
+fn prior_terms(
+    moments: Option<&BTreeMap<Site, Moments>>,
+    set: &PriorSet,
+) -> Result<PriorTerms, CliError> {
+    let fail = |e: tcc_calib::CalibError| CliError::Failure(e.to_string());
+    let mut terms = BTreeMap::new();
+    for (site, m) in moments.into_iter().flatten() {
+        let t = match set.priors.get(site) {
+            Some(p) => {
+                let (e0, e1, e2) = m.error_terms(&p.fold(1.0)).map_err(fail)?;
+                [e0, e1, e2, set.alpha(site)]
+            }
+            None => [m.error_identity(), 0.0, 0.0, 0.0],
+        };
+        terms.insert(*site, t);
+    }
+    Ok(terms)
+}
+
+/// Prints the report (tables, or JSON with `json`), writes the plot and
+/// returns the JSON document.
+pub(crate) fn print_report(
+    io: &mut Io,
+    context: &ReportContext,
+    report: &Report,
+    terms: &[PriorTerms],
+    plot: &Path,
+    json: bool,
+) -> Result<serde_json::Value, CliError> {
+    let oracles = oracle_rows(report, &context.priors, terms)?;
+    write_plot(plot, &context.schedules[0].0, report)?;
+    let doc = report_json(context, report, &oracles, plot);
+    if json {
         let text =
             serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(io.out, "{text}")?;
     } else {
-        let sets: Vec<(String, PriorSet)> = calibrated
-            .iter()
-            .map(|(l, s, _)| (l.clone(), s.clone()))
-            .collect();
-        print_tables(io, first, &args, &report, &sets, &oracles, &plot)?;
+        print_tables(io, context, report, &oracles, plot)?;
     }
-    Ok(())
+    Ok(doc)
+}
+
+/// The document `--json` prints.
+fn report_json(
+    context: &ReportContext,
+    report: &Report,
+    oracles: &[OracleRow],
+    plot: &Path,
+) -> serde_json::Value {
+    serde_json::json!({
+        "schedules": context.schedules.iter().map(|(source, hash)| serde_json::json!({
+            "schedule": source,
+            "plan_hash": hash,
+        })).collect::<Vec<_>>(),
+        "schedule": context.schedules[0].0,
+        "plan_hash": context.schedules[0].1,
+        "model": context.model,
+        "steps": context.steps,
+        "seeds": context.seeds,
+        "priors": context.priors.iter().map(|p| serde_json::json!({
+            "variant": p.variant,
+            "mode": p.mode.as_str(),
+            "select": p.select.as_str(),
+            "alpha": p.alpha,
+            "sites": p.sites,
+            "sites_with_prior": p.sites_with_prior,
+            "samples": p.samples,
+            "seed": p.seed,
+            "validation": p.validation,
+        })).collect::<Vec<_>>(),
+        "oracle": oracles,
+        "plot": plot.display().to_string(),
+        "report": report,
+    })
 }
 
 /// How a schedule's priors are chosen, in words.
@@ -504,11 +688,13 @@ struct OracleRow {
 
 fn oracle_rows(
     report: &Report,
-    calibrated: &[(String, PriorSet, &Plan)],
+    priors: &[PriorsInfo],
+    terms: &[PriorTerms],
 ) -> Result<Vec<OracleRow>, CliError> {
     let fail = |e: tcc_calib::CalibError| CliError::Failure(e.to_string());
     let mut rows = Vec::new();
-    for (label, set, plan) in calibrated {
+    for (info, terms) in priors.iter().zip(terms) {
+        let label = &info.variant;
         let Some(v) = report.variants.iter().find(|v| &v.name == label) else {
             continue;
         };
@@ -517,10 +703,10 @@ fn oracle_rows(
         }
         // The oracle tries the variant's kinds, every ridge and its blends
         // (and 1), on every token of both halves.
-        let mut spec = plan.calibration.clone();
+        let mut spec = info.calibration.clone();
         spec.candidates = spec.kinds();
         spec.select = Selection::Validated;
-        let mut alphas = plan.calibration.alpha_grid();
+        let mut alphas = info.calibration.alpha_grid();
         if !alphas.contains(&1.0) {
             alphas.push(1.0);
         }
@@ -528,10 +714,8 @@ fn oracle_rows(
         let mut per_step: BTreeMap<usize, (f64, f64, f64, f64)> = BTreeMap::new();
         for (site, m) in &v.moments {
             let before = m.error_identity();
-            let used = match set.priors.get(site) {
-                Some(p) => {
-                    blended_error(m.error_terms(&p.fold(1.0)).map_err(fail)?, set.alpha(site))
-                }
+            let used = match terms.get(site) {
+                Some(&[e0, e1, e2, alpha]) => blended_error((e0, e1, e2), alpha),
                 None => before,
             };
             let centered = Centered::from_moments(m).map_err(fail)?;
@@ -580,7 +764,7 @@ fn load_priors(
 
 const COLORS: [[u8; 3]; 4] = [[214, 39, 40], [255, 127, 14], [44, 160, 44], [31, 119, 180]];
 
-fn write_plot(path: &Path, plan: &Plan, report: &Report) -> Result<(), CliError> {
+fn write_plot(path: &Path, source: &str, report: &Report) -> Result<(), CliError> {
     let series: Vec<Series> = report
         .variants
         .iter()
@@ -594,7 +778,7 @@ fn write_plot(path: &Path, plan: &Plan, report: &Report) -> Result<(), CliError>
         .collect();
     plot_deviation(
         path,
-        &format!("{}: deviation from the reference trajectory", plan.source),
+        &format!("{source}: deviation from the reference trajectory"),
         "relative L2 of the latents vs full computation, after each step",
         &series,
     )
@@ -611,48 +795,46 @@ fn fmt(s: Option<Summary>, digits: usize) -> String {
 
 fn print_tables(
     io: &mut Io,
-    plan: &Plan,
-    args: &Args,
+    context: &ReportContext,
     report: &Report,
-    calibrated: &[(String, PriorSet)],
     oracles: &[OracleRow],
     plot: &Path,
 ) -> Result<(), CliError> {
     let out = &mut io.out;
-    let sources: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
     writeln!(
         out,
         "\n{} on {}: {} seed sets x {} samples (seeds {}), {} steps",
-        sources.join(", "),
-        plan.model.name,
-        args.seeds.len(),
+        context.sources.join(", "),
+        context.model,
+        context.seeds.len(),
         report.samples_per_set,
-        args.seeds
+        context
+            .seeds
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(","),
-        plan.steps.len()
+        context.steps
     )?;
-    for (label, set) in calibrated {
-        let how = match set.meta.select {
-            Selection::Fixed => format!("{} prior, alpha {}", set.meta.prior, set.meta.alpha),
+    for p in &context.priors {
+        let how = match p.select {
+            Selection::Fixed => format!("{} prior, alpha {}", p.prior, p.alpha),
             Selection::Validated => format!(
                 "validated: a prior at {} of {} sites",
-                set.priors.len(),
-                set.sites().len()
+                p.sites_with_prior, p.sites
             ),
         };
-        let validation = match set.meta.validation {
+        let validation = match p.validation {
             Some((n, seed)) => format!(", validated on {n} samples of seed {seed}"),
             None => String::new(),
         };
         writeln!(
             out,
-            "  {label} priors: {} mode, {how}, fitted on {} samples of seed {}{validation} (held out from evaluation)",
-            set.meta.mode,
-            set.meta.samples,
-            set.meta.seed
+            "  {} priors: {} mode, {how}, fitted on {} samples of seed {}{validation} (held out from evaluation)",
+            p.variant,
+            p.mode,
+            p.samples,
+            p.seed
         )?;
     }
     writeln!(out, "mean ± std over seed sets:\n")?;
@@ -742,7 +924,7 @@ fn print_tables(
         write!(out, "  {:>30}", v.name)?;
     }
     writeln!(out)?;
-    for k in 0..plan.steps.len() {
+    for k in 0..context.steps {
         write!(out, "{k:>4}")?;
         for v in &vs {
             let s = &v.steps[k];

@@ -21,6 +21,7 @@ mod convert;
 mod device;
 mod error;
 mod eval;
+mod eval_partial;
 mod golden;
 mod hub;
 mod limits;
@@ -99,8 +100,8 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Measure full vs cache vs cache + priors on held-out seeds.
     Eval(eval::Args),
-    /// Join the partial results of shards (--shard I/N): samples or
-    /// calibration statistics.
+    /// Join the partial results of shards (--shard I/N): samples,
+    /// calibration statistics or evaluations.
     Merge(merge::Args),
     /// Time a schedule's plan against full computation on this device.
     Bench(bench::Args),

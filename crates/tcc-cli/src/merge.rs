@@ -1,5 +1,5 @@
 //! `tcc merge`: joins the partial results of shards (`--shard I/N`) into
-//! the whole run's result.
+//! the whole run's result: samples, calibration statistics or evaluations.
 
 use std::path::PathBuf;
 
@@ -12,11 +12,15 @@ const EXAMPLES: &str = "\
 Examples:
   tcc merge --out full.npz part0.npz part1.npz            samples of `tcc sample --shard I/N --npz`
   tcc merge --out fora3.priors.safetensors fora3.stats-*.safetensors   statistics of `tcc calibrate --shard I/N`
+  tcc merge --out eval.json fora3.eval-*.safetensors      evaluations of `tcc eval --shard I/N`
 
 Every shard 0/N .. N-1/N of one run must be given, once, in any order.
 Samples: the merged .npz equals the unsharded run's, byte for byte.
 Statistics: the sums are added in shard order and the priors fitted as
 `tcc calibrate` fits them (one-shot mode), then written as a priors file.
+Evaluations: the sums are added in shard order and the report that
+`tcc eval` prints is printed (tables, or JSON with --json), its JSON
+written to --out and its plot to --plot.
 Shards of different runs (another plan, seed, sample count, batch size or
 priors), duplicate and missing shards are refused with exit status 2,
 before anything is written; the output appears only once complete.";
@@ -30,6 +34,13 @@ pub struct Args {
     /// Where to write the merged result.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Evaluations: print the report as JSON on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Evaluations: where to write the deviation plot (default: --out with
+    /// the extension `.png`).
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
 }
 
 /// What kind of partial a file is, from its first bytes.
@@ -74,6 +85,24 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "the parts mix sample files (.npz) and statistics files: merge one kind at a time",
         ));
     }
+    let evals: Vec<bool> = args
+        .parts
+        .iter()
+        .map(|p| crate::eval_partial::is_eval_partial(p))
+        .collect();
+    if evals.iter().all(|&e| e) {
+        return merge_evals(&args, io);
+    }
+    if evals.iter().any(|&e| e) {
+        return Err(CliError::input(
+            "the parts mix eval partials and statistics files: merge one kind at a time",
+        ));
+    }
+    if args.json || args.plot.is_some() {
+        return Err(CliError::input(
+            "--json and --plot apply to eval partials (`tcc eval --shard`)",
+        ));
+    }
     let files = args
         .parts
         .iter()
@@ -110,6 +139,57 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         m.cost.samples,
         set.priors.len(),
         set.sites().len(),
+        args.out.display()
+    )?;
+    Ok(())
+}
+
+/// Eval partials: the whole run's report, printed and written to `--out`
+/// (JSON) and `--plot`.
+fn merge_evals(args: &Args, io: &mut Io) -> Result<(), CliError> {
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("png"));
+    if args.parts.contains(&plot) || plot == args.out {
+        return Err(CliError::input(format!(
+            "the plot {} would overwrite --out or a part: give another --plot",
+            plot.display()
+        )));
+    }
+    check_output("--plot", &plot, tcc_fs::OutputKind::File)?;
+    let merged = crate::eval_partial::merge(&args.parts)?;
+    let context = &merged.run.context;
+    let scorer = match merged.sums.sets[0].variants[0].features {
+        Some(_) => Some(
+            crate::scoring::TestbedScorer::for_model(&context.model, &candle_core::Device::Cpu)?
+                .ok_or_else(|| {
+                    CliError::input(format!(
+                        "the partials hold classifier features, but `{}` is no testbed model of this tcc",
+                        context.model
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let report = merged
+        .sums
+        .report(
+            scorer.as_ref().map(tcc_eval::Scorer::reference),
+            &context.test_pairs(),
+        )
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    let doc = crate::eval::print_report(io, context, &report, &merged.terms, &plot, args.json)?;
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
+    tcc_fs::write_atomically(&args.out, format!("{text}\n").as_bytes())
+        .map_err(|e| CliError::Failure(format!("{}: {e}", args.out.display())))?;
+    let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
+    writeln!(
+        log,
+        "merged {} shards ({} samples in each of {} seed sets) and wrote the report to {}",
+        args.parts.len(),
+        merged.run.n,
+        context.seeds.len(),
         args.out.display()
     )?;
     Ok(())

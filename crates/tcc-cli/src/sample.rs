@@ -459,7 +459,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>, CliError> {
 }
 
 /// SHA-256 of a file, hex.
-fn sha256_file(path: &std::path::Path) -> Result<String, CliError> {
+pub(crate) fn sha256_file(path: &std::path::Path) -> Result<String, CliError> {
     use sha2::Digest;
     let bytes = tcc_fs::read_input(path, tcc_calib::MAX_PRIORS_BYTES)
         .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;

@@ -13,6 +13,10 @@
 //!   the variant used (after its prior) and the one full computation
 //!   computed: the online counterpart of `tcc calibrate`'s table.
 //!
+//! [`accumulate`] returns what it measured as mergeable sums
+//! ([`EvalSums`]): shards of an evaluation (`tcc eval --shard I/N`) add
+//! them up and [`EvalSums::report`] makes the same [`Report`].
+//!
 //! Hooks (priors) are passed in: this crate does not know how priors are
 //! fitted or stored, and the model is any [`BlockModel`].
 
@@ -21,6 +25,6 @@ mod run;
 
 pub use plot::{plot_deviation, Series};
 pub use run::{
-    evaluate, held_out, EvalError, PairedTest, Progress, Report, Scorer, SeedSet, SetMetrics,
-    StepDistance, Variant, VariantReport,
+    accumulate, evaluate, held_out, EvalError, EvalSums, PairedTest, Progress, Report, Scorer,
+    SeedSet, SetMetrics, SetSums, StepDistance, Variant, VariantReport, VariantSums,
 };

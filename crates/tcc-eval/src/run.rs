@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 use tcc_calib::{Moments, Pooler, Site, SiteStats};
-use tcc_core::Branch;
+use tcc_core::{Branch, Pooling};
 use tcc_exec::{BranchSite, ExecError, Hooks, SampleBatch, Trajectory};
 use tcc_metrics::{
     psnr, rel_l2, wilcoxon_signed_rank, BranchDistances, DataRange, FeatureStats, Summary, Wilcoxon,
@@ -190,6 +190,280 @@ pub fn evaluate<M: BlockModel>(
     tests: &[(&str, &str)],
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Report, EvalError> {
+    accumulate(model, full, variants, sets, scorer, progress)?
+        .report(scorer.map(|s| s.reference()), tests)
+}
+
+/// The measurements of one variant (or full computation) on one seed set,
+/// as mergeable sums: what [`EvalSums::report`] turns into [`SetMetrics`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantSums {
+    /// The scorer's feature sums (absent without a scorer).
+    pub features: Option<FeatureStats>,
+    /// Samples classified as their class.
+    pub correct: u64,
+    /// Per-sample relative L2 and PSNR against full computation, in sample
+    /// order (empty for full computation itself).
+    pub rel_l2: Vec<f64>,
+    pub psnr: Vec<f64>,
+    /// Wall time in the model and the variant's hooks, seconds.
+    pub seconds: f64,
+}
+
+/// One seed set's sums: `samples` samples, per variant (index 0: full).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetSums {
+    pub seed: u64,
+    pub samples: u64,
+    pub variants: Vec<VariantSums>,
+}
+
+/// Everything an evaluation measured, as sums that shards of it (disjoint
+/// samples of the same seed sets) add up: [`EvalSums::merge`] in sample
+/// order gives the sums of the whole run, exactly for the per-sample values
+/// and counts and up to f64 summation order for the rest, and
+/// [`EvalSums::report`] makes the [`Report`].
+#[derive(Clone, Debug)]
+pub struct EvalSums {
+    /// Variant names; index 0 is full computation.
+    pub names: Vec<String>,
+    /// The pooling of the calibration's rows (`pooled_rel`).
+    pub pooling: Pooling,
+    pub sets: Vec<SetSums>,
+    /// Per variant (not full), per step: `Σ ||x_v - x_full||²` and
+    /// `Σ ||x_full||²` of the latents after the step.
+    pub latent: Vec<Vec<[f64; 2]>>,
+    /// Per variant, per reuse step: `Σ ||used - computed||²` and
+    /// `Σ ||computed||²` of the branch outputs.
+    pub branch: Vec<BTreeMap<usize, [f64; 2]>>,
+    /// Per variant, per reuse site: the calibration's pooled rows.
+    pub pooled: Vec<BTreeMap<Site, SiteStats>>,
+    /// Per variant, with [`Variant::oracle`]: the oracle's moments.
+    pub moments: Vec<BTreeMap<Site, Moments>>,
+}
+
+fn merge_site_stats(mine: &mut SiteStats, theirs: &SiteStats) -> Result<(), EvalError> {
+    match (mine, theirs) {
+        (SiteStats::Rows(m), SiteStats::Rows(t)) => Ok(m.merge(t)?),
+        (SiteStats::Moments(m), SiteStats::Moments(t)) => Ok(m.merge(t)?),
+        _ => Err(EvalError::Input(
+            "cannot merge pooled rows of different poolings".into(),
+        )),
+    }
+}
+
+impl EvalSums {
+    /// Adds the sums of the next shard (samples after this one's).
+    pub fn merge(&mut self, other: &EvalSums) -> Result<(), EvalError> {
+        let seeds = |s: &EvalSums| s.sets.iter().map(|s| s.seed).collect::<Vec<_>>();
+        if other.names != self.names || seeds(other) != seeds(self) || other.pooling != self.pooling
+        {
+            return Err(EvalError::Input(
+                "cannot merge evaluations of different variants, seed sets or pooling".into(),
+            ));
+        }
+        let latent_len = |s: &EvalSums| s.latent.iter().map(Vec::len).collect::<Vec<_>>();
+        if latent_len(other) != latent_len(self) {
+            return Err(EvalError::Input(
+                "cannot merge evaluations of different step counts".into(),
+            ));
+        }
+        for (a, b) in self.sets.iter_mut().zip(&other.sets) {
+            a.samples += b.samples;
+            for (x, y) in a.variants.iter_mut().zip(&b.variants) {
+                x.features = match (x.features.take(), &y.features) {
+                    (Some(mut f), Some(g)) => {
+                        f.merge(g)?;
+                        Some(f)
+                    }
+                    (None, None) => None,
+                    _ => {
+                        return Err(EvalError::Input(
+                            "cannot merge scored and unscored evaluations".into(),
+                        ))
+                    }
+                };
+                x.correct += y.correct;
+                x.rel_l2.extend_from_slice(&y.rel_l2);
+                x.psnr.extend_from_slice(&y.psnr);
+                x.seconds += y.seconds;
+            }
+        }
+        for (a, b) in self.latent.iter_mut().zip(&other.latent) {
+            for (x, y) in a.iter_mut().zip(b) {
+                x[0] += y[0];
+                x[1] += y[1];
+            }
+        }
+        for (a, b) in self.branch.iter_mut().zip(&other.branch) {
+            for (k, y) in b {
+                let x = a.entry(*k).or_default();
+                x[0] += y[0];
+                x[1] += y[1];
+            }
+        }
+        for (a, b) in self.pooled.iter_mut().zip(&other.pooled) {
+            for (site, y) in b {
+                match a.get_mut(site) {
+                    Some(x) => merge_site_stats(x, y).map_err(|e| at(e, site))?,
+                    None => {
+                        a.insert(*site, y.clone());
+                    }
+                }
+            }
+        }
+        for (a, b) in self.moments.iter_mut().zip(&other.moments) {
+            for (site, y) in b {
+                match a.get_mut(site) {
+                    Some(x) => x.merge(y).map_err(|e| at(e.into(), site))?,
+                    None => {
+                        a.insert(*site, y.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The report of these sums: FD against `reference` (the scorer's real
+    /// data statistics, needed when the sums hold features), and the paired
+    /// tests `tests`.
+    pub fn report(
+        &self,
+        reference: Option<&FeatureStats>,
+        tests: &[(&str, &str)],
+    ) -> Result<Report, EvalError> {
+        let nv = self.names.len();
+        let mut per_set: Vec<Vec<SetMetrics>> = vec![Vec::new(); nv];
+        let mut sample_rel: Vec<Vec<f64>> = vec![Vec::new(); nv];
+        for set in &self.sets {
+            if set.variants.len() != nv {
+                return Err(EvalError::Input(format!(
+                    "seed set {} has {} variants, expected {nv}",
+                    set.seed,
+                    set.variants.len()
+                )));
+            }
+            let n = set.samples as f64;
+            let full_time = set.variants[0].seconds;
+            for (vi, v) in set.variants.iter().enumerate() {
+                let (fd, accuracy) = match &v.features {
+                    Some(f) => {
+                        let r = reference.ok_or_else(|| {
+                            EvalError::Input(
+                                "the real data's feature statistics are needed for FD".into(),
+                            )
+                        })?;
+                        (Some(f.frechet_distance(r)?), Some(v.correct as f64 / n))
+                    }
+                    None => (None, None),
+                };
+                let (rel, ps) = if vi == 0 {
+                    (None, None)
+                } else {
+                    sample_rel[vi].extend_from_slice(&v.rel_l2);
+                    (
+                        Some(Summary::of(&v.rel_l2).mean()),
+                        Some(Summary::of(&v.psnr).mean()),
+                    )
+                };
+                per_set[vi].push(SetMetrics {
+                    seed: set.seed,
+                    fd,
+                    accuracy,
+                    rel_l2: rel,
+                    psnr: ps,
+                    seconds: v.seconds,
+                    speedup: full_time / v.seconds,
+                });
+            }
+        }
+
+        let mut reports = Vec::with_capacity(nv);
+        for (vi, name) in self.names.iter().enumerate() {
+            let steps = if vi == 0 {
+                Vec::new()
+            } else {
+                let pooled_step = pooled_per_step(&self.pooled[vi - 1], self.pooling)?;
+                self.latent[vi - 1]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &[d, r])| StepDistance {
+                        step: k,
+                        latent_rel_l2: if r > 0.0 { (d / r).sqrt() } else { 0.0 },
+                        branch_rel_l2: self.branch[vi - 1].get(&k).map(|[d, r]| (d / r).sqrt()),
+                        pooled_rel: pooled_step.get(&k).copied(),
+                    })
+                    .collect()
+            };
+            reports.push(VariantReport {
+                name: name.clone(),
+                sets: std::mem::take(&mut per_set[vi]),
+                steps,
+                sample_rel_l2: std::mem::take(&mut sample_rel[vi]),
+                moments: if vi == 0 {
+                    BTreeMap::new()
+                } else {
+                    self.moments[vi - 1].clone()
+                },
+            });
+        }
+        let mut paired = Vec::new();
+        for &(a, b) in tests {
+            let find = |n: &str| {
+                reports
+                    .iter()
+                    .find(|r| r.name == n)
+                    .ok_or_else(|| EvalError::Input(format!("no variant named `{n}` to test")))
+            };
+            let (ra, rb) = (find(a)?, find(b)?);
+            let x = &ra.sample_rel_l2;
+            let y = &rb.sample_rel_l2;
+            let mut d: Vec<f64> = x.iter().zip(y).map(|(p, q)| p - q).collect();
+            d.sort_by(f64::total_cmp);
+            let median = if d.is_empty() {
+                f64::NAN
+            } else if d.len() % 2 == 1 {
+                d[d.len() / 2]
+            } else {
+                0.5 * (d[d.len() / 2 - 1] + d[d.len() / 2])
+            };
+            paired.push(PairedTest {
+                a: a.to_string(),
+                b: b.to_string(),
+                median_difference: median,
+                a_better: x.iter().zip(y).filter(|(p, q)| p < q).count() as f64
+                    / x.len().max(1) as f64,
+                test: if x == y {
+                    None
+                } else {
+                    Some(wilcoxon_signed_rank(x, y)?)
+                },
+            });
+        }
+        Ok(Report {
+            samples_per_set: self.sets.first().map_or(0, |s| s.samples as usize),
+            variants: reports,
+            tests: paired,
+        })
+    }
+}
+
+fn at(e: EvalError, site: &Site) -> EvalError {
+    EvalError::Input(format!("{site}: {e}"))
+}
+
+/// Runs full computation and every variant on every seed set (or a shard's
+/// share of each: the batches `sets` hold) and returns the sums of what it
+/// measured.
+pub fn accumulate<M: BlockModel>(
+    model: &M,
+    full: &Plan,
+    variants: &mut [Variant<'_>],
+    sets: &[SeedSet],
+    scorer: Option<&dyn Scorer>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<EvalSums, EvalError> {
     let nsteps = full.steps.len();
     for v in variants.iter() {
         if v.plan.steps.len() != nsteps {
@@ -222,12 +496,11 @@ pub fn evaluate<M: BlockModel>(
         .collect();
     let pooler = Pooler::new(full);
 
-    let mut per_set: Vec<Vec<SetMetrics>> = vec![Vec::new(); nv + 1];
-    let mut sample_rel: Vec<Vec<f64>> = vec![Vec::new(); nv + 1];
+    let mut set_sums = Vec::with_capacity(sets.len());
     // Per variant, per step: (Σ||x_v - x_full||^2, Σ||x_full||^2).
-    let mut latent: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, 0.0); nsteps]; nv];
+    let mut latent: Vec<Vec<[f64; 2]>> = vec![vec![[0.0; 2]; nsteps]; nv];
     let mut branch: Vec<BranchDistances> = vec![BranchDistances::new(); nv];
-    let mut pooled: Vec<HashMap<Site, SiteStats>> = vec![HashMap::new(); nv];
+    let mut pooled: Vec<BTreeMap<Site, SiteStats>> = vec![BTreeMap::new(); nv];
     let mut moments: Vec<BTreeMap<Site, Moments>> = vec![BTreeMap::new(); nv];
     let all_tokens = Pooler::validation(full);
 
@@ -285,8 +558,8 @@ pub fn evaluate<M: BlockModel>(
                         let (p, q) = (p as f64, q as f64);
                         (d + (p - q) * (p - q), r + q * q)
                     });
-                    latent[vi][k].0 += d;
-                    latent[vi][k].1 += r;
+                    latent[vi][k][0] += d;
+                    latent[vi][k][1] += r;
                 }
             }
             finals[0].push(reference.latents().clone());
@@ -301,131 +574,78 @@ pub fn evaluate<M: BlockModel>(
         let n = set.labels.len();
         let full_x = finals[0].flatten_all()?.to_vec1::<f32>()?;
         let per = full_x.len() / n;
+        let mut sums = Vec::with_capacity(nv + 1);
         for (vi, x) in finals.iter().enumerate() {
-            let (fd, accuracy) = match scorer {
+            let (features, correct) = match scorer {
                 Some(s) => {
                     let (features, predicted) = s.score(x).map_err(EvalError::Scorer)?;
                     let mut stats = FeatureStats::new(s.reference().dim());
                     stats.add_batch(&features)?;
-                    let fd = stats.frechet_distance(s.reference())?;
                     let correct = predicted
                         .iter()
                         .zip(&set.labels)
                         .filter(|(p, l)| **p == **l as usize)
                         .count();
-                    (Some(fd), Some(correct as f64 / n as f64))
+                    (Some(stats), correct as u64)
                 }
-                None => (None, None),
+                None => (None, 0),
             };
-            let (rel, ps) = if vi == 0 {
-                (None, None)
-            } else {
+            let (mut rels, mut psnrs) = (Vec::new(), Vec::new());
+            if vi > 0 {
                 let xv = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut rels = Vec::with_capacity(n);
-                let mut psnrs = Summary::new();
                 for (a, r) in xv.chunks_exact(per).zip(full_x.chunks_exact(per)) {
                     rels.push(rel_l2(a, r)?);
                     let clamp =
                         |v: &[f32]| v.iter().map(|x| x.clamp(-1.0, 1.0)).collect::<Vec<_>>();
-                    psnrs.add(psnr(&clamp(a), &clamp(r), DataRange::Signed)?);
+                    psnrs.push(psnr(&clamp(a), &clamp(r), DataRange::Signed)?);
                 }
-                let mean = Summary::of(&rels).mean();
-                sample_rel[vi].extend(rels);
-                (Some(mean), Some(psnrs.mean()))
-            };
-            per_set[vi].push(SetMetrics {
-                seed: set.seed,
-                fd,
-                accuracy,
-                rel_l2: rel,
-                psnr: ps,
+            }
+            sums.push(VariantSums {
+                features,
+                correct,
+                rel_l2: rels,
+                psnr: psnrs,
                 seconds: times[vi].as_secs_f64(),
-                speedup: times[0].as_secs_f64() / times[vi].as_secs_f64(),
             });
         }
+        set_sums.push(SetSums {
+            seed: set.seed,
+            samples: n as u64,
+            variants: sums,
+        });
     }
 
-    let mut reports = Vec::with_capacity(nv + 1);
-    let names: Vec<String> = std::iter::once("full".to_string())
+    let names = std::iter::once("full".to_string())
         .chain(variants.iter().map(|v| v.name.clone()))
         .collect();
-    for (vi, name) in names.iter().enumerate() {
-        let steps = if vi == 0 {
-            Vec::new()
-        } else {
-            let per_step = branch[vi - 1].per_step();
-            let pooled_step = pooled_per_step(&pooled[vi - 1], pooler)?;
-            latent[vi - 1]
-                .iter()
-                .enumerate()
-                .map(|(k, &(d, r))| StepDistance {
-                    step: k,
-                    latent_rel_l2: if r > 0.0 { (d / r).sqrt() } else { 0.0 },
-                    branch_rel_l2: per_step.get(&k).map(|s| s.pooled_rel_l2()),
-                    pooled_rel: pooled_step.get(&k).copied(),
-                })
-                .collect()
-        };
-        reports.push(VariantReport {
-            name: name.clone(),
-            sets: std::mem::take(&mut per_set[vi]),
-            steps,
-            sample_rel_l2: std::mem::take(&mut sample_rel[vi]),
-            moments: if vi == 0 {
-                BTreeMap::new()
-            } else {
-                std::mem::take(&mut moments[vi - 1])
-            },
-        });
-    }
-    let mut paired = Vec::new();
-    for &(a, b) in tests {
-        let find = |n: &str| {
-            reports
-                .iter()
-                .find(|r| r.name == n)
-                .ok_or_else(|| EvalError::Input(format!("no variant named `{n}` to test")))
-        };
-        let (ra, rb) = (find(a)?, find(b)?);
-        let x = &ra.sample_rel_l2;
-        let y = &rb.sample_rel_l2;
-        let mut d: Vec<f64> = x.iter().zip(y).map(|(p, q)| p - q).collect();
-        d.sort_by(f64::total_cmp);
-        let median = if d.is_empty() {
-            f64::NAN
-        } else if d.len() % 2 == 1 {
-            d[d.len() / 2]
-        } else {
-            0.5 * (d[d.len() / 2 - 1] + d[d.len() / 2])
-        };
-        paired.push(PairedTest {
-            a: a.to_string(),
-            b: b.to_string(),
-            median_difference: median,
-            a_better: x.iter().zip(y).filter(|(p, q)| p < q).count() as f64 / x.len().max(1) as f64,
-            test: if x == y {
-                None
-            } else {
-                Some(wilcoxon_signed_rank(x, y)?)
-            },
-        });
-    }
-    Ok(Report {
-        samples_per_set: sets[0].labels.len(),
-        variants: reports,
-        tests: paired,
+    Ok(EvalSums {
+        names,
+        pooling: pooler.pooling(),
+        sets: set_sums,
+        latent,
+        branch: branch
+            .iter()
+            .map(|b| {
+                b.per_step()
+                    .into_iter()
+                    .map(|(k, s)| (k, [s.sq_diff, s.sq_ref]))
+                    .collect()
+            })
+            .collect(),
+        pooled,
+        moments,
     })
 }
 
 /// Per step: `sqrt(Σ ||a_i - b_i||^2 / Σ ||a_i||^2)` over the pooled rows of
 /// all its sites, as `tcc calibrate` computes "before" and "after".
 fn pooled_per_step(
-    stats: &HashMap<Site, SiteStats>,
-    pooler: Pooler,
+    stats: &BTreeMap<Site, SiteStats>,
+    pooling: Pooling,
 ) -> Result<BTreeMap<usize, f64>, EvalError> {
     let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for (site, st) in stats {
-        let (d, _, n) = st.residual(None, pooler.pooling(), 0.0)?;
+        let (d, _, n) = st.residual(None, pooling, 0.0)?;
         let e = sums.entry(site.step).or_default();
         e.0 += d;
         e.1 += n;
@@ -461,7 +681,7 @@ struct Observer<'a> {
     inner: &'a mut dyn Hooks,
     reference: &'a HashMap<(usize, Branch), Tensor>,
     distances: &'a mut BranchDistances,
-    pooled: &'a mut HashMap<Site, SiteStats>,
+    pooled: &'a mut BTreeMap<Site, SiteStats>,
     pooler: Pooler,
     /// Where to keep the oracle moments, and the pooler of every token.
     moments: Option<(&'a mut BTreeMap<Site, Moments>, Pooler)>,

@@ -7,7 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use tcc_calib::{Prior, PriorHooks};
 use tcc_core::{Branch, PriorKind};
-use tcc_eval::{evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
+use tcc_eval::{
+    accumulate, evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant,
+};
 use tcc_exec::{NoHooks, SampleBatch};
 use tcc_metrics::FeatureStats;
 use tcc_model::{Dit, DitConfig};
@@ -244,6 +246,126 @@ fn the_scorer_gives_accuracy_and_fd_per_seed_set() {
             assert!(fd.is_finite() && fd > 0.0, "{fd}");
         }
     }
+}
+
+/// The samples of `set` from batch `from` on (`..to`): a shard's share.
+fn share(set: &SeedSet, batches: std::ops::Range<usize>) -> SeedSet {
+    let sizes: Vec<usize> = set
+        .batches
+        .iter()
+        .map(|b| b.noise.dim(0).unwrap())
+        .collect();
+    let start: usize = sizes[..batches.start].iter().sum();
+    let end: usize = sizes[..batches.end].iter().sum();
+    SeedSet {
+        seed: set.seed,
+        batches: set.batches[batches].to_vec(),
+        labels: set.labels[start..end].to_vec(),
+        conditions: set.conditions[start..end].to_vec(),
+    }
+}
+
+#[test]
+fn shards_of_the_seed_sets_merge_into_the_whole_runs_sums() {
+    let p = plan(FORA);
+    let model = model(&p);
+    let full = p.all_compute();
+    let mut reference = FeatureStats::new(2);
+    reference
+        .add_batch(&[0.0, 1.0, 0.1, 0.9, -0.1, 1.2, 0.05, 1.1])
+        .unwrap();
+    let scorer = Constant { reference };
+    let variants = || {
+        vec![
+            Variant {
+                name: "cache".into(),
+                plan: &p,
+                hooks: Box::new(NoHooks),
+                oracle: false,
+            },
+            Variant {
+                name: "scaled".into(),
+                plan: &p,
+                hooks: Box::new(scaling_hooks(&p, 0.9)),
+                oracle: true,
+            },
+        ]
+    };
+    let sets = vec![seed_set(&p, 11, 4, 2), seed_set(&p, 12, 4, 2)];
+    let run = |sets: &[SeedSet]| {
+        accumulate(
+            &model,
+            &full,
+            &mut variants(),
+            sets,
+            Some(&scorer),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let whole = run(&sets);
+    // Shard 0 of 2 takes batch 0 of each set, shard 1 batch 1; added up
+    // in shard order.
+    let mut merged = run(&sets.iter().map(|s| share(s, 0..1)).collect::<Vec<_>>());
+    merged
+        .merge(&run(&sets
+            .iter()
+            .map(|s| share(s, 1..2))
+            .collect::<Vec<_>>()))
+        .unwrap();
+    // Per sample: bit for bit, in sample order.
+    for (a, b) in whole.sets.iter().zip(&merged.sets) {
+        assert_eq!(a.samples, b.samples);
+        for (x, y) in a.variants.iter().zip(&b.variants) {
+            assert_eq!(x.rel_l2, y.rel_l2);
+            assert_eq!(x.psnr, y.psnr);
+            assert_eq!(x.correct, y.correct);
+        }
+        assert_eq!(a.variants[1].rel_l2.len(), 4);
+    }
+    assert_eq!(whole.moments[1].len(), merged.moments[1].len());
+    assert!(!whole.moments[1].is_empty(), "the oracle kept moments");
+    let tests = [("scaled", "cache")];
+    let (a, b) = (
+        whole.report(Some(&scorer.reference), &tests).unwrap(),
+        merged.report(Some(&scorer.reference), &tests).unwrap(),
+    );
+    // The rest from f64 sums added in another order: 1e-6 relative.
+    let close = |x: f64, y: f64, what: &str| {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs().max(1e-12),
+            "{what}: {x} vs {y}"
+        );
+    };
+    for (va, vb) in a.variants.iter().zip(&b.variants) {
+        for (sa, sb) in va.sets.iter().zip(&vb.sets) {
+            close(sa.fd.unwrap(), sb.fd.unwrap(), "FD");
+            assert_eq!(sa.accuracy, sb.accuracy);
+            assert_eq!(sa.rel_l2, sb.rel_l2);
+            assert_eq!(sa.psnr, sb.psnr);
+        }
+        for (ka, kb) in va.steps.iter().zip(&vb.steps) {
+            close(ka.latent_rel_l2, kb.latent_rel_l2, "latent");
+            let opt = |x: Option<f64>, y: Option<f64>, what: &str| match (x, y) {
+                (Some(x), Some(y)) => close(x, y, what),
+                (x, y) => assert_eq!(x, y, "{what}"),
+            };
+            opt(ka.branch_rel_l2, kb.branch_rel_l2, "branch");
+            opt(ka.pooled_rel, kb.pooled_rel, "pooled");
+        }
+        for ((s, ma), mb) in va.moments.iter().zip(vb.moments.values()) {
+            close(ma.error_identity(), mb.error_identity(), &s.to_string());
+        }
+    }
+    let (ta, tb) = (&a.tests[0], &b.tests[0]);
+    assert_eq!(ta.median_difference, tb.median_difference);
+    assert_eq!(
+        ta.test.as_ref().map(|w| w.p_value),
+        tb.test.as_ref().map(|w| w.p_value)
+    );
+    // Shards of other seed sets do not merge.
+    let mut other = run(&[share(&sets[0], 0..1)]);
+    assert!(other.merge(&merged).is_err());
 }
 
 #[test]
