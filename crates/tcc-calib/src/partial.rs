@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tcc_core::{Branch, CalibMode, CalibrationSpec, Shard};
+use tcc_core::{in_shard_order, Branch, CalibMode, CalibrationSpec, Shard};
 use tcc_plan::PlanHash;
 
 use crate::codec::{Reader, Writer};
@@ -345,7 +345,7 @@ impl StatsFile {
         };
         let (first_name, a) = (first_name.clone(), first.meta.clone());
         let count = a.shard.count;
-        let mut by_index: BTreeMap<usize, (String, StatsFile)> = BTreeMap::new();
+        let mut checked = Vec::with_capacity(files.len());
         for (name, f) in files {
             let b = &f.meta;
             let differs = if b.plan_hash != a.plan_hash {
@@ -369,26 +369,11 @@ impl StatsFile {
                     "{name} and {first_name} are not shards of one calibration: {d}"
                 )));
             }
-            let shard = b.shard;
-            if let Some((other, _)) = by_index.insert(shard.index, (name.clone(), f)) {
-                return Err(CalibError::Binding(format!(
-                    "shard {shard} is given twice: {other} and {name}"
-                )));
-            }
+            checked.push((b.shard, name, f));
         }
-        let missing: Vec<String> = (0..count)
-            .filter(|i| !by_index.contains_key(i))
-            .map(|i| format!("{i}/{count}"))
-            .collect();
-        if !missing.is_empty() {
-            return Err(CalibError::Binding(format!(
-                "shard{} {} missing: every shard 0/{count} .. {}/{count} is needed",
-                if missing.len() > 1 { "s" } else { "" },
-                missing.join(", "),
-                count - 1
-            )));
-        }
-        let mut parts = by_index.into_values();
+        let mut parts = in_shard_order(count, checked)
+            .map_err(CalibError::Binding)?
+            .into_iter();
         let (_, mut total) = parts.next().expect("count >= 1");
         for (name, f) in parts {
             if f.steps.len() != total.steps.len() {

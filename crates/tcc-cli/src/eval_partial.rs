@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use tcc_calib::{Moments, Site, SiteStats, StepStats};
-use tcc_core::{Branch, CalibMode, Pooling, Shard};
+use tcc_core::{in_shard_order, Branch, CalibMode, Pooling, Shard};
 use tcc_eval::{EvalSums, SetSums, VariantSums};
 use tcc_metrics::FeatureStats;
 
@@ -474,7 +474,7 @@ pub(crate) fn merge(paths: &[PathBuf]) -> Result<EvalPartial, CliError> {
         first.run.clone(),
         first.tool_version.clone(),
     );
-    let mut by_index: BTreeMap<usize, (String, EvalPartial)> = BTreeMap::new();
+    let mut checked = Vec::with_capacity(parts.len());
     for (name, p) in parts {
         let b = &p.run;
         let differs = if b.context.schedules != a.context.schedules {
@@ -517,27 +517,11 @@ pub(crate) fn merge(paths: &[PathBuf]) -> Result<EvalPartial, CliError> {
                 "{name} and {first_name} are not shards of one evaluation: {d}"
             )));
         }
-        let shard = b.shard;
-        if let Some((other, _)) = by_index.insert(shard.index, (name.clone(), p)) {
-            return Err(CliError::input(format!(
-                "shard {shard} is given twice: {other} and {name}"
-            )));
-        }
+        checked.push((b.shard, name, p));
     }
-    let count = a.shard.count;
-    let missing: Vec<String> = (0..count)
-        .filter(|i| !by_index.contains_key(i))
-        .map(|i| format!("{i}/{count}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(CliError::input(format!(
-            "shard{} {} missing: every shard 0/{count} .. {}/{count} is needed",
-            if missing.len() > 1 { "s" } else { "" },
-            missing.join(", "),
-            count - 1
-        )));
-    }
-    let mut parts = by_index.into_values();
+    let mut parts = in_shard_order(a.shard.count, checked)
+        .map_err(CliError::input)?
+        .into_iter();
     let (_, mut total) = parts.next().expect("count >= 1");
     for (name, p) in parts {
         let bad = |e: &dyn std::fmt::Display| CliError::input(format!("{name}: {e}"));

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tcc_core::Shard;
+use tcc_core::{in_shard_order, Shard};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
@@ -297,7 +297,7 @@ fn open_shard(path: &Path) -> Result<ShardFile, CliError> {
 /// run writes unsharded. Refuses shards of different runs and duplicate or
 /// missing shards (exit status 2) before writing anything.
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<usize, CliError> {
-    let mut shards = parts
+    let shards = parts
         .iter()
         .map(|p| open_shard(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -329,29 +329,16 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<usize, CliError> {
             )));
         }
     }
-    shards.sort_by_key(|s| s.meta.shard.index);
-    for w in shards.windows(2) {
-        if w[0].meta.shard == w[1].meta.shard {
-            return Err(CliError::input(format!(
-                "shard {} is given twice: {} and {}",
-                w[0].meta.shard,
-                w[0].path.display(),
-                w[1].path.display()
-            )));
-        }
-    }
-    let missing: Vec<String> = (0..count)
-        .filter(|i| !shards.iter().any(|s| s.meta.shard.index == *i))
-        .map(|i| format!("{i}/{count}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(CliError::input(format!(
-            "shard{} {} missing: every shard 0/{count} .. {}/{count} of the run is needed",
-            if missing.len() > 1 { "s" } else { "" },
-            missing.join(", "),
-            count - 1
-        )));
-    }
+    let mut shards: Vec<_> = in_shard_order(
+        count,
+        shards
+            .into_iter()
+            .map(|s| (s.meta.shard, s.path.display().to_string(), s)),
+    )
+    .map_err(CliError::input)?
+    .into_iter()
+    .map(|(_, s)| s)
+    .collect();
     for s in &shards {
         let want = s.meta.shard.samples(meta0.n, meta0.batch_size);
         let expect: Vec<u64> = (want.start as u64..want.end as u64).collect();

@@ -21,5 +21,5 @@ pub use calibration::{
 pub use diffusers::{ConfigError, TransformerConfig, PIXART_CAPTION_TOKENS};
 pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
-pub use shard::{Shard, MAX_SHARDS};
+pub use shard::{in_shard_order, Shard, MAX_SHARDS};
 pub use spelling::UnknownName;

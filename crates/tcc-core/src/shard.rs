@@ -83,6 +83,36 @@ impl Shard {
     }
 }
 
+/// Orders the named parts of a sharded run by shard index: every shard of
+/// `count` exactly once, or an error naming the shard given twice or the
+/// shards missing. (Each part's `count` is checked by the caller, with the
+/// rest of its binding.)
+pub fn in_shard_order<T>(
+    count: usize,
+    parts: impl IntoIterator<Item = (Shard, String, T)>,
+) -> Result<Vec<(String, T)>, String> {
+    let mut by_index: std::collections::BTreeMap<usize, (String, T)> = Default::default();
+    for (shard, name, part) in parts {
+        if let Some((other, _)) = by_index.get(&shard.index) {
+            return Err(format!("shard {shard} is given twice: {other} and {name}"));
+        }
+        by_index.insert(shard.index, (name, part));
+    }
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !by_index.contains_key(i))
+        .map(|i| format!("{i}/{count}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "shard{} {} missing: every shard 0/{count} .. {}/{count} is needed",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", "),
+            count - 1
+        ));
+    }
+    Ok(by_index.into_values().collect())
+}
+
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
@@ -104,6 +134,24 @@ impl FromStr for Shard {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn parts_come_back_in_shard_order_or_name_the_shard_given_twice_or_missing() {
+        let part = |i: usize, name: &str| (Shard::new(i, 3).unwrap(), name.to_string(), i);
+        let ordered = super::in_shard_order(3, [part(2, "c"), part(0, "a"), part(1, "b")]).unwrap();
+        assert_eq!(
+            ordered,
+            vec![("a".into(), 0), ("b".into(), 1), ("c".into(), 2)]
+        );
+        let twice =
+            super::in_shard_order(3, [part(0, "a"), part(1, "b"), part(0, "x")]).unwrap_err();
+        assert_eq!(twice, "shard 0/3 is given twice: a and x");
+        let missing = super::in_shard_order(3, [part(1, "b")]).unwrap_err();
+        assert_eq!(
+            missing,
+            "shards 0/3, 2/3 missing: every shard 0/3 .. 2/3 is needed"
+        );
+    }
     use super::*;
 
     #[test]
