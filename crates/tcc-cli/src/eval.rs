@@ -114,27 +114,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let out = Outputs::check(&args)?;
     let rt = Runtime::from_args(&args.model.runtime)?;
     let plans = load_plans(&args, io)?;
-    let mut memory = check_fits(&args, &plans, &rt)?;
+    let memory = check_fits(&args, &plans, &rt, &out)?;
     let given = given_priors(&args, &plans)?;
-    // Every seed set's inputs, and the final latents of full computation
-    // and of every variant (cache, one-shot, tcc per schedule).
-    let variants = 1 + 3 * plans.len();
-    memory.batch(&plans[0], args.batch_size).latents(
-        "the evaluated latents",
-        &plans[0],
-        out.range.len(),
-        (args.seeds.len() * (variants + 1)) as u128,
-    );
     crate::runtime::check_model_source(&plans[0], &args.model)?;
     memory.check()?;
     let model = load_model(&plans[0], &args.model, &rt)?;
     let captions = load_captions(&plans[0], &args.model, &rt)?;
-    let stems: Vec<Option<String>> = args
-        .files
-        .iter()
-        .map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .collect();
-    let mut entries = Entry::label(plans, &stems);
+    let mut entries = Entry::label(plans, &args.files);
     let announced = attach_priors(
         &args,
         io,
@@ -148,17 +134,9 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     if !announced {
         rt.announce(io.err)?;
     }
-    let Measured {
-        sums,
-        tests,
-        scorer,
-    } = measure(&args, &rt, &model, captions.as_ref(), &entries, &out)?;
-    let context = ReportContext::new(&args, &entries, tests);
-    let mut terms = Vec::new();
-    for (label, set) in entries.iter().flat_map(|e| &e.calibrated) {
-        let i = sums.names.iter().position(|n| n == label);
-        terms.push(prior_terms(i.map(|i| &sums.moments[i - 1]), set)?);
-    }
+    let m = measure(&args, &rt, &model, captions.as_ref(), &entries, &out)?;
+    let context = ReportContext::new(&args, &entries, m.tests);
+    let terms = prior_terms(&entries, &m.sums)?;
     if let Some(shard) = args.shard {
         let run = crate::eval_partial::ShardRun {
             context,
@@ -168,11 +146,12 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             samples: out.range,
             priors: given.files,
         };
-        return crate::eval_partial::write_shard(io, &out.path, run, sums, terms);
+        return crate::eval_partial::write_shard(io, &out.path, run, m.sums, terms);
     }
-    let report = sums
+    let report = m
+        .sums
         .report(
-            scorer.as_ref().map(|s| s.reference()),
+            m.scorer.as_ref().map(|s| s.reference()),
             &context.test_pairs(),
         )
         .map_err(|e| CliError::Failure(e.to_string()))?;
@@ -263,8 +242,13 @@ fn fits_here(args: &Args) -> bool {
 
 /// Refuses fitting in a shard and evaluation seeds that priors fitted here
 /// would be fitted or validated on, before any work; returns the memory
-/// of the model and of those fits.
-fn check_fits(args: &Args, plans: &[Plan], rt: &Runtime) -> Result<Memory, CliError> {
+/// the evaluation needs: the model, those fits, and the evaluated samples.
+fn check_fits(
+    args: &Args,
+    plans: &[Plan],
+    rt: &Runtime,
+    out: &Outputs,
+) -> Result<Memory, CliError> {
     let fits_here = fits_here(args);
     if args.shard.is_some() && fits_here {
         if let Some(plan) = plans
@@ -306,6 +290,15 @@ fn check_fits(args: &Args, plans: &[Plan], rt: &Runtime) -> Result<Memory, CliEr
         }
     }
     held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
+    // Every seed set's inputs, and the final latents of full computation
+    // and of every variant (cache, one-shot, tcc per schedule).
+    let variants = 1 + 3 * plans.len();
+    memory.batch(&plans[0], args.batch_size).latents(
+        "the evaluated latents",
+        &plans[0],
+        out.range.len(),
+        (args.seeds.len() * (variants + 1)) as u128,
+    );
     Ok(memory)
 }
 

@@ -107,101 +107,102 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let range = check_outputs(&args, shard)?;
     let rt = Runtime::from_args(&args.model.runtime)?;
     let plan = args.model.load_plan(&args.file, None, io.err)?;
-    let priors = match &args.priors {
-        Some(path) => Some(load_priors(path, &plan)?),
-        None => None,
-    };
+    let run = Run::new(&args, &plan, shard, range);
+    let priors = args.priors.as_deref().map(|p| load_priors(p, &plan));
+    let priors = priors.transpose()?;
     let images = Images::plan(&args, &plan)?;
     crate::runtime::check_model_source(&plan, &args.model)?;
-    let wants_scorer = shard.is_whole()
-        && args.n >= 2
-        && plan.weights.is_none()
-        && args.model.random_weights.is_none()
-        && images.testbed.is_some();
-    // The latents of every sample are kept only for what needs them all.
-    let keep = args.out.is_some()
-        || args.grid.is_some()
-        || args.latents.is_some()
-        || args.vs_full
-        || wants_scorer;
+    let wants = Wants::of(&run, &images);
     let priors_bytes = priors.as_ref().map(|(_, bytes)| *bytes);
-    memory(&args, &plan, &rt, range.len(), keep, priors_bytes, &images).check()?;
+    memory(&run, &rt, wants.keep, priors_bytes, &images).check()?;
 
     let model = load_model(&plan, &args.model, &rt)?;
-    let mut hooks: Box<dyn Hooks> = match &priors {
-        Some((set, _)) => Box::new(set.hooks(&rt.device)?),
-        None => Box::new(NoHooks),
-    };
+    let mut hooks = prior_hooks(priors.as_ref().map(|(set, _)| set), &rt)?;
     let captions = load_captions(&plan, &args.model, &rt)?;
     let decoder = images.decoder(&rt)?;
     let inputs = sample_inputs(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
-    let classes = &inputs.labels[range.clone()];
-    let scorer = if wants_scorer {
-        TestbedScorer::for_model(&plan.model.name, &rt.device)?
-    } else {
-        None
+    let classes = &inputs.labels[run.range.clone()];
+    let scorer = match wants.scorer {
+        true => TestbedScorer::for_model(&plan.model.name, &rt.device)?,
+        false => None,
     };
-    let mut npz = match &args.npz {
-        Some(path) => Some(NpzWriter::create(path, range.len(), decoder.side)?),
-        None => None,
-    };
+    let mut npz = run.create_npz(decoder.side)?;
     rt.announce(io.err)?;
     let (x, time) = run_range(
         &model,
         &plan,
         &inputs,
-        range.clone(),
+        run.range.clone(),
         args.batch_size,
         hooks.as_mut(),
         "sampling",
-        keep,
+        wants.keep,
         &mut |start, latents| match npz.as_mut() {
             Some(w) => decoder.write_npz_batch(w, latents, start),
             None => Ok(()),
         },
     )?;
-    print_sampled(io, &args, &plan, shard, &range, time)?;
+    run.print_sampled(io, time)?;
     if let Some(w) = npz {
-        finish_npz(
-            io,
-            &args,
-            w,
-            &plan,
-            shard,
-            &range,
-            classes,
-            captions.as_ref(),
-        )?;
+        run.finish_npz(io, w, classes, captions.as_ref())?;
     }
     let Some(x) = x else {
         return Ok(());
     };
     if let Some(scorer) = scorer {
-        let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
-        writeln!(
-            io.out,
-            "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
-            args.n
-        )?;
+        run.print_testbed_metrics(io, &scorer, &x, classes)?;
     }
     if args.vs_full {
-        vs_full(io, &args, &model, &plan, &inputs, &range, &x, time)?;
+        run.vs_full(io, &model, &inputs, &x, time)?;
     }
-    if let Some(path) = &args.latents {
-        write_latents(path, &flat(&x)?, x.dims(), classes)?;
-        writeln!(io.out, "wrote {}", path.display())?;
-    }
-    if args.out.is_none() && args.grid.is_none() {
-        return Ok(());
-    }
-    let imgs = decoder.decode_all(&x, range.start)?;
-    drop(x);
     let what = if captions.is_some() {
         "prompt"
     } else {
         "class"
     };
-    write_images(io, &args, &images, &imgs, classes, range.start, what)
+    run.write_kept(io, &images, &decoder, x, classes, what)
+}
+
+/// One sampling run: its arguments, plan, shard and this process's
+/// samples.
+struct Run<'a> {
+    args: &'a Args,
+    plan: &'a Plan,
+    shard: tcc_core::Shard,
+    range: Range<usize>,
+}
+
+/// What the run needs besides sampling, decided before any work.
+struct Wants {
+    /// The testbed's metrics (FD, accuracy) of the samples.
+    scorer: bool,
+    /// The latents of every sample, kept for what needs them all.
+    keep: bool,
+}
+
+impl Wants {
+    fn of(run: &Run, images: &Images) -> Wants {
+        let (args, plan) = (run.args, run.plan);
+        let scorer = run.shard.is_whole()
+            && args.n >= 2
+            && plan.weights.is_none()
+            && args.model.random_weights.is_none()
+            && images.testbed.is_some();
+        let keep = args.out.is_some()
+            || args.grid.is_some()
+            || args.latents.is_some()
+            || args.vs_full
+            || scorer;
+        Wants { scorer, keep }
+    }
+}
+
+/// Hooks that apply `priors`, or none, on the runtime's device.
+fn prior_hooks(priors: Option<&PriorSet>, rt: &Runtime) -> Result<Box<dyn Hooks>, CliError> {
+    Ok(match priors {
+        Some(set) => Box::new(set.hooks(&rt.device)?),
+        None => Box::new(NoHooks),
+    })
 }
 
 /// Checks the counts, the shard and every output before any work (no
@@ -329,16 +330,15 @@ impl Images {
     }
 }
 
-/// What sampling holds at its peak for `n` samples (kept whole if `keep`).
+/// What sampling holds at its peak (every sample's latents if `keep`).
 fn memory(
-    args: &Args,
-    plan: &Plan,
+    run: &Run,
     rt: &Runtime,
-    n: usize,
     keep: bool,
     priors_bytes: Option<u64>,
     images: &Images,
 ) -> Memory {
+    let (args, plan, n) = (run.args, run.plan, run.range.len());
     let mut memory = Memory::new();
     memory
         .model(plan, &args.model, rt.dtype)
@@ -442,153 +442,188 @@ impl Decoder {
     }
 }
 
-fn print_sampled(
-    io: &mut Io,
-    args: &Args,
-    plan: &Plan,
-    shard: tcc_core::Shard,
-    range: &Range<usize>,
-    time: Duration,
-) -> Result<(), CliError> {
-    let n = range.len();
-    writeln!(
-        io.out,
-        "sampled {}{} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
-        n,
-        if shard.is_whole() {
-            String::new()
-        } else {
-            format!(
-                " (shard {shard}: samples {}..{} of {})",
-                range.start, range.end, args.n
-            )
-        },
-        plan.model.name,
-        plan.source,
-        time.as_secs_f64(),
-        1e3 * time.as_secs_f64() / (n * plan.steps.len()) as f64
-    )?;
-    Ok(())
-}
+impl<'a> Run<'a> {
+    fn new(args: &'a Args, plan: &'a Plan, shard: tcc_core::Shard, range: Range<usize>) -> Self {
+        Run {
+            args,
+            plan,
+            shard,
+            range,
+        }
+    }
 
-/// Finishes the `.npz` (a shard's with its metadata for `tcc merge`).
-#[allow(clippy::too_many_arguments)]
-fn finish_npz(
-    io: &mut Io,
-    args: &Args,
-    w: NpzWriter,
-    plan: &Plan,
-    shard: tcc_core::Shard,
-    range: &Range<usize>,
-    classes: &[u32],
-    captions: Option<&Captions>,
-) -> Result<(), CliError> {
-    let path = args.npz.as_ref().expect("npz path");
-    let meta = (!shard.is_whole())
-        .then(|| -> Result<SampleShard, CliError> {
-            Ok(SampleShard {
-                format: SAMPLE_SHARD_FORMAT.into(),
-                plan_hash: plan.hash(),
-                model: plan.model.name.clone(),
-                priors: args.priors.as_deref().map(sha256_file).transpose()?,
-                seed: args.seed,
-                n: args.n,
-                batch_size: args.batch_size,
-                class: args.class,
-                prompts: captions.map(|c| sha256_lines(&c.prompts)),
-                shard,
+    /// The `.npz` writer of --npz, for images `side` pixels a side.
+    fn create_npz(&self, side: usize) -> Result<Option<NpzWriter>, CliError> {
+        match &self.args.npz {
+            Some(path) => Ok(Some(NpzWriter::create(path, self.range.len(), side)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn print_sampled(&self, io: &mut Io, time: Duration) -> Result<(), CliError> {
+        let (args, plan, range) = (self.args, self.plan, &self.range);
+        let n = range.len();
+        writeln!(
+            io.out,
+            "sampled {}{} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
+            n,
+            if self.shard.is_whole() {
+                String::new()
+            } else {
+                format!(
+                    " (shard {}: samples {}..{} of {})",
+                    self.shard, range.start, range.end, args.n
+                )
+            },
+            plan.model.name,
+            plan.source,
+            time.as_secs_f64(),
+            1e3 * time.as_secs_f64() / (n * plan.steps.len()) as f64
+        )?;
+        Ok(())
+    }
+
+    /// Finishes the `.npz` (a shard's with its metadata for `tcc merge`).
+    fn finish_npz(
+        &self,
+        io: &mut Io,
+        w: NpzWriter,
+        classes: &[u32],
+        captions: Option<&Captions>,
+    ) -> Result<(), CliError> {
+        let (args, plan, range) = (self.args, self.plan, &self.range);
+        let path = args.npz.as_ref().expect("npz path");
+        let meta = (!self.shard.is_whole())
+            .then(|| -> Result<SampleShard, CliError> {
+                Ok(SampleShard {
+                    format: SAMPLE_SHARD_FORMAT.into(),
+                    plan_hash: plan.hash(),
+                    model: plan.model.name.clone(),
+                    priors: args.priors.as_deref().map(sha256_file).transpose()?,
+                    seed: args.seed,
+                    n: args.n,
+                    batch_size: args.batch_size,
+                    class: args.class,
+                    prompts: captions.map(|c| sha256_lines(&c.prompts)),
+                    shard: self.shard,
+                })
             })
-        })
-        .transpose()?;
-    let indices: Vec<u64> = (range.start as u64..range.end as u64).collect();
-    w.finish(classes, meta.as_ref().map(|m| (&indices[..], m)))?;
-    writeln!(io.out, "wrote {}", path.display())?;
-    Ok(())
-}
-
-/// Runs full computation from the same noise and reports each sample's
-/// error against it, and the wall-time speedup over `time`.
-#[allow(clippy::too_many_arguments)]
-fn vs_full(
-    io: &mut Io,
-    args: &Args,
-    model: &AnyModel,
-    plan: &Plan,
-    inputs: &Inputs,
-    range: &Range<usize>,
-    x: &Tensor,
-    time: Duration,
-) -> Result<(), CliError> {
-    let full = plan.all_compute();
-    let (reference, full_time) = run_range(
-        model,
-        &full,
-        inputs,
-        range.clone(),
-        args.batch_size,
-        &mut NoHooks,
-        "full",
-        true,
-        &mut |_, _| Ok(()),
-    )?;
-    let reference = reference.expect("kept");
-    let mut err = ErrorStats::new(DataRange::Signed);
-    let (a, b) = (flat(x)?, flat(&reference)?);
-    err.add_batch(&a, &b, range.len())
-        .map_err(|e| CliError::Failure(e.to_string()))?;
-    writeln!(
-        io.out,
-        "vs full computation: relative L2 {:.4} ± {:.4}, PSNR {:.2} ± {:.2} dB (n = {}); wall-time speedup {:.2}x",
-        err.rel_l2.mean(),
-        err.rel_l2.std(),
-        err.psnr.mean(),
-        err.psnr.std(),
-        err.rel_l2.n(),
-        full_time.as_secs_f64() / time.as_secs_f64()
-    )?;
-    Ok(())
-}
-
-/// Writes --out (one PNG per sample, named by index and `what`: class or
-/// prompt) and --grid.
-fn write_images(
-    io: &mut Io,
-    args: &Args,
-    images: &Images,
-    imgs: &[f32],
-    classes: &[u32],
-    start: usize,
-    what: &str,
-) -> Result<(), CliError> {
-    let s = images.side;
-    if let Some(dir) = &args.out {
-        if !dir.is_dir() {
-            std::fs::create_dir(dir)
-                .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
-        }
-        let per = 3 * s * s;
-        for (i, c) in classes.iter().enumerate() {
-            let path = dir.join(format!("{:06}_{what}{c}.png", start + i));
-            tcc_data::write_grid_png(
-                &path,
-                &imgs[i * per..(i + 1) * per],
-                [1, 3, s, s],
-                tcc_data::Grid {
-                    nrow: 1,
-                    pad: 0,
-                    scale: 1,
-                },
-            )
-            .map_err(|e| CliError::Failure(e.to_string()))?;
-        }
-        writeln!(io.out, "wrote {} PNGs to {}", classes.len(), dir.display())?;
+            .transpose()?;
+        let indices: Vec<u64> = (range.start as u64..range.end as u64).collect();
+        w.finish(classes, meta.as_ref().map(|m| (&indices[..], m)))?;
+        writeln!(io.out, "wrote {}", path.display())?;
+        Ok(())
     }
-    if let (Some(path), Some(g)) = (&args.grid, images.grid) {
-        tcc_data::write_grid_png(path, imgs, [args.n, 3, s, s], g)
-            .map_err(|e| CliError::Failure(e.to_string()))?;
-        writeln!(io.out, "wrote grid {}", path.display())?;
+
+    fn print_testbed_metrics(
+        &self,
+        io: &mut Io,
+        scorer: &TestbedScorer,
+        x: &Tensor,
+        classes: &[u32],
+    ) -> Result<(), CliError> {
+        let (fd, acc) = scorer.fd_and_accuracy(x, classes)?;
+        writeln!(
+            io.out,
+            "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
+            self.args.n
+        )?;
+        Ok(())
     }
-    Ok(())
+
+    /// Runs full computation from the same noise and reports each sample's
+    /// error against it, and the wall-time speedup over `time`.
+    fn vs_full(
+        &self,
+        io: &mut Io,
+        model: &AnyModel,
+        inputs: &Inputs,
+        x: &Tensor,
+        time: Duration,
+    ) -> Result<(), CliError> {
+        let full = self.plan.all_compute();
+        let (reference, full_time) = run_range(
+            model,
+            &full,
+            inputs,
+            self.range.clone(),
+            self.args.batch_size,
+            &mut NoHooks,
+            "full",
+            true,
+            &mut |_, _| Ok(()),
+        )?;
+        let reference = reference.expect("kept");
+        let mut err = ErrorStats::new(DataRange::Signed);
+        let (a, b) = (flat(x)?, flat(&reference)?);
+        err.add_batch(&a, &b, self.range.len())
+            .map_err(|e| CliError::Failure(e.to_string()))?;
+        writeln!(
+            io.out,
+            "vs full computation: relative L2 {:.4} ± {:.4}, PSNR {:.2} ± {:.2} dB (n = {}); wall-time speedup {:.2}x",
+            err.rel_l2.mean(),
+            err.rel_l2.std(),
+            err.psnr.mean(),
+            err.psnr.std(),
+            err.rel_l2.n(),
+            full_time.as_secs_f64() / time.as_secs_f64()
+        )?;
+        Ok(())
+    }
+
+    /// Writes what is made of the kept latents `x`: --latents, then the
+    /// images of --out (one PNG per sample, named by index and `what`:
+    /// class or prompt) and --grid.
+    fn write_kept(
+        &self,
+        io: &mut Io,
+        images: &Images,
+        decoder: &Decoder,
+        x: Tensor,
+        classes: &[u32],
+        what: &str,
+    ) -> Result<(), CliError> {
+        let args = self.args;
+        if let Some(path) = &args.latents {
+            write_latents(path, &flat(&x)?, x.dims(), classes)?;
+            writeln!(io.out, "wrote {}", path.display())?;
+        }
+        if args.out.is_none() && args.grid.is_none() {
+            return Ok(());
+        }
+        let start = self.range.start;
+        let imgs = decoder.decode_all(&x, start)?;
+        drop(x);
+        let s = images.side;
+        if let Some(dir) = &args.out {
+            if !dir.is_dir() {
+                std::fs::create_dir(dir)
+                    .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+            }
+            let per = 3 * s * s;
+            for (i, c) in classes.iter().enumerate() {
+                let path = dir.join(format!("{:06}_{what}{c}.png", start + i));
+                tcc_data::write_grid_png(
+                    &path,
+                    &imgs[i * per..(i + 1) * per],
+                    [1, 3, s, s],
+                    tcc_data::Grid {
+                        nrow: 1,
+                        pad: 0,
+                        scale: 1,
+                    },
+                )
+                .map_err(|e| CliError::Failure(e.to_string()))?;
+            }
+            writeln!(io.out, "wrote {} PNGs to {}", classes.len(), dir.display())?;
+        }
+        if let (Some(path), Some(g)) = (&args.grid, images.grid) {
+            tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
+                .map_err(|e| CliError::Failure(e.to_string()))?;
+            writeln!(io.out, "wrote grid {}", path.display())?;
+        }
+        Ok(())
+    }
 }
 
 /// Refuses images of samples `start..` with a non-finite value, naming the

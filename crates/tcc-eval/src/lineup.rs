@@ -5,6 +5,7 @@
 //! moments and the oracle bound they are compared with.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use tcc_core::{CalibMode, CalibrationSpec, PriorKind, Selection};
 use tcc_exec::NoHooks;
 use tcc_plan::{Action, Plan, PlanHash};
 
-use crate::{Report, Variant};
+use crate::{EvalSums, Report, Variant};
 
 /// One schedule of the evaluation: its plan and the variants it adds.
 pub struct Entry {
@@ -31,11 +32,20 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entries of `plans`, each named by its file's stem (`None`: no
-    /// stem) when there are several: `stem:` prefixes, made unique with
-    /// the schedule's position. Schedules whose plans cache alike share
+    /// The entries of `plans`, each named by the stem of its schedule
+    /// file in `files` when there are several: `stem:` prefixes, made
+    /// unique with the schedule's position (which also stands in for a
+    /// missing stem). Schedules whose plans cache alike share
     /// one plain-cache variant.
-    pub fn label(plans: Vec<Plan>, stems: &[Option<String>]) -> Vec<Entry> {
+    pub fn label(plans: Vec<Plan>, files: &[impl AsRef<Path>]) -> Vec<Entry> {
+        let stems: Vec<Option<String>> = files
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+            })
+            .collect();
         let several = plans.len() > 1;
         let mut entries: Vec<Entry> = Vec::new();
         for (i, plan) in plans.into_iter().enumerate() {
@@ -224,9 +234,22 @@ impl PriorsInfo {
 /// so shards add them up) and the site's blend: `[e0, e1, e2, alpha]`.
 pub type PriorTerms = BTreeMap<Site, [f64; 4]>;
 
+/// The error terms of every calibrated variant's priors of `entries` on
+/// the oracle's moments its variant kept in `sums`, in variant order.
+pub fn prior_terms(entries: &[Entry], sums: &EvalSums) -> Result<Vec<PriorTerms>, CalibError> {
+    entries
+        .iter()
+        .flat_map(|e| &e.calibrated)
+        .map(|(label, set)| {
+            let i = sums.names.iter().position(|n| n == label);
+            set_terms(i.map(|i| &sums.moments[i - 1]), set)
+        })
+        .collect()
+}
+
 /// The error terms of `set`'s priors on the oracle's `moments` of its
 /// variant (none: the variant kept no moments).
-pub fn prior_terms(
+fn set_terms(
     moments: Option<&BTreeMap<Site, Moments>>,
     set: &PriorSet,
 ) -> Result<PriorTerms, CalibError> {
