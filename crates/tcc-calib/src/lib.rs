@@ -5,9 +5,11 @@
 //! [`Moments`] (every token a row) hold the paired statistics of one site as
 //! mergeable sums; [`fit_centered`] fits a prior of any family on them;
 //! [`calibrate`] walks a plan, fits, and measures or chooses the priors on
-//! validation samples.
+//! validation samples; [`PriorSet::fit`] does it for a plan's own
+//! calibration samples ([`CalibSamples`]) and binds the priors to the plan.
 
 mod apply;
+mod calibrator;
 mod codec;
 mod fit;
 mod moments;
@@ -19,6 +21,7 @@ mod stats;
 mod walk;
 
 pub use apply::PriorHooks;
+pub use calibrator::{check_validation, CalibSamples, PRIOR_DTYPE};
 pub use fit::{fit, fit_centered, fit_with, residual, Centered, Fit, FoldedPrior, Hyper, Prior};
 pub use moments::{blended_error, Moments};
 pub use partial::{
@@ -52,6 +55,13 @@ pub enum CalibError {
     Format(String),
     #[error("{0}")]
     Binding(String),
+    /// Settings or samples that cannot be calibrated (an empty shard,
+    /// validation that cannot choose): the caller's to fix.
+    #[error("{0}")]
+    Input(String),
+    /// A tensor operation failed (the device, an allocation).
+    #[error(transparent)]
+    Tensor(candle_core::Error),
     /// The executor's error, as it reported it (its kind tells a caller's
     /// mistake from a failure).
     #[error(transparent)]
@@ -71,6 +81,8 @@ impl CalibError {
             CalibError::Io(m) => CalibError::Io(at(m)),
             CalibError::Format(m) => CalibError::Format(at(m)),
             CalibError::Binding(m) => CalibError::Binding(at(m)),
+            CalibError::Input(m) => CalibError::Input(at(m)),
+            CalibError::Tensor(e) => CalibError::Tensor(e),
             CalibError::Exec(e) => CalibError::Exec(e),
         }
     }
@@ -79,7 +91,7 @@ impl CalibError {
     /// the plan), not the calibration: the `tcc` command exits with 2.
     pub fn is_input(&self) -> bool {
         match self {
-            CalibError::Format(_) | CalibError::Binding(_) => true,
+            CalibError::Format(_) | CalibError::Binding(_) | CalibError::Input(_) => true,
             CalibError::Exec(e) => e.kind() == tcc_exec::ErrorKind::Input,
             _ => false,
         }

@@ -11,7 +11,7 @@ use tcc_plan::{Plan, PlanCost};
 
 use crate::device::Runtime;
 use crate::error::{CliError, Io};
-use crate::runtime::{load_model, Captions, Inputs, ModelArgs};
+use crate::runtime::{load_captions, load_model, sample_inputs, ModelArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -83,8 +83,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     }
     let full = plan.all_compute();
     let model = load_model(&plan, &args.model, &rt)?;
-    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
-    let inputs = Inputs::new(&plan, 0, args.batch_size, None, captions.as_ref(), &rt)?;
+    let captions = load_captions(&plan, &args.model, &rt)?;
+    let inputs = sample_inputs(&plan, 0, args.batch_size, None, captions.as_ref(), &rt)?;
     let batch = inputs.batch(&plan, 0, args.batch_size)?;
     rt.announce(io.err)?;
     let t = time(&model, &plan, &full, &batch, args.rounds, &rt)?;

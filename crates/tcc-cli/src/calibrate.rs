@@ -3,10 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tcc_calib::{
-    calibrate_across, gather_one_shot, CalibBatch, Calibration, Local, PriorSet, Progress, Reduce,
-    StatsFile, StatsMeta,
-};
+use tcc_calib::{CalibSamples, Calibration, Local, PriorSet, Progress, Reduce, StatsFile};
 use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
 use tcc_model::AnyModel;
 use tcc_plan::{Plan, PlanHash};
@@ -14,10 +11,10 @@ use tcc_plan::{Plan, PlanHash};
 use tcc_fs::OutputKind;
 
 use crate::common::{beside_cwd, spelled};
-use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::device::Runtime;
 use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, latent_values, Memory, MAX_BATCH, MAX_SAMPLES};
-use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
+use crate::runtime::{load_captions, load_model, progress, ModelArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -146,7 +143,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
         plan.calibration.validation_samples = Some(n);
     }
     check_count("--batch-size", args.batch_size, MAX_BATCH)?;
-    check_validation(&plan)?;
+    tcc_calib::check_validation(&plan)?;
     if let Some(shard) = args.shard {
         return run_shard(&args, io, &plan, plan_hash, mode, shard);
     }
@@ -166,7 +163,7 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
     calibration_memory(&plan, args.batch_size, shard, &mut memory);
     memory.check()?;
     let model = load_model(&plan, &args.model, &rt)?;
-    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
+    let captions = load_captions(&plan, &args.model, &rt)?;
     rt.announce(io.err)?;
     let cal = &plan.calibration;
     writeln!(
@@ -199,16 +196,15 @@ fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Res
             shard.count, shard.count
         )?;
     }
+    let samples =
+        CalibSamples::for_shard(&plan, shard, args.batch_size, captions.as_ref(), &rt.device)?;
     let (set, result, time) = fit_priors(
         &model,
-        captions.as_ref(),
         &plan,
         plan_hash,
         mode,
-        args.batch_size,
-        &rt,
+        &samples,
         "calibrating",
-        shard,
         reduce,
     )?;
     print_report(io, &plan, &result)?;
@@ -276,7 +272,7 @@ fn run_shard(
     calibration_memory(plan, args.batch_size, shard, &mut memory);
     memory.check()?;
     let model = load_model(plan, &args.model, &rt)?;
-    let captions = Captions::for_plan(plan, &args.model, &rt)?;
+    let captions = load_captions(plan, &args.model, &rt)?;
     rt.announce(io.err)?;
     writeln!(
         io.out,
@@ -290,27 +286,21 @@ fn run_shard(
         validation.end,
         cal.validation_samples()
     )?;
-    let (batches, val) = shard_batches(plan, shard, args.batch_size, captions.as_ref(), &rt)?;
-    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
-    let bar = progress("gathering", (batches.len() + val.len()) as u64 * sites);
+    let batches =
+        CalibSamples::for_shard(plan, shard, args.batch_size, captions.as_ref(), &rt.device)?;
+    let bar = progress("gathering", batches.progress_len(plan));
     let started = std::time::Instant::now();
-    let (steps, cost) = gather_one_shot(&model, plan, &batches, &val, &mut |_| bar.inc(1))?;
+    let file = StatsFile::gather(
+        &model,
+        plan,
+        plan_hash,
+        mode,
+        args.batch_size,
+        shard,
+        &batches,
+        &mut |_| bar.inc(1),
+    )?;
     bar.finish_and_clear();
-    let file = StatsFile {
-        meta: StatsMeta {
-            plan_hash,
-            model: plan.model.name.clone(),
-            mode,
-            calibration: plan.calibration.clone(),
-            batch_size: args.batch_size,
-            shard,
-            samples: [samples.start, samples.end],
-            validation: [validation.start, validation.end],
-            cost,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        },
-        steps,
-    };
     file.save(&out)
         .map_err(|e| CliError::Failure(e.to_string()))?;
     writeln!(
@@ -354,25 +344,6 @@ pub(crate) fn calibration_memory(
     memory
         .add("one step's statistics", 8 * per_step * stats * d * d)
         .add("the fitted priors", 8 * sites * 2 * d * d);
-}
-
-/// Refuse settings that cannot be validated, before any work (the schedule
-/// compiler checks the same; overrides can break it again).
-pub(crate) fn check_validation(plan: &Plan) -> Result<(), CliError> {
-    let cal = &plan.calibration;
-    if cal.validation_chooses() && cal.validation_samples() == 0 {
-        return Err(CliError::input(format!(
-            "{}: these calibration settings choose priors on validation samples: set validation-samples to 1 or more",
-            plan.source
-        )));
-    }
-    if cal.validation_samples() > 0 && cal.validation_seed() == cal.seed {
-        return Err(CliError::input(format!(
-            "{}: the validation seed {} is the calibration seed: choose another seed",
-            plan.source, cal.seed
-        )));
-    }
-    Ok(())
 }
 
 fn print_report(io: &mut Io, plan: &Plan, result: &Calibration) -> Result<(), CliError> {
@@ -528,67 +499,49 @@ fn print_report(io: &mut Io, plan: &Plan, result: &Calibration) -> Result<(), Cl
     Ok(())
 }
 
-/// Fits the priors of `plan`'s calibrated steps in `mode`, on
-/// `plan.calibration.samples` samples drawn from `plan.calibration.seed`
-/// (classes cycling), validated on the schedule's validation samples, and
-/// binds them to `plan_hash`, running on `rt`. Returns the set, the walk's
-/// report and its wall time. `label` names the progress bar.
-#[allow(clippy::too_many_arguments)]
+/// Fits the priors of `plan`'s calibrated steps in `mode` on `samples`
+/// ([`PriorSet::fit`]) behind a progress bar named `label`, and binds them
+/// to `plan_hash`. Returns the set, the walk's report and its wall time.
 pub(crate) fn fit_priors(
     model: &AnyModel,
-    captions: Option<&Captions>,
     plan: &Plan,
     plan_hash: PlanHash,
     mode: CalibMode,
-    batch_size: usize,
-    rt: &Runtime,
+    samples: &CalibSamples,
     label: &str,
-    shard: Shard,
     reduce: &mut dyn Reduce,
 ) -> Result<(PriorSet, Calibration, CalibTime), CliError> {
-    let cal = &plan.calibration;
-    let (batches, validation) = shard_batches(plan, shard, batch_size, captions, rt)?;
-    let sites = tcc_calib::calibrated_sites(plan).len() as u64;
-    let bar = progress(label, (batches.len() + validation.len()) as u64 * sites + 1);
+    let bar = progress(label, samples.progress_len(plan) + 1);
     let started = std::time::Instant::now();
     // A step's priors are fitted and chosen between the last batch reaching
     // it and its `Fitted` event (reaching it reads the device's sums:
     // synchronised).
     let mut reached = started;
     let mut fitting = 0.0;
-    let result = calibrate_across(
-        model,
-        plan,
-        &batches,
-        &validation,
-        cal.validation_samples() > 0,
-        mode,
-        PRIOR_DTYPE,
-        reduce,
-        &mut |p| match p {
-            Progress::Fitted { step } => {
-                fitting += reached.elapsed().as_secs_f64();
-                bar.set_message(format!("step {step} fitted"));
-            }
-            _ => {
-                bar.inc(1);
-                reached = std::time::Instant::now();
-            }
-        },
-    )?;
+    let (set, result) =
+        PriorSet::fit(
+            model,
+            plan,
+            plan_hash,
+            mode,
+            samples,
+            reduce,
+            &mut |p| match p {
+                Progress::Fitted { step } => {
+                    fitting += reached.elapsed().as_secs_f64();
+                    bar.set_message(format!("step {step} fitted"));
+                }
+                _ => {
+                    bar.inc(1);
+                    reached = std::time::Instant::now();
+                }
+            },
+        )?;
     bar.finish_and_clear();
     let time = CalibTime {
         total: started.elapsed().as_secs_f64(),
         fitting,
     };
-    let set = PriorSet::fitted(
-        plan_hash,
-        &plan.model.name,
-        cal,
-        mode,
-        &result,
-        result.report(),
-    );
     Ok((set, result, time))
 }
 
@@ -598,61 +551,4 @@ pub(crate) fn fit_priors(
 pub(crate) struct CalibTime {
     pub total: f64,
     pub fitting: f64,
-}
-
-/// Shard `shard`'s calibration and validation batches (the shard rule of
-/// [`Shard::samples`]; the calibration share must not be empty).
-fn shard_batches(
-    plan: &Plan,
-    shard: Shard,
-    batch_size: usize,
-    captions: Option<&Captions>,
-    rt: &Runtime,
-) -> Result<(Vec<CalibBatch>, Vec<CalibBatch>), CliError> {
-    let cal = &plan.calibration;
-    let range = shard
-        .nonempty_samples(cal.samples, batch_size, "calibration samples")
-        .map_err(CliError::input)?;
-    let batches = calib_batches(plan, cal.seed, cal.samples, range, batch_size, captions, rt)?;
-    let n = cal.validation_samples();
-    let validation = calib_batches(
-        plan,
-        cal.validation_seed(),
-        n,
-        shard.samples(n, batch_size),
-        batch_size,
-        captions,
-        rt,
-    )?;
-    Ok((batches, validation))
-}
-
-/// Samples `range` of `n` calibration samples of `seed` (classes or
-/// prompts cycling) in model batches of at most `batch_size`, starting at
-/// `range.start`.
-fn calib_batches(
-    plan: &Plan,
-    seed: u64,
-    n: usize,
-    range: std::ops::Range<usize>,
-    batch_size: usize,
-    captions: Option<&Captions>,
-    rt: &Runtime,
-) -> Result<Vec<CalibBatch>, CliError> {
-    if range.is_empty() {
-        return Ok(Vec::new());
-    }
-    let inputs = Inputs::new(plan, seed, n, None, captions, rt)?;
-    let conditions = inputs.conditions();
-    inputs
-        .batches(plan, range, batch_size)
-        .map(|b| {
-            let (start, batch) = b?;
-            let len = batch.noise.dims()[0];
-            Ok(CalibBatch {
-                batch,
-                conditions: conditions[start..start + len].to_vec(),
-            })
-        })
-        .collect()
 }

@@ -7,11 +7,6 @@ use candle_core::{DType, Device};
 
 use crate::error::CliError;
 
-/// The dtype TCC priors are applied in, whatever the model's: the branch
-/// output is cast to f32, corrected and cast back, as the reference code
-/// does.
-pub const PRIOR_DTYPE: DType = DType::F32;
-
 /// `--device` and `--dtype`, shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeArgs {

@@ -1,28 +1,29 @@
 //! `tcc eval`: full vs cache vs cache + one-shot priors vs cache + TCC
 //! priors, on seeds held out from calibration.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use tcc_calib::{
-    blended_error, choose, fit_candidates, Centered, Moments, PriorHooks, PriorSet, Site,
+use tcc_calib::{CalibSamples, PriorSet};
+use tcc_core::{CalibMethod, CalibMode, Selection, Shard};
+use tcc_eval::{
+    accumulate, calibration_seeds, held_out, lineup, oracle_rows, plot_deviation, prior_terms,
+    Entry, EvalSums, OracleRow, PriorTerms, PriorsInfo, Report, Scorer, SeedSet, Series,
 };
-use tcc_core::{CalibMethod, CalibMode, CalibrationSpec, PriorKind, Selection, Shard};
-use tcc_eval::{accumulate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant};
-use tcc_exec::NoHooks;
+use tcc_exec::{Captions, Inputs};
 use tcc_metrics::Summary;
-use tcc_plan::{Action, Plan, PlanHash};
+use tcc_model::AnyModel;
+use tcc_plan::Plan;
 
 use tcc_fs::OutputKind;
 
-use crate::calibrate::{calibration_memory, check_validation, fit_priors};
+use crate::calibrate::{calibration_memory, fit_priors};
 use crate::common::beside_cwd;
-use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::device::Runtime;
 use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
-use crate::runtime::{load_model, progress, Captions, Inputs, ModelArgs};
+use crate::runtime::{load_captions, load_model, progress, ModelArgs};
 use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
@@ -106,88 +107,118 @@ pub struct Args {
     model: ModelArgs,
 }
 
-/// One schedule of the evaluation: its plan and the variants it adds.
-struct Entry {
-    plan: Plan,
-    hash: PlanHash,
-    /// `stem:` when several schedules are compared, else empty.
-    prefix: String,
-    /// (variant label, priors) of its calibrated variants.
-    calibrated: Vec<(String, PriorSet)>,
-    /// The label of its plain-cache variant (shared by schedules with the
-    /// same cache plan).
-    cache: String,
-}
-
-/// The plan without prior marks: schedules that differ only in
-/// calibration share one plain-cache variant.
-fn cache_actions(plan: &Plan) -> Vec<Vec<Vec<Action>>> {
-    plan.steps
-        .iter()
-        .map(|s| {
-            s.actions
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|a| match *a {
-                            Action::Reuse { from, .. } => Action::Reuse { from, prior: false },
-                            other => other,
-                        })
-                        .collect()
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// The most seed sets one evaluation takes.
 const MAX_SEED_SETS: usize = 10_000;
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
-    check_count("--n", args.n, MAX_SAMPLES)?;
-    check_count("--batch-size", args.batch_size, MAX_BATCH)?;
-    if args.seeds.is_empty() {
-        return Err(CliError::input("--seeds needs at least one seed"));
-    }
-    check_count(
-        "--seeds (number of seed sets)",
-        args.seeds.len(),
-        MAX_SEED_SETS,
-    )?;
-    let plot = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
-    let (flag, out) = match args.shard {
-        Some(shard) => (
-            "the partial file",
-            args.out.clone().unwrap_or_else(|| {
-                beside_cwd(
-                    &args.files[0],
-                    &format!("eval-{}-of-{}.safetensors", shard.index, shard.count),
-                )
-            }),
-        ),
-        None if args.plot.is_some() => ("--plot", plot.clone()),
-        None => ("the plot", plot.clone()),
-    };
-    let flag = if args.out.is_some() { "--out" } else { flag };
-    check_output(flag, &out, OutputKind::File)?;
-    let shard = args.shard.unwrap_or(Shard::WHOLE);
-    let range = shard
-        .nonempty_samples(args.n, args.batch_size, "samples")
-        .map_err(CliError::input)?;
-    if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
-        return Err(CliError::input(
-            "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
-        ));
-    }
+    let out = Outputs::check(&args)?;
     let rt = Runtime::from_args(&args.model.runtime)?;
-    let mut plans = Vec::new();
+    let plans = load_plans(&args, io)?;
+    let memory = check_fits(&args, &plans, &rt, &out)?;
+    let given = given_priors(&args, &plans)?;
+    crate::runtime::check_model_source(&plans[0], &args.model)?;
+    memory.check()?;
+    let model = load_model(&plans[0], &args.model, &rt)?;
+    let captions = load_captions(&plans[0], &args.model, &rt)?;
+    let mut entries = Entry::label(plans, &args.files);
+    let announced = attach_priors(
+        &args,
+        io,
+        &rt,
+        &model,
+        captions.as_ref(),
+        &mut entries,
+        given.sets,
+    )?;
+    held_out(&args.seeds, &calibration_seeds(&entries)).map_err(CliError::input)?;
+    if !announced {
+        rt.announce(io.err)?;
+    }
+    let m = measure(&args, &rt, &model, captions.as_ref(), &entries, &out)?;
+    let context = ReportContext::new(&args, &entries, m.tests);
+    let terms = prior_terms(&entries, &m.sums)?;
+    if let Some(shard) = args.shard {
+        let run = crate::eval_partial::ShardRun {
+            context,
+            n: args.n,
+            batch_size: args.batch_size,
+            shard,
+            samples: out.range,
+            priors: given.files,
+        };
+        return crate::eval_partial::write_shard(io, &out.path, run, m.sums, terms);
+    }
+    let report = m
+        .sums
+        .report(
+            m.scorer.as_ref().map(|s| s.reference()),
+            &context.test_pairs(),
+        )
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    print_report(io, &context, &report, &terms, &out.plot, args.json).map(|_| ())
+}
+
+/// Where the evaluation writes (checked before any work) and which
+/// samples of every seed set it evaluates.
+struct Outputs {
+    /// The partial file (with --shard), else the plot.
+    path: PathBuf,
+    plot: PathBuf,
+    range: Range<usize>,
+}
+
+impl Outputs {
+    fn check(args: &Args) -> Result<Outputs, CliError> {
+        check_count("--n", args.n, MAX_SAMPLES)?;
+        check_count("--batch-size", args.batch_size, MAX_BATCH)?;
+        if args.seeds.is_empty() {
+            return Err(CliError::input("--seeds needs at least one seed"));
+        }
+        check_count(
+            "--seeds (number of seed sets)",
+            args.seeds.len(),
+            MAX_SEED_SETS,
+        )?;
+        let plot = args
+            .plot
+            .clone()
+            .unwrap_or_else(|| beside_cwd(&args.files[0], "eval.png"));
+        let (flag, path) = match args.shard {
+            Some(shard) => (
+                "the partial file",
+                args.out.clone().unwrap_or_else(|| {
+                    beside_cwd(
+                        &args.files[0],
+                        &format!("eval-{}-of-{}.safetensors", shard.index, shard.count),
+                    )
+                }),
+            ),
+            None if args.plot.is_some() => ("--plot", plot.clone()),
+            None => ("the plot", plot.clone()),
+        };
+        let flag = if args.out.is_some() { "--out" } else { flag };
+        check_output(flag, &path, OutputKind::File)?;
+        let range = args
+            .shard
+            .unwrap_or(Shard::WHOLE)
+            .nonempty_samples(args.n, args.batch_size, "samples")
+            .map_err(CliError::input)?;
+        if args.files.len() > 1 && (args.priors.is_some() || args.one_shot_priors.is_some()) {
+            return Err(CliError::input(
+                "--priors / --one-shot-priors apply to one schedule: evaluate several schedules with priors fitted here",
+            ));
+        }
+        Ok(Outputs { path, plot, range })
+    }
+}
+
+/// The plans of every schedule: same model, weights and sampler, each
+/// with calibration settings that can be validated.
+fn load_plans(args: &Args, io: &mut Io) -> Result<Vec<Plan>, CliError> {
+    let mut plans: Vec<Plan> = Vec::new();
     for file in &args.files {
         let plan = args.model.load_plan(file, args.steps, io.err)?;
         if let Some(first) = plans.first() {
-            let first: &Plan = first;
             if plan.model != first.model
                 || plan.sampler != first.sampler
                 || plan.weights != first.weights
@@ -198,14 +229,27 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 )));
             }
         }
-        check_validation(&plan)?;
+        tcc_calib::check_validation(&plan)?;
         plans.push(plan);
     }
-    let several = plans.len() > 1;
+    Ok(plans)
+}
 
-    // Evaluation seeds must be held out from the samples priors will be
-    // fitted and validated on: checked before any work.
-    let fits_here = args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none());
+/// Whether priors of `args` are fitted here (not all given as files).
+fn fits_here(args: &Args) -> bool {
+    args.priors.is_none() || (!args.no_one_shot && args.one_shot_priors.is_none())
+}
+
+/// Refuses fitting in a shard and evaluation seeds that priors fitted here
+/// would be fitted or validated on, before any work; returns the memory
+/// the evaluation needs: the model, those fits, and the evaluated samples.
+fn check_fits(
+    args: &Args,
+    plans: &[Plan],
+    rt: &Runtime,
+    out: &Outputs,
+) -> Result<Memory, CliError> {
+    let fits_here = fits_here(args);
     if args.shard.is_some() && fits_here {
         if let Some(plan) = plans
             .iter()
@@ -222,6 +266,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             )));
         }
     }
+    let several = plans.len() > 1;
     let mut planned_seeds: Vec<(String, u64)> = Vec::new();
     let mut memory = Memory::new();
     memory.model(&plans[0], &args.model, rt.dtype);
@@ -240,15 +285,36 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 ));
             }
             let mut fit = Memory::new();
-            calibration_memory(plan, args.batch_size, tcc_core::Shard::WHOLE, &mut fit);
+            calibration_memory(plan, args.batch_size, Shard::WHOLE, &mut fit);
             memory.add("fitting priors", fit.total());
         }
     }
     held_out(&args.seeds, &planned_seeds).map_err(CliError::input)?;
-    // Given priors files (one schedule only, checked above) are read and
-    // checked against the plan before the model loads.
-    let mut given: Vec<(CalibMode, PriorSet)> = Vec::new();
-    let mut priors_files: Vec<(CalibMode, String)> = Vec::new();
+    // Every seed set's inputs, and the final latents of full computation
+    // and of every variant (cache, one-shot, tcc per schedule).
+    let variants = 1 + 3 * plans.len();
+    memory.batch(&plans[0], args.batch_size).latents(
+        "the evaluated latents",
+        &plans[0],
+        out.range.len(),
+        (args.seeds.len() * (variants + 1)) as u128,
+    );
+    Ok(memory)
+}
+
+/// The priors files given (one schedule only), read and checked against
+/// its plan before the model loads.
+struct GivenPriors {
+    sets: Vec<(CalibMode, PriorSet)>,
+    /// With --shard: the SHA-256 of each file, by mode.
+    files: Vec<(CalibMode, String)>,
+}
+
+fn given_priors(args: &Args, plans: &[Plan]) -> Result<GivenPriors, CliError> {
+    let mut given = GivenPriors {
+        sets: Vec::new(),
+        files: Vec::new(),
+    };
     let one_shot = if args.no_one_shot {
         &None
     } else {
@@ -266,84 +332,35 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                     plan.source
                 )));
             }
-            let set = load_priors(path, plan, &plan.hash(), mode)?;
-            given.push((mode, set));
+            given.sets.push((mode, load_priors(path, plan, mode)?));
             if args.shard.is_some() {
-                priors_files.push((mode, crate::sample::sha256_file(path)?));
+                given.files.push((mode, crate::sample::sha256_file(path)?));
             }
         }
     }
-    // Every seed set's inputs, and the final latents of full computation
-    // and of every variant (cache, one-shot, tcc per schedule).
-    let variants = 1 + 3 * plans.len();
-    memory.batch(&plans[0], args.batch_size).latents(
-        "the evaluated latents",
-        &plans[0],
-        range.len(),
-        (args.seeds.len() * (variants + 1)) as u128,
-    );
-    crate::runtime::check_model_source(&plans[0], &args.model)?;
-    memory.check()?;
-    let model = load_model(&plans[0], &args.model, &rt)?;
-    let captions = Captions::for_plan(&plans[0], &args.model, &rt)?;
+    Ok(given)
+}
 
-    // Labels: the file stem (made unique) when several schedules are compared.
-    let mut entries: Vec<Entry> = Vec::new();
-    for (i, plan) in plans.into_iter().enumerate() {
-        let prefix = if several {
-            let stem = args.files[i]
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("{i}"));
-            let taken = entries.iter().any(|e| e.prefix == format!("{stem}:"));
-            if taken {
-                format!("{stem}#{i}:")
-            } else {
-                format!("{stem}:")
-            }
-        } else {
-            String::new()
-        };
-        let hash = plan.hash();
-        let cache = entries
-            .iter()
-            .find(|e| cache_actions(&e.plan) == cache_actions(&plan))
-            .map(|e| e.cache.clone())
-            .unwrap_or_else(|| format!("{prefix}cache"));
-        entries.push(Entry {
-            plan,
-            hash,
-            prefix,
-            calibrated: Vec::new(),
-            cache,
-        });
-    }
-
-    // The priors: given files (checked against the plan) or fitted here.
-    // The device is announced once the inputs are checked, or before the
-    // first fit.
+/// Gives every calibrated schedule its priors: the given files, or fitted
+/// here. The device is announced before the first fit; returns whether it
+/// was.
+fn attach_priors(
+    args: &Args,
+    io: &mut Io,
+    rt: &Runtime,
+    model: &AnyModel,
+    captions: Option<&Captions>,
+    entries: &mut [Entry],
+    mut given: Vec<(CalibMode, PriorSet)>,
+) -> Result<bool, CliError> {
     let mut announced = false;
     for e in entries.iter_mut() {
-        let plan = &e.plan;
-        if plan.calibration.method != CalibMethod::Tcc {
+        if e.plan.calibration.method != CalibMethod::Tcc {
             continue;
         }
-        // The variants are labelled `one-shot` (the mode's name) and `tcc`.
-        let mut wanted = vec![("tcc", CalibMode::Consistent)];
-        if !args.no_one_shot {
-            wanted.insert(0, (CalibMode::OneShot.as_str(), CalibMode::OneShot));
-        }
-        let sets: Vec<Option<PriorSet>> = wanted
-            .iter()
-            .map(|(_, mode)| {
-                let i = given.iter().position(|(m, _)| m == mode)?;
-                Some(given.remove(i).1)
-            })
-            .collect();
-        for ((label, mode), set) in wanted.into_iter().zip(sets) {
-            let label = format!("{}{label}", e.prefix);
-            let set = match set {
-                Some(set) => set,
+        for (label, mode) in e.wanted(args.no_one_shot) {
+            let set = match given.iter().position(|(m, _)| *m == mode) {
+                Some(i) => given.remove(i).1,
                 None => {
                     if !announced {
                         rt.announce(io.err)?;
@@ -351,6 +368,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                     }
                     // With --json, stdout holds only the JSON.
                     let log: &mut dyn std::io::Write = if args.json { io.err } else { io.out };
+                    let plan = &e.plan;
                     writeln!(
                         log,
                         "fitting {label} priors ({} samples, seed {}, {})",
@@ -358,109 +376,73 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                         plan.calibration.seed,
                         protocol(&plan.calibration)
                     )?;
-                    fit_priors(
-                        &model,
-                        captions.as_ref(),
+                    let samples = CalibSamples::for_shard(
                         plan,
-                        e.hash,
-                        mode,
+                        Shard::WHOLE,
                         args.batch_size,
-                        &rt,
-                        &label,
-                        tcc_core::Shard::WHOLE,
-                        &mut tcc_calib::Local,
-                    )?
-                    .0
+                        captions,
+                        &rt.device,
+                    )?;
+                    let mut local = tcc_calib::Local;
+                    fit_priors(model, plan, e.hash, mode, &samples, &label, &mut local)?.0
                 }
             };
             e.calibrated.push((label, set));
         }
     }
-    let mut calib_seeds: Vec<(String, u64)> = Vec::new();
-    for (l, s) in entries.iter().flat_map(|e| &e.calibrated) {
-        calib_seeds.push((format!("the {l} priors"), s.meta.seed));
-        if let Some((_, seed)) = s.meta.validation {
-            calib_seeds.push((format!("the validation samples of the {l} priors"), seed));
-        }
-    }
-    held_out(&args.seeds, &calib_seeds).map_err(CliError::input)?;
-    if !announced {
-        rt.announce(io.err)?;
-    }
+    Ok(announced)
+}
 
+/// What [`measure`] measured: the sums, the pairs of the paired tests and
+/// the testbed's scorer (if any).
+struct Measured {
+    sums: EvalSums,
+    tests: Vec<(String, String)>,
+    scorer: Option<TestbedScorer>,
+}
+
+/// Runs full computation and every variant of `entries` on every seed
+/// set's samples `out.range`.
+fn measure(
+    args: &Args,
+    rt: &Runtime,
+    model: &AnyModel,
+    captions: Option<&Captions>,
+    entries: &[Entry],
+    out: &Outputs,
+) -> Result<Measured, CliError> {
     let oracle = if args.no_oracle {
         false
     } else {
         args.oracle || entries[0].plan.model.hidden <= 512
     };
-    let mut variants = Vec::new();
-    let mut tests: Vec<(String, String)> = Vec::new();
-    for e in &entries {
-        if !variants.iter().any(|v: &Variant| v.name == e.cache) {
-            variants.push(Variant {
-                name: e.cache.clone(),
-                plan: &e.plan,
-                hooks: Box::new(NoHooks),
-                oracle: false,
-            });
-        }
-        for (label, set) in &e.calibrated {
-            variants.push(Variant {
-                name: label.clone(),
-                plan: &e.plan,
-                hooks: Box::new(
-                    PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
-                        .map_err(|e| CliError::Failure(e.to_string()))?,
-                ),
-                oracle,
-            });
-        }
-        let tcc = format!("{}tcc", e.prefix);
-        if !e.calibrated.is_empty() {
-            if !args.no_one_shot {
-                tests.push((tcc.clone(), format!("{}one-shot", e.prefix)));
-            }
-            tests.push((tcc.clone(), e.cache.clone()));
-        }
-    }
-    // Several schedules: each one's tcc against the first calibrated one's.
-    let calibrated_prefixes: Vec<&str> = entries
-        .iter()
-        .filter(|e| !e.calibrated.is_empty())
-        .map(|e| e.prefix.as_str())
-        .collect();
-    for p in calibrated_prefixes.iter().skip(1) {
-        tests.push((format!("{p}tcc"), format!("{}tcc", calibrated_prefixes[0])));
-    }
-
+    let tcc_eval::Lineup {
+        mut variants,
+        tests,
+    } = lineup(entries, args.no_one_shot, oracle, &rt.device)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
     let first = &entries[0].plan;
     let full = first.all_compute();
     let mut sets = Vec::new();
     for &seed in &args.seeds {
-        let inputs = Inputs::new(first, seed, args.n, None, captions.as_ref(), &rt)?;
-        let mut batches = Vec::new();
-        let mut start = range.start;
-        while start < range.end {
-            let len = args.batch_size.min(range.end - start);
-            batches.push(inputs.batch(first, start, len)?);
-            start += len;
-        }
-        sets.push(SeedSet {
-            seed,
-            batches,
-            conditions: inputs.conditions()[range.clone()].to_vec(),
-            labels: inputs.labels[range.clone()].to_vec(),
-        });
+        let inputs = Inputs::cycling(first, seed, args.n, captions, &rt.device);
+        sets.push(SeedSet::new(
+            first,
+            &inputs,
+            out.range.clone(),
+            args.batch_size,
+        )?);
     }
     let scorer = if args.model.random_weights.is_none() {
         TestbedScorer::for_model(&first.model.name, &rt.device)?
     } else {
         None
     };
-    let total = (args.seeds.len() * range.len() * first.steps.len() * (variants.len() + 1)) as u64;
+    let total =
+        (args.seeds.len() * out.range.len() * first.steps.len() * (variants.len() + 1)) as u64;
     let bar = progress("evaluating", total);
     let sums = accumulate(
-        &model,
+        model,
         &full,
         &mut variants,
         &sets,
@@ -468,53 +450,11 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         &mut |p| bar.inc(p.samples as u64),
     )?;
     bar.finish_and_clear();
-    let context = ReportContext {
-        sources: args.files.iter().map(|f| f.display().to_string()).collect(),
-        schedules: entries
-            .iter()
-            .map(|e| (e.plan.source.clone(), e.hash.to_string()))
-            .collect(),
-        model: first.model.name.clone(),
-        steps: first.steps.len(),
-        seeds: args.seeds.clone(),
+    Ok(Measured {
+        sums,
         tests,
-        priors: entries
-            .iter()
-            .flat_map(|e| {
-                e.calibrated
-                    .iter()
-                    .map(|(l, s)| PriorsInfo::of(l, s, &e.plan.calibration))
-            })
-            .collect(),
-    };
-    let mut terms = Vec::new();
-    for (label, set) in entries.iter().flat_map(|e| &e.calibrated) {
-        let i = sums.names.iter().position(|n| n == label);
-        terms.push(prior_terms(i.map(|i| &sums.moments[i - 1]), set)?);
-    }
-    if args.shard.is_some() {
-        return crate::eval_partial::write_shard(
-            io,
-            &out,
-            crate::eval_partial::ShardRun {
-                context,
-                n: args.n,
-                batch_size: args.batch_size,
-                shard,
-                samples: range,
-                priors: priors_files,
-            },
-            sums,
-            terms,
-        );
-    }
-    let report = sums
-        .report(
-            scorer.as_ref().map(|s| s.reference()),
-            &context.test_pairs(),
-        )
-        .map_err(|e| CliError::Failure(e.to_string()))?;
-    print_report(io, &context, &report, &terms, &plot, args.json).map(|_| ())
+        scorer,
+    })
 }
 
 /// What the report says besides the measurements: the same for `tcc eval`
@@ -534,71 +474,28 @@ pub(crate) struct ReportContext {
 }
 
 impl ReportContext {
+    fn new(args: &Args, entries: &[Entry], tests: Vec<(String, String)>) -> ReportContext {
+        let first = &entries[0].plan;
+        ReportContext {
+            sources: args.files.iter().map(|f| f.display().to_string()).collect(),
+            schedules: entries
+                .iter()
+                .map(|e| (e.plan.source.clone(), e.hash.to_string()))
+                .collect(),
+            model: first.model.name.clone(),
+            steps: first.steps.len(),
+            seeds: args.seeds.clone(),
+            tests,
+            priors: PriorsInfo::of_entries(entries),
+        }
+    }
+
     pub fn test_pairs(&self) -> Vec<(&str, &str)> {
         self.tests
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect()
     }
-}
-
-/// One calibrated variant's priors, as the report describes them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PriorsInfo {
-    pub variant: String,
-    pub mode: CalibMode,
-    pub select: Selection,
-    pub prior: PriorKind,
-    pub alpha: f64,
-    pub sites: usize,
-    pub sites_with_prior: usize,
-    pub samples: usize,
-    pub seed: u64,
-    pub validation: Option<(usize, u64)>,
-    /// The plan's calibration settings: which priors the oracle tries.
-    pub calibration: CalibrationSpec,
-}
-
-impl PriorsInfo {
-    fn of(variant: &str, set: &PriorSet, calibration: &CalibrationSpec) -> PriorsInfo {
-        PriorsInfo {
-            variant: variant.to_string(),
-            mode: set.meta.mode,
-            select: set.meta.select,
-            prior: set.meta.prior,
-            alpha: set.meta.alpha,
-            sites: set.sites().len(),
-            sites_with_prior: set.priors.len(),
-            samples: set.meta.samples,
-            seed: set.meta.seed,
-            validation: set.meta.validation,
-            calibration: calibration.clone(),
-        }
-    }
-}
-
-/// Per calibrated site with oracle moments: the error terms of the
-/// variant's prior on them ([`Moments::error_terms`], sums over samples,
-/// so shards add them up) and the site's blend: `[e0, e1, e2, alpha]`.
-pub(crate) type PriorTerms = BTreeMap<Site, [f64; 4]>;
-
-fn prior_terms(
-    moments: Option<&BTreeMap<Site, Moments>>,
-    set: &PriorSet,
-) -> Result<PriorTerms, CliError> {
-    let fail = |e: tcc_calib::CalibError| CliError::Failure(e.to_string());
-    let mut terms = BTreeMap::new();
-    for (site, m) in moments.into_iter().flatten() {
-        let t = match set.priors.get(site) {
-            Some(p) => {
-                let (e0, e1, e2) = m.error_terms(&p.fold(1.0)).map_err(fail)?;
-                [e0, e1, e2, set.alpha(site)]
-            }
-            None => [m.error_identity(), 0.0, 0.0, 0.0],
-        };
-        terms.insert(*site, t);
-    }
-    Ok(terms)
 }
 
 /// Prints the report (tables, or JSON with `json`), writes the plot and
@@ -611,7 +508,8 @@ pub(crate) fn print_report(
     plot: &Path,
     json: bool,
 ) -> Result<serde_json::Value, CliError> {
-    let oracles = oracle_rows(report, &context.priors, terms)?;
+    let oracles = oracle_rows(report, &context.priors, terms)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
     write_plot(plot, &context.schedules[0].0, report)?;
     let doc = report_json(context, report, &oracles, plot);
     if json {
@@ -673,84 +571,9 @@ fn protocol(c: &tcc_core::CalibrationSpec) -> String {
     }
 }
 
-/// One calibrated step of one variant: the relative distance of its
-/// branch outputs to full computation's (every token, both CFG halves),
-/// reused as they are, with the variant's priors, and with the oracle: the
-/// best prior of the variant's kind(s) fitted on these samples themselves.
-#[derive(Clone, Debug, serde::Serialize)]
-struct OracleRow {
-    variant: String,
-    step: usize,
-    before: f64,
-    used: f64,
-    oracle: f64,
-}
-
-fn oracle_rows(
-    report: &Report,
-    priors: &[PriorsInfo],
-    terms: &[PriorTerms],
-) -> Result<Vec<OracleRow>, CliError> {
-    let fail = |e: tcc_calib::CalibError| CliError::Failure(e.to_string());
-    let mut rows = Vec::new();
-    for (info, terms) in priors.iter().zip(terms) {
-        let label = &info.variant;
-        let Some(v) = report.variants.iter().find(|v| &v.name == label) else {
-            continue;
-        };
-        if v.moments.is_empty() {
-            continue;
-        }
-        // The oracle tries the variant's kinds, every ridge and its blends
-        // (and 1), on every token of both halves.
-        let mut spec = info.calibration.clone();
-        spec.candidates = spec.kinds();
-        spec.select = Selection::Validated;
-        let mut alphas = info.calibration.alpha_grid();
-        if !alphas.contains(&1.0) {
-            alphas.push(1.0);
-        }
-        spec.alphas = alphas;
-        let mut per_step: BTreeMap<usize, (f64, f64, f64, f64)> = BTreeMap::new();
-        for (site, m) in &v.moments {
-            let before = m.error_identity();
-            let used = match terms.get(site) {
-                Some(&[e0, e1, e2, alpha]) => blended_error((e0, e1, e2), alpha),
-                None => before,
-            };
-            let centered = Centered::from_moments(m).map_err(fail)?;
-            let candidates = fit_candidates(&centered, &spec).map_err(fail)?;
-            let best = choose(&candidates, &spec, Some(m)).map_err(fail)?;
-            let e = per_step.entry(site.step).or_default();
-            e.0 += before;
-            e.1 += used;
-            e.2 += best.val_after.unwrap_or(before);
-            e.3 += m.norm_a();
-        }
-        for (step, (before, used, oracle, norm)) in per_step {
-            let rel = |x: f64| if norm > 0.0 { (x / norm).sqrt() } else { 0.0 };
-            rows.push(OracleRow {
-                variant: label.clone(),
-                step,
-                before: rel(before),
-                used: rel(used),
-                oracle: rel(oracle),
-            });
-        }
-    }
-    Ok(rows)
-}
-
-fn load_priors(
-    path: &Path,
-    plan: &Plan,
-    hash: &PlanHash,
-    mode: CalibMode,
-) -> Result<PriorSet, CliError> {
-    let set = PriorSet::load(path).map_err(CliError::input)?;
-    set.check_binding(hash, &plan.model.name)
-        .and_then(|()| set.check_plan(plan))
-        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+/// A priors file for `plan`, of `mode`.
+fn load_priors(path: &Path, plan: &Plan, mode: CalibMode) -> Result<PriorSet, CliError> {
+    let set = PriorSet::load_for(path, plan).map_err(CliError::input)?;
     if set.meta.mode != mode {
         return Err(CliError::input(format!(
             "{}: these are {} priors, but the option expects {} priors",

@@ -22,11 +22,11 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use tcc_calib::{Moments, Site, SiteStats, StepStats};
 use tcc_core::{in_shard_order, Branch, CalibMode, Pooling, Shard};
-use tcc_eval::{EvalSums, SetSums, VariantSums};
+use tcc_eval::{EvalSums, PriorTerms, SetSums, VariantSums};
 use tcc_metrics::FeatureStats;
 
 use crate::error::{CliError, Io};
-use crate::eval::{PriorTerms, ReportContext};
+use crate::eval::ReportContext;
 
 /// The format name in the metadata.
 pub(crate) const EVAL_PARTIAL_FORMAT: &str = "tcc-eval-partial/1";

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use tcc_core::ModelFamily;
-use tcc_exec::{Hooks, SampleBatch, Trajectory};
+use tcc_exec::{Captions, Hooks, Inputs, Trajectory};
 use tcc_model::{AnyModel, Dit, DitConfig, PixArt, PixArtConfig};
 use tcc_plan::Plan;
 use tcc_sampler::NoiseRng;
@@ -214,99 +214,85 @@ pub fn pipeline_dir(plan: &Plan, args: &ModelArgs) -> Option<PathBuf> {
         .find(|d| d.join("transformer").is_dir())
 }
 
-/// Caption embeddings of the prompts of a text-conditional run, and of the
-/// empty (null) prompt that classifier-free guidance pairs them with.
-pub struct Captions {
-    pub prompts: Vec<String>,
-    /// `[P, L, C]` and `[P, L]` (1 = token, 0 = padding).
-    pub emb: Tensor,
-    pub mask: Tensor,
-    /// `[1, L, C]` and `[1, L]`.
-    pub null_emb: Tensor,
-    pub null_mask: Tensor,
-}
-
-impl Captions {
-    /// The captions of `args` for `plan`: `None` for class-conditional
-    /// models. Prompts are encoded by the pipeline's T5 (cached on disk);
-    /// with `--random-weights` and no prompts, seeded random embeddings
-    /// stand in (timing runs). Embeddings are f32, on the runtime's device.
-    pub fn for_plan(
-        plan: &Plan,
-        args: &ModelArgs,
-        rt: &Runtime,
-    ) -> Result<Option<Captions>, CliError> {
-        let m = &plan.model;
-        if m.family != ModelFamily::Pixart {
-            if !args.prompt.is_empty() || args.prompts_file.is_some() {
-                return Err(CliError::input(format!(
-                    "model `{}` is class-conditional: --prompt / --prompts apply to text-conditional models (PixArt-α)",
-                    m.name
-                )));
-            }
-            return Ok(None);
-        }
-        let prompts = args.prompts()?;
-        let (l, c) = (m.caption_tokens, m.caption_dim);
-        if prompts.is_empty() {
-            if let Some(seed) = args.random_weights {
-                let dev = &rt.device;
-                let emb = NoiseRng::new(seed ^ 0xc4)
-                    .randn((1, l, c), dev)
-                    .map_err(fail)?;
-                let ones = Tensor::ones((1, l), DType::F32, dev).map_err(fail)?;
-                return Ok(Some(Captions {
-                    prompts: vec!["<random embedding>".into()],
-                    null_emb: emb.zeros_like().map_err(fail)?,
-                    null_mask: ones.clone(),
-                    emb,
-                    mask: ones,
-                }));
-            }
+/// The captions of `args` for `plan`: `None` for class-conditional
+/// models. Prompts are encoded by the pipeline's T5 (cached on disk);
+/// with `--random-weights` and no prompts, seeded random embeddings
+/// stand in (timing runs). Embeddings are f32, on the runtime's device.
+pub fn load_captions(
+    plan: &Plan,
+    args: &ModelArgs,
+    rt: &Runtime,
+) -> Result<Option<Captions>, CliError> {
+    let m = &plan.model;
+    if m.family != ModelFamily::Pixart {
+        if !args.prompt.is_empty() || args.prompts_file.is_some() {
             return Err(CliError::input(format!(
-                "model `{}` is text-conditional: give --prompt TEXT or --prompts FILE",
+                "model `{}` is class-conditional: --prompt / --prompts apply to text-conditional models (PixArt-α)",
                 m.name
             )));
         }
-        let dir = pipeline_dir(plan, args).ok_or_else(|| {
-            CliError::input(format!(
-                "{}: encoding prompts needs a diffusers pipeline directory with text_encoder/ and tokenizer/: make it the model's weights or pass --pipeline DIR",
-                plan.source
-            ))
-        })?;
-        let mut encoder = tcc_text::TextEncoder::load(
-            &dir.join("text_encoder"),
-            &dir.join("tokenizer"),
-            args.text_dtype
-                .parse::<tcc_text::TextPrecision>()
-                .map_err(CliError::input)?,
-            &rt.device,
-        )
-        .map_err(CliError::input)?;
-        if encoder.d_model() != c {
-            return Err(CliError::input(format!(
-                "{}: the text encoder gives {}-wide embeddings, the transformer expects {c}",
-                dir.display(),
-                encoder.d_model()
-            )));
-        }
-        let cache_dir = match &args.embeddings_cache {
-            Some(d) => d.clone(),
-            None => default_cache_dir(),
-        };
-        let cache = tcc_text::EmbeddingCache::open(cache_dir).map_err(fail)?;
-        let (emb, mask) = encoder.encode_cached(&cache, &prompts, l).map_err(fail)?;
-        let (null_emb, null_mask) = encoder
-            .encode_cached(&cache, &[String::new()], l)
-            .map_err(fail)?;
-        Ok(Some(Captions {
-            prompts,
-            emb,
-            mask: mask.to_dtype(DType::F32).map_err(fail)?,
-            null_emb,
-            null_mask: null_mask.to_dtype(DType::F32).map_err(fail)?,
-        }))
+        return Ok(None);
     }
+    let prompts = args.prompts()?;
+    let (l, c) = (m.caption_tokens, m.caption_dim);
+    if prompts.is_empty() {
+        if let Some(seed) = args.random_weights {
+            let dev = &rt.device;
+            let emb = NoiseRng::new(seed ^ 0xc4)
+                .randn((1, l, c), dev)
+                .map_err(fail)?;
+            let ones = Tensor::ones((1, l), DType::F32, dev).map_err(fail)?;
+            return Ok(Some(Captions {
+                prompts: vec!["<random embedding>".into()],
+                null_emb: emb.zeros_like().map_err(fail)?,
+                null_mask: ones.clone(),
+                emb,
+                mask: ones,
+            }));
+        }
+        return Err(CliError::input(format!(
+            "model `{}` is text-conditional: give --prompt TEXT or --prompts FILE",
+            m.name
+        )));
+    }
+    let dir = pipeline_dir(plan, args).ok_or_else(|| {
+        CliError::input(format!(
+            "{}: encoding prompts needs a diffusers pipeline directory with text_encoder/ and tokenizer/: make it the model's weights or pass --pipeline DIR",
+            plan.source
+        ))
+    })?;
+    let mut encoder = tcc_text::TextEncoder::load(
+        &dir.join("text_encoder"),
+        &dir.join("tokenizer"),
+        args.text_dtype
+            .parse::<tcc_text::TextPrecision>()
+            .map_err(CliError::input)?,
+        &rt.device,
+    )
+    .map_err(CliError::input)?;
+    if encoder.d_model() != c {
+        return Err(CliError::input(format!(
+            "{}: the text encoder gives {}-wide embeddings, the transformer expects {c}",
+            dir.display(),
+            encoder.d_model()
+        )));
+    }
+    let cache_dir = match &args.embeddings_cache {
+        Some(d) => d.clone(),
+        None => default_cache_dir(),
+    };
+    let cache = tcc_text::EmbeddingCache::open(cache_dir).map_err(fail)?;
+    let (emb, mask) = encoder.encode_cached(&cache, &prompts, l).map_err(fail)?;
+    let (null_emb, null_mask) = encoder
+        .encode_cached(&cache, &[String::new()], l)
+        .map_err(fail)?;
+    Ok(Some(Captions {
+        prompts,
+        emb,
+        mask: mask.to_dtype(DType::F32).map_err(fail)?,
+        null_emb,
+        null_mask: null_mask.to_dtype(DType::F32).map_err(fail)?,
+    }))
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -317,123 +303,35 @@ fn default_cache_dir() -> PathBuf {
     base.join("tcc").join("embeddings")
 }
 
-/// The inputs of a sampling run: initial noise and the condition of every
-/// sample. The noise is drawn batch by batch ([`Inputs::batch`]), never
-/// all at once.
-pub struct Inputs<'a> {
-    /// Class id (class-conditional models) or prompt index (text) of every
-    /// sample.
-    pub labels: Vec<u32>,
-    pub captions: Option<&'a Captions>,
-    pub seed: u64,
-    /// `[C, H, W]` of one sample's noise.
-    sample_dims: [usize; 3],
-    device: Device,
-}
-
-impl<'a> Inputs<'a> {
-    /// `n` samples of `seed`: all of `class` or cycling through the classes,
-    /// or cycling through the prompts of `captions`; on the runtime's device.
-    pub fn new(
-        plan: &Plan,
-        seed: u64,
-        n: usize,
-        class: Option<usize>,
-        captions: Option<&'a Captions>,
-        rt: &Runtime,
-    ) -> Result<Inputs<'a>, CliError> {
-        let m = &plan.model;
-        let labels = match (captions, class) {
-            (Some(_), Some(_)) => {
-                return Err(CliError::input(format!(
-                    "--class applies to class-conditional models; `{}` takes prompts",
-                    m.name
-                )))
-            }
-            (Some(c), None) => (0..n).map(|i| (i % c.prompts.len()) as u32).collect(),
-            (None, Some(c)) if c >= m.num_classes => {
-                return Err(CliError::input(format!(
-                    "--class {c} is out of range: model `{}` has classes 0..{}",
-                    m.name,
-                    m.num_classes.saturating_sub(1)
-                )))
-            }
-            (None, Some(c)) => vec![c as u32; n],
-            (None, None) => (0..n).map(|i| (i % m.num_classes.max(1)) as u32).collect(),
-        };
-        Ok(Inputs {
-            labels,
-            captions,
+/// `n` samples of `seed`: all of `class` or cycling through the classes,
+/// or cycling through the prompts of `captions`; on the runtime's device.
+pub fn sample_inputs<'a>(
+    plan: &Plan,
+    seed: u64,
+    n: usize,
+    class: Option<usize>,
+    captions: Option<&'a Captions>,
+    rt: &Runtime,
+) -> Result<Inputs<'a>, CliError> {
+    let m = &plan.model;
+    match (captions, class) {
+        (Some(_), Some(_)) => Err(CliError::input(format!(
+            "--class applies to class-conditional models; `{}` takes prompts",
+            m.name
+        ))),
+        (None, Some(c)) if c >= m.num_classes => Err(CliError::input(format!(
+            "--class {c} is out of range: model `{}` has classes 0..{}",
+            m.name,
+            m.num_classes.saturating_sub(1)
+        ))),
+        (None, Some(c)) => Ok(Inputs::new(
+            plan,
             seed,
-            sample_dims: [m.in_channels, m.input_size, m.input_size],
-            device: rt.device.clone(),
-        })
-    }
-
-    /// The row key of every sample for calibration: its class or prompt.
-    pub fn conditions(&self) -> Vec<u64> {
-        self.labels.iter().map(|&c| c as u64).collect()
-    }
-
-    /// Samples `range` in executor batches of at most `batch_size`, the
-    /// first starting at `range.start` (a shard's batches are the single
-    /// run's): `(start, batch)` in order.
-    pub fn batches<'s>(
-        &'s self,
-        plan: &'s Plan,
-        range: std::ops::Range<usize>,
-        batch_size: usize,
-    ) -> impl Iterator<Item = Result<(usize, SampleBatch), CliError>> + 's {
-        let end = range.end;
-        range.step_by(batch_size.max(1)).map(move |start| {
-            let len = batch_size.min(end - start);
-            self.batch(plan, start, len).map(|b| (start, b))
-        })
-    }
-
-    /// Samples `start..start+len` as one executor batch.
-    pub fn batch(&self, plan: &Plan, start: usize, len: usize) -> Result<SampleBatch, CliError> {
-        let dev = &self.device;
-        let labels = &self.labels[start..start + len];
-        // Sample i's noise is values i*CHW.. of the seed's stream, as if
-        // all samples were drawn in one call, whatever the batches (drawn
-        // on the host, so it is the same on every device).
-        let [c, h, w] = self.sample_dims;
-        let per = c * h * w;
-        let mut values = vec![0f32; len * per];
-        NoiseRng::new(self.seed).fill_at((start * per) as u64, &mut values);
-        let noise = Tensor::from_vec(values, (len, c, h, w), dev).map_err(fail)?;
-        // The sampler's own noise (DDPM, DDIM eta > 0): one stream per batch.
-        let seed = self.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(start as u64 + 1);
-        Ok(match self.captions {
-            None => SampleBatch {
-                noise,
-                cond: Tensor::new(labels, dev).map_err(fail)?,
-                uncond: Some(Tensor::full(plan.model.num_classes as u32, len, dev).map_err(fail)?),
-                cond_mask: None,
-                uncond_mask: None,
-                seed,
-            },
-            Some(c) => {
-                let idx = Tensor::new(labels, dev).map_err(fail)?;
-                let rep = |t: &Tensor| -> Result<Tensor, CliError> {
-                    let dims: Vec<usize> = std::iter::once(len)
-                        .chain(t.dims()[1..].iter().copied())
-                        .collect();
-                    t.broadcast_as(dims)
-                        .and_then(|t| t.contiguous())
-                        .map_err(fail)
-                };
-                SampleBatch {
-                    noise,
-                    cond: c.emb.index_select(&idx, 0).map_err(fail)?,
-                    cond_mask: Some(c.mask.index_select(&idx, 0).map_err(fail)?),
-                    uncond: Some(rep(&c.null_emb)?),
-                    uncond_mask: Some(rep(&c.null_mask)?),
-                    seed,
-                }
-            }
-        })
+            vec![c as u32; n],
+            captions,
+            &rt.device,
+        )),
+        (_, None) => Ok(Inputs::cycling(plan, seed, n, captions, &rt.device)),
     }
 }
 
@@ -474,7 +372,7 @@ pub fn run_range(
         }
     }
     // GPU kernels run asynchronously: wait for them before reading the clock.
-    inputs.device.synchronize().map_err(fail)?;
+    inputs.device().synchronize().map_err(fail)?;
     let elapsed = started.elapsed().saturating_sub(outside);
     bar.finish_and_clear();
     let x = if keep {
@@ -497,40 +395,4 @@ pub fn progress(label: &str, len: u64) -> ProgressBar {
     );
     bar.set_message(label.to_string());
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::device::DeviceChoice;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        v.iter().map(|x| x.to_bits()).collect()
-    }
-
-    /// Noise is drawn batch by batch (never for all samples at once), and
-    /// every batching gives each sample the values one draw of all
-    /// samples would: the seed's stream in sample order.
-    #[test]
-    fn noise_drawn_per_batch_is_the_noise_of_one_draw() {
-        let s = tcc_schedule::parse("t.sched", "[model]\nname = \"tiny\"\n").unwrap();
-        let plan = tcc_plan::compile(&s, Path::new("")).unwrap();
-        let rt = Runtime::new(Some(DeviceChoice::Cpu), DType::F32).unwrap();
-        let m = &plan.model;
-        let n = 5;
-        let whole = NoiseRng::new(7)
-            .randn((n, m.in_channels, m.input_size, m.input_size), &Device::Cpu)
-            .unwrap();
-        let inputs = Inputs::new(&plan, 7, n, None, None, &rt).unwrap();
-        for sizes in [&[5][..], &[2, 3], &[1, 1, 3], &[3, 2]] {
-            let mut start = 0;
-            for &len in sizes {
-                let batch = inputs.batch(&plan, start, len).unwrap();
-                let want = whole.narrow(0, start, len).unwrap();
-                assert_eq!(bits(&batch.noise), bits(&want), "{sizes:?} at {start}");
-                start += len;
-            }
-        }
-    }
 }

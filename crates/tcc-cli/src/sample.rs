@@ -1,20 +1,26 @@
 //! `tcc sample`: generate with a plan (cache, and priors if given).
 
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use candle_core::Tensor;
-use tcc_calib::{PriorHooks, PriorSet};
-use tcc_exec::{Hooks, NoHooks};
+use tcc_calib::PriorSet;
+use tcc_exec::{Captions, Hooks, Inputs, NoHooks};
 use tcc_metrics::{DataRange, ErrorStats};
+use tcc_model::AnyModel;
+use tcc_plan::Plan;
 
 use tcc_fs::OutputKind;
 
-use crate::device::{Runtime, PRIOR_DTYPE};
+use crate::device::Runtime;
 use crate::error::{CliError, Io};
 use crate::limits::{check_count, check_output, Memory, MAX_BATCH, MAX_SAMPLES};
 use crate::npz::{NpzWriter, SampleShard, SAMPLE_SHARD_FORMAT};
 use crate::output::{to_nhwc_u8, write_latents};
-use crate::runtime::{load_model, pipeline_dir, run_range, Captions, Inputs, ModelArgs};
+use crate::runtime::{
+    load_captions, load_model, pipeline_dir, run_range, sample_inputs, ModelArgs,
+};
 use crate::scoring::TestbedScorer;
 
 const EXAMPLES: &str = "\
@@ -97,9 +103,114 @@ pub struct Args {
 const MAX_GRID_SIDE: usize = 1 << 16;
 
 pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
+    let shard = args.shard.unwrap_or(tcc_core::Shard::WHOLE);
+    let range = check_outputs(&args, shard)?;
+    let rt = Runtime::from_args(&args.model.runtime)?;
+    let plan = args.model.load_plan(&args.file, None, io.err)?;
+    let run = Run::new(&args, &plan, shard, range);
+    let priors = args.priors.as_deref().map(|p| load_priors(p, &plan));
+    let priors = priors.transpose()?;
+    let images = Images::plan(&args, &plan)?;
+    crate::runtime::check_model_source(&plan, &args.model)?;
+    let wants = Wants::of(&run, &images);
+    let priors_bytes = priors.as_ref().map(|(_, bytes)| *bytes);
+    memory(&run, &rt, wants.keep, priors_bytes, &images).check()?;
+
+    let model = load_model(&plan, &args.model, &rt)?;
+    let mut hooks = prior_hooks(priors.as_ref().map(|(set, _)| set), &rt)?;
+    let captions = load_captions(&plan, &args.model, &rt)?;
+    let decoder = images.decoder(&rt)?;
+    let inputs = sample_inputs(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
+    let classes = &inputs.labels[run.range.clone()];
+    let scorer = match wants.scorer {
+        true => TestbedScorer::for_model(&plan.model.name, &rt.device)?,
+        false => None,
+    };
+    let mut npz = run.create_npz(decoder.side)?;
+    rt.announce(io.err)?;
+    let (x, time) = run_range(
+        &model,
+        &plan,
+        &inputs,
+        run.range.clone(),
+        args.batch_size,
+        hooks.as_mut(),
+        "sampling",
+        wants.keep,
+        &mut |start, latents| match npz.as_mut() {
+            Some(w) => decoder.write_npz_batch(w, latents, start),
+            None => Ok(()),
+        },
+    )?;
+    run.print_sampled(io, time)?;
+    if let Some(w) = npz {
+        run.finish_npz(io, w, classes, captions.as_ref())?;
+    }
+    let Some(x) = x else {
+        return Ok(());
+    };
+    if let Some(scorer) = scorer {
+        run.print_testbed_metrics(io, &scorer, &x, classes)?;
+    }
+    if args.vs_full {
+        run.vs_full(io, &model, &inputs, &x, time)?;
+    }
+    let what = if captions.is_some() {
+        "prompt"
+    } else {
+        "class"
+    };
+    run.write_kept(io, &images, &decoder, x, classes, what)
+}
+
+/// One sampling run: its arguments, plan, shard and this process's
+/// samples.
+struct Run<'a> {
+    args: &'a Args,
+    plan: &'a Plan,
+    shard: tcc_core::Shard,
+    range: Range<usize>,
+}
+
+/// What the run needs besides sampling, decided before any work.
+struct Wants {
+    /// The testbed's metrics (FD, accuracy) of the samples.
+    scorer: bool,
+    /// The latents of every sample, kept for what needs them all.
+    keep: bool,
+}
+
+impl Wants {
+    fn of(run: &Run, images: &Images) -> Wants {
+        let (args, plan) = (run.args, run.plan);
+        let scorer = run.shard.is_whole()
+            && args.n >= 2
+            && plan.weights.is_none()
+            && args.model.random_weights.is_none()
+            && images.testbed.is_some();
+        let keep = args.out.is_some()
+            || args.grid.is_some()
+            || args.latents.is_some()
+            || args.vs_full
+            || scorer;
+        Wants { scorer, keep }
+    }
+}
+
+/// Hooks that apply `priors`, or none, on the runtime's device.
+fn prior_hooks(priors: Option<&PriorSet>, rt: &Runtime) -> Result<Box<dyn Hooks>, CliError> {
+    Ok(match priors {
+        Some(set) => Box::new(set.hooks(&rt.device)?),
+        None => Box::new(NoHooks),
+    })
+}
+
+/// Checks the counts, the shard and every output before any work (no
+/// folder is created but --out itself, in an existing folder); returns
+/// this process's samples.
+fn check_outputs(args: &Args, shard: tcc_core::Shard) -> Result<Range<usize>, CliError> {
     check_count("--n", args.n, MAX_SAMPLES)?;
     check_count("--batch-size", args.batch_size, MAX_BATCH)?;
-    let shard = args.shard.unwrap_or(tcc_core::Shard::WHOLE);
     let range = shard
         .nonempty_samples(args.n, args.batch_size, "samples")
         .map_err(CliError::input)?;
@@ -108,10 +219,6 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "with --shard, write --npz (a partial file for `tcc merge`) or --out (PNGs named by sample index), not --grid or --latents",
         ));
     }
-    // This process's samples.
-    let n = range.len();
-    // Every output is checked before any work; no folder is created but
-    // --out itself (in an existing folder).
     if let Some(dir) = &args.out {
         check_output("--out", dir, OutputKind::Dir)?;
     }
@@ -124,103 +231,134 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             check_output(flag, path, OutputKind::File)?;
         }
     }
-    let rt = Runtime::from_args(&args.model.runtime)?;
-    let plan = args.model.load_plan(&args.file, None, io.err)?;
-    let priors = match &args.priors {
-        Some(path) => {
-            let set = PriorSet::load(path).map_err(CliError::input)?;
-            set.check_binding(&plan.hash(), &plan.model.name)
-                .and_then(|()| set.check_plan(&plan))
-                .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
-            Some((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
-        }
-        None => None,
-    };
-    // Pixel-space models sample images; latent models need the pipeline's
-    // VAE, checked before sampling so a missing one fails fast.
-    let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
-    // A testbed's latents (shapes160) decode without a VAE.
-    let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
-    let needs_vae = writes_images && plan.model.in_channels != 3 && testbed.is_none();
-    // The VAE's folder, config and weights file are checked here; its
-    // weights are read once the model is loaded.
-    let vae_files = if needs_vae {
-        let dir = pipeline_dir(&plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
-            CliError::input(format!(
-                "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
-                plan.model.name, plan.model.in_channels
-            ))
-        })?;
-        let files = tcc_vae::VaeDecoder::inspect(&dir).map_err(CliError::input)?;
-        Some((dir, files))
-    } else {
-        None
-    };
-    let side = plan.model.input_size
-        * match (&vae_files, testbed) {
-            (Some((_, files)), _) => files.config.upscale(),
-            (None, Some(tcc_testbed::Testbed::Shapes160)) => 2,
-            _ => 1,
-        };
-    let prompts = if plan.model.family == tcc_core::ModelFamily::Pixart {
-        args.model.prompts()?.len()
-    } else {
-        0
-    };
-    let grid = args.grid.as_ref().map(|_| {
-        let nrow = if plan.model.family == tcc_core::ModelFamily::Pixart {
-            prompts.max(1).min(args.n)
-        } else if args.class.is_none() {
-            plan.model.num_classes.min(args.n)
+    Ok(range)
+}
+
+/// A priors file checked against `plan`, and its size in bytes.
+fn load_priors(path: &Path, plan: &Plan) -> Result<(PriorSet, u64), CliError> {
+    let set = PriorSet::load_for(path, plan).map_err(CliError::input)?;
+    Ok((set, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)))
+}
+
+/// How samples become images: pixel-space models sample them, a testbed's
+/// latents (shapes160) decode without a VAE, other latent models need the
+/// pipeline's VAE (its folder, config and weights file are checked
+/// before sampling, so a missing one fails fast; its weights are read once
+/// the model is loaded).
+struct Images {
+    testbed: Option<tcc_testbed::Testbed>,
+    vae_files: Option<(PathBuf, tcc_vae::VaeFiles)>,
+    /// Pixels a side.
+    side: usize,
+    grid: Option<tcc_data::Grid>,
+}
+
+impl Images {
+    fn plan(args: &Args, plan: &Plan) -> Result<Images, CliError> {
+        let writes_images = args.out.is_some() || args.grid.is_some() || args.npz.is_some();
+        let testbed = tcc_testbed::Testbed::from_name(&plan.model.name);
+        let needs_vae = writes_images && plan.model.in_channels != 3 && testbed.is_none();
+        let vae_files = if needs_vae {
+            let dir = pipeline_dir(plan, &args.model).map(|d| d.join("vae")).ok_or_else(|| {
+                CliError::input(format!(
+                    "model `{}` samples {}-channel latents: writing images needs a VAE: make the weights a diffusers pipeline directory with vae/, or pass --pipeline DIR",
+                    plan.model.name, plan.model.in_channels
+                ))
+            })?;
+            let files = tcc_vae::VaeDecoder::inspect(&dir).map_err(CliError::input)?;
+            Some((dir, files))
         } else {
-            args.n.min(10)
+            None
         };
-        tcc_data::Grid {
-            nrow,
-            pad: 2,
-            scale: 4,
+        let side = plan.model.input_size
+            * match (&vae_files, testbed) {
+                (Some((_, files)), _) => files.config.upscale(),
+                (None, Some(tcc_testbed::Testbed::Shapes160)) => 2,
+                _ => 1,
+            };
+        let pixart = plan.model.family == tcc_core::ModelFamily::Pixart;
+        let prompts = if pixart {
+            args.model.prompts()?.len()
+        } else {
+            0
+        };
+        let grid = args.grid.as_ref().map(|_| {
+            let nrow = if pixart {
+                prompts.max(1).min(args.n)
+            } else if args.class.is_none() {
+                plan.model.num_classes.min(args.n)
+            } else {
+                args.n.min(10)
+            };
+            tcc_data::Grid {
+                nrow,
+                pad: 2,
+                scale: 4,
+            }
+        });
+        if let Some(g) = &grid {
+            let (w, h) = g.pixels(args.n, side, side);
+            if w.max(h) > MAX_GRID_SIDE {
+                return Err(CliError::input(format!(
+                    "--grid: {} samples make a {w} x {h} pixel grid, more than {MAX_GRID_SIDE} pixels a side: write --out or --npz for this many",
+                    args.n
+                )));
+            }
         }
-    });
-    if let Some(g) = &grid {
-        let (w, h) = g.pixels(args.n, side, side);
-        if w.max(h) > MAX_GRID_SIDE {
-            return Err(CliError::input(format!(
-                "--grid: {} samples make a {w} x {h} pixel grid, more than {MAX_GRID_SIDE} pixels a side: write --out or --npz for this many",
-                args.n
-            )));
-        }
+        Ok(Images {
+            testbed,
+            vae_files,
+            side,
+            grid,
+        })
     }
-    crate::runtime::check_model_source(&plan, &args.model)?;
-    let wants_scorer = shard.is_whole()
-        && args.n >= 2
-        && plan.weights.is_none()
-        && args.model.random_weights.is_none()
-        && testbed.is_some();
-    // The latents of every sample are kept only for what needs them all.
-    let keep = args.out.is_some()
-        || args.grid.is_some()
-        || args.latents.is_some()
-        || args.vs_full
-        || wants_scorer;
+
+    /// The decoder, with the VAE's weights loaded on the runtime's device.
+    fn decoder(&self, rt: &Runtime) -> Result<Decoder, CliError> {
+        let vae = match &self.vae_files {
+            Some((dir, _)) => Some(
+                tcc_vae::VaeDecoder::load(dir, rt.vae_dtype(), &rt.device)
+                    .map_err(CliError::input)?,
+            ),
+            None => None,
+        };
+        Ok(Decoder {
+            vae,
+            testbed: self.testbed,
+            side: self.side,
+        })
+    }
+}
+
+/// What sampling holds at its peak (every sample's latents if `keep`).
+fn memory(
+    run: &Run,
+    rt: &Runtime,
+    keep: bool,
+    priors_bytes: Option<u64>,
+    images: &Images,
+) -> Memory {
+    let (args, plan, n) = (run.args, run.plan, run.range.len());
     let mut memory = Memory::new();
     memory
-        .model(&plan, &args.model, rt.dtype)
-        .batch(&plan, args.batch_size);
+        .model(plan, &args.model, rt.dtype)
+        .batch(plan, args.batch_size);
     if keep {
         // The batches' latents, their concatenation, and a host copy.
-        memory.latents("final latents", &plan, n, 3);
+        memory.latents("final latents", plan, n, 3);
     }
     if args.vs_full {
-        memory.latents("full computation's latents", &plan, n, 2);
+        memory.latents("full computation's latents", plan, n, 2);
     }
-    if let Some((_, bytes)) = &priors {
+    if let Some(bytes) = priors_bytes {
         // The file, its values in f64, the folded matrices.
-        memory.add("priors", 4 * *bytes as u128);
+        memory.add("priors", 4 * bytes as u128);
     }
-    if let Some((_, files)) = &vae_files {
+    if let Some((_, files)) = &images.vae_files {
         // Its weights file is read whole, then converted.
         memory.add("the VAE", 2 * files.weights_bytes as u128);
     }
+    let side = images.side;
     let pixels = |n: usize| n as u128 * 3 * (side * side) as u128;
     if args.out.is_some() || args.grid.is_some() {
         memory.add("images", 2 * 4 * pixels(n));
@@ -232,39 +370,32 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             (2 * 4 + 1) * pixels(args.batch_size.min(n)),
         );
     }
-    if let Some(g) = &grid {
+    if let Some(g) = &images.grid {
         let (w, h) = g.pixels(args.n, side, side);
         memory.add("the grid", 2 * 3 * (w * h) as u128);
     }
-    memory.check()?;
+    memory
+}
 
-    let model = load_model(&plan, &args.model, &rt)?;
-    let mut hooks: Box<dyn Hooks> = match &priors {
-        Some((set, _)) => Box::new(
-            PriorHooks::from_set(set, PRIOR_DTYPE, &rt.device)
-                .map_err(|e| CliError::Failure(e.to_string()))?,
-        ),
-        None => Box::new(NoHooks),
-    };
-    let captions = Captions::for_plan(&plan, &args.model, &rt)?;
-    let vae = match &vae_files {
-        Some((dir, _)) => Some(
-            tcc_vae::VaeDecoder::load(dir, rt.vae_dtype(), &rt.device).map_err(CliError::input)?,
-        ),
-        None => None,
-    };
-    let inputs = Inputs::new(&plan, args.seed, args.n, args.class, captions.as_ref(), &rt)?;
-    let classes = &inputs.labels[range.clone()];
-    let scorer = if wants_scorer {
-        TestbedScorer::for_model(&plan.model.name, &rt.device)?
-    } else {
-        None
-    };
-    // Images `[len, 3, side, side]` of samples `start..start + len`.
-    let decode = |x: &Tensor, start: usize, bar: Option<&indicatif::ProgressBar>| {
+/// Turns final latents into images in [-1, 1], `[len, 3, side, side]`.
+struct Decoder {
+    vae: Option<tcc_vae::VaeDecoder>,
+    testbed: Option<tcc_testbed::Testbed>,
+    side: usize,
+}
+
+impl Decoder {
+    /// Images of samples `start..start + len` (`x` holds `len`), refused
+    /// if not finite; `bar` follows a VAE's progress.
+    fn decode(
+        &self,
+        x: &Tensor,
+        start: usize,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<Vec<f32>, CliError> {
         let len = x.dim(0).map_err(|e| CliError::Failure(e.to_string()))?;
-        let imgs = match &vae {
-            None => match testbed {
+        let imgs = match &self.vae {
+            None => match self.testbed {
                 Some(tb) => tb.to_images(&flat(x)?, len).map_err(CliError::input)?.0,
                 None => flat(x)?,
             },
@@ -279,52 +410,90 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                 flat(&img)?
             }
         };
-        check_finite(&imgs, side, start)?;
-        Ok::<_, CliError>(imgs)
-    };
-    let mut npz = match &args.npz {
-        Some(path) => Some(NpzWriter::create(path, n, side)?),
-        None => None,
-    };
-    rt.announce(io.err)?;
-    let (x, time) = run_range(
-        &model,
-        &plan,
-        &inputs,
-        range.clone(),
-        args.batch_size,
-        hooks.as_mut(),
-        "sampling",
-        keep,
-        &mut |start, latents| {
-            if let Some(w) = npz.as_mut() {
-                let imgs = decode(latents, start, None)?;
-                let len = imgs.len() / (3 * side * side);
-                w.write_images(&to_nhwc_u8(&imgs, len, side, side))?;
-            }
-            Ok(())
-        },
-    )?;
-    writeln!(
-        io.out,
-        "sampled {}{} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
-        n,
-        if shard.is_whole() {
-            String::new()
-        } else {
-            format!(
-                " (shard {shard}: samples {}..{} of {})",
-                range.start, range.end, args.n
-            )
-        },
-        plan.model.name,
-        plan.source,
-        time.as_secs_f64(),
-        1e3 * time.as_secs_f64() / (n * plan.steps.len()) as f64
-    )?;
-    if let Some(w) = npz {
+        check_finite(&imgs, self.side, start)?;
+        Ok(imgs)
+    }
+
+    /// Every kept sample's images, behind a progress bar when a VAE decodes.
+    fn decode_all(&self, x: &Tensor, start: usize) -> Result<Vec<f32>, CliError> {
+        let n = x.dim(0).map_err(|e| CliError::Failure(e.to_string()))?;
+        let bar = self
+            .vae
+            .as_ref()
+            .map(|_| crate::runtime::progress("decoding", n as u64));
+        let imgs = self.decode(x, start, bar.as_ref())?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(imgs)
+    }
+
+    /// Appends the images of one batch to the `.npz`.
+    fn write_npz_batch(
+        &self,
+        w: &mut NpzWriter,
+        latents: &Tensor,
+        start: usize,
+    ) -> Result<(), CliError> {
+        let side = self.side;
+        let imgs = self.decode(latents, start, None)?;
+        let len = imgs.len() / (3 * side * side);
+        w.write_images(&to_nhwc_u8(&imgs, len, side, side))
+    }
+}
+
+impl<'a> Run<'a> {
+    fn new(args: &'a Args, plan: &'a Plan, shard: tcc_core::Shard, range: Range<usize>) -> Self {
+        Run {
+            args,
+            plan,
+            shard,
+            range,
+        }
+    }
+
+    /// The `.npz` writer of --npz, for images `side` pixels a side.
+    fn create_npz(&self, side: usize) -> Result<Option<NpzWriter>, CliError> {
+        match &self.args.npz {
+            Some(path) => Ok(Some(NpzWriter::create(path, self.range.len(), side)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn print_sampled(&self, io: &mut Io, time: Duration) -> Result<(), CliError> {
+        let (args, plan, range) = (self.args, self.plan, &self.range);
+        let n = range.len();
+        writeln!(
+            io.out,
+            "sampled {}{} x {} with {} in {:.2}s ({:.1} ms per sample-step)",
+            n,
+            if self.shard.is_whole() {
+                String::new()
+            } else {
+                format!(
+                    " (shard {}: samples {}..{} of {})",
+                    self.shard, range.start, range.end, args.n
+                )
+            },
+            plan.model.name,
+            plan.source,
+            time.as_secs_f64(),
+            1e3 * time.as_secs_f64() / (n * plan.steps.len()) as f64
+        )?;
+        Ok(())
+    }
+
+    /// Finishes the `.npz` (a shard's with its metadata for `tcc merge`).
+    fn finish_npz(
+        &self,
+        io: &mut Io,
+        w: NpzWriter,
+        classes: &[u32],
+        captions: Option<&Captions>,
+    ) -> Result<(), CliError> {
+        let (args, plan, range) = (self.args, self.plan, &self.range);
         let path = args.npz.as_ref().expect("npz path");
-        let meta = (!shard.is_whole())
+        let meta = (!self.shard.is_whole())
             .then(|| -> Result<SampleShard, CliError> {
                 Ok(SampleShard {
                     format: SAMPLE_SHARD_FORMAT.into(),
@@ -335,37 +504,50 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
                     n: args.n,
                     batch_size: args.batch_size,
                     class: args.class,
-                    prompts: captions.as_ref().map(|c| sha256_lines(&c.prompts)),
-                    shard,
+                    prompts: captions.map(|c| sha256_lines(&c.prompts)),
+                    shard: self.shard,
                 })
             })
             .transpose()?;
         let indices: Vec<u64> = (range.start as u64..range.end as u64).collect();
         w.finish(classes, meta.as_ref().map(|m| (&indices[..], m)))?;
         writeln!(io.out, "wrote {}", path.display())?;
+        Ok(())
     }
-    let x = match x {
-        Some(x) => x,
-        None => return Ok(()),
-    };
 
-    if let Some(scorer) = scorer {
-        let (fd, acc) = scorer.fd_and_accuracy(&x, classes)?;
+    fn print_testbed_metrics(
+        &self,
+        io: &mut Io,
+        scorer: &TestbedScorer,
+        x: &Tensor,
+        classes: &[u32],
+    ) -> Result<(), CliError> {
+        let (fd, acc) = scorer.fd_and_accuracy(x, classes)?;
         writeln!(
             io.out,
             "testbed metrics: class accuracy {acc:.3}, FD to real data {fd:.2} (n = {}; FD is biased upwards at small n, compare at equal n)",
-            args.n
+            self.args.n
         )?;
+        Ok(())
     }
 
-    if args.vs_full {
-        let full = plan.all_compute();
+    /// Runs full computation from the same noise and reports each sample's
+    /// error against it, and the wall-time speedup over `time`.
+    fn vs_full(
+        &self,
+        io: &mut Io,
+        model: &AnyModel,
+        inputs: &Inputs,
+        x: &Tensor,
+        time: Duration,
+    ) -> Result<(), CliError> {
+        let full = self.plan.all_compute();
         let (reference, full_time) = run_range(
-            &model,
+            model,
             &full,
-            &inputs,
-            range.clone(),
-            args.batch_size,
+            inputs,
+            self.range.clone(),
+            self.args.batch_size,
             &mut NoHooks,
             "full",
             true,
@@ -373,8 +555,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
         )?;
         let reference = reference.expect("kept");
         let mut err = ErrorStats::new(DataRange::Signed);
-        let (a, b) = (flat(&x)?, flat(&reference)?);
-        err.add_batch(&a, &b, n)
+        let (a, b) = (flat(x)?, flat(&reference)?);
+        err.add_batch(&a, &b, self.range.len())
             .map_err(|e| CliError::Failure(e.to_string()))?;
         writeln!(
             io.out,
@@ -386,58 +568,62 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             err.rel_l2.n(),
             full_time.as_secs_f64() / time.as_secs_f64()
         )?;
+        Ok(())
     }
 
-    if let Some(path) = &args.latents {
-        write_latents(path, &flat(&x)?, x.dims(), classes)?;
-        writeln!(io.out, "wrote {}", path.display())?;
-    }
-    if args.out.is_none() && args.grid.is_none() {
-        return Ok(());
-    }
-
-    let bar = vae
-        .as_ref()
-        .map(|_| crate::runtime::progress("decoding", n as u64));
-    let imgs = decode(&x, range.start, bar.as_ref())?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    drop(x);
-    let what = if captions.is_some() {
-        "prompt"
-    } else {
-        "class"
-    };
-    let s = side;
-    if let Some(dir) = &args.out {
-        if !dir.is_dir() {
-            std::fs::create_dir(dir)
-                .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+    /// Writes what is made of the kept latents `x`: --latents, then the
+    /// images of --out (one PNG per sample, named by index and `what`:
+    /// class or prompt) and --grid.
+    fn write_kept(
+        &self,
+        io: &mut Io,
+        images: &Images,
+        decoder: &Decoder,
+        x: Tensor,
+        classes: &[u32],
+        what: &str,
+    ) -> Result<(), CliError> {
+        let args = self.args;
+        if let Some(path) = &args.latents {
+            write_latents(path, &flat(&x)?, x.dims(), classes)?;
+            writeln!(io.out, "wrote {}", path.display())?;
         }
-        let per = 3 * s * s;
-        for (i, c) in classes.iter().enumerate() {
-            let path = dir.join(format!("{:06}_{what}{c}.png", range.start + i));
-            tcc_data::write_grid_png(
-                &path,
-                &imgs[i * per..(i + 1) * per],
-                [1, 3, s, s],
-                tcc_data::Grid {
-                    nrow: 1,
-                    pad: 0,
-                    scale: 1,
-                },
-            )
-            .map_err(|e| CliError::Failure(e.to_string()))?;
+        if args.out.is_none() && args.grid.is_none() {
+            return Ok(());
         }
-        writeln!(io.out, "wrote {n} PNGs to {}", dir.display())?;
+        let start = self.range.start;
+        let imgs = decoder.decode_all(&x, start)?;
+        drop(x);
+        let s = images.side;
+        if let Some(dir) = &args.out {
+            if !dir.is_dir() {
+                std::fs::create_dir(dir)
+                    .map_err(|e| CliError::Failure(format!("{}: {e}", dir.display())))?;
+            }
+            let per = 3 * s * s;
+            for (i, c) in classes.iter().enumerate() {
+                let path = dir.join(format!("{:06}_{what}{c}.png", start + i));
+                tcc_data::write_grid_png(
+                    &path,
+                    &imgs[i * per..(i + 1) * per],
+                    [1, 3, s, s],
+                    tcc_data::Grid {
+                        nrow: 1,
+                        pad: 0,
+                        scale: 1,
+                    },
+                )
+                .map_err(|e| CliError::Failure(e.to_string()))?;
+            }
+            writeln!(io.out, "wrote {} PNGs to {}", classes.len(), dir.display())?;
+        }
+        if let (Some(path), Some(g)) = (&args.grid, images.grid) {
+            tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
+                .map_err(|e| CliError::Failure(e.to_string()))?;
+            writeln!(io.out, "wrote grid {}", path.display())?;
+        }
+        Ok(())
     }
-    if let (Some(path), Some(g)) = (&args.grid, grid) {
-        tcc_data::write_grid_png(path, &imgs, [args.n, 3, s, s], g)
-            .map_err(|e| CliError::Failure(e.to_string()))?;
-        writeln!(io.out, "wrote grid {}", path.display())?;
-    }
-    Ok(())
 }
 
 /// Refuses images of samples `start..` with a non-finite value, naming the

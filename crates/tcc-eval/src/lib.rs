@@ -17,12 +17,21 @@
 //! ([`EvalSums`]): shards of an evaluation (`tcc eval --shard I/N`) add
 //! them up and [`EvalSums::report`] makes the same [`Report`].
 //!
-//! Hooks (priors) are passed in: this crate does not know how priors are
-//! fitted or stored, and the model is any [`BlockModel`].
+//! [`Entry`] and [`lineup`] make the variants and paired tests of one or
+//! several schedules; [`oracle_rows`] compares each variant's priors with
+//! the best prior fitted on the evaluated samples themselves.
+//!
+//! Priors are passed in as fitted sets: this crate does not know how they
+//! are fitted, and the model is any [`BlockModel`].
 
+mod lineup;
 mod plot;
 mod run;
 
+pub use lineup::{
+    calibration_seeds, lineup, oracle_rows, prior_terms, Entry, Lineup, OracleRow, PriorTerms,
+    PriorsInfo,
+};
 pub use plot::{plot_deviation, Series};
 pub use run::{
     accumulate, evaluate, held_out, EvalError, EvalSums, PairedTest, Progress, Report, Scorer,

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 use tcc_calib::{Moments, Pooler, Site, SiteStats};
 use tcc_core::{Branch, Pooling};
-use tcc_exec::{BranchSite, ExecError, Hooks, SampleBatch, Trajectory};
+use tcc_exec::{BranchSite, ExecError, Hooks, Inputs, SampleBatch, Trajectory};
 use tcc_metrics::{
     psnr, rel_l2, wilcoxon_signed_rank, BranchDistances, DataRange, FeatureStats, Summary, Wilcoxon,
 };
@@ -54,6 +54,29 @@ pub struct SeedSet {
     pub labels: Vec<u32>,
     /// The condition key of every sample (the class), for pooled rows.
     pub conditions: Vec<u64>,
+}
+
+impl SeedSet {
+    /// Samples `range` of `inputs` (the seed set of `inputs.seed`) in
+    /// batches of at most `batch_size`, the first starting at
+    /// `range.start`.
+    pub fn new(
+        plan: &Plan,
+        inputs: &Inputs,
+        range: std::ops::Range<usize>,
+        batch_size: usize,
+    ) -> Result<SeedSet, ExecError> {
+        let batches = inputs
+            .batches(plan, range.clone(), batch_size)
+            .map(|b| b.map(|(_, batch)| batch))
+            .collect::<Result<_, _>>()?;
+        Ok(SeedSet {
+            seed: inputs.seed,
+            batches,
+            conditions: inputs.conditions()[range.clone()].to_vec(),
+            labels: inputs.labels[range].to_vec(),
+        })
+    }
 }
 
 /// A cached variant: its plan (same steps as full computation) and the

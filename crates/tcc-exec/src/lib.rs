@@ -12,9 +12,11 @@
 //! a later step reuses it, and dropped after its last reader.
 
 mod cache;
+mod inputs;
 mod trajectory;
 
 pub use cache::CacheLayout;
+pub use inputs::{Captions, Inputs};
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 
 /// What kind of failure an [`ExecError`] is, for callers that must tell a
