@@ -141,7 +141,6 @@ impl Dit {
     /// N(0, 0.3^2/fan_in), so every gate is small but non-zero and every
     /// branch matters. Same seed, same weights.
     pub fn random(cfg: &DitConfig, seed: u64, dtype: DType, device: &Device) -> Result<Dit> {
-        cfg.validate().map_err(Error::Config)?;
         weights::random(WeightsLayout::Original, seed, dtype, device, |w| {
             Dit::build(cfg, w)
         })
@@ -154,11 +153,7 @@ impl Dit {
         cfg: &DitConfig,
         layout: WeightsLayout,
     ) -> Result<Vec<(String, Vec<usize>)>> {
-        cfg.validate().map_err(Error::Config)?;
-        Ok(weights::expected(layout, |w| Dit::build(cfg, w))?
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect())
+        weights::shapes(layout, |w| Dit::build(cfg, w))
     }
 
     /// Builds the model from the tensors of `w`: the one place DiT's tensors

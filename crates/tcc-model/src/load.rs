@@ -443,11 +443,7 @@ pub(crate) fn build_checked<M>(
     device: &Device,
     build: impl Fn(&Weights) -> Result<M>,
 ) -> Result<M> {
-    let expected: Vec<(String, Vec<usize>)> = weights::expected(layout, &build)?
-        .into_iter()
-        .map(|p| (p.name, p.shape))
-        .collect();
-    validate(&raw, &expected)?;
+    validate(&raw, &weights::shapes(layout, &build)?)?;
     let tensors = raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect();
     weights::build_from(tensors, layout, dtype, device, build)
 }

@@ -278,6 +278,17 @@ pub(crate) fn expected<M>(
     }
 }
 
+/// The names and shapes of the tensors `build` asks for in `layout`.
+pub(crate) fn shapes<M>(
+    layout: WeightsLayout,
+    build: impl FnOnce(&Weights) -> Result<M>,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    Ok(expected(layout, build)?
+        .into_iter()
+        .map(|p| (p.name, p.shape))
+        .collect())
+}
+
 /// Runs `build` on `tensors` (validated against [`expected`]), cast to
 /// `dtype` on `device`; every tensor must be taken.
 pub(crate) fn build_from<M>(

@@ -96,7 +96,6 @@ impl PixArt {
     /// projection is N(0, 0.3^2/fan_in), so every gate is small but
     /// non-zero. Same seed, same weights.
     pub fn random(cfg: &PixArtConfig, seed: u64, dtype: DType, device: &Device) -> Result<PixArt> {
-        cfg.validate().map_err(Error::Config)?;
         weights::random(WeightsLayout::Diffusers, seed, dtype, device, |w| {
             PixArt::build(cfg, w)
         })
@@ -109,11 +108,7 @@ impl PixArt {
         cfg: &PixArtConfig,
         layout: WeightsLayout,
     ) -> Result<Vec<(String, Vec<usize>)>> {
-        cfg.validate().map_err(Error::Config)?;
-        Ok(weights::expected(layout, |w| PixArt::build(cfg, w))?
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect())
+        weights::shapes(layout, |w| PixArt::build(cfg, w))
     }
 
     /// The learned null caption embedding `[caption tokens, caption
