@@ -400,35 +400,6 @@ pub(crate) fn validate(raw: &Raw, expected: &[(String, Vec<usize>)]) -> Result<(
     Ok(())
 }
 
-/// Checks the config of a diffusers directory against the requested one.
-fn check_same_shape(file: &Path, got: &DitConfig, want: &DitConfig) -> Result<()> {
-    let fields = [
-        ("depth", got.depth, want.depth),
-        ("hidden size", got.hidden, want.hidden),
-        ("heads", got.heads, want.heads),
-        ("patch", got.patch, want.patch),
-        ("input size", got.input_size, want.input_size),
-        ("in channels", got.in_channels, want.in_channels),
-        ("out channels", got.out_channels, want.out_channels),
-        ("MLP width", got.mlp_hidden, want.mlp_hidden),
-        ("classes", got.num_classes, want.num_classes),
-    ];
-    check_fields(file, &fields)
-}
-
-/// Refuses a config file whose `(name, found, requested)` fields differ.
-pub(crate) fn check_fields(file: &Path, fields: &[(&str, usize, usize)]) -> Result<()> {
-    for &(name, g, w) in fields {
-        if g != w {
-            return Err(Error::Config(format!(
-                "{}: {name} is {g}, but the requested model has {w}",
-                file.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
     Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
@@ -568,7 +539,11 @@ impl Dit {
             (WeightsLayout::Diffusers, Some(config), want) => {
                 let got = DitConfig::from_diffusers_config(&config)?;
                 if let Some(want) = want {
-                    check_same_shape(&config, &got, want)?;
+                    got.check_same_sizes(
+                        &config,
+                        want,
+                        &[("classes", got.num_classes, want.num_classes)],
+                    )?;
                 }
                 got
             }

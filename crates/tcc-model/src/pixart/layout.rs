@@ -24,26 +24,6 @@ fn check_original_pos_embed(raw: &mut Raw, cfg: &PixArtConfig) -> Result<()> {
     load::check_pos_embed_buffer(raw, side, cfg.hidden, expected, 2e-3, &what)
 }
 
-/// Checks the config of a diffusers directory against the requested one.
-fn check_same_shape(file: &Path, got: &PixArtConfig, want: &PixArtConfig) -> Result<()> {
-    let fields = [
-        ("depth", got.depth, want.depth),
-        ("hidden size", got.hidden, want.hidden),
-        ("heads", got.heads, want.heads),
-        ("patch", got.patch, want.patch),
-        ("input size", got.input_size, want.input_size),
-        ("in channels", got.in_channels, want.in_channels),
-        ("out channels", got.out_channels, want.out_channels),
-        ("MLP width", got.mlp_hidden, want.mlp_hidden),
-        (
-            "caption channels",
-            got.caption_channels,
-            want.caption_channels,
-        ),
-    ];
-    load::check_fields(file, &fields)
-}
-
 impl PixArt {
     /// Loads a diffusers `PixArtTransformer2DModel` from `path`, cast to
     /// `dtype` on `device`: a model directory (`config.json` and
@@ -112,7 +92,15 @@ impl PixArt {
             (Some(config), want) => {
                 let got = PixArtConfig::from_diffusers_config(&config)?;
                 if let Some(want) = want {
-                    check_same_shape(&config, &got, want)?;
+                    got.check_same_sizes(
+                        &config,
+                        want,
+                        &[(
+                            "caption channels",
+                            got.caption_channels,
+                            want.caption_channels,
+                        )],
+                    )?;
                 }
                 got
             }
