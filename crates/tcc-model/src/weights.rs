@@ -50,7 +50,7 @@ enum Mode {
 }
 
 /// The tensors behind a [`Weights`]: recorded or loaded.
-pub(crate) struct Store {
+struct Store {
     mode: Mode,
     layout: WeightsLayout,
     dtype: DType,
