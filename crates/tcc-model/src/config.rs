@@ -60,6 +60,82 @@ pub struct DitConfig {
     pub numerics: Numerics,
 }
 
+/// The methods DiT's and PixArt-α's configs share, over the sizes both
+/// have (the fields `depth`, `hidden`, `heads`, `patch`, `input_size`,
+/// `in_channels`, `out_channels`, `mlp_hidden`).
+macro_rules! shared_sizes {
+    ($config:ty) => {
+        impl $config {
+            /// Whether the model predicts a variance too (out = 2 x in
+            /// channels).
+            pub fn learn_sigma(&self) -> bool {
+                self.out_channels == 2 * self.in_channels
+            }
+
+            /// Image tokens per sample.
+            pub fn tokens(&self) -> usize {
+                let side = self.input_size / self.patch;
+                side * side
+            }
+
+            pub fn head_dim(&self) -> usize {
+                self.hidden / self.heads
+            }
+
+            /// The sizes both families have: (name in checks, name in
+            /// messages about a config file, value).
+            fn shared_sizes(&self) -> [(&'static str, &'static str, usize); 8] {
+                [
+                    ("depth", "depth", self.depth),
+                    ("hidden", "hidden size", self.hidden),
+                    ("heads", "heads", self.heads),
+                    ("patch", "patch", self.patch),
+                    ("input_size", "input size", self.input_size),
+                    ("in_channels", "in channels", self.in_channels),
+                    ("out_channels", "out channels", self.out_channels),
+                    ("mlp_hidden", "MLP width", self.mlp_hidden),
+                ]
+            }
+
+            /// Checks that the shared sizes and the family's `own` (name,
+            /// value) are positive and bounded and fit together.
+            fn check_sizes_with(&self, own: &[(&str, usize)]) -> std::result::Result<(), String> {
+                let shared = self.shared_sizes();
+                let mut sizes: Vec<(&str, usize)> =
+                    shared.iter().map(|&(n, _, v)| (n, v)).collect();
+                sizes.extend_from_slice(own);
+                let (hidden, heads) = (self.hidden, self.heads);
+                $crate::config::check_sizes(&sizes, hidden, heads, self.input_size, self.patch)
+            }
+
+            /// Refuses a config file (`self`, read from `file`) whose sizes
+            /// differ from those of the requested `want`; `own`: the
+            /// family's other sizes, (name, found, requested).
+            pub(crate) fn check_same_sizes(
+                &self,
+                file: &std::path::Path,
+                want: &Self,
+                own: &[(&str, usize, usize)],
+            ) -> $crate::error::Result<()> {
+                let shared = self.shared_sizes().into_iter().zip(want.shared_sizes());
+                let fields = shared.map(|((_, n, g), (_, _, w))| (n, g, w));
+                for (name, g, w) in fields.chain(own.iter().copied()) {
+                    if g != w {
+                        return Err($crate::error::Error::Config(format!(
+                            "{}: {name} is {g}, but the requested model has {w}",
+                            file.display()
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use shared_sizes;
+
+shared_sizes!(DitConfig);
+
 /// The DiT model sizes of the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DitSize {
@@ -183,21 +259,6 @@ impl DitConfig {
         }
     }
 
-    /// Whether the model predicts a variance too (out = 2 x in channels).
-    pub fn learn_sigma(&self) -> bool {
-        self.out_channels == 2 * self.in_channels
-    }
-
-    /// Image tokens per sample.
-    pub fn tokens(&self) -> usize {
-        let side = self.input_size / self.patch;
-        side * side
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
-    }
-
     /// The null (unconditional) class id.
     pub fn null_class(&self) -> usize {
         self.num_classes
@@ -205,22 +266,7 @@ impl DitConfig {
 
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        check_sizes(
-            &[
-                ("depth", self.depth),
-                ("hidden", self.hidden),
-                ("heads", self.heads),
-                ("patch", self.patch),
-                ("input_size", self.input_size),
-                ("in_channels", self.in_channels),
-                ("out_channels", self.out_channels),
-                ("mlp_hidden", self.mlp_hidden),
-            ],
-            self.hidden,
-            self.heads,
-            self.input_size,
-            self.patch,
-        )?;
+        self.check_sizes_with(&[])?;
         if self.num_classes > ModelShape::MAX_CLASSES {
             return Err(format!(
                 "num_classes {} is more than the {} tcc accepts",

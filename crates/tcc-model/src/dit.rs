@@ -1,32 +1,31 @@
 //! DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers"):
 //! class-conditional, adaLN-Zero blocks with two branches, `attn` and `mlp`.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::silu;
 use tcc_core::Branch;
 
 use crate::config::DitConfig;
 use crate::error::{Error, Result};
-use crate::layers::{
-    self, fan_in_std, gelu_mlp, pos_embed_2d, push_linear, Linear, PatchEmbed, Shapes, Weights,
-};
+use crate::layers::{self, pos_embed_2d, AttnMlp, Linear, PatchEmbed};
+use crate::load::WeightsLayout;
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
+use crate::weights::{self, Init, Weights};
 use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// eps of the LayerNorm before attention and of the final LayerNorm (both
 /// the original code and diffusers).
 const NORM_EPS: f64 = 1e-6;
 
+/// Random adaLN projections (zero at the start of training) are drawn at
+/// this gain, so every gate is small but non-zero.
+const ADALN_GAIN: f64 = 0.3;
+
 #[derive(Clone, Debug)]
 struct Block {
     ada: Linear,
-    qkv: Linear,
-    proj: Linear,
-    fc1: Linear,
-    fc2: Linear,
+    layers: AttnMlp,
 }
 
 /// A DiT with its weights, on one device, in one dtype.
@@ -55,10 +54,6 @@ pub struct Dit {
     final_linear: Linear,
 }
 
-/// Name prefix (under `blocks.{i}.`) of a block's own embedder, for
-/// diffusers weights whose per-block embedder copies differ.
-pub(crate) const BLOCK_EMBEDDER: &str = "embedder";
-
 /// DiT's conditioning embedder: `c = MLP(freq(t)) + table[y]`.
 #[derive(Clone, Debug)]
 struct Embedder {
@@ -69,41 +64,74 @@ struct Embedder {
 }
 
 impl Embedder {
+    /// The embedder of `w`.
+    fn new(w: &Weights, cfg: &DitConfig) -> Result<Embedder> {
+        let d = cfg.hidden;
+        Ok(Embedder {
+            t_mlp0: w.linear(
+                ("t_embedder.mlp.0", "timestep_embedder.linear_1"),
+                d,
+                TIMESTEP_FREQ_DIM,
+            )?,
+            t_mlp2: w.linear(("t_embedder.mlp.2", "timestep_embedder.linear_2"), d, d)?,
+            y_table: w.tensor(
+                (
+                    "y_embedder.embedding_table.weight",
+                    "class_embedder.embedding_table.weight",
+                ),
+                &[cfg.num_classes + 1, d],
+                Init::Normal(1.0),
+            )?,
+        })
+    }
+
+    /// DiT's one embedder, and per-block ones where they differ: diffusers
+    /// stores a copy in every block (under `norm1.emb`) and lets them
+    /// differ. Identical copies become the one embedder; distinct ones are
+    /// kept per block (block 0's also conditions the final layer, as in
+    /// diffusers).
+    fn load_all(w: &Weights, cfg: &DitConfig) -> Result<(Embedder, Vec<Embedder>)> {
+        if w.layout() == WeightsLayout::Original {
+            return Ok((Embedder::new(w, cfg)?, Vec::new()));
+        }
+        let all = (0..cfg.depth)
+            .map(|i| Embedder::new(&w.block(i).pp(("", "norm1.emb")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let mut distinct = false;
+        if !w.recording() {
+            for e in &all[1..] {
+                distinct |= !e.same_as(&all[0])?;
+            }
+        }
+        let first = all[0].clone();
+        Ok((first, if distinct { all } else { Vec::new() }))
+    }
+
+    /// Whether both hold the same values.
+    fn same_as(&self, other: &Embedder) -> Result<bool> {
+        let pairs = [
+            (&self.t_mlp0.w, &other.t_mlp0.w),
+            (&self.t_mlp0.b, &other.t_mlp0.b),
+            (&self.t_mlp2.w, &other.t_mlp2.w),
+            (&self.t_mlp2.b, &other.t_mlp2.b),
+            (&self.y_table, &other.y_table),
+        ];
+        for (a, b) in pairs {
+            let diff = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            if diff != 0.0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn forward(&self, freq: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
         let t_emb = self.t_mlp2.forward(&silu(&self.t_mlp0.forward(freq)?)?)?;
         t_emb + self.y_table.index_select(ids, 0)?
     }
-}
-
-/// The names and shapes of the original-layout tensors of `cfg` (the layout
-/// [`Dit`] is built from), without the optional `pos_embed` buffer.
-pub(crate) fn original_shapes(cfg: &DitConfig) -> Shapes {
-    let d = cfg.hidden;
-    let m = cfg.mlp_hidden;
-    let p = cfg.patch;
-    let mut v = Shapes::new();
-    let mut lin = |name: &str, out: usize, inp: usize| push_linear(&mut v, name, out, inp);
-    lin("t_embedder.mlp.0", d, TIMESTEP_FREQ_DIM);
-    lin("t_embedder.mlp.2", d, d);
-    for i in 0..cfg.depth {
-        lin(&format!("blocks.{i}.attn.qkv"), 3 * d, d);
-        lin(&format!("blocks.{i}.attn.proj"), d, d);
-        lin(&format!("blocks.{i}.mlp.fc1"), m, d);
-        lin(&format!("blocks.{i}.mlp.fc2"), d, m);
-        lin(&format!("blocks.{i}.adaLN_modulation.1"), 6 * d, d);
-    }
-    lin("final_layer.adaLN_modulation.1", 2 * d, d);
-    lin("final_layer.linear", p * p * cfg.out_channels, d);
-    v.push((
-        "x_embedder.proj.weight".into(),
-        vec![d, cfg.in_channels, p, p],
-    ));
-    v.push(("x_embedder.proj.bias".into(), vec![d]));
-    v.push((
-        "y_embedder.embedding_table.weight".into(),
-        vec![cfg.num_classes + 1, d],
-    ));
-    v
 }
 
 impl Dit {
@@ -113,79 +141,68 @@ impl Dit {
     /// N(0, 0.3^2/fan_in), so every gate is small but non-zero and every
     /// branch matters. Same seed, same weights.
     pub fn random(cfg: &DitConfig, seed: u64, dtype: DType, device: &Device) -> Result<Dit> {
-        cfg.validate().map_err(Error::Config)?;
-        let tensors = layers::random_tensors(&original_shapes(cfg), seed, |name, shape| {
-            if name.ends_with(".bias") {
-                0.02
-            } else if name.starts_with("y_embedder") {
-                1.0
-            } else {
-                fan_in_std(shape, if name.contains("adaLN") { 0.3 } else { 1.0 })
-            }
-        })?;
-        Dit::build(cfg, tensors, dtype, device)
+        weights::random(WeightsLayout::Original, seed, dtype, device, |w| {
+            Dit::build(cfg, w)
+        })
     }
 
-    /// Builds the model from original-layout tensors (already validated by
-    /// [`Dit::load`]), casting them to `dtype` on `device`.
-    pub(crate) fn build(
+    /// The names and shapes of the tensors a `layout` checkpoint of `cfg`
+    /// holds (the original layout's optional `pos_embed` buffer aside), in
+    /// the order the model takes them.
+    pub fn expected_tensors(
         cfg: &DitConfig,
-        t: HashMap<String, Tensor>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Dit> {
+        layout: WeightsLayout,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
+        weights::shapes(layout, |w| Dit::build(cfg, w))
+    }
+
+    /// Builds the model from the tensors of `w`: the one place DiT's tensors
+    /// are named, in both layouts (see [`weights`]).
+    pub(crate) fn build(cfg: &DitConfig, w: &Weights) -> Result<Dit> {
         cfg.validate().map_err(Error::Config)?;
-        let mut w = Weights::new(t, dtype, device)?;
+        let d = cfg.hidden;
         let side = cfg.input_size / cfg.patch;
         let patch_embed = PatchEmbed::new(
-            &mut w,
-            "x_embedder.proj",
+            w,
+            d,
             cfg.in_channels,
             cfg.patch,
             cfg.input_size,
-            pos_embed_2d(cfg.hidden, side),
+            pos_embed_2d(d, side),
         )?;
-        let t_mlp0 = w.linear("t_embedder.mlp.0")?;
-        let t_mlp2 = w.linear("t_embedder.mlp.2")?;
+        let (embedder, block_embedders) = Embedder::load_all(w, cfg)?;
         let blocks = (0..cfg.depth)
             .map(|i| {
+                let b = w.block(i);
                 Ok(Block {
-                    ada: w.linear(&format!("blocks.{i}.adaLN_modulation.1"))?,
-                    qkv: w.linear(&format!("blocks.{i}.attn.qkv"))?,
-                    proj: w.linear(&format!("blocks.{i}.attn.proj"))?,
-                    fc1: w.linear(&format!("blocks.{i}.mlp.fc1"))?,
-                    fc2: w.linear(&format!("blocks.{i}.mlp.fc2"))?,
+                    ada: b.linear_of(
+                        ("adaLN_modulation.1", "norm1.linear"),
+                        &[6 * d, d],
+                        ADALN_GAIN,
+                    )?,
+                    layers: AttnMlp::new(&b, d, cfg.mlp_hidden)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_ada = w.linear("final_layer.adaLN_modulation.1")?;
-        let final_linear = w.linear("final_layer.linear")?;
-        let y_table = w.take("y_embedder.embedding_table.weight")?;
-        let mut block_embedders = Vec::new();
-        if w.contains(&format!(
-            "blocks.0.{BLOCK_EMBEDDER}.t_embedder.mlp.0.weight"
-        )) {
-            for i in 0..cfg.depth {
-                let e = format!("blocks.{i}.{BLOCK_EMBEDDER}");
-                block_embedders.push(Embedder {
-                    t_mlp0: w.linear(&format!("{e}.t_embedder.mlp.0"))?,
-                    t_mlp2: w.linear(&format!("{e}.t_embedder.mlp.2"))?,
-                    y_table: w.take(&format!("{e}.y_embedder.embedding_table.weight"))?,
-                });
-            }
-        }
-        let t_freqs = layers::timestep_freqs(cfg.numerics.freq_shift, device)?;
+        let final_ada = w.linear_of(
+            ("final_layer.adaLN_modulation.1", "proj_out_1"),
+            &[2 * d, d],
+            ADALN_GAIN,
+        )?;
+        let p = cfg.patch;
+        let final_linear = w.linear(
+            ("final_layer.linear", "proj_out_2"),
+            p * p * cfg.out_channels,
+            d,
+        )?;
+        let t_freqs = layers::timestep_freqs(cfg.numerics.freq_shift, w.device())?;
         Ok(Dit {
             cfg: cfg.clone(),
-            dtype,
-            device: device.clone(),
+            dtype: w.dtype(),
+            device: w.device().clone(),
             patch_embed,
             t_freqs,
-            embedder: Embedder {
-                t_mlp0,
-                t_mlp2,
-                y_table,
-            },
+            embedder,
             block_embedders,
             blocks,
             final_ada,
@@ -309,12 +326,12 @@ impl BlockModel for Dit {
         match branch {
             Branch::Attn => {
                 let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)?;
-                layers::self_attention(&blk.qkv, &blk.proj, self.cfg.heads, &h)
+                blk.layers.attention(self.cfg.heads, &h)
             }
             Branch::Mlp => {
                 let eps = self.cfg.numerics.mlp_norm_eps;
                 let h = ops::layer_norm_modulate(x, &m.shift_mlp, &m.scale_mlp, eps)?;
-                gelu_mlp(&blk.fc1, &blk.fc2, &h)
+                blk.layers.mlp(&h)
             }
             Branch::Cross => candle_core::bail!("DiT has no cross-attention branch"),
         }
@@ -369,7 +386,8 @@ mod tests {
         let w = |seed| {
             let m = Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap();
             m.blocks[0]
-                .qkv
+                .layers
+                .fc1
                 .w
                 .flatten_all()
                 .unwrap()

@@ -1,6 +1,6 @@
 //! The pieces DiT and PixArt-α share: the linear layer, the patch embedding,
-//! timestep and position embeddings, attention, seeded random weights, and
-//! the reader that moves checkpoint tensors into a model.
+//! the self-attention and MLP of a block, timestep and position embeddings,
+//! seeded random weights.
 
 use std::collections::HashMap;
 
@@ -8,19 +8,10 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::attention;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops;
+use crate::weights::{Init, Names, Param, Weights};
 use tcc_core::TIMESTEP_FREQ_DIM;
-
-/// Tensor names and shapes, as a model expects them in a checkpoint.
-pub(crate) type Shapes = Vec<(String, Vec<usize>)>;
-
-/// Appends the `{name}.weight` `[out, inp]` and `{name}.bias` `[out]` of a
-/// linear layer to `shapes`.
-pub(crate) fn push_linear(shapes: &mut Shapes, name: &str, out: usize, inp: usize) {
-    shapes.push((format!("{name}.weight"), vec![out, inp]));
-    shapes.push((format!("{name}.bias"), vec![out]));
-}
 
 /// A linear layer `y = x W^T + b`, `W` `[out, in]`.
 #[derive(Clone, Debug)]
@@ -41,53 +32,9 @@ pub(crate) fn gelu_mlp(fc1: &Linear, fc2: &Linear, x: &Tensor) -> candle_core::R
     fc2.forward(&ops::linear(x, &fc1.w, &fc1.b, true)?)
 }
 
-/// Checkpoint tensors on their way into a model: taken by name, cast to the
-/// model's dtype and moved to its device.
-pub(crate) struct Weights {
-    tensors: HashMap<String, Tensor>,
-    dtype: DType,
-    device: Device,
-}
-
-impl Weights {
-    /// Refuses model dtypes other than f32, f16 and bf16.
-    pub(crate) fn new(
-        tensors: HashMap<String, Tensor>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Weights> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::Config(format!(
-                "unsupported model dtype {dtype:?} (f32, f16, bf16)"
-            )));
-        }
-        Ok(Weights {
-            tensors,
-            dtype,
-            device: device.clone(),
-        })
-    }
-
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
-    pub(crate) fn take(&mut self, name: &str) -> Result<Tensor> {
-        let v = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| Error::Config(format!("internal: tensor `{name}` missing")))?;
-        Ok(v.to_dtype(self.dtype)?.to_device(&self.device)?)
-    }
-
-    /// The linear layer `{name}.weight`, `{name}.bias`.
-    pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
-        Ok(Linear {
-            w: self.take(&format!("{name}.weight"))?,
-            b: self.take(&format!("{name}.bias"))?,
-        })
-    }
-}
+/// The patch embedding's convolution, in DiT and PixArt-α alike. Its
+/// weight tells the checkpoint layouts apart.
+pub(crate) const PATCH_EMBED: Names = ("x_embedder.proj", "pos_embed.proj");
 
 /// The patch embedding: the `p x p` stride-`p` convolution as a matmul, plus
 /// the fixed position embedding.
@@ -103,23 +50,24 @@ pub(crate) struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    /// The convolution `{name}` of `weights` (`[D, C, p, p]`) and the position
-    /// embedding `pos` (`[T, D]` row-major, as [`pos_embed_2d`] makes it).
+    /// The convolution [`PATCH_EMBED`] (`[D, C, p, p]`) of `weights` and the
+    /// position embedding `pos` (`[T, D]` row-major, as [`pos_embed_2d`]
+    /// makes it).
     pub(crate) fn new(
-        weights: &mut Weights,
-        name: &str,
+        weights: &Weights,
+        hidden: usize,
         in_channels: usize,
         patch: usize,
         input_size: usize,
         pos: Vec<f64>,
     ) -> Result<PatchEmbed> {
-        let mut proj = weights.linear(name)?;
-        let d = proj.w.dim(0)?;
+        let d = hidden;
+        let mut proj = weights.linear_of(PATCH_EMBED, &[d, in_channels, patch, patch], 1.0)?;
         proj.w = proj.w.reshape((d, in_channels * patch * patch))?;
         let tokens = pos.len() / d;
         let pos: Vec<f32> = pos.into_iter().map(|v| v as f32).collect();
         let pos =
-            Tensor::from_vec(pos, (1, tokens, d), &weights.device)?.to_dtype(weights.dtype)?;
+            Tensor::from_vec(pos, (1, tokens, d), weights.device())?.to_dtype(weights.dtype())?;
         Ok(PatchEmbed {
             proj,
             pos,
@@ -249,16 +197,45 @@ pub(crate) fn timestep_embedding(
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype)
 }
 
-/// Multi-head self-attention of `h` `[B, T, D]`: the fused projection `qkv`
-/// (`[3D, D]`), then `proj`.
-pub(crate) fn self_attention(
-    qkv: &Linear,
-    proj: &Linear,
-    heads: usize,
-    h: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let out = attention::packed_self_attention(&qkv.forward(h)?, heads)?;
-    proj.forward(&out)
+/// The self-attention and MLP of a DiT / PixArt-α block (both models name
+/// them alike).
+#[derive(Clone, Debug)]
+pub(crate) struct AttnMlp {
+    /// q, k, v fused: `[3D, D]`.
+    qkv: Linear,
+    proj: Linear,
+    pub(crate) fc1: Linear,
+    fc2: Linear,
+}
+
+impl AttnMlp {
+    /// The layers of the block `w`, of width `hidden`, MLP width `mlp`.
+    pub(crate) fn new(w: &Weights, hidden: usize, mlp: usize) -> Result<AttnMlp> {
+        let d = hidden;
+        Ok(AttnMlp {
+            qkv: w.fused_linear(
+                "attn.qkv",
+                &["attn1.to_q", "attn1.to_k", "attn1.to_v"],
+                d,
+                d,
+            )?,
+            proj: w.linear(("attn.proj", "attn1.to_out.0"), d, d)?,
+            fc1: w.linear(("mlp.fc1", "ff.net.0.proj"), mlp, d)?,
+            fc2: w.linear(("mlp.fc2", "ff.net.2"), d, mlp)?,
+        })
+    }
+
+    /// Multi-head self-attention of `h` `[B, T, D]`: the fused projection
+    /// `qkv`, then `proj`.
+    pub(crate) fn attention(&self, heads: usize, h: &Tensor) -> candle_core::Result<Tensor> {
+        let out = attention::packed_self_attention(&self.qkv.forward(h)?, heads)?;
+        self.proj.forward(&out)
+    }
+
+    /// `fc2(gelu_tanh(fc1(h)))`.
+    pub(crate) fn mlp(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        gelu_mlp(&self.fc1, &self.fc2, h)
+    }
 }
 
 /// SplitMix64: a small, fast, seedable generator (deterministic across
@@ -293,36 +270,33 @@ impl SplitMix64 {
     }
 }
 
-/// Seeded random f32 tensors on the CPU, one per entry of `shapes`, drawn
-/// from N(0, std(name, shape)^2). Each tensor has its own stream (seed and
-/// index), so the same seed gives the same weights however they are
-/// scheduled.
+/// Seeded random f32 tensors on the CPU, one per entry of `params`, drawn
+/// as its [`Init`] says. Each tensor has its own stream (seed and index),
+/// so the same seed gives the same weights however they are scheduled.
 pub(crate) fn random_tensors(
-    shapes: &[(String, Vec<usize>)],
+    params: &[Param],
     seed: u64,
-    std: impl Fn(&str, &[usize]) -> f64 + Sync,
 ) -> candle_core::Result<HashMap<String, Tensor>> {
-    shapes
+    params
         .par_iter()
         .enumerate()
-        .map(|(idx, (name, shape))| {
+        .map(|(idx, p)| {
             let mut rng = SplitMix64(seed ^ (idx as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             rng.next_u64();
-            let n: usize = shape.iter().product();
-            let values = rng.normals(n, std(name, shape));
+            let n: usize = p.shape.iter().product();
+            let std = match p.init {
+                Init::Normal(std) => std,
+                Init::FanIn(gain) => {
+                    let fan_in: usize = p.shape[1..].iter().product();
+                    gain / (fan_in as f64).sqrt()
+                }
+            };
             Ok((
-                name.clone(),
-                Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?,
+                p.name.clone(),
+                Tensor::from_vec(rng.normals(n, std), p.shape.as_slice(), &Device::Cpu)?,
             ))
         })
         .collect()
-}
-
-/// `gain / sqrt(fan_in)`, the fan-in being the product of all dimensions but
-/// the first.
-pub(crate) fn fan_in_std(shape: &[usize], gain: f64) -> f64 {
-    let fan_in: usize = shape[1..].iter().product();
-    gain / (fan_in as f64).sqrt()
 }
 
 #[cfg(test)]

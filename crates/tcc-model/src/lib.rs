@@ -17,6 +17,7 @@ pub mod ops;
 mod parts;
 mod pixart;
 mod vmath;
+mod weights;
 
 pub use any::AnyModel;
 pub use config::{DitConfig, DitSize, Numerics};

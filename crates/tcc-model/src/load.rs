@@ -2,16 +2,16 @@
 //! original layout (facebookresearch/DiT), from safetensors or a PyTorch
 //! `.pt` state dict; strict validation; `.pt` -> safetensors conversion.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{DitConfig, Numerics};
-use crate::dit::{original_shapes, Dit, BLOCK_EMBEDDER};
+use crate::dit::Dit;
 use crate::error::{Error, Result};
-use crate::layers::{pos_embed_2d, push_linear, Shapes};
-use tcc_core::TIMESTEP_FREQ_DIM;
+use crate::layers::{pos_embed_2d, PATCH_EMBED};
+use crate::weights::{self, Weights};
 
 /// The two naming schemes of DiT weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +23,18 @@ pub enum WeightsLayout {
     Diffusers,
 }
 
-const ORIGINAL_MARKER: &str = "x_embedder.proj.weight";
-const DIFFUSERS_MARKER: &str = "pos_embed.proj.weight";
+impl WeightsLayout {
+    /// The tensor every checkpoint of this layout holds, and the other's
+    /// never: the patch embedding's weight.
+    fn marker(self) -> String {
+        let names = PATCH_EMBED;
+        let name = match self {
+            WeightsLayout::Original => names.0,
+            WeightsLayout::Diffusers => names.1,
+        };
+        format!("{name}.weight")
+    }
+}
 const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 const DIFFUSERS_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
 /// Keys under which training scripts nest the state dict, most preferred
@@ -47,17 +57,19 @@ impl Raw {
     }
 
     pub(crate) fn layout(&self) -> Result<WeightsLayout> {
-        match (self.has(ORIGINAL_MARKER), self.has(DIFFUSERS_MARKER)) {
+        let original = WeightsLayout::Original.marker();
+        let diffusers = WeightsLayout::Diffusers.marker();
+        match (self.has(&original), self.has(&diffusers)) {
             (true, false) => Ok(WeightsLayout::Original),
             (false, true) => Ok(WeightsLayout::Diffusers),
             (true, true) => Err(Error::format(
                 &self.origin,
-                format!("holds both `{ORIGINAL_MARKER}` (original layout) and `{DIFFUSERS_MARKER}` (diffusers layout)"),
+                format!("holds both `{original}` (original layout) and `{diffusers}` (diffusers layout)"),
             )),
             (false, false) => Err(Error::format(
                 &self.origin,
                 format!(
-                    "not a DiT checkpoint: neither `{ORIGINAL_MARKER}` (original layout) nor `{DIFFUSERS_MARKER}` (diffusers layout) found among its {} tensors",
+                    "not a DiT checkpoint: neither `{original}` (original layout) nor `{diffusers}` (diffusers layout) found among its {} tensors",
                     self.tensors.len()
                 ),
             )),
@@ -92,9 +104,11 @@ fn read_pth(file: &Path) -> Result<(Named, Option<&'static str>)> {
             format!("cannot read as a PyTorch checkpoint (truncated or corrupt?): {e}"),
         )
     };
+    let original = WeightsLayout::Original.marker();
+    let diffusers = WeightsLayout::Diffusers.marker();
     let is_dit = |p: &PthTensors| {
         let names = p.tensor_infos();
-        names.contains_key(ORIGINAL_MARKER) || names.contains_key(DIFFUSERS_MARKER)
+        names.contains_key(&original) || names.contains_key(&diffusers)
     };
     verify_zip(file)?;
     let mut found = None;
@@ -119,7 +133,7 @@ fn read_pth(file: &Path) -> Result<(Named, Option<&'static str>)> {
             return Err(Error::format(
                 file,
                 format!(
-                    "not a DiT checkpoint: no `{ORIGINAL_MARKER}` at the top level nor under any of the keys {NESTING_KEYS:?} ({} top-level tensors)",
+                    "not a DiT checkpoint: no `{original}` at the top level nor under any of the keys {NESTING_KEYS:?} ({} top-level tensors)",
                     top_count
                 ),
             ))
@@ -315,74 +329,42 @@ pub(crate) fn read_source(path: &Path, src: &Source) -> Result<Raw> {
     }
 }
 
-/// The names and shapes of the diffusers-layout tensors of `cfg`.
-fn diffusers_shapes(cfg: &DitConfig) -> Shapes {
-    let d = cfg.hidden;
-    let m = cfg.mlp_hidden;
-    let p = cfg.patch;
-    let mut v = Shapes::new();
-    let mut lin = |name: String, out: usize, inp: usize| push_linear(&mut v, &name, out, inp);
-    for i in 0..cfg.depth {
-        let b = format!("transformer_blocks.{i}");
-        lin(
-            format!("{b}.norm1.emb.timestep_embedder.linear_1"),
-            d,
-            TIMESTEP_FREQ_DIM,
-        );
-        lin(format!("{b}.norm1.emb.timestep_embedder.linear_2"), d, d);
-        lin(format!("{b}.norm1.linear"), 6 * d, d);
-        for q in ["to_q", "to_k", "to_v"] {
-            lin(format!("{b}.attn1.{q}"), d, d);
-        }
-        lin(format!("{b}.attn1.to_out.0"), d, d);
-        lin(format!("{b}.ff.net.0.proj"), m, d);
-        lin(format!("{b}.ff.net.2"), d, m);
-    }
-    lin("proj_out_1".into(), 2 * d, d);
-    lin("proj_out_2".into(), p * p * cfg.out_channels, d);
-    v.push((DIFFUSERS_MARKER.into(), vec![d, cfg.in_channels, p, p]));
-    v.push(("pos_embed.proj.bias".into(), vec![d]));
-    for i in 0..cfg.depth {
-        v.push((
-            format!("transformer_blocks.{i}.norm1.emb.class_embedder.embedding_table.weight"),
-            vec![cfg.num_classes + 1, d],
-        ));
-    }
-    v
-}
-
-/// Checks names, shapes, dtypes and values against `expected` (plus the
-/// `optional` names, whose shapes are checked by the caller).
-pub(crate) fn validate(
-    raw: &Raw,
-    expected: &[(String, Vec<usize>)],
-    optional: &[&str],
-) -> Result<()> {
-    for (name, _) in expected {
-        if !raw.has(name) {
-            return Err(Error::tensor(&raw.origin, name, "missing"));
-        }
-    }
-    let known: std::collections::HashSet<&str> = expected
+/// Checks names, shapes, dtypes and values against `expected`. Missing
+/// and unexpected tensors are named together (the first of each, with how
+/// many more), as a wrong depth or layout gives both.
+pub(crate) fn validate(raw: &Raw, expected: &[(String, Vec<usize>)]) -> Result<()> {
+    let known: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let missing: Vec<&String> = expected
         .iter()
-        .map(|(n, _)| n.as_str())
-        .chain(optional.iter().copied())
+        .map(|(n, _)| n)
+        .filter(|n| !raw.has(n))
         .collect();
     let extra: Vec<&String> = raw
         .tensors
         .keys()
         .filter(|n| !known.contains(n.as_str()))
         .collect();
+    let more = |n: usize, what: &str| match n {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more {what} tensors)", n - 1),
+    };
+    const WHY: &str = "not part of this model (wrong depth or layout?)";
+    if let Some(first) = missing.first() {
+        let mut msg = format!("missing{}", more(missing.len(), "missing"));
+        if let Some(x) = extra.first() {
+            msg.push_str(&format!(
+                "; and {}: tensor `{x}` is unexpected{}: {WHY}",
+                raw.tensors[*x].1.display(),
+                more(extra.len(), "unexpected")
+            ));
+        }
+        return Err(Error::tensor(&raw.origin, first, msg));
+    }
     if let Some(first) = extra.first() {
-        let file = &raw.tensors[*first].1;
-        let more = match extra.len() {
-            1 => String::new(),
-            n => format!(" (and {} more unexpected tensors)", n - 1),
-        };
         return Err(Error::tensor(
-            file,
+            &raw.tensors[*first].1,
             first,
-            format!("unexpected: not part of this model (wrong depth or layout?){more}"),
+            format!("unexpected: {WHY}{}", more(extra.len(), "unexpected")),
         ));
     }
     for (name, shape) in expected {
@@ -418,124 +400,23 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// Checks the config of a diffusers directory against the requested one.
-fn check_same_shape(file: &Path, got: &DitConfig, want: &DitConfig) -> Result<()> {
-    let fields = [
-        ("depth", got.depth, want.depth),
-        ("hidden size", got.hidden, want.hidden),
-        ("heads", got.heads, want.heads),
-        ("patch", got.patch, want.patch),
-        ("input size", got.input_size, want.input_size),
-        ("in channels", got.in_channels, want.in_channels),
-        ("out channels", got.out_channels, want.out_channels),
-        ("MLP width", got.mlp_hidden, want.mlp_hidden),
-        ("classes", got.num_classes, want.num_classes),
-    ];
-    check_fields(file, &fields)
-}
-
-/// Refuses a config file whose `(name, found, requested)` fields differ.
-pub(crate) fn check_fields(file: &Path, fields: &[(&str, usize, usize)]) -> Result<()> {
-    for &(name, g, w) in fields {
-        if g != w {
-            return Err(Error::Config(format!(
-                "{}: {name} is {g}, but the requested model has {w}",
-                file.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
     Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
 }
 
-/// Maps validated diffusers tensors to the original names (fusing q, k, v).
-/// The per-block embedder copies become DiT's one embedder when they are
-/// identical, and stay per block (`blocks.{i}.embedder.*`) when not.
-fn diffusers_to_original(raw: Raw, cfg: &DitConfig) -> Result<HashMap<String, Tensor>> {
-    let get = |name: &str| raw.tensors[name].0.clone();
-    let emb_parts = [
-        (
-            "timestep_embedder.linear_1.weight",
-            "t_embedder.mlp.0.weight",
-        ),
-        ("timestep_embedder.linear_1.bias", "t_embedder.mlp.0.bias"),
-        (
-            "timestep_embedder.linear_2.weight",
-            "t_embedder.mlp.2.weight",
-        ),
-        ("timestep_embedder.linear_2.bias", "t_embedder.mlp.2.bias"),
-        (
-            "class_embedder.embedding_table.weight",
-            "y_embedder.embedding_table.weight",
-        ),
-    ];
-    let mut out = HashMap::new();
-    // DiT shares one embedder; diffusers stores a copy per block and lets
-    // them differ. Identical copies become the one embedder; distinct ones
-    // are kept per block (block 0's also conditions the final layer, as in
-    // diffusers).
-    let mut distinct = false;
-    for (part, _) in emb_parts {
-        let first = get(&format!("transformer_blocks.0.norm1.emb.{part}"));
-        for i in 1..cfg.depth {
-            let name = format!("transformer_blocks.{i}.norm1.emb.{part}");
-            distinct |= max_abs_diff(&get(&name), &first)? != 0.0;
-        }
-    }
-    for (part, orig) in emb_parts {
-        out.insert(
-            orig.to_string(),
-            get(&format!("transformer_blocks.0.norm1.emb.{part}")),
-        );
-        if distinct {
-            for i in 0..cfg.depth {
-                out.insert(
-                    format!("blocks.{i}.{BLOCK_EMBEDDER}.{orig}"),
-                    get(&format!("transformer_blocks.{i}.norm1.emb.{part}")),
-                );
-            }
-        }
-    }
-    let pairs = [
-        ("pos_embed.proj.weight", "x_embedder.proj.weight"),
-        ("pos_embed.proj.bias", "x_embedder.proj.bias"),
-        ("proj_out_1.weight", "final_layer.adaLN_modulation.1.weight"),
-        ("proj_out_1.bias", "final_layer.adaLN_modulation.1.bias"),
-        ("proj_out_2.weight", "final_layer.linear.weight"),
-        ("proj_out_2.bias", "final_layer.linear.bias"),
-    ];
-    for (from, to) in pairs {
-        out.insert(to.to_string(), get(from));
-    }
-    for i in 0..cfg.depth {
-        let b = format!("transformer_blocks.{i}");
-        let o = format!("blocks.{i}");
-        for kind in ["weight", "bias"] {
-            let qkv = ["to_q", "to_k", "to_v"].map(|n| get(&format!("{b}.attn1.{n}.{kind}")));
-            out.insert(format!("{o}.attn.qkv.{kind}"), Tensor::cat(&qkv, 0)?);
-            out.insert(
-                format!("{o}.attn.proj.{kind}"),
-                get(&format!("{b}.attn1.to_out.0.{kind}")),
-            );
-            out.insert(
-                format!("{o}.mlp.fc1.{kind}"),
-                get(&format!("{b}.ff.net.0.proj.{kind}")),
-            );
-            out.insert(
-                format!("{o}.mlp.fc2.{kind}"),
-                get(&format!("{b}.ff.net.2.{kind}")),
-            );
-            out.insert(
-                format!("{o}.adaLN_modulation.1.{kind}"),
-                get(&format!("{b}.norm1.linear.{kind}")),
-            );
-        }
-    }
-    Ok(out)
+/// Validates `raw` (weights of `layout`) against the tensors `build` asks
+/// for, then builds the model from them, cast to `dtype` on `device`.
+pub(crate) fn build_checked<M>(
+    raw: Raw,
+    layout: WeightsLayout,
+    dtype: DType,
+    device: &Device,
+    build: impl Fn(&Weights) -> Result<M>,
+) -> Result<M> {
+    validate(&raw, &weights::shapes(layout, &build)?)?;
+    let tensors = raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect();
+    weights::build_from(tensors, layout, dtype, device, build)
 }
 
 /// Checks an original checkpoint's fixed `pos_embed` buffer `[1, N, D]`
@@ -615,9 +496,9 @@ impl Dit {
         }
         cfg.validate()
             .map_err(|e| Error::Config(format!("{}: {e}", raw.origin.display())))?;
-        validate(&raw, &diffusers_shapes(&cfg), &[])?;
-        let tensors = diffusers_to_original(raw, &cfg)?;
-        Dit::build(&cfg, tensors, dtype, device)
+        build_checked(raw, WeightsLayout::Diffusers, dtype, device, |w| {
+            Dit::build(&cfg, w)
+        })
     }
 
     /// Loads DiT weights from `path`, cast to `dtype` on `device`.
@@ -658,7 +539,11 @@ impl Dit {
             (WeightsLayout::Diffusers, Some(config), want) => {
                 let got = DitConfig::from_diffusers_config(&config)?;
                 if let Some(want) = want {
-                    check_same_shape(&config, &got, want)?;
+                    got.check_same_sizes(
+                        &config,
+                        want,
+                        &[("classes", got.num_classes, want.num_classes)],
+                    )?;
                 }
                 got
             }
@@ -679,18 +564,10 @@ impl Dit {
         };
         cfg.validate()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let tensors = match layout {
-            WeightsLayout::Original => {
-                check_pos_embed(&mut raw, &cfg)?;
-                validate(&raw, &original_shapes(&cfg), &[])?;
-                raw.tensors.into_iter().map(|(n, (t, _))| (n, t)).collect()
-            }
-            WeightsLayout::Diffusers => {
-                validate(&raw, &diffusers_shapes(&cfg), &[])?;
-                diffusers_to_original(raw, &cfg)?
-            }
-        };
-        Dit::build(&cfg, tensors, dtype, device)
+        if layout == WeightsLayout::Original {
+            check_pos_embed(&mut raw, &cfg)?;
+        }
+        build_checked(raw, layout, dtype, device, |w| Dit::build(&cfg, w))
     }
 }
 
@@ -717,10 +594,11 @@ pub struct ConvertReport {
 /// write the output is [`Error::Write`].
 pub fn convert_checkpoint(input: &Path, output: &Path) -> Result<ConvertReport> {
     let (tensors, key) = read_pth(input)?;
-    if !tensors.contains_key(ORIGINAL_MARKER) {
+    let marker = WeightsLayout::Original.marker();
+    if !tensors.contains_key(&marker) {
         return Err(Error::format(
             input,
-            format!("not an original-layout DiT checkpoint (no `{ORIGINAL_MARKER}`)"),
+            format!("not an original-layout DiT checkpoint (no `{marker}`)"),
         ));
     }
     let mut out: HashMap<String, Tensor> = HashMap::new();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tcc_core::{ModelFamily, ModelShape, TransformerConfig};
 
-use crate::config::{check_positive, check_sizes, parse_diffusers_json, read_diffusers_config};
+use crate::config::{check_positive, parse_diffusers_json, read_diffusers_config, shared_sizes};
 use crate::error::{Error, Result};
 
 /// The hyper-parameters of a PixArt-α transformer (adaLN-single).
@@ -41,6 +41,8 @@ pub struct PixArtConfig {
     /// model. Not supported: [`PixArtConfig::validate`] refuses `true`.
     pub use_additional_conditions: bool,
 }
+
+shared_sizes!(PixArtConfig);
 
 impl PixArtConfig {
     /// The PixArt-α described by a model shape (`pixart-alpha-256`,
@@ -94,21 +96,6 @@ impl PixArtConfig {
         }
     }
 
-    /// Whether the model predicts a variance too (out = 2 x in channels).
-    pub fn learn_sigma(&self) -> bool {
-        self.out_channels == 2 * self.in_channels
-    }
-
-    /// Image tokens per sample.
-    pub fn tokens(&self) -> usize {
-        let side = self.input_size / self.patch;
-        side * side
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
-    }
-
     /// Checks that the sizes fit together and that the configuration is one
     /// this implementation computes.
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -119,24 +106,10 @@ impl PixArtConfig {
                     .into(),
             );
         }
-        check_sizes(
-            &[
-                ("depth", self.depth),
-                ("hidden", self.hidden),
-                ("heads", self.heads),
-                ("patch", self.patch),
-                ("input_size", self.input_size),
-                ("in_channels", self.in_channels),
-                ("out_channels", self.out_channels),
-                ("mlp_hidden", self.mlp_hidden),
-                ("caption_channels", self.caption_channels),
-                ("caption_tokens", self.caption_tokens),
-            ],
-            self.hidden,
-            self.heads,
-            self.input_size,
-            self.patch,
-        )?;
+        self.check_sizes_with(&[
+            ("caption_channels", self.caption_channels),
+            ("caption_tokens", self.caption_tokens),
+        ])?;
         check_positive("norm eps", self.norm_eps)?;
         check_positive("interpolation scale", self.interpolation_scale)
     }

@@ -12,17 +12,14 @@
 
 //!
 //! The model is split like DiT's: `config.rs` (hyper-parameters, from a
-//! shape or a diffusers config), `layout.rs` (tensor names and shapes of both
-//! layouts, the original -> diffusers conversion, loading) and this file
-//! (the model itself).
+//! shape or a diffusers config), `layout.rs` (loading either checkpoint
+//! layout from files) and this file (the model itself, whose constructor
+//! names every tensor in both layouts).
 
 mod config;
 mod layout;
 
 pub use config::PixArtConfig;
-use layout::diffusers_shapes;
-
-use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::silu;
@@ -30,9 +27,12 @@ use tcc_core::Branch;
 
 use crate::attention::attend;
 use crate::error::{Error, Result};
-use crate::layers::{self, fan_in_std, gelu_mlp, pos_embed_scaled, Linear, PatchEmbed, Weights};
+use crate::layers::{self, gelu_mlp, pos_embed_scaled, AttnMlp, Linear, PatchEmbed};
+use crate::load::WeightsLayout;
 use crate::ops;
 use crate::parts::{check_branch_output, nth_block, BlockModel, Conditioning, Modulation};
+use crate::weights::{self, Init, Weights};
+use tcc_core::TIMESTEP_FREQ_DIM;
 
 /// eps of the final LayerNorm (`norm_out`), fixed in diffusers.
 const FINAL_NORM_EPS: f64 = 1e-6;
@@ -43,20 +43,21 @@ const FINAL_NORM_EPS: f64 = 1e-6;
 /// `exp(-10000 + s)` is exactly 0, so masked tokens contribute nothing.
 const MASK_BIAS: f64 = -10000.0;
 
+/// Random adaLN-single projections are drawn at this gain, so every gate is
+/// small but non-zero.
+const ADALN_GAIN: f64 = 0.3;
+
 #[derive(Clone, Debug)]
 struct Block {
     /// `[6, D]`, added to the shared timestep vector.
     table: Tensor,
-    /// Self-attention q, k, v fused: `[3D, D]`.
-    qkv: Linear,
-    proj: Linear,
+    /// Self-attention and MLP.
+    layers: AttnMlp,
     /// Cross-attention query (from the image tokens).
     cross_q: Linear,
     /// Cross-attention k, v fused (from the caption tokens): `[2D, D]`.
     cross_kv: Linear,
     cross_proj: Linear,
-    fc1: Linear,
-    fc2: Linear,
 }
 
 /// A PixArt-α transformer with its weights, on one device, in one dtype.
@@ -95,20 +96,19 @@ impl PixArt {
     /// projection is N(0, 0.3^2/fan_in), so every gate is small but
     /// non-zero. Same seed, same weights.
     pub fn random(cfg: &PixArtConfig, seed: u64, dtype: DType, device: &Device) -> Result<PixArt> {
-        cfg.validate().map_err(Error::Config)?;
-        let table_std = 1.0 / (cfg.hidden as f64).sqrt();
-        let tensors = layers::random_tensors(&diffusers_shapes(cfg), seed, |name, shape| {
-            if name.ends_with(".bias") {
-                0.02
-            } else if name.ends_with("scale_shift_table") {
-                table_std
-            } else if name == "adaln_single.linear.weight" {
-                fan_in_std(shape, 0.3)
-            } else {
-                fan_in_std(shape, 1.0)
-            }
-        })?;
-        PixArt::build(cfg, tensors, dtype, device)
+        weights::random(WeightsLayout::Diffusers, seed, dtype, device, |w| {
+            PixArt::build(cfg, w)
+        })
+    }
+
+    /// The names and shapes of the tensors a `layout` checkpoint of `cfg`
+    /// holds (the original layout's optional `pos_embed` buffer aside), in
+    /// the order the model takes them.
+    pub fn expected_tensors(
+        cfg: &PixArtConfig,
+        layout: WeightsLayout,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
+        weights::shapes(layout, |w| PixArt::build(cfg, w))
     }
 
     /// The learned null caption embedding `[caption tokens, caption
@@ -121,68 +121,73 @@ impl PixArt {
         self.null_caption.as_ref()
     }
 
-    /// Builds the model from diffusers-layout tensors (already validated),
-    /// casting them to `dtype` on `device`.
-    fn build(
-        cfg: &PixArtConfig,
-        t: HashMap<String, Tensor>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<PixArt> {
+    /// Builds the model from the tensors of `w`: the one place PixArt-α's
+    /// tensors are named, in both layouts (see [`weights`]).
+    fn build(cfg: &PixArtConfig, w: &Weights) -> Result<PixArt> {
         cfg.validate().map_err(Error::Config)?;
-        let mut w = Weights::new(t, dtype, device)?;
-        // Fused projections: the rows of q, k, v (or k, v) stacked.
-        let fused = |w: &mut Weights, names: &[String]| -> Result<Linear> {
-            let parts = names
-                .iter()
-                .map(|n| w.linear(n))
-                .collect::<Result<Vec<_>>>()?;
-            let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
-            let bs: Vec<&Tensor> = parts.iter().map(|l| &l.b).collect();
-            Ok(Linear {
-                w: Tensor::cat(&ws, 0)?,
-                b: Tensor::cat(&bs, 0)?,
-            })
-        };
+        let d = cfg.hidden;
         let side = cfg.input_size / cfg.patch;
         let patch_embed = PatchEmbed::new(
-            &mut w,
-            "pos_embed.proj",
+            w,
+            d,
             cfg.in_channels,
             cfg.patch,
             cfg.input_size,
-            pos_embed_scaled(cfg.hidden, side, side, cfg.interpolation_scale),
+            pos_embed_scaled(d, side, side, cfg.interpolation_scale),
         )?;
-        let t_mlp1 = w.linear("adaln_single.emb.timestep_embedder.linear_1")?;
-        let t_mlp2 = w.linear("adaln_single.emb.timestep_embedder.linear_2")?;
-        let t_block = w.linear("adaln_single.linear")?;
-        let caption1 = w.linear("caption_projection.linear_1")?;
-        let caption2 = w.linear("caption_projection.linear_2")?;
-        let proj_out = w.linear("proj_out")?;
+        let t = w.pp(("t_embedder", "adaln_single.emb.timestep_embedder"));
+        let t_mlp1 = t.linear(("mlp.0", "linear_1"), d, TIMESTEP_FREQ_DIM)?;
+        let t_mlp2 = t.linear(("mlp.2", "linear_2"), d, d)?;
+        let t_block = w.linear_of(
+            ("t_block.1", "adaln_single.linear"),
+            &[6 * d, d],
+            ADALN_GAIN,
+        )?;
+        let caption = w.pp(("y_embedder.y_proj", "caption_projection"));
+        let caption1 = caption.linear(("fc1", "linear_1"), d, cfg.caption_channels)?;
+        let caption2 = caption.linear(("fc2", "linear_2"), d, d)?;
+        // diffusers' initialisation of the scale-shift tables.
+        let table = Init::Normal(1.0 / (d as f64).sqrt());
         let blocks = (0..cfg.depth)
             .map(|i| {
-                let b = format!("transformer_blocks.{i}");
-                let names = |attn: &str, parts: &[&str]| -> Vec<String> {
-                    parts.iter().map(|p| format!("{b}.{attn}.{p}")).collect()
-                };
+                let b = w.block(i);
                 Ok(Block {
-                    table: w.take(&format!("{b}.scale_shift_table"))?,
-                    qkv: fused(&mut w, &names("attn1", &["to_q", "to_k", "to_v"]))?,
-                    proj: w.linear(&format!("{b}.attn1.to_out.0"))?,
-                    cross_q: w.linear(&format!("{b}.attn2.to_q"))?,
-                    cross_kv: fused(&mut w, &names("attn2", &["to_k", "to_v"]))?,
-                    cross_proj: w.linear(&format!("{b}.attn2.to_out.0"))?,
-                    fc1: w.linear(&format!("{b}.ff.net.0.proj"))?,
-                    fc2: w.linear(&format!("{b}.ff.net.2"))?,
+                    table: b.tensor(("scale_shift_table", "scale_shift_table"), &[6, d], table)?,
+                    layers: AttnMlp::new(&b, d, cfg.mlp_hidden)?,
+                    cross_q: b.linear(("cross_attn.q_linear", "attn2.to_q"), d, d)?,
+                    cross_kv: b.fused_linear(
+                        "cross_attn.kv_linear",
+                        &["attn2.to_k", "attn2.to_v"],
+                        d,
+                        d,
+                    )?,
+                    cross_proj: b.linear(("cross_attn.proj", "attn2.to_out.0"), d, d)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_table = w.take("scale_shift_table")?;
-        let t_freqs = layers::timestep_freqs(0.0, device)?;
+        let final_table = w.tensor(
+            ("final_layer.scale_shift_table", "scale_shift_table"),
+            &[2, d],
+            table,
+        )?;
+        let p = cfg.patch;
+        let proj_out = w.linear(
+            ("final_layer.linear", "proj_out"),
+            p * p * cfg.out_channels,
+            d,
+        )?;
+        // The original checkpoint's learned null caption; diffusers drops it.
+        let null_caption = w.only_in(
+            WeightsLayout::Original,
+            "y_embedder.y_embedding",
+            &[cfg.caption_tokens, cfg.caption_channels],
+            Init::Normal(1.0),
+        )?;
+        let t_freqs = layers::timestep_freqs(0.0, w.device())?;
         Ok(PixArt {
             cfg: cfg.clone(),
-            dtype,
-            device: device.clone(),
+            dtype: w.dtype(),
+            device: w.device().clone(),
             patch_embed,
             t_freqs,
             t_mlp1,
@@ -193,7 +198,7 @@ impl PixArt {
             blocks,
             final_table,
             proj_out,
-            null_caption: None,
+            null_caption,
         })
     }
 
@@ -351,7 +356,7 @@ impl BlockModel for PixArt {
         match branch {
             Branch::Attn => {
                 let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, eps)?;
-                layers::self_attention(&blk.qkv, &blk.proj, self.cfg.heads, &h)
+                blk.layers.attention(self.cfg.heads, &h)
             }
             Branch::Cross => {
                 let Some((ctx, mask)) = &cond.context else {
@@ -361,7 +366,7 @@ impl BlockModel for PixArt {
             }
             Branch::Mlp => {
                 let h = ops::layer_norm_modulate(x, &m.shift_mlp, &m.scale_mlp, eps)?;
-                gelu_mlp(&blk.fc1, &blk.fc2, &h)
+                blk.layers.mlp(&h)
             }
         }
     }
