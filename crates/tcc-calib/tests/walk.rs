@@ -16,9 +16,10 @@ use tcc_sampler::NoiseRng;
 
 /// FORA N=3 over 6 DDIM steps; priors at the two reuses of the first
 /// segment (step 2 chains on step 1's corrected cache entry). The model is
-/// a random 2-block DiT on 4x4 tokens (tests/fixtures/micro-dit): the
-/// invariants hold for any weights, and the tiny testbed's shape costs
-/// about 100 times the compute for the same assertions.
+/// a random 2-block DiT on 4x4 tokens (the workspace's
+/// tests/fixtures/micro-dit): the invariants hold for any weights, and the
+/// tiny testbed's shape costs about 100 times the compute for the same
+/// assertions.
 const FORA: &str = r#"
 [model]
 path = "tests/fixtures/micro-dit"
@@ -39,9 +40,14 @@ samples = 6
 seed = 0
 "#;
 
+/// The workspace root, against which the schedule's model path resolves.
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn plan(text: &str) -> Plan {
     let s = tcc_schedule::parse("walk.sched", text).expect("parses");
-    tcc_plan::compile(&s, Path::new(env!("CARGO_MANIFEST_DIR"))).expect("compiles")
+    tcc_plan::compile(&s, &workspace()).expect("compiles")
 }
 
 fn model(plan: &Plan) -> Dit {

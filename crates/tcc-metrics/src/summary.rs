@@ -32,6 +32,13 @@ impl Summary {
     /// Adds one value.
     pub fn add(&mut self, x: f64) {
         self.n += 1;
+        if !(x.is_finite() && self.mean.is_finite()) {
+            // Welford's delta of two equal infinities is inf - inf = NaN;
+            // the mean of values with one infinity is that infinity.
+            self.mean += x;
+            self.m2 = f64::NAN;
+            return;
+        }
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
@@ -44,6 +51,12 @@ impl Summary {
         }
         if self.n == 0 {
             *self = *other;
+            return;
+        }
+        if !(self.mean.is_finite() && other.mean.is_finite()) {
+            self.mean += other.mean;
+            self.m2 = f64::NAN;
+            self.n += other.n;
             return;
         }
         let (na, nb) = (self.n as f64, other.n as f64);
@@ -69,9 +82,9 @@ impl Summary {
     }
 
     /// Sample standard deviation, `n - 1` in the denominator (NaN for fewer
-    /// than two values).
+    /// than two values, or with an infinite value).
     pub fn std(&self) -> f64 {
-        if self.n < 2 {
+        if self.n < 2 || self.m2.is_nan() {
             f64::NAN
         } else {
             (self.m2 / (self.n - 1) as f64).max(0.0).sqrt()
@@ -98,6 +111,21 @@ pub fn format_mean_std(values: &[f64], digits: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infinite_values_make_an_infinite_mean_not_nan() {
+        // Two identical image pairs (PSNR +inf) and one finite PSNR.
+        let s = Summary::of(&[f64::INFINITY, 30.0, f64::INFINITY]);
+        assert_eq!(s.mean(), f64::INFINITY);
+        assert!(s.std().is_nan());
+        let mut a = Summary::of(&[f64::INFINITY]);
+        a.merge(&Summary::of(&[f64::INFINITY, 20.0]));
+        assert_eq!((a.n(), a.mean()), (3, f64::INFINITY));
+        // Opposite infinities have no mean.
+        assert!(Summary::of(&[f64::INFINITY, f64::NEG_INFINITY]).mean().is_nan());
+        // Finite values keep Welford's update exactly.
+        assert_eq!(Summary::of(&[1.0, 2.0, 4.0]).mean(), 7.0 / 3.0);
+    }
 
     #[test]
     fn matches_two_pass_formula_and_merges() {
