@@ -711,3 +711,24 @@ fn partial_rules_and_delta_ranges_do_not_mix() {
     ));
     assert!(e.contains("overrides part of the delta range"), "{e}");
 }
+
+/// DiT-XL/2 with CFG, by hand: a partial cell costs the branch on its
+/// fresh tokens plus gather, merge and scoring; the full attention whose
+/// sums a later partial cell reads pays `heads T²` more.
+#[test]
+fn partial_cost_counts_fresh_tokens_and_overheads() {
+    let p = plan("[model]\nname = \"dit-xl-2-256\"\n[sampler]\nsteps = 4\nguidance = 1.5\n[[cache]]\nrefresh = \"every 2\"\n[[cache]]\npartial = \"1\"\nfresh-ratio = 0.25\n");
+    let cost = crate::PlanCost::of(&p);
+    let (t, d, f, h, k) = (256u64, 1152u64, 4608u64, 16u64, 64u64);
+    let over = k * d + t * d + 8 * t;
+    let attn = |n: u64| 4 * n * d * d + 2 * n * n * d;
+    assert_eq!(
+        cost.steps[1].actions[0],
+        vec![2 * (attn(k) + over), 2 * (2 * k * d * f + over)]
+    );
+    assert_eq!(cost.steps[0].actions[27][0], 2 * (attn(t) + h * t * t));
+    // Step 3 reuses whole: nothing reads step 2's attention sums.
+    assert_eq!(cost.steps[2].actions[0][0], 2 * attn(t));
+    assert_eq!(cost.steps[3].actions[0], vec![0, 0]);
+    assert!(p.show().contains("p partial"), "{}", p.show());
+}
