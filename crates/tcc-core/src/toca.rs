@@ -64,9 +64,11 @@ impl RatioSchedule {
             1.0
         };
         // ToCa: module weight 2.5, module time weight 0.6.
+        const WEIGHT: f64 = 2.5;
+        const TIME_WEIGHT: f64 = 0.6;
         let module_factor = match branch {
-            Branch::Attn => 1.0 - (1.0 - 0.6) * 2.5,
-            Branch::Cross | Branch::Mlp => 1.0 + 0.6 * 2.5,
+            Branch::Attn => 1.0 - (1.0 - TIME_WEIGHT) * WEIGHT,
+            Branch::Cross | Branch::Mlp => 1.0 + TIME_WEIGHT * WEIGHT,
         };
         step_factor * layer_factor * module_factor
     }

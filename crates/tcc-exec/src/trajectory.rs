@@ -286,7 +286,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     }
                     Action::Compute => model.branch(block, branch, &h, &m, &c)?,
                     Action::Reuse { from, .. } => cached(from)?,
-                    Action::Partial { from, fresh } if fresh == 0 => cached(from)?,
+                    Action::Partial { from, fresh: 0 } => cached(from)?,
                     Action::Partial { fresh, .. } if fresh >= tokens => {
                         model.branch(block, branch, &h, &m, &c)?
                     }

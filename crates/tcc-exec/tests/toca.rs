@@ -266,6 +266,18 @@ proptest! {
         // Fresh rows: the loop runs one sample per call, the executor both
         // at once, so GEMM blocking may round differently: 1e-5.
         prop_assert!(worst <= 1e-5, "fresh rows differ by {}", worst);
+        // The MLP is per token: its fresh rows are the rows of the branch
+        // computed on every token.
+        if !attn {
+            let all = m.branch(0, branch, &h, &md, &c).unwrap().to_vec3::<f32>().unwrap();
+            for (r, idx) in subsets.iter().enumerate() {
+                for &i in idx {
+                    for (a, b) in got[r][i].iter().zip(&all[r][i]) {
+                        prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "token {}: {} vs {}", i, a, b);
+                    }
+                }
+            }
+        }
     }
 }
 
