@@ -13,6 +13,7 @@ mod diffusers;
 mod model;
 mod sampler;
 mod shard;
+mod toca;
 
 pub use calibration::{
     CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind, Selection,
@@ -23,3 +24,6 @@ pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
 pub use shard::{in_shard_order, Shard, MAX_SHARDS};
 pub use spelling::UnknownName;
+pub use toca::{
+    fresh_tokens, RatioSchedule, TocaSpec, TokenScore, DEFAULT_FRESH_WEIGHT, DEFAULT_SPREAD_BONUS,
+};

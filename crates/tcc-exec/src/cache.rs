@@ -38,7 +38,7 @@ impl CacheLayout {
                 for (bi, action) in row.iter().enumerate() {
                     match *action {
                         Action::Compute => {}
-                        Action::Reuse { from, .. } => {
+                        Action::Reuse { from, .. } | Action::Partial { from, .. } => {
                             if from < n {
                                 layout.store[from].insert((block, bi));
                             }

@@ -8,11 +8,16 @@
 //! implementation sees every pre-gate branch output before it is gated and may
 //! replace it; that is where calibration plugs in.
 //!
+//! A ToCa partial compute ([`tcc_plan::Action::Partial`]) runs the branch on
+//! the fresh tokens only (chosen by [`toca`]'s scores) and writes their rows
+//! into the cache entry; the other rows stay as cached.
+//!
 //! The cache keeps only what the plan reads later: an output is stored only if
 //! a later step reuses it, and dropped after its last reader.
 
 mod cache;
 mod inputs;
+pub mod toca;
 mod trajectory;
 
 pub use cache::CacheLayout;

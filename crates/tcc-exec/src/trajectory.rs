@@ -6,6 +6,7 @@ use tcc_model::BlockModel;
 use tcc_plan::{Action, Plan};
 use tcc_sampler::{NoiseRng, Sampler};
 
+use crate::toca::{self, PartialCell, TokenState};
 use crate::{CacheLayout, ExecError, Result};
 
 /// Where a branch output belongs in the plan.
@@ -14,7 +15,8 @@ pub struct BranchSite {
     pub step: usize,
     pub block: usize,
     pub branch: Branch,
-    /// `Compute` or `Reuse` (reuse-delta ranges have no branch outputs).
+    /// `Compute`, `Reuse` or `Partial` (reuse-delta ranges have no branch
+    /// outputs).
     pub action: Action,
 }
 
@@ -76,6 +78,12 @@ pub struct Trajectory<'a, M: BlockModel> {
     cache: HashMap<(usize, usize), (usize, Tensor)>,
     /// (start, end) -> (step, residual delta of blocks start..end).
     delta: HashMap<(usize, usize), (usize, Tensor)>,
+    /// `[step][block]`: sum the block's attention for ToCa's score.
+    scored: Vec<Vec<bool>>,
+    /// Staleness and attention of ToCa's token choice.
+    token_state: TokenState,
+    /// Seed of the batch (ToCa's `random` score mixes it in).
+    seed: u64,
 }
 
 /// A copy of the trajectory at its current step (tensors are shared, not
@@ -95,6 +103,9 @@ impl<M: BlockModel> Clone for Trajectory<'_, M> {
             next: self.next,
             cache: self.cache.clone(),
             delta: self.delta.clone(),
+            scored: self.scored.clone(),
+            token_state: self.token_state.clone(),
+            seed: self.seed,
         }
     }
 }
@@ -107,6 +118,11 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                 plan_depth: plan.model.depth,
                 model_depth: model.depth(),
             });
+        }
+        if plan.has_partial() && plan.toca.is_none() {
+            return Err(ExecError::Input(
+                "the plan computes tokens partially but has no ToCa settings".into(),
+            ));
         }
         if model.branches() != plan.branches() {
             let names = |bs: &[Branch]| bs.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
@@ -151,6 +167,9 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             next: 0,
             cache: HashMap::new(),
             delta: HashMap::new(),
+            scored: plan.attention_score_steps(),
+            token_state: TokenState::default(),
+            seed: batch.seed,
         })
     }
 
@@ -211,6 +230,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         let t = Tensor::full(step.timestep as f32, batch, x_in.device())?;
         let (mut h, c) = model.embed(&x_in, &t, &self.cond_in, self.mask_in.as_ref())?;
 
+        let tokens = plan.model.tokens();
         let mut open_ranges: Vec<((usize, usize), Tensor)> = Vec::new();
         let mut block = 0;
         while block < model.depth() {
@@ -246,23 +266,70 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             let m = model.modulation(block, &c)?;
             for (bi, &branch) in branches.iter().enumerate() {
                 let action = step.actions[block][bi];
+                let cached = |from: usize| match self.cache.get(&(block, bi)) {
+                    Some((at, t)) if *at == from => Ok(t.clone()),
+                    _ => Err(ExecError::MissingCache {
+                        step: s,
+                        block,
+                        branch,
+                        from,
+                    }),
+                };
                 let out = match action {
+                    Action::Compute if branch == Branch::Attn && self.scored[s][block] => {
+                        let (out, received) = model.attention_received(block, &h, &m, &c)?;
+                        let received = received.ok_or_else(|| {
+                            ExecError::Input("ToCa's attention score needs the attention each token receives, and this model does not report it (use score = \"random\")".into())
+                        })?;
+                        self.token_state.set_received(block, &received)?;
+                        out
+                    }
                     Action::Compute => model.branch(block, branch, &h, &m, &c)?,
-                    Action::Reuse { from, .. } => match self.cache.get(&(block, bi)) {
-                        Some((at, t)) if *at == from => t.clone(),
-                        _ => {
-                            return Err(ExecError::MissingCache {
-                                step: s,
-                                block,
-                                branch,
-                                from,
-                            })
-                        }
-                    },
+                    Action::Reuse { from, .. } => cached(from)?,
+                    Action::Partial { from, fresh: 0 } => cached(from)?,
+                    Action::Partial { fresh, .. } if fresh >= tokens => {
+                        model.branch(block, branch, &h, &m, &c)?
+                    }
+                    Action::Partial { from, fresh } => {
+                        let entry = cached(from)?;
+                        let spec = plan.toca.as_ref().ok_or_else(|| {
+                            ExecError::Input("a partial compute without ToCa settings".into())
+                        })?;
+                        let cell = PartialCell {
+                            step: s,
+                            block,
+                            branch_index: bi,
+                            fresh,
+                        };
+                        let side = plan.model.input_size / plan.model.patch.max(1);
+                        let idx = toca::choose(
+                            &mut self.token_state,
+                            spec,
+                            &cell,
+                            batch,
+                            side,
+                            cfg,
+                            self.seed,
+                        )?;
+                        toca::partial_branch(model, block, branch, &h, &m, &c, &entry, &idx)?
+                    }
                     Action::ReuseDelta { .. } => {
                         unreachable!("a reuse-delta block was skipped above")
                     }
                 };
+                if plan.toca.is_some() {
+                    // Partial computes of some tokens update their own counters.
+                    match action {
+                        Action::Compute => self.token_state.computed((block, bi)),
+                        Action::Partial { fresh, .. } if fresh >= tokens => {
+                            self.token_state.computed((block, bi))
+                        }
+                        Action::Reuse { .. } | Action::Partial { fresh: 0, .. } => {
+                            self.token_state.reused((block, bi), batch * tokens)
+                        }
+                        _ => {}
+                    }
+                }
                 let site = BranchSite {
                     step: s,
                     block,
@@ -280,7 +347,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     Action::Compute if self.layout.store[s].contains(&(block, bi)) => {
                         self.cache.insert((block, bi), (s, out.clone()));
                     }
-                    Action::Reuse { from, .. } => {
+                    Action::Reuse { from, .. } | Action::Partial { from, .. } => {
                         self.cache.insert((block, bi), (from, out.clone()));
                     }
                     _ => {}

@@ -80,6 +80,7 @@ fn plan(
         model: shape.clone(),
         sampler,
         calibration: CalibrationSpec::default(),
+        toca: None,
         steps,
     }
 }

@@ -35,6 +35,7 @@ fn full_plan(model: &Dit, spec: SamplerSpec) -> Plan {
         model: shape,
         sampler: spec,
         calibration: CalibrationSpec::default(),
+        toca: None,
         steps,
     }
 }

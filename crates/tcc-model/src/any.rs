@@ -55,6 +55,16 @@ impl BlockModel for AnyModel {
         each!(self, m => m.branch(block, branch, x, md, cond))
     }
 
+    fn attention_received(
+        &self,
+        block: usize,
+        x: &Tensor,
+        md: &Modulation,
+        cond: &Conditioning,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        each!(self, m => m.attention_received(block, x, md, cond))
+    }
+
     fn add_branch(
         &self,
         branch: Branch,

@@ -38,9 +38,12 @@ impl OutPtr {
 
 /// `softmax(q kᵀ / sqrt(hd)) v` per head from `qkv` `[B, T, 3 D]` (Q, K, V
 /// each `[T, H, hd]` along the last dim, as DiT's and PixArt's fused `qkv`
-/// linear makes them); output `[B, T, D]`.
+/// linear makes them); output `[B, T, D]`. With `received`, the output is
+/// flat: the `B T D` attention values, then `[B, T]`: the probabilities
+/// summed over queries and averaged over heads (what each key receives).
 struct PackedSelfAttention {
     heads: usize,
+    received: bool,
 }
 
 impl CustomOp1 for PackedSelfAttention {
@@ -62,6 +65,11 @@ impl CustomOp1 for PackedSelfAttention {
         let nqb = t.div_ceil(QBLOCK);
         let mut out = vec![0f32; b * t * d];
         let dst = OutPtr(out.as_mut_ptr());
+        // Per work item, the column sums of its normalised probabilities.
+        let items = b * heads * nqb;
+        let mut colsums = vec![0f32; if self.received { items * t } else { 0 }];
+        let col = OutPtr(colsums.as_mut_ptr());
+        let received = self.received;
         (0..b * heads * nqb).into_par_iter().for_each_init(
             || vec![0f32; QBLOCK.min(t) * t],
             |scores, item| {
@@ -141,9 +149,36 @@ impl CustomOp1 for PackedSelfAttention {
                         }
                     }
                 }
+                if received {
+                    // SAFETY: `t` values at slot `item` of `colsums`, this
+                    // item's only.
+                    let sums =
+                        unsafe { std::slice::from_raw_parts_mut(col.get().add(item * t), t) };
+                    for (row, &inv) in s.chunks_exact(t).zip(&inv[..rows]) {
+                        for (acc, &p) in sums.iter_mut().zip(row) {
+                            *acc += p * inv;
+                        }
+                    }
+                }
             },
         );
-        Ok((CpuStorage::F32(out), Shape::from((b, t, d))))
+        if !received {
+            return Ok((CpuStorage::F32(out), Shape::from((b, t, d))));
+        }
+        // Items are ordered (batch, head, query block): add them up in that
+        // fixed order, then average over heads.
+        let mut recv = vec![0f32; b * t];
+        for (item, sums) in colsums.chunks_exact(t).enumerate() {
+            let bi = item / (heads * nqb);
+            for (acc, &x) in recv[bi * t..(bi + 1) * t].iter_mut().zip(sums) {
+                *acc += x;
+            }
+        }
+        let scale = 1.0 / heads as f32;
+        recv.iter_mut().for_each(|x| *x *= scale);
+        out.extend_from_slice(&recv);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }
 
@@ -160,11 +195,65 @@ pub fn packed_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
         );
     }
     if matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32 {
-        qkv.contiguous()?
-            .apply_op1_no_bwd(&PackedSelfAttention { heads })
+        qkv.contiguous()?.apply_op1_no_bwd(&PackedSelfAttention {
+            heads,
+            received: false,
+        })
     } else {
         packed_self_attention_composed(qkv, heads)
     }
+}
+
+/// [`packed_self_attention`] and the attention each token receives: for
+/// every key token, the softmax probabilities summed over the queries and
+/// averaged over the heads, `[B, T]` f32 (ToCa's token importance). The
+/// attention output is the same, bit for bit, as without it.
+pub fn packed_self_attention_received(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let (b, t, d3) = qkv.dims3()?;
+    if heads == 0 || d3 % (3 * heads) != 0 {
+        candle_core::bail!(
+            "self-attention: qkv is {:?}, not [B, T, 3 D] with D divisible by {heads} heads",
+            qkv.dims()
+        );
+    }
+    if matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32 {
+        let flat = qkv.contiguous()?.apply_op1_no_bwd(&PackedSelfAttention {
+            heads,
+            received: true,
+        })?;
+        let d = d3 / 3;
+        let out = flat.narrow(0, 0, b * t * d)?.reshape((b, t, d))?;
+        let recv = flat.narrow(0, b * t * d, b * t)?.reshape((b, t))?;
+        Ok((out, recv))
+    } else {
+        packed_self_attention_received_composed(qkv, heads)
+    }
+}
+
+/// The composed-operations form of [`packed_self_attention_received`].
+pub fn packed_self_attention_received_composed(
+    qkv: &Tensor,
+    heads: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, t, d3) = qkv.dims3()?;
+    let hd = d3 / 3 / heads;
+    let qkv = qkv
+        .reshape((b, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let dtype = q.dtype();
+    let q = (q * (hd as f64).powf(-0.5))?;
+    let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    // [B, H, Tq, Tk] -> sum over queries -> mean over heads: [B, Tk].
+    let recv = probs.sum(2)?.mean(1)?;
+    let out = probs
+        .to_dtype(dtype)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, t, heads * hd))?;
+    Ok((out, recv))
 }
 
 /// The composed-operations form of [`packed_self_attention`] (any device
@@ -241,6 +330,33 @@ mod tests {
             assert_eq!(fused.dims(), [b, t, heads * hd]);
             let err = max_abs_diff(&fused, &composed);
             assert!(err <= 1e-5, "b {b} t {t} heads {heads} hd {hd}: {err}");
+        }
+    }
+
+    /// The fused received-attention sums against the composed ops (2e-6
+    /// per summed query, f32), and the attention
+    /// output unchanged bit for bit by asking for them.
+    #[test]
+    fn received_attention_matches_composed_ops() {
+        for (b, t, heads, hd, amp) in [(1, 1, 1, 4, 1.0), (2, 37, 3, 8, 2.0), (2, 130, 2, 16, 1.0)]
+        {
+            let qkv = wave((b, t, 3 * heads * hd), amp, 0.618);
+            let (out, recv) = packed_self_attention_received(&qkv, heads).unwrap();
+            let plain = packed_self_attention(&qkv, heads).unwrap();
+            assert_eq!(
+                out.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                plain.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            let (_, recv_c) = packed_self_attention_received_composed(&qkv, heads).unwrap();
+            assert_eq!(recv.dims(), [b, t]);
+            let err = max_abs_diff(&recv, &recv_c);
+            assert!(err <= 2e-6 * t as f32, "b {b} t {t}: {err}");
+            // Every query's probabilities sum to 1: the received total is T.
+            let total: f32 = recv.sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                (total - (b * t) as f32).abs() < 1e-3 * (b * t) as f32,
+                "{total}"
+            );
         }
     }
 

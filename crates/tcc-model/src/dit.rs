@@ -337,6 +337,20 @@ impl BlockModel for Dit {
         }
     }
 
+    fn attention_received(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+        _cond: &Conditioning,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let blk = self.block(block)?;
+        let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)?;
+        let (out, received) =
+            layers::self_attention_received(&blk.qkv, &blk.proj, self.cfg.heads, &h)?;
+        Ok((out, Some(received)))
+    }
+
     fn add_branch(
         &self,
         branch: Branch,

@@ -238,6 +238,18 @@ impl AttnMlp {
     }
 }
 
+/// [`self_attention`] and the attention each token receives `[B, T]`
+/// (see [`attention::packed_self_attention_received`]).
+pub(crate) fn self_attention_received(
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    h: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (out, received) = attention::packed_self_attention_received(&qkv.forward(h)?, heads)?;
+    Ok((proj.forward(&out)?, received))
+}
+
 /// SplitMix64: a small, fast, seedable generator (deterministic across
 /// platforms and candle versions, unlike `Tensor::randn`).
 struct SplitMix64(u64);

@@ -107,6 +107,21 @@ pub trait BlockModel {
         cond: &Conditioning,
     ) -> Result<Tensor>;
 
+    /// The `attn` branch of `block` (as [`BlockModel::branch`] computes it,
+    /// bit for bit) and the attention each token receives: for every
+    /// token, its self-attention probabilities as a key summed over the
+    /// queries and averaged over the heads, `[B, T]` f32. `None` when the
+    /// model cannot report it (the default).
+    fn attention_received(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+        cond: &Conditioning,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.branch(block, Branch::Attn, x, m, cond)?, None))
+    }
+
     /// `x + gate * out` (or `x + out` for an ungated branch).
     fn add_branch(
         &self,

@@ -7,6 +7,7 @@ mod model_dir;
 #[cfg(test)]
 mod proptests;
 mod settings;
+mod toca;
 
 pub use settings::{MAX_ALPHA, MAX_CALIBRATION_SAMPLES, MAX_GUIDANCE};
 #[cfg(test)]
@@ -136,6 +137,8 @@ pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics
         grid.apply_limits(&limits.value)?;
     }
     let mut actions = grid.link()?;
+    let toca = toca::resolve_toca(schedule.toca.as_ref(), &actions)?;
+    toca::check_calibration(schedule.calibration.as_ref(), toca.as_ref())?;
     let calibration = settings::resolve_calibration(schedule.calibration.as_ref(), &mut actions)?;
     let steps = sampler
         .timesteps()
@@ -154,6 +157,7 @@ pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics
         model,
         sampler,
         calibration,
+        toca,
         steps,
     })
 }

@@ -52,7 +52,6 @@ impl UnitCosts {
     pub fn new(model: &ModelShape, sampler: &SamplerSpec) -> UnitCosts {
         let t = model.tokens() as u64;
         let d = model.hidden as u64;
-        let f = model.mlp_hidden() as u64;
         let l = model.caption_tokens as u64;
         let p2 = mul(&[model.patch as u64, model.patch as u64]);
         let batch = if sampler.uses_cfg() { 2 } else { 1 };
@@ -70,22 +69,15 @@ impl UnitCosts {
                 (sum(&[caption, mul(&[6, d, d])]), 0, 0)
             }
         };
-        let attn = sum(&[mul(&[4, t, d, d]), mul(&[2, t, t, d])]);
-        let cross = match model.family {
-            ModelFamily::Dit => 0,
-            ModelFamily::Pixart => {
-                sum(&[mul(&[2, t, d, d]), mul(&[2, l, d, d]), mul(&[2, t, l, d])])
-            }
-        };
         let final_out = mul(&[t, d, p2, model.out_channels as u64]);
 
         UnitCosts {
             batch,
             embed: mul(&[batch, sum(&[patch_embed, timestep_mlp, condition])]),
             adaln: mul(&[batch, adaln]),
-            attn: mul(&[batch, attn]),
-            cross: mul(&[batch, cross]),
-            mlp: mul(&[batch, mul(&[2, t, d, f])]),
+            attn: mul(&[batch, branch_macs(model, Branch::Attn, model.tokens())]),
+            cross: mul(&[batch, branch_macs(model, Branch::Cross, model.tokens())]),
+            mlp: mul(&[batch, branch_macs(model, Branch::Mlp, model.tokens())]),
             prior: mul(&[batch, t, d, d]),
             final_layer: mul(&[batch, sum(&[final_mod, final_out])]),
         }
@@ -104,12 +96,17 @@ impl UnitCosts {
     ///
     /// A reuse costs nothing but the prior it may carry. A reuse-delta costs
     /// nothing: the cached delta is added once (elementwise) for its whole
-    /// block range.
-    pub fn action(&self, action: Action, branch: Branch) -> u64 {
+    /// block range. A partial compute costs the branch on its fresh tokens
+    /// plus [`token_overhead`].
+    pub fn action(&self, model: &ModelShape, action: Action, branch: Branch) -> u64 {
         match action {
             Action::Compute => self.branch(branch),
             Action::Reuse { prior: true, .. } => self.prior,
             Action::Reuse { prior: false, .. } | Action::ReuseDelta { .. } => 0,
+            Action::Partial { fresh, .. } => sum(&[
+                mul(&[self.batch, branch_macs(model, branch, fresh)]),
+                mul(&[self.batch, token_overhead(model, fresh)]),
+            ]),
         }
     }
 
@@ -129,6 +126,45 @@ impl UnitCosts {
             self.final_layer,
         ])
     }
+}
+
+/// MACs of `branch` of one block for one sample when `tokens` of the image
+/// tokens are its queries. Self-attention on a subset attends within the
+/// subset (as ToCa computes it); cross-attention still reads every caption
+/// token; the MLP is per token.
+pub fn branch_macs(model: &ModelShape, branch: Branch, tokens: usize) -> u64 {
+    let t = tokens as u64;
+    let d = model.hidden as u64;
+    let l = model.caption_tokens as u64;
+    match branch {
+        Branch::Attn => sum(&[mul(&[4, t, d, d]), mul(&[2, t, t, d])]),
+        Branch::Cross => match model.family {
+            ModelFamily::Dit => 0,
+            ModelFamily::Pixart => {
+                sum(&[mul(&[2, t, d, d]), mul(&[2, l, d, d]), mul(&[2, t, l, d])])
+            }
+        },
+        Branch::Mlp => mul(&[2, t, d, model.mlp_hidden() as u64]),
+    }
+}
+
+/// The elementwise work of one partial compute for one sample, counted as
+/// MACs: gathering the fresh rows of the branch input (`fresh x D`),
+/// writing the merged output (`T x D`), and scoring and ranking the tokens
+/// (`8 T`). Memory-bound work takes longer per element than a MAC, so this
+/// is a lower bound: `tcc bench` measures the real overhead.
+pub fn token_overhead(model: &ModelShape, fresh: usize) -> u64 {
+    let t = model.tokens() as u64;
+    let d = model.hidden as u64;
+    sum(&[mul(&[fresh as u64, d]), mul(&[t, d]), mul(&[8, t])])
+}
+
+/// The extra work of summing the self-attention probabilities over the
+/// queries for one sample (`heads x T x T` additions), paid at the full
+/// attention computes that ToCa's `attention` score reads.
+pub fn attention_score_overhead(model: &ModelShape) -> u64 {
+    let t = model.tokens() as u64;
+    mul(&[model.heads as u64, t, t])
 }
 
 /// The cost of one step, itemised.
@@ -161,11 +197,12 @@ pub struct PlanCost {
 impl PlanCost {
     pub fn of(plan: &Plan) -> PlanCost {
         let units = UnitCosts::new(&plan.model, &plan.sampler);
-        let branches = plan.branches();
+        let scored = plan.attention_score_steps();
         let steps: Vec<StepCost> = plan
             .steps
             .iter()
-            .map(|s| step_cost(&units, branches, s))
+            .zip(&scored)
+            .map(|(s, scored)| step_cost(&units, &plan.model, s, scored))
             .collect();
         let total = sum(&steps.iter().map(|s| s.total).collect::<Vec<_>>());
         let full_step = units.full_step(&plan.model);
@@ -206,14 +243,26 @@ impl PlanCost {
     }
 }
 
-fn step_cost(units: &UnitCosts, branches: &[Branch], step: &StepPlan) -> StepCost {
+/// `scored[block]`: whether the block's attention is summed for ToCa's
+/// score at this step (counted with its attention branch).
+fn step_cost(units: &UnitCosts, model: &ModelShape, step: &StepPlan, scored: &[bool]) -> StepCost {
+    let branches = model.branches();
+    let score = mul(&[units.batch, attention_score_overhead(model)]);
     let actions: Vec<Vec<u64>> = step
         .actions
         .iter()
-        .map(|row| {
+        .zip(scored)
+        .map(|(row, &scored)| {
             row.iter()
                 .zip(branches)
-                .map(|(&a, &b)| units.action(a, b))
+                .map(|(&a, &b)| {
+                    let extra = if scored && b == Branch::Attn {
+                        score
+                    } else {
+                        0
+                    };
+                    sum(&[units.action(model, a, b), extra])
+                })
                 .collect()
         })
         .collect();

@@ -4,7 +4,7 @@ use serde_json::Value;
 use tcc_core::Branch;
 
 use crate::cost::{human_macs, PlanCost};
-use crate::render::{label, speedup_text, GridLayout, ACTION_LEGEND};
+use crate::render::{label, speedup_text, GridLayout, ACTION_LEGEND, PARTIAL_LEGEND};
 use crate::{Action, Plan};
 
 /// One (step, block, branch) whose action differs.
@@ -137,6 +137,9 @@ impl<'p> PlanDiff<'p> {
             "legend",
             &format!(". same in a and b; otherwise the action in b: {ACTION_LEGEND}"),
         );
+        if self.a.toca.is_some() || self.b.toca.is_some() {
+            label(&mut out, "", PARTIAL_LEGEND);
+        }
         label(
             &mut out,
             "",
@@ -316,6 +319,7 @@ fn settings(plan: &Plan) -> Vec<(String, String)> {
         ("model", serde_json::to_value(&plan.model)),
         ("sampler", serde_json::to_value(&plan.sampler)),
         ("calibration", serde_json::to_value(&plan.calibration)),
+        ("toca", serde_json::to_value(&plan.toca)),
         ("weights", serde_json::to_value(&plan.weights)),
     ];
     for (name, value) in sections {

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
+use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec, TocaSpec};
 
 /// What happens to one branch of one block at one step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,6 +20,12 @@ pub enum Action {
         end: usize,
         from: usize,
     },
+    /// ToCa: compute the branch for `fresh` of the tokens only (chosen at
+    /// run time by the plan's [`TocaSpec`]), and use the output cached at
+    /// step `from` for the others; the fresh rows replace theirs in the
+    /// cache entry. `0 < fresh < tokens`: the compiler turns 0 into a reuse
+    /// and all tokens into a compute.
+    Partial { from: usize, fresh: usize },
 }
 
 impl Action {
@@ -31,7 +37,9 @@ impl Action {
     pub fn source(self) -> Option<usize> {
         match self {
             Action::Compute => None,
-            Action::Reuse { from, .. } | Action::ReuseDelta { from, .. } => Some(from),
+            Action::Reuse { from, .. }
+            | Action::ReuseDelta { from, .. }
+            | Action::Partial { from, .. } => Some(from),
         }
     }
 }
@@ -75,6 +83,11 @@ pub struct Plan {
     pub model: ModelShape,
     pub sampler: SamplerSpec,
     pub calibration: CalibrationSpec,
+    /// How partly computed branches choose their fresh tokens; present
+    /// exactly when some action is [`Action::Partial`]. Absent from the
+    /// serialised form otherwise, so plans without it keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toca: Option<TocaSpec>,
     pub steps: Vec<StepPlan>,
 }
 
@@ -93,10 +106,48 @@ impl Plan {
         self.steps.get(step)?.actions.get(block)?.get(i).copied()
     }
 
+    /// Whether any action computes a branch for part of the tokens.
+    pub fn has_partial(&self) -> bool {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.actions)
+            .flatten()
+            .any(|a| matches!(a, Action::Partial { .. }))
+    }
+
+    /// `[step][block]`: whether the executor sums the attention
+    /// probabilities of that block's self-attention at that step, for
+    /// ToCa's `attention` score: at every step that computes the block's
+    /// attention whole, when a partial compute of the block (at that step
+    /// or later, before the attention is computed again) scores its tokens.
+    pub fn attention_score_steps(&self) -> Vec<Vec<bool>> {
+        let depth = self.model.depth;
+        let mut out = vec![vec![false; depth]; self.steps.len()];
+        let scored = matches!(&self.toca, Some(t) if t.score == tcc_core::TokenScore::Attention);
+        let Some(attn) = self.branch_index(Branch::Attn).filter(|_| scored) else {
+            return out;
+        };
+        let mut last = vec![None::<usize>; depth];
+        for (s, step) in self.steps.iter().enumerate() {
+            for (block, row) in step.actions.iter().enumerate() {
+                if row[attn].is_compute() {
+                    last[block] = Some(s);
+                }
+                if row.iter().any(|a| matches!(a, Action::Partial { .. })) {
+                    if let Some(at) = last[block] {
+                        out[at][block] = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The same plan with every action `Compute`: the reference trajectory
     /// of calibration and evaluation (same model, sampler and timesteps).
     pub fn all_compute(&self) -> Plan {
         let mut full = self.clone();
+        full.toca = None;
         for step in &mut full.steps {
             for row in &mut step.actions {
                 row.iter_mut().for_each(|a| *a = Action::Compute);

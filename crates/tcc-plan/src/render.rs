@@ -22,6 +22,7 @@ impl Action {
             Action::Reuse { prior: false, .. } => 'r',
             Action::Reuse { prior: true, .. } => 'R',
             Action::ReuseDelta { .. } => 'd',
+            Action::Partial { .. } => 'p',
         }
     }
 }
@@ -29,6 +30,10 @@ impl Action {
 /// The legend of action characters, shared by `--show` and `--diff`.
 pub(crate) const ACTION_LEGEND: &str =
     "C compute   r reuse   R reuse + TCC prior   d reuse-delta (block skipped)";
+
+/// The legend line of partial computes, shown when a plan has them.
+pub(crate) const PARTIAL_LEGEND: &str =
+    "p partial: fresh tokens computed, the others reused (ToCa); its MACs include gather, merge and scoring";
 
 /// Columns of a step x block grid: one per block when every block's
 /// branches agree everywhere (compact), else one per (block, branch),
@@ -293,6 +298,44 @@ impl Plan {
         )
     }
 
+    /// The token-choice settings and the fresh counts of a plan with partly
+    /// computed branches.
+    pub(crate) fn toca_line(&self) -> Option<String> {
+        let t = self.toca.as_ref()?;
+        let fresh: Vec<usize> = self
+            .steps
+            .iter()
+            .flat_map(|s| &s.actions)
+            .flatten()
+            .filter_map(|a| match a {
+                Action::Partial { fresh, .. } => Some(*fresh),
+                _ => None,
+            })
+            .collect();
+        let (lo, hi) = (
+            fresh.iter().min().copied().unwrap_or(0),
+            fresh.iter().max().copied().unwrap_or(0),
+        );
+        let mean = fresh.iter().sum::<usize>() as f64 / fresh.len().max(1) as f64;
+        let tokens = self.model.tokens();
+        let mut text = format!(
+            "score {}, staleness weight {} / interval {}, spread bonus {}",
+            t.score,
+            num(t.fresh_weight),
+            num(t.interval),
+            num(t.spread_bonus),
+        );
+        if t.score == tcc_core::TokenScore::Random {
+            let _ = write!(text, ", seed {}", t.seed);
+        }
+        let _ = write!(
+            text,
+            "; fresh tokens {lo}..{hi} of {tokens} per partial cell (mean {:.1})",
+            mean
+        );
+        Some(text)
+    }
+
     /// The `tcc plan --show` text.
     pub fn show(&self) -> String {
         let cost = PlanCost::of(self);
@@ -307,6 +350,9 @@ impl Plan {
         }
         label(&mut out, "sampler", &self.sampler_line());
         label(&mut out, "calibration", &self.calibration_line());
+        if let Some(toca) = self.toca_line() {
+            label(&mut out, "toca", &toca);
+        }
         let u = &cost.units;
         let mut units = format!("attn {}, mlp {}", human_macs(u.attn), human_macs(u.mlp));
         if u.cross > 0 {
@@ -322,6 +368,9 @@ impl Plan {
         );
         label(&mut out, "unit MACs", &units);
         label(&mut out, "legend", ACTION_LEGEND);
+        if self.toca.is_some() {
+            label(&mut out, "", PARTIAL_LEGEND);
+        }
         label(&mut out, "", &layout.describe());
         label(
             &mut out,
@@ -379,6 +428,7 @@ impl Plan {
         out.push('\n');
 
         let (mut computed, mut reused, mut priors, mut delta) = (0usize, 0usize, 0usize, 0usize);
+        let mut partial = 0usize;
         for action in self.steps.iter().flat_map(|s| &s.actions).flatten() {
             match action {
                 Action::Compute => computed += 1,
@@ -387,13 +437,19 @@ impl Plan {
                     priors += usize::from(*prior);
                 }
                 Action::ReuseDelta { .. } => delta += 1,
+                Action::Partial { .. } => partial += 1,
             }
         }
+        let partial = if partial > 0 {
+            format!(", {partial} partly computed")
+        } else {
+            String::new()
+        };
         label(
             &mut out,
             "cells",
             &format!(
-                "{computed} computed, {reused} reused ({priors} with prior), {delta} in reuse-delta ranges"
+                "{computed} computed, {reused} reused ({priors} with prior), {delta} in reuse-delta ranges{partial}"
             ),
         );
         label(

@@ -54,6 +54,7 @@ fn fora(model: &str, sampler: SamplerSpec, n: usize, calibrated: &[usize]) -> Pl
         model,
         sampler,
         calibration,
+        toca: None,
         steps,
     }
 }
@@ -573,6 +574,7 @@ fn build_plan(
         model,
         sampler,
         calibration,
+        toca: None,
         steps,
     }
 }

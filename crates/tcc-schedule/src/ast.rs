@@ -4,7 +4,8 @@
 //! from the model family's defaults. Nothing here depends on the model.
 
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, RatioSchedule,
+    SamplerKind, Selection, TokenScore,
 };
 
 use crate::span::Spanned;
@@ -23,6 +24,8 @@ pub struct Schedule {
     pub cache: Vec<Spanned<CacheRule>>,
     /// Applied after every cache rule.
     pub limits: Option<Spanned<LimitsSection>>,
+    /// How `partial` rules choose their fresh tokens.
+    pub toca: Option<Spanned<TocaSection>>,
     pub calibration: Option<Spanned<CalibrationSection>>,
 }
 
@@ -71,6 +74,12 @@ pub struct CacheRule {
     pub action: Spanned<RuleAction>,
     pub blocks: Option<Selector>,
     pub branches: Option<Spanned<BranchSelector>>,
+    /// `fresh-ratio = r` (with `partial` only): the base fraction of the
+    /// tokens recomputed, in [0, 1].
+    pub fresh_ratio: Option<Spanned<f64>>,
+    /// `ratio-schedule = "toca"` (with `partial` only): how the ratio
+    /// varies over steps, blocks and branches; default `constant`.
+    pub ratio_schedule: Option<Spanned<RatioSchedule>>,
 }
 
 /// The action key of a rule (exactly one per rule). The span of the
@@ -92,6 +101,10 @@ pub enum RuleAction {
     /// `table = ["1101...", ...]`: one row per step, one cell per selected
     /// block (a Learning-to-Cache router's output).
     Table(Vec<Spanned<TableRow>>),
+    /// `partial = STEPS`: at these steps recompute a fraction of the tokens
+    /// (the rule's `fresh-ratio`) and reuse the cached rows of the others
+    /// (ToCa).
+    Partial(Selector),
 }
 
 impl RuleAction {
@@ -104,6 +117,7 @@ impl RuleAction {
             RuleAction::ReuseDelta(_) => "reuse-delta",
             RuleAction::Mask(_) => "mask",
             RuleAction::Table(_) => "table",
+            RuleAction::Partial(_) => "partial",
         }
     }
 }
@@ -262,6 +276,20 @@ pub struct LimitsSection {
     pub cutoff: Option<Spanned<u64>>,
     /// At most k consecutive reuses of any (block, branch).
     pub max_reuse: Option<Spanned<u64>>,
+}
+
+/// `[toca]`: how `partial` rules choose their fresh tokens at run time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TocaSection {
+    pub score: Option<Spanned<TokenScore>>,
+    /// Weight of the staleness term.
+    pub fresh_weight: Option<Spanned<f64>>,
+    /// Bonus of the best token of each 2x2 patch, a fraction of its score.
+    pub spread_bonus: Option<Spanned<f64>>,
+    /// `N` of the staleness term; default: derived from the plan.
+    pub interval: Option<Spanned<f64>>,
+    /// Seed of the `random` score.
+    pub seed: Option<Spanned<u64>>,
 }
 
 /// `[calibration]`. A present section defaults to `method = "tcc"`.

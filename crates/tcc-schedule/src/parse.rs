@@ -5,7 +5,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned as TSpanned;
 
 use tcc_core::{
-    CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, RatioSchedule, SamplerKind,
+    Selection, TokenScore,
 };
 
 use crate::ast::*;
@@ -15,7 +16,7 @@ use crate::span::{Span, Spanned};
 
 type TValue<'i> = TSpanned<DeValue<'i>>;
 
-const SECTIONS: &[&str] = &["model", "sampler", "cache", "limits", "calibration"];
+const SECTIONS: &[&str] = &["model", "sampler", "cache", "limits", "toca", "calibration"];
 const MODEL_KEYS: &[&str] = &["name", "path", "weights"];
 const SAMPLER_KEYS: &[&str] = &[
     "kind",
@@ -32,6 +33,7 @@ const RULE_ACTIONS: &[&str] = &[
     "reuse-delta",
     "mask",
     "table",
+    "partial",
 ];
 const RULE_KEYS: &[&str] = &[
     "compute",
@@ -40,9 +42,13 @@ const RULE_KEYS: &[&str] = &[
     "reuse-delta",
     "mask",
     "table",
+    "partial",
     "blocks",
     "branches",
+    "fresh-ratio",
+    "ratio-schedule",
 ];
+const TOCA_KEYS: &[&str] = &["score", "fresh-weight", "spread-bonus", "interval", "seed"];
 const LIMIT_KEYS: &[&str] = &["warmup", "cutoff", "max-reuse"];
 const CALIBRATION_KEYS: &[&str] = &[
     "method",
@@ -74,6 +80,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
     let mut sampler = None;
     let mut cache = Vec::new();
     let mut limits = None;
+    let mut toca = None;
     let mut calibration = None;
     for (key, value) in sorted(root.get_ref()) {
         let header = span_of(value);
@@ -93,6 +100,11 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
             "limits" => {
                 if let Some(t) = cx.section(key, value) {
                     limits = Some(Spanned::new(cx.limits(t), header));
+                }
+            }
+            "toca" => {
+                if let Some(t) = cx.section(key, value) {
+                    toca = Some(Spanned::new(cx.toca(t), header));
                 }
             }
             "calibration" => {
@@ -134,6 +146,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
         sampler,
         cache,
         limits,
+        toca,
         calibration,
     };
     cx.diags.into_result(schedule)
@@ -542,6 +555,8 @@ impl<'t> Cx<'t> {
         let mut action_seen = false;
         let mut blocks = None;
         let mut branches = None;
+        let mut fresh_ratio: Option<Spanned<f64>> = None;
+        let mut ratio_schedule = None;
         let mut ok = true;
         for (k, v) in sorted(t) {
             let key = k.get_ref().as_ref();
@@ -572,6 +587,7 @@ impl<'t> Cx<'t> {
                         self.ok(selector::parse_mask(&s.value, origin))
                             .map(RuleAction::Mask)
                     }),
+                    "partial" => self.selector(v, IndexKind::Step).map(RuleAction::Partial),
                     _ => self.table(v).map(RuleAction::Table),
                 };
                 match parsed {
@@ -592,6 +608,14 @@ impl<'t> Cx<'t> {
                             .map(|b| Spanned::new(b, s.span))
                     });
                     ok &= branches.is_some();
+                }
+                "fresh-ratio" => {
+                    fresh_ratio = self.unit_interval(v, "a fresh ratio");
+                    ok &= fresh_ratio.is_some();
+                }
+                "ratio-schedule" => {
+                    ratio_schedule = self.choice(v, RatioSchedule::ALL);
+                    ok &= ratio_schedule.is_some();
                 }
                 _ => {
                     self.unknown_key(k, "[[cache]]", RULE_KEYS);
@@ -622,10 +646,42 @@ impl<'t> Cx<'t> {
             return None;
         }
         let action = action?;
+        let partial = matches!(action.value, RuleAction::Partial(_));
+        if partial && fresh_ratio.is_none() && ok {
+            self.diags.push(
+                Diagnostic::new(
+                    "a `partial` rule needs a `fresh-ratio`",
+                    action.span,
+                    "which fraction of the tokens is recomputed?",
+                )
+                .with_help("add e.g. `fresh-ratio = 0.1` (a number in [0, 1]) to this rule"),
+            );
+            return None;
+        }
+        if !partial {
+            for (given, key) in [
+                (fresh_ratio.as_ref().map(|r| r.span), "fresh-ratio"),
+                (ratio_schedule.as_ref().map(|r| r.span), "ratio-schedule"),
+            ] {
+                if let Some(span) = given {
+                    self.diags.push(
+                        Diagnostic::new(
+                            format!("`{key}` in a `{}` rule", action.value.key()),
+                            span,
+                            "only a `partial` rule recomputes a fraction of the tokens",
+                        )
+                        .with_help(format!("remove `{key}`, or make the rule `partial = ...`")),
+                    );
+                    ok = false;
+                }
+            }
+        }
         ok.then_some(CacheRule {
             action,
             blocks,
             branches,
+            fresh_ratio,
+            ratio_schedule,
         })
     }
 
@@ -661,6 +717,49 @@ impl<'t> Cx<'t> {
             }
         }
         l
+    }
+
+    /// A finite number in [0, 1].
+    fn unit_interval(&mut self, v: &TValue<'_>, what: &str) -> Option<Spanned<f64>> {
+        let x = self.float(v)?;
+        if x.value.is_finite() && (0.0..=1.0).contains(&x.value) {
+            return Some(x);
+        }
+        self.diags.push(Diagnostic::new(
+            format!("{what} must be in [0, 1], found {}", x.value),
+            x.span,
+            "expected a number from 0 to 1",
+        ));
+        None
+    }
+
+    /// A finite number >= `min`.
+    fn at_least(&mut self, v: &TValue<'_>, what: &str, min: f64) -> Option<Spanned<f64>> {
+        let x = self.float(v)?;
+        if x.value.is_finite() && x.value >= min {
+            return Some(x);
+        }
+        self.diags.push(Diagnostic::new(
+            format!("{what} must be a finite number >= {min}, found {}", x.value),
+            x.span,
+            format!("expected a number >= {min}"),
+        ));
+        None
+    }
+
+    fn toca(&mut self, t: &DeTable<'_>) -> TocaSection {
+        let mut c = TocaSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "score" => c.score = self.choice(v, TokenScore::ALL),
+                "fresh-weight" => c.fresh_weight = self.at_least(v, "a staleness weight", 0.0),
+                "spread-bonus" => c.spread_bonus = self.at_least(v, "a spread bonus", 0.0),
+                "interval" => c.interval = self.at_least(v, "an interval", 1.0),
+                "seed" => c.seed = self.uint(v),
+                _ => self.unknown_key(k, "[toca]", TOCA_KEYS),
+            }
+        }
+        c
     }
 
     fn calibration(&mut self, t: &DeTable<'_>) -> CalibrationSection {

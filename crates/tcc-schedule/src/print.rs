@@ -52,7 +52,8 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
             RuleAction::Compute(sel)
             | RuleAction::Reuse(sel)
             | RuleAction::Refresh(sel)
-            | RuleAction::ReuseDelta(sel) => {
+            | RuleAction::ReuseDelta(sel)
+            | RuleAction::Partial(sel) => {
                 kv(&mut out, key, &quote(&selector(sel, IndexKind::Step)))
             }
             RuleAction::Mask(Mask::Bits(bits)) => {
@@ -78,6 +79,12 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
         if let Some(b) = &r.branches {
             kv(&mut out, "branches", &quote(&branches(&b.value)));
         }
+        if let Some(x) = &r.fresh_ratio {
+            kv(&mut out, "fresh-ratio", &float(x.value));
+        }
+        if let Some(x) = &r.ratio_schedule {
+            kv(&mut out, "ratio-schedule", &quote(x.value.as_str()));
+        }
     }
 
     if let Some(limits) = &s.limits {
@@ -91,6 +98,26 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
             if let Some(v) = v {
                 kv(&mut out, key, &v.to_string());
             }
+        }
+    }
+
+    if let Some(toca) = &s.toca {
+        let t = &toca.value;
+        out += "\n[toca]\n";
+        if let Some(x) = &t.score {
+            kv(&mut out, "score", &quote(x.value.as_str()));
+        }
+        for (key, x) in [
+            ("fresh-weight", &t.fresh_weight),
+            ("spread-bonus", &t.spread_bonus),
+            ("interval", &t.interval),
+        ] {
+            if let Some(x) = x {
+                kv(&mut out, key, &float(x.value));
+            }
+        }
+        if let Some(n) = &t.seed {
+            kv(&mut out, "seed", &n.to_string());
         }
     }
 

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, RatioSchedule,
+    SamplerKind, Selection, TokenScore,
 };
 use tcc_schedule::*;
 
@@ -122,22 +123,30 @@ fn rule() -> impl Strategy<Value = Spanned<CacheRule>> {
             .prop_map(|bits| RuleAction::Mask(Mask::Bits(bits))),
         "[a-zA-Z][a-zA-Z0-9_-]{0,8}".prop_map(|n| RuleAction::Mask(Mask::Preset(sp(n)))),
         proptest::collection::vec(row, 0..5).prop_map(RuleAction::Table),
+        selector().prop_map(RuleAction::Partial),
     ];
     let branches = (
         proptest::collection::vec(branch_item(), 1..3),
         proptest::collection::vec(branch_item(), 0..3),
     )
         .prop_map(|(include, except)| sp(BranchSelector { include, except }));
+    let schedules =
+        proptest::option::of(proptest::sample::select(RatioSchedule::ALL).prop_map(|(_, r)| sp(r)));
     (
         action,
         proptest::option::of(selector()),
         proptest::option::of(branches),
+        (0u32..=1000).prop_map(|m| f64::from(m) / 1000.0),
+        schedules,
     )
-        .prop_map(|(action, blocks, branches)| {
+        .prop_map(|(action, blocks, branches, ratio, schedule)| {
+            let partial = matches!(action, RuleAction::Partial(_));
             sp(CacheRule {
                 action: sp(action),
                 blocks,
                 branches,
+                fresh_ratio: partial.then(|| sp(ratio)),
+                ratio_schedule: schedule.filter(|_| partial),
             })
         })
 }
@@ -270,16 +279,40 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         proptest::option::of(sampler().prop_map(sp)),
         proptest::collection::vec(rule(), 0..4),
         proptest::option::of(limits.prop_map(sp)),
+        proptest::option::of(toca().prop_map(sp)),
         proptest::option::of(calibration().prop_map(sp)),
     )
-        .prop_map(|(model, sampler, cache, limits, calibration)| Schedule {
-            source_name: "p.sched".into(),
-            model,
-            sampler,
-            cache,
-            limits,
-            calibration,
-        })
+        .prop_map(
+            |(model, sampler, cache, limits, toca, calibration)| Schedule {
+                source_name: "p.sched".into(),
+                model,
+                sampler,
+                cache,
+                limits,
+                toca,
+                calibration,
+            },
+        )
+}
+
+fn toca() -> impl Strategy<Value = TocaSection> {
+    let num = |lo: u32| (lo..4000u32).prop_map(|m| f64::from(m) / 1000.0);
+    (
+        opt(proptest::sample::select(TokenScore::ALL).prop_map(|(_, s)| s)),
+        opt(num(0)),
+        opt(num(0)),
+        opt(num(1000)),
+        opt(toml_uint()),
+    )
+        .prop_map(
+            |(score, fresh_weight, spread_bonus, interval, seed)| TocaSection {
+                score,
+                fresh_weight,
+                spread_bonus,
+                interval,
+                seed,
+            },
+        )
 }
 
 proptest! {

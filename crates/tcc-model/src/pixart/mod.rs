@@ -371,6 +371,20 @@ impl BlockModel for PixArt {
         }
     }
 
+    fn attention_received(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+        _cond: &Conditioning,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let blk = self.block(block)?;
+        let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, self.cfg.norm_eps)?;
+        let (out, received) =
+            layers::self_attention_received(&blk.qkv, &blk.proj, self.cfg.heads, &h)?;
+        Ok((out, Some(received)))
+    }
+
     /// `x + gate * out` for `attn` and `mlp`; `x + out` for `cross`, which
     /// PixArt-α does not gate.
     fn add_branch(

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use tcc_core::{Branch, ModelShape};
+use tcc_core::{fresh_tokens, Branch, ModelShape, RatioSchedule};
 use tcc_schedule::eval::{eval_branches, eval_selector};
 use tcc_schedule::{
     CacheRule, Cell, Diagnostic, Diagnostics, IndexKind, LimitsSection, Mask, RuleAction, Span,
@@ -21,6 +21,10 @@ enum Decision {
     Delta {
         start: usize,
         end: usize,
+    },
+    /// Computed for `fresh` of the tokens (0 < fresh < tokens).
+    Partial {
+        fresh: usize,
     },
 }
 
@@ -49,6 +53,7 @@ pub(super) struct Grid {
     depth: usize,
     branches: usize,
     branch_names: &'static [Branch],
+    tokens: usize,
     cells: Vec<Decision>,
     /// The text that made each decision (for errors found later).
     origin: Vec<Span>,
@@ -63,6 +68,7 @@ impl Grid {
             depth: model.depth,
             branches: model.branches().len(),
             branch_names: model.branches(),
+            tokens: model.tokens(),
             cells: vec![Decision::Compute; n],
             origin: vec![Span::default(); n],
         }
@@ -264,6 +270,36 @@ impl Grid {
                 let range: Vec<usize> = (start..end).collect();
                 return self.write(&writes, &range, &all);
             }
+            RuleAction::Partial(sel) => {
+                let ratio = rule.fresh_ratio.as_ref().map_or(0.0, |r| r.value);
+                let schedule = rule
+                    .ratio_schedule
+                    .as_ref()
+                    .map_or(RatioSchedule::Constant, |r| r.value);
+                let picked = eval_selector(sel, IndexKind::Step, self.steps)?;
+                for s in (0..self.steps).filter(|&s| picked[s]) {
+                    let before = self.step_cells(s).to_vec();
+                    for &block in &block_list {
+                        for &b in &branches {
+                            let factor = schedule.factor(
+                                s,
+                                self.steps,
+                                block,
+                                self.depth,
+                                self.branch_names[b],
+                            );
+                            let d = match fresh_tokens(ratio, factor, self.tokens) {
+                                0 => Decision::Reuse,
+                                k if k >= self.tokens => Decision::Compute,
+                                fresh => Decision::Partial { fresh },
+                            };
+                            self.set(s, block, b, d, sel.span);
+                        }
+                    }
+                    self.check_delta_groups(s, &before, sel.span)?;
+                }
+                return Ok(());
+            }
         }
         self.write(&writes, &block_list, &branches)
     }
@@ -412,8 +448,11 @@ impl Grid {
                     let origin = self.origin[self.idx(s, block, b)];
                     *action = match self.get(s, block, b) {
                         Decision::Compute => Action::Compute,
-                        Decision::Reuse => match last[i] {
-                            Some(from) => Action::Reuse { from, prior: false },
+                        d @ (Decision::Reuse | Decision::Partial { .. }) => match last[i] {
+                            Some(from) => match d {
+                                Decision::Partial { fresh } => Action::Partial { from, fresh },
+                                _ => Action::Reuse { from, prior: false },
+                            },
                             None => {
                                 if reported.insert((origin.start, origin.end)) {
                                     diags.push(nothing_cached(
@@ -421,6 +460,7 @@ impl Grid {
                                         block,
                                         self.branch_names[b],
                                         origin,
+                                        matches!(d, Decision::Partial { .. }),
                                     ));
                                 }
                                 Action::Compute
@@ -467,11 +507,22 @@ impl Grid {
     }
 }
 
-fn nothing_cached(step: usize, block: usize, branch: Branch, origin: Span) -> Diagnostic {
+fn nothing_cached(
+    step: usize,
+    block: usize,
+    branch: Branch,
+    origin: Span,
+    partial: bool,
+) -> Diagnostic {
+    let (what, does) = if partial {
+        ("partial compute", "partly computes")
+    } else {
+        ("reuse", "reuses")
+    };
     Diagnostic::new(
-        format!("reuse with nothing cached: block {block} `{branch}` at step {step}"),
+        format!("{what} with nothing cached: block {block} `{branch}` at step {step}"),
         origin,
-        format!("step {step} reuses a branch that no earlier step computed"),
+        format!("step {step} {does} a branch that no earlier step computed"),
     )
     .with_help("a reuse reads the latest earlier step that computed the same block and branch: compute it first (e.g. leave step 0 out, or add `[limits] warmup = 1`)")
 }

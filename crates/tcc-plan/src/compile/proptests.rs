@@ -218,6 +218,14 @@ fn check_links(plan: &Plan) -> Result<(), TestCaseError> {
                         }
                         prop_assert_eq!(prior, plan.calibration.steps.contains(&s));
                     }
+                    Action::Partial { from, fresh } => {
+                        prop_assert!(from < s);
+                        prop_assert!(0 < fresh && fresh < plan.model.tokens());
+                        prop_assert_eq!(plan.steps[from].actions[block][b], Action::Compute);
+                        for between in from + 1..s {
+                            prop_assert_ne!(plan.steps[between].actions[block][b], Action::Compute);
+                        }
+                    }
                     Action::ReuseDelta { start, end, from } => {
                         prop_assert!(start <= block && block < end && end <= plan.model.depth);
                         prop_assert!(from < s);

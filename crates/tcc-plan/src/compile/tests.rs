@@ -579,3 +579,156 @@ fn paper_presets_match_the_spec_settings() {
     assert_eq!(p.calibration.alpha, 0.5);
     assert_eq!(p.calibration.pooled_half, tcc_core::CfgHalf::Uncond);
 }
+
+fn partial(from: usize, fresh: usize) -> Action {
+    Action::Partial { from, fresh }
+}
+
+fn tiny_tokens() -> usize {
+    tcc_core::ModelShape::preset("tiny").unwrap().tokens()
+}
+
+#[test]
+fn partial_rule_computes_floor_of_ratio_times_tokens() {
+    let t = tiny_tokens();
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 3\"\n[[cache]]\npartial = \"except every 3\"\nbranches = \"mlp\"\nfresh-ratio = 0.3\n"
+    ));
+    let fresh = (0.3 * t as f64).floor() as usize;
+    assert_eq!(p.action(1, 0, M), Some(partial(0, fresh)));
+    assert_eq!(p.action(2, 5, M), Some(partial(0, fresh)));
+    assert_eq!(p.action(4, 2, M), Some(partial(3, fresh)));
+    assert_eq!(p.action(1, 0, A), Some(reuse(0)));
+    assert_eq!(p.action(3, 0, M), Some(Action::Compute));
+    let toca = p.toca.as_ref().unwrap();
+    assert_eq!(toca.score, tcc_core::TokenScore::Attention);
+    assert_eq!((toca.fresh_weight, toca.spread_bonus), (0.25, 0.6));
+    // Two cache steps after each refresh: N = 3.
+    assert_eq!(toca.interval, 3.0);
+    assert!(p.has_partial());
+    // The attention of every block is summed at the refresh steps only.
+    let scored = p.attention_score_steps();
+    for (s, row) in scored.iter().enumerate() {
+        assert!(
+            row.iter().all(|&x| x == (s % 3 == 0 && s < 9)),
+            "step {s}: {row:?}"
+        );
+    }
+}
+
+#[test]
+fn fresh_ratio_one_compiles_to_full_computation_and_zero_to_fora() {
+    let fora = format!("{TINY}[[cache]]\nrefresh = \"every 2\"\n");
+    let with = |r: &str| {
+        plan(&format!(
+            "{fora}[[cache]]\npartial = \"except every 2\"\nfresh-ratio = {r}\n"
+        ))
+    };
+    assert_eq!(with("0").steps, plan(&fora).steps);
+    assert_eq!(with("0").toca, None);
+    assert_eq!(with("1").steps, plan(TINY).steps);
+    assert_eq!(with("1.0").toca, None);
+    // Just below 1 leaves one token stale.
+    let t = tiny_tokens();
+    let r = 1.0 - 0.5 / t as f64;
+    assert_eq!(
+        with(&r.to_string()).action(1, 0, A),
+        Some(partial(0, t - 1))
+    );
+}
+
+#[test]
+fn toca_ratio_schedule_varies_by_step_block_and_branch() {
+    let t = tiny_tokens();
+    let text = format!(
+        "{TINY}[[cache]]\nrefresh = \"every 2\"\n[[cache]]\npartial = \"except every 2\"\nfresh-ratio = 0.1\nratio-schedule = \"toca\"\n"
+    );
+    let p = plan(&text);
+    // Attention's module factor is 0: reused whole.
+    assert_eq!(p.action(1, 0, A), Some(reuse(0)));
+    let expect = |step: usize, block: usize| {
+        let f = (1.4 - 0.8 * step as f64 / 10.0) * (1.8 - 1.6 * block as f64 / 5.0) * 2.5;
+        ((0.1 * f).clamp(0.0, 1.0) * t as f64).floor() as usize
+    };
+    for (step, block) in [(1, 0), (1, 5), (9, 0), (9, 3)] {
+        let want = expect(step, block);
+        let got = p.action(step, block, M).unwrap();
+        match want {
+            0 => assert_eq!(got, reuse(step - 1)),
+            k => assert_eq!(got, partial(step - 1, k), "step {step} block {block}"),
+        }
+    }
+    // Counting down reverses the step factor.
+    let down = plan(&text.replace("\"toca\"", "\"toca-countdown\""));
+    let k = |p: &Plan, s| match p.action(s, 2, M).unwrap() {
+        Action::Partial { fresh, .. } => fresh,
+        _ => 0,
+    };
+    assert!(k(&p, 1) > k(&p, 9));
+    assert!(k(&down, 1) < k(&down, 9));
+    // 10 steps: sampling step 1 is step 8 counted down.
+    assert_eq!(k(&down, 1), expect(8, 2));
+}
+
+#[test]
+fn toca_settings_and_limits() {
+    let p = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 4\"\n[[cache]]\npartial = \"except every 4\"\nfresh-ratio = 0.2\n[limits]\nmax-reuse = 1\n[toca]\nscore = \"random\"\nfresh-weight = 0.5\nspread-bonus = 0\ninterval = 2.5\nseed = 9\n"
+    ));
+    let t = p.toca.clone().unwrap();
+    assert_eq!(t.score, tcc_core::TokenScore::Random);
+    assert_eq!(
+        (t.fresh_weight, t.spread_bonus, t.interval, t.seed),
+        (0.5, 0.0, 2.5, 9)
+    );
+    // max-reuse counts partial steps: steps 1 partial, 2 computed, 3 partial.
+    assert!(matches!(
+        p.action(1, 0, M),
+        Some(Action::Partial { from: 0, .. })
+    ));
+    assert_eq!(p.action(2, 0, M), Some(Action::Compute));
+    assert!(matches!(
+        p.action(3, 0, M),
+        Some(Action::Partial { from: 2, .. })
+    ));
+    assert!(p
+        .attention_score_steps()
+        .iter()
+        .all(|r| r.iter().all(|&x| !x)));
+    // The plan's hash covers the ToCa settings; plans without keep theirs.
+    let q = plan(&format!(
+        "{TINY}[[cache]]\nrefresh = \"every 4\"\n[[cache]]\npartial = \"except every 4\"\nfresh-ratio = 0.2\n[limits]\nmax-reuse = 1\n[toca]\nscore = \"random\"\nfresh-weight = 0.5\nspread-bonus = 0\ninterval = 2.5\nseed = 10\n"
+    ));
+    assert_ne!(p.hash(), q.hash());
+    let json = serde_json::to_string(&plan(TINY)).unwrap();
+    assert!(!json.contains("toca"), "{json}");
+}
+
+#[test]
+fn partial_rules_and_delta_ranges_do_not_mix() {
+    let e = error(&format!(
+        "{TINY}[[cache]]\nreuse-delta = \"except every 2\"\nblocks = \"1..4\"\n[[cache]]\npartial = \"1\"\nblocks = \"2\"\nfresh-ratio = 0.5\n"
+    ));
+    assert!(e.contains("overrides part of the delta range"), "{e}");
+}
+
+/// DiT-XL/2 with CFG, by hand: a partial cell costs the branch on its
+/// fresh tokens plus gather, merge and scoring; the full attention whose
+/// sums a later partial cell reads pays `heads T²` more.
+#[test]
+fn partial_cost_counts_fresh_tokens_and_overheads() {
+    let p = plan("[model]\nname = \"dit-xl-2-256\"\n[sampler]\nsteps = 4\nguidance = 1.5\n[[cache]]\nrefresh = \"every 2\"\n[[cache]]\npartial = \"1\"\nfresh-ratio = 0.25\n");
+    let cost = crate::PlanCost::of(&p);
+    let (t, d, f, h, k) = (256u64, 1152u64, 4608u64, 16u64, 64u64);
+    let over = k * d + t * d + 8 * t;
+    let attn = |n: u64| 4 * n * d * d + 2 * n * n * d;
+    assert_eq!(
+        cost.steps[1].actions[0],
+        vec![2 * (attn(k) + over), 2 * (2 * k * d * f + over)]
+    );
+    assert_eq!(cost.steps[0].actions[27][0], 2 * (attn(t) + h * t * t));
+    // Step 3 reuses whole: nothing reads step 2's attention sums.
+    assert_eq!(cost.steps[2].actions[0][0], 2 * attn(t));
+    assert_eq!(cost.steps[3].actions[0], vec![0, 0]);
+    assert!(p.show().contains("p partial"), "{}", p.show());
+}
