@@ -81,6 +81,7 @@ fn plan(
         sampler,
         calibration: CalibrationSpec::default(),
         steps,
+        dynamic: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn full_plan(model: &Dit, spec: SamplerSpec) -> Plan {
         sampler: spec,
         calibration: CalibrationSpec::default(),
         steps,
+        dynamic: None,
     }
 }
 

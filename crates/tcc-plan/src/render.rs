@@ -321,6 +321,10 @@ impl Plan {
             human_macs(u.prior),
         );
         label(&mut out, "unit MACs", &units);
+        if let Some(d) = &self.dynamic {
+            self.show_dynamic(d, &mut out);
+            return out;
+        }
         label(&mut out, "legend", ACTION_LEGEND);
         label(&mut out, "", &layout.describe());
         label(

@@ -4,7 +4,7 @@
 //! from the model family's defaults. Nothing here depends on the model.
 
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    Branch, CalibMethod, DynamicPolicy, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
 };
 
 use crate::span::Spanned;
@@ -24,6 +24,8 @@ pub struct Schedule {
     /// Applied after every cache rule.
     pub limits: Option<Spanned<LimitsSection>>,
     pub calibration: Option<Spanned<CalibrationSection>>,
+    /// A run-time policy instead of a fixed table.
+    pub dynamic: Option<Spanned<DynamicSection>>,
 }
 
 /// `[model]`
@@ -287,4 +289,14 @@ pub struct CalibrationSection {
     pub rank: Option<Spanned<u64>>,
     pub validation_samples: Option<Spanned<u64>>,
     pub validation_seed: Option<Spanned<u64>>,
+}
+
+/// `[dynamic]`: a cache policy decided per step while sampling.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DynamicSection {
+    pub policy: Option<Spanned<DynamicPolicy>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub warmup: Option<Spanned<u64>>,
+    pub cutoff: Option<Spanned<u64>>,
+    pub max_reuse: Option<Spanned<u64>>,
 }

@@ -22,7 +22,8 @@ mod selector;
 mod span;
 
 pub use ast::{
-    BranchItem, BranchSelector, CacheRule, CalibrationSection, Cell, CmpOp, GuidedChannels,
+    BranchItem, BranchSelector, CacheRule, CalibrationSection, Cell, CmpOp, DynamicSection,
+    GuidedChannels,
     IndexKind, LimitsSection, Mask, ModelSection, ModelSource, RuleAction, SamplerSection,
     Schedule, SelNode, Selector, TableRow,
 };

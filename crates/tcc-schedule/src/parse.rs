@@ -5,7 +5,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned as TSpanned;
 
 use tcc_core::{
-    CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    CalibMethod, CalibMode, DynamicPolicy, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
 };
 
 use crate::ast::*;
@@ -15,7 +15,14 @@ use crate::span::{Span, Spanned};
 
 type TValue<'i> = TSpanned<DeValue<'i>>;
 
-const SECTIONS: &[&str] = &["model", "sampler", "cache", "limits", "calibration"];
+const SECTIONS: &[&str] = &[
+    "model",
+    "sampler",
+    "cache",
+    "limits",
+    "calibration",
+    "dynamic",
+];
 const MODEL_KEYS: &[&str] = &["name", "path", "weights"];
 const SAMPLER_KEYS: &[&str] = &[
     "kind",
@@ -44,6 +51,7 @@ const RULE_KEYS: &[&str] = &[
     "branches",
 ];
 const LIMIT_KEYS: &[&str] = &["warmup", "cutoff", "max-reuse"];
+const DYNAMIC_KEYS: &[&str] = &["policy", "threshold", "warmup", "cutoff", "max-reuse"];
 const CALIBRATION_KEYS: &[&str] = &[
     "method",
     "mode",
@@ -75,6 +83,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
     let mut cache = Vec::new();
     let mut limits = None;
     let mut calibration = None;
+    let mut dynamic = None;
     for (key, value) in sorted(root.get_ref()) {
         let header = span_of(value);
         match key.get_ref().as_ref() {
@@ -98,6 +107,11 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
             "calibration" => {
                 if let Some(t) = cx.section(key, value) {
                     calibration = Some(Spanned::new(cx.calibration(t), header));
+                }
+            }
+            "dynamic" => {
+                if let Some(t) = cx.section(key, value) {
+                    dynamic = Some(Spanned::new(cx.dynamic(t), header));
                 }
             }
             other => {
@@ -135,6 +149,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
         cache,
         limits,
         calibration,
+        dynamic,
     };
     cx.diags.into_result(schedule)
 }
@@ -689,5 +704,20 @@ impl<'t> Cx<'t> {
             }
         }
         c
+    }
+
+    fn dynamic(&mut self, t: &DeTable<'_>) -> DynamicSection {
+        let mut d = DynamicSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "policy" => d.policy = self.choice(v, DynamicPolicy::ALL),
+                "threshold" => d.threshold = self.float(v),
+                "warmup" => d.warmup = self.uint(v),
+                "cutoff" => d.cutoff = self.uint(v),
+                "max-reuse" => d.max_reuse = self.uint(v),
+                _ => self.unknown_key(k, "[dynamic]", DYNAMIC_KEYS),
+            }
+        }
+        d
     }
 }

@@ -271,15 +271,36 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         proptest::collection::vec(rule(), 0..4),
         proptest::option::of(limits.prop_map(sp)),
         proptest::option::of(calibration().prop_map(sp)),
+        proptest::option::of(dynamic().prop_map(sp)),
     )
-        .prop_map(|(model, sampler, cache, limits, calibration)| Schedule {
+        .prop_map(|(model, sampler, cache, limits, calibration, dynamic)| Schedule {
             source_name: "p.sched".into(),
             model,
             sampler,
             cache,
             limits,
             calibration,
+            dynamic,
         })
+}
+
+fn dynamic() -> impl Strategy<Value = DynamicSection> {
+    (
+        opt(Just(tcc_core::DynamicPolicy::FirstBlock)),
+        opt(toml_float()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+    )
+        .prop_map(
+            |(policy, threshold, warmup, cutoff, max_reuse)| DynamicSection {
+                policy,
+                threshold,
+                warmup,
+                cutoff,
+                max_reuse,
+            },
+        )
 }
 
 proptest! {
