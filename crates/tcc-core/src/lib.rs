@@ -19,8 +19,8 @@ pub use calibration::{
     CalibMethod, CalibMode, CalibrationSpec, CfgHalf, Pooling, PriorKind, Selection,
     DEFAULT_ALPHAS, DEFAULT_RANK, DEFAULT_RIDGE, DEFAULT_VALIDATION_SAMPLES,
 };
-pub use dynamic::{DynamicPolicy, DynamicSpec, DEFAULT_DYNAMIC_WARMUP};
 pub use diffusers::{ConfigError, TransformerConfig, PIXART_CAPTION_TOKENS};
+pub use dynamic::{DynamicPolicy, DynamicSpec, DEFAULT_DYNAMIC_WARMUP};
 pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
 pub use shard::{in_shard_order, Shard, MAX_SHARDS};

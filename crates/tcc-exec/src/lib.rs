@@ -21,7 +21,9 @@ mod inputs;
 mod trajectory;
 
 pub use cache::CacheLayout;
-pub use decide::{relative_change, policy_for, Decide, Decision, FirstBlockCache, Probe, StepDecision};
+pub use decide::{
+    policy_for, relative_change, Decide, Decision, FirstBlockCache, Probe, StepDecision,
+};
 pub use inputs::{Captions, Inputs};
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 

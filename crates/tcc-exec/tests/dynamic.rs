@@ -244,7 +244,11 @@ fn indicator_and_decisions_match_a_hand_computation() {
     let b = batch(3, 9);
     // First the indicators with every allowed step reusing, then a
     // threshold between them so the run mixes computes and reuses.
-    let (_, _, ind) = run(&m, &dynamic_plan(12, Some(spec(f64::INFINITY, 1, 0, None))), &b);
+    let (_, _, ind) = run(
+        &m,
+        &dynamic_plan(12, Some(spec(f64::INFINITY, 1, 0, None))),
+        &b,
+    );
     let mut seen: Vec<f64> = ind.iter().flatten().copied().collect();
     seen.sort_by(f64::total_cmp);
     let threshold = seen[seen.len() / 2];

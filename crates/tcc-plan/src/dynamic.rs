@@ -68,11 +68,7 @@ impl Plan {
         label(
             out,
             "may reuse",
-            &format!(
-                "at most {} of {n} steps: {}",
-                most.len(),
-                step_list(&most)
-            ),
+            &format!("at most {} of {n} steps: {}", most.len(), step_list(&most)),
         );
         out.push('\n');
         let worst = PlanCost::of(self);

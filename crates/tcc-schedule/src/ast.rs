@@ -4,7 +4,8 @@
 //! from the model family's defaults. Nothing here depends on the model.
 
 use tcc_core::{
-    Branch, CalibMethod, DynamicPolicy, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, DynamicPolicy, Pooling, PriorKind,
+    SamplerKind, Selection,
 };
 
 use crate::span::Spanned;

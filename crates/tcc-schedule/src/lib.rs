@@ -23,9 +23,8 @@ mod span;
 
 pub use ast::{
     BranchItem, BranchSelector, CacheRule, CalibrationSection, Cell, CmpOp, DynamicSection,
-    GuidedChannels,
-    IndexKind, LimitsSection, Mask, ModelSection, ModelSource, RuleAction, SamplerSection,
-    Schedule, SelNode, Selector, TableRow,
+    GuidedChannels, IndexKind, LimitsSection, Mask, ModelSection, ModelSource, RuleAction,
+    SamplerSection, Schedule, SelNode, Selector, TableRow,
 };
 pub use diag::{Diagnostic, Diagnostics, Location};
 pub use eval::{mask_preset, MASK_PRESETS};

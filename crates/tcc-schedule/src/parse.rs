@@ -5,7 +5,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned as TSpanned;
 
 use tcc_core::{
-    CalibMethod, CalibMode, DynamicPolicy, CfgHalf, CfgOrder, Pooling, PriorKind, SamplerKind, Selection,
+    CalibMethod, CalibMode, CfgHalf, CfgOrder, DynamicPolicy, Pooling, PriorKind, SamplerKind,
+    Selection,
 };
 
 use crate::ast::*;

@@ -273,15 +273,17 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         proptest::option::of(calibration().prop_map(sp)),
         proptest::option::of(dynamic().prop_map(sp)),
     )
-        .prop_map(|(model, sampler, cache, limits, calibration, dynamic)| Schedule {
-            source_name: "p.sched".into(),
-            model,
-            sampler,
-            cache,
-            limits,
-            calibration,
-            dynamic,
-        })
+        .prop_map(
+            |(model, sampler, cache, limits, calibration, dynamic)| Schedule {
+                source_name: "p.sched".into(),
+                model,
+                sampler,
+                cache,
+                limits,
+                calibration,
+                dynamic,
+            },
+        )
 }
 
 fn dynamic() -> impl Strategy<Value = DynamicSection> {

@@ -29,13 +29,16 @@ pub(super) fn resolve_dynamic(
         diags.push(not_with("[[cache]] rules", rule.span));
     }
     if let Some(limits) = &schedule.limits {
-        diags.push(
-            not_with("[limits]", limits.span)
-                .with_note("the bounds of a dynamic policy are its own `warmup`, `cutoff` and `max-reuse` keys"),
-        );
+        diags.push(not_with("[limits]", limits.span).with_note(
+            "the bounds of a dynamic policy are its own `warmup`, `cutoff` and `max-reuse` keys",
+        ));
     }
     if let Some(cal) = &schedule.calibration {
-        let method = cal.value.method.as_ref().map_or(CalibMethod::Tcc, |m| m.value);
+        let method = cal
+            .value
+            .method
+            .as_ref()
+            .map_or(CalibMethod::Tcc, |m| m.value);
         if method == CalibMethod::Tcc {
             diags.push(
                 Diagnostic::new(
@@ -58,11 +61,9 @@ pub(super) fn resolve_dynamic(
         Some(p) => Some(p.value),
         None => {
             diags.push(
-                Diagnostic::new("[dynamic] needs a `policy`", section.span, "no policy")
-                    .with_help(format!(
-                        "add `policy = \"{}\"`",
-                        DynamicPolicy::FirstBlock.as_str()
-                    )),
+                Diagnostic::new("[dynamic] needs a `policy`", section.span, "no policy").with_help(
+                    format!("add `policy = \"{}\"`", DynamicPolicy::FirstBlock.as_str()),
+                ),
             );
             None
         }
