@@ -316,6 +316,7 @@ fn settings(plan: &Plan) -> Vec<(String, String)> {
         ("model", serde_json::to_value(&plan.model)),
         ("sampler", serde_json::to_value(&plan.sampler)),
         ("calibration", serde_json::to_value(&plan.calibration)),
+        ("dynamic", serde_json::to_value(plan.dynamic)),
         ("weights", serde_json::to_value(&plan.weights)),
     ];
     for (name, value) in sections {

@@ -111,6 +111,32 @@ impl Plan {
 mod tests {
     use super::step_list;
 
+    fn compile(text: &str) -> crate::Plan {
+        let schedule = tcc_schedule::parse("d.sched", text).unwrap();
+        crate::compile(&schedule, std::path::Path::new("")).unwrap()
+    }
+
+    #[test]
+    fn policies_change_the_hash_and_show_in_diffs_not_the_table() {
+        let base = "[model]\nname = \"tiny\"\n";
+        let full = compile(base);
+        let a = compile(&format!(
+            "{base}[dynamic]\npolicy = \"first-block\"\nthreshold = 0.08\n"
+        ));
+        let b = compile(&format!(
+            "{base}[dynamic]\npolicy = \"first-block\"\nthreshold = inf\n"
+        ));
+        assert_eq!(a.steps, full.steps);
+        assert_eq!(a.all_compute(), full);
+        assert_ne!(a.hash(), full.hash());
+        assert_ne!(a.hash(), b.hash());
+        let d = crate::PlanDiff::new(&a, &b);
+        let keys: Vec<&str> = d.settings.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["dynamic.threshold"]);
+        assert_eq!(d.settings[0].b.as_deref(), Some("inf"));
+        assert!(d.cells.is_empty());
+    }
+
     #[test]
     fn steps_as_ranges() {
         assert_eq!(step_list(&[2, 3, 4, 6, 9, 10]), "2..=4, 6, 9..=10");
