@@ -114,6 +114,13 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
 fn run_as(args: Args, io: &mut Io, shard: Shard, reduce: &mut dyn Reduce) -> Result<(), CliError> {
     let rt = Runtime::from_args(&args.model.runtime)?;
     let mut plan = args.model.load_plan(&args.file, None, io.err)?;
+    if let Some(d) = &plan.dynamic {
+        return Err(CliError::input(format!(
+            "{}: TCC calibration of a dynamic policy (`{}`) is not supported yet: its reuse steps are decided while sampling",
+            args.file.display(),
+            d.policy
+        )));
+    }
     if plan.calibration.method != CalibMethod::Tcc {
         return Err(CliError::input(format!(
             "{}: the schedule does not ask for calibration: set `[calibration] method = \"tcc\"` and its `steps`",

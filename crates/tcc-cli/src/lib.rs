@@ -32,6 +32,7 @@ mod npz;
 mod output;
 mod plan;
 mod quantize;
+mod realised;
 mod runtime;
 mod sample;
 mod scoring;

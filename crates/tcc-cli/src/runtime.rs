@@ -352,6 +352,26 @@ pub fn run_range(
     keep: bool,
     each: &mut dyn FnMut(usize, &Tensor) -> Result<(), CliError>,
 ) -> Result<(Option<Tensor>, Duration), CliError> {
+    run_range_with(
+        model, plan, inputs, range, batch_size, hooks, label, keep, each, None,
+    )
+}
+
+/// [`run_range`], recording in `realised` what a dynamic plan decided for
+/// each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn run_range_with(
+    model: &AnyModel,
+    plan: &Plan,
+    inputs: &Inputs,
+    range: std::ops::Range<usize>,
+    batch_size: usize,
+    hooks: &mut dyn Hooks,
+    label: &str,
+    keep: bool,
+    each: &mut dyn FnMut(usize, &Tensor) -> Result<(), CliError>,
+    mut realised: Option<&mut crate::realised::Realised>,
+) -> Result<(Option<Tensor>, Duration), CliError> {
     let bar = progress(label, (range.len() * plan.steps.len()) as u64);
     let mut outs = Vec::new();
     let started = std::time::Instant::now();
@@ -363,6 +383,9 @@ pub fn run_range(
         while !traj.is_done() {
             traj.step(hooks)?;
             bar.inc(len as u64);
+        }
+        if let Some(r) = realised.as_deref_mut() {
+            r.batches.push((start, len, traj.reuse_steps()));
         }
         let t = std::time::Instant::now();
         each(start, traj.latents())?;

@@ -128,7 +128,8 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     };
     let mut npz = run.create_npz(decoder.side)?;
     rt.announce(io.err)?;
-    let (x, time) = run_range(
+    let mut realised = crate::realised::Realised::default();
+    let (x, time) = crate::runtime::run_range_with(
         &model,
         &plan,
         &inputs,
@@ -141,8 +142,19 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             Some(w) => decoder.write_npz_batch(w, latents, start),
             None => Ok(()),
         },
+        plan.dynamic.is_some().then_some(&mut realised),
     )?;
     run.print_sampled(io, time)?;
+    if let Some(d) = &plan.dynamic {
+        writeln!(
+            io.out,
+            "dynamic policy {} (threshold {}), decided per batch:",
+            d.policy, d.threshold
+        )?;
+        for line in realised.lines(&plan) {
+            writeln!(io.out, "{line}")?;
+        }
+    }
     if let Some(w) = npz {
         run.finish_npz(io, w, classes, captions.as_ref())?;
     }

@@ -10,6 +10,7 @@
 mod spelling;
 mod calibration;
 mod diffusers;
+mod dynamic;
 mod model;
 mod sampler;
 mod shard;
@@ -20,6 +21,7 @@ pub use calibration::{
     DEFAULT_ALPHAS, DEFAULT_RANK, DEFAULT_RIDGE, DEFAULT_VALIDATION_SAMPLES,
 };
 pub use diffusers::{ConfigError, TransformerConfig, PIXART_CAPTION_TOKENS};
+pub use dynamic::{DynamicPolicy, DynamicSpec, DEFAULT_DYNAMIC_WARMUP};
 pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
 pub use shard::{in_shard_order, Shard, MAX_SHARDS};

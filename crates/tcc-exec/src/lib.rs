@@ -14,13 +14,21 @@
 //!
 //! The cache keeps only what the plan reads later: an output is stored only if
 //! a later step reuses it, and dropped after its last reader.
+//!
+//! A dynamic plan (one with a run-time policy) is run the same way, with
+//! one decision per step after block 0 ([`Decide`]): compute blocks 1..
+//! or add their residual delta from the last computed step.
 
 mod cache;
+mod decide;
 mod inputs;
 pub mod toca;
 mod trajectory;
 
 pub use cache::CacheLayout;
+pub use decide::{
+    policy_for, relative_change, Decide, Decision, FirstBlockCache, Probe, StepDecision,
+};
 pub use inputs::{Captions, Inputs};
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 

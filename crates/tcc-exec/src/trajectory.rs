@@ -7,6 +7,7 @@ use tcc_plan::{Action, Plan};
 use tcc_sampler::{NoiseRng, Sampler};
 
 use crate::toca::{self, PartialCell, TokenState};
+use crate::decide::{Decide, DynamicState, StepDecision};
 use crate::{CacheLayout, ExecError, Result};
 
 /// Where a branch output belongs in the plan.
@@ -84,6 +85,8 @@ pub struct Trajectory<'a, M: BlockModel> {
     token_state: TokenState,
     /// Seed of the batch (ToCa's `random` score mixes it in).
     seed: u64,
+    /// The policy of a dynamic plan and its decisions so far.
+    dynamic: Option<DynamicState>,
 }
 
 /// A copy of the trajectory at its current step (tensors are shared, not
@@ -106,6 +109,7 @@ impl<M: BlockModel> Clone for Trajectory<'_, M> {
             scored: self.scored.clone(),
             token_state: self.token_state.clone(),
             seed: self.seed,
+            dynamic: self.dynamic.clone(),
         }
     }
 }
@@ -170,7 +174,41 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             scored: plan.attention_score_steps(),
             token_state: TokenState::default(),
             seed: batch.seed,
+            dynamic: plan.dynamic.map(DynamicState::new),
         })
+    }
+
+    /// Replaces the policy of a dynamic plan (the one its spec names by
+    /// default) before the first step; the plan's bounds still apply.
+    pub fn with_policy(mut self, policy: Box<dyn Decide>) -> Result<Self> {
+        match &mut self.dynamic {
+            Some(state) if self.next == 0 => {
+                state.policy = policy;
+                Ok(self)
+            }
+            Some(_) => Err(ExecError::Input(
+                "a policy can only be replaced before the first step".into(),
+            )),
+            None => Err(ExecError::Input(
+                "the plan is static: it has no run-time policy to replace".into(),
+            )),
+        }
+    }
+
+    /// What a dynamic plan decided at every step run so far (empty for a
+    /// static plan).
+    pub fn decisions(&self) -> &[StepDecision] {
+        self.dynamic.as_ref().map_or(&[], |d| &d.decisions)
+    }
+
+    /// The steps at which a dynamic plan reused blocks 1.. so far:
+    /// `plan.realised(&reuse_steps())` is the static plan the run followed.
+    pub fn reuse_steps(&self) -> Vec<usize> {
+        self.decisions()
+            .iter()
+            .filter(|d| !d.computed)
+            .map(|d| d.step)
+            .collect()
     }
 
     /// The index of the next step to run.
@@ -232,6 +270,8 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
 
         let tokens = plan.model.tokens();
         let mut open_ranges: Vec<((usize, usize), Tensor)> = Vec::new();
+        // A dynamic plan's probe: the residual stream entering block 0.
+        let first_in = self.dynamic.as_ref().map(|_| h.clone());
         let mut block = 0;
         while block < model.depth() {
             if let Action::ReuseDelta { start, end, from } = step.actions[block][0] {
@@ -364,6 +404,15 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     i += 1;
                 }
             }
+            if let (1, Some(first_in)) = (block, &first_in) {
+                let depth = model.depth();
+                if self.decide_first_block(s, &h, first_in)? {
+                    let (_, d) = &self.delta[&(1, depth)];
+                    h = (h + d)?;
+                    break;
+                }
+                open_ranges.push(((1, depth), h.clone()));
+            }
         }
         let out = model.finish(&h, &c)?.to_dtype(DType::F32)?;
         let guided = tcc_sampler::guide(&out, &plan.sampler, plan.model.in_channels)?;
@@ -383,6 +432,19 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         }
         self.next += 1;
         Ok(())
+    }
+
+    /// A dynamic plan's decision after block 0 of step `s`: true to add
+    /// the residual delta of blocks 1.. cached at the last computed step.
+    fn decide_first_block(&mut self, s: usize, h: &Tensor, first_in: &Tensor) -> Result<bool> {
+        let steps = self.plan.steps.len();
+        let cached = self.delta.contains_key(&(1, self.model.depth()));
+        let state = self
+            .dynamic
+            .as_mut()
+            .expect("called for dynamic plans only");
+        let residual = (h - first_in)?;
+        state.decide(s, steps, &residual, cached)
     }
 
     /// Run every remaining step and return the final latents.

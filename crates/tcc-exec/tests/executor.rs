@@ -82,6 +82,7 @@ fn plan(
         calibration: CalibrationSpec::default(),
         toca: None,
         steps,
+        dynamic: None,
     }
 }
 

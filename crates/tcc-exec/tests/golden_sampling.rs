@@ -37,6 +37,7 @@ fn full_plan(model: &Dit, spec: SamplerSpec) -> Plan {
         calibration: CalibrationSpec::default(),
         toca: None,
         steps,
+        dynamic: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! rules in order, then the limits, links every reuse to the step it reads,
 //! and marks the calibrated reuses. Every error points into the schedule.
 
+mod dynamic;
 mod grid;
 mod model_dir;
 #[cfg(test)]
@@ -127,10 +128,12 @@ pub fn compile_file_with(
 /// then each reuse is linked to the latest earlier step that computed its
 /// (block, branch), and each delta reuse to the latest earlier step that
 /// computed its whole block range; last, the reuses of the calibrated steps
-/// are marked with a prior.
+/// are marked with a prior. A `[dynamic]` policy is recorded as it is and
+/// leaves the table full computation.
 pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics> {
     let (model, weights) = settings::resolve_model(&schedule.model, base_dir)?;
     let sampler = settings::resolve_sampler(schedule.sampler.as_ref(), &model)?;
+    let dynamic = dynamic::resolve_dynamic(schedule, sampler.steps, model.depth)?;
     let mut grid = grid::Grid::new(sampler.steps, &model);
     grid.apply_rules(&schedule.cache, &model)?;
     if let Some(limits) = &schedule.limits {
@@ -159,5 +162,6 @@ pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics
         calibration,
         toca,
         steps,
+        dynamic,
     })
 }

@@ -320,6 +320,7 @@ fn settings(plan: &Plan) -> Vec<(String, String)> {
         ("sampler", serde_json::to_value(&plan.sampler)),
         ("calibration", serde_json::to_value(&plan.calibration)),
         ("toca", serde_json::to_value(&plan.toca)),
+        ("dynamic", serde_json::to_value(plan.dynamic)),
         ("weights", serde_json::to_value(&plan.weights)),
     ];
     for (name, value) in sections {

@@ -12,10 +12,11 @@ pub use compile::{
     MAX_CALIBRATION_SAMPLES, MAX_GUIDANCE, MAX_SCHEDULE_BYTES,
 };
 pub use plan::{Action, Plan, StepPlan};
-pub use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec};
+pub use tcc_core::{Branch, CalibrationSpec, DynamicPolicy, DynamicSpec, ModelShape, SamplerSpec};
 
 mod cost;
 mod diff;
+mod dynamic;
 mod emit;
 mod hash;
 mod render;

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tcc_core::{Branch, CalibrationSpec, ModelShape, SamplerSpec, TocaSpec};
+use tcc_core::{Branch, CalibrationSpec, DynamicSpec, ModelShape, SamplerSpec, TocaSpec};
 
 /// What happens to one branch of one block at one step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,6 +89,12 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toca: Option<TocaSpec>,
     pub steps: Vec<StepPlan>,
+    /// A run-time policy: `steps` is then the full-computation table (the
+    /// worst case), and the executor decides per step whether to run blocks
+    /// 1.. or reuse their residual delta ([`Plan::reuse_step`]). Absent
+    /// from files and the hash when `None`, so static plans keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicSpec>,
 }
 
 impl Plan {
@@ -143,11 +149,49 @@ impl Plan {
         out
     }
 
+    /// Step `step` of a dynamic plan as it runs when the policy reuses:
+    /// block 0 computed, blocks 1.. adding their residual delta cached at
+    /// step `from` (a Δ-DiT delta reuse of blocks `1..depth`).
+    pub fn reuse_step(&self, step: usize, from: usize) -> StepPlan {
+        let mut out = self.steps[step].clone();
+        let depth = self.model.depth;
+        for row in out.actions.iter_mut().skip(1) {
+            row.iter_mut().for_each(|a| {
+                *a = Action::ReuseDelta {
+                    start: 1,
+                    end: depth,
+                    from,
+                }
+            });
+        }
+        out
+    }
+
+    /// The static plan a dynamic plan ran as, given the steps at which it
+    /// reused: each reuse step reads the latest computed step before it.
+    /// This is what the cost model prices to give a run's realised cost,
+    /// and a plan that sampling it reproduces bit for bit.
+    pub fn realised(&self, reuse_steps: &[usize]) -> Plan {
+        let mut out = self.clone();
+        out.dynamic = None;
+        let mut last_computed = 0;
+        for s in 0..self.steps.len() {
+            if reuse_steps.contains(&s) && s > 0 {
+                out.steps[s] = self.reuse_step(s, last_computed);
+            } else {
+                last_computed = s;
+            }
+        }
+        out
+    }
+
     /// The same plan with every action `Compute`: the reference trajectory
     /// of calibration and evaluation (same model, sampler and timesteps).
+    /// A dynamic plan's policy is dropped: the reference computes every step.
     pub fn all_compute(&self) -> Plan {
         let mut full = self.clone();
         full.toca = None;
+        full.dynamic = None;
         for step in &mut full.steps {
             for row in &mut step.actions {
                 row.iter_mut().for_each(|a| *a = Action::Compute);

@@ -367,6 +367,10 @@ impl Plan {
             human_macs(u.prior),
         );
         label(&mut out, "unit MACs", &units);
+        if let Some(d) = &self.dynamic {
+            self.show_dynamic(d, &mut out);
+            return out;
+        }
         label(&mut out, "legend", ACTION_LEGEND);
         if self.toca.is_some() {
             label(&mut out, "", PARTIAL_LEGEND);

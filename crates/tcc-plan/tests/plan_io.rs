@@ -56,6 +56,7 @@ fn fora(model: &str, sampler: SamplerSpec, n: usize, calibrated: &[usize]) -> Pl
         calibration,
         toca: None,
         steps,
+        dynamic: None,
     }
 }
 
@@ -576,6 +577,17 @@ fn build_plan(
         calibration,
         toca: None,
         steps,
+        dynamic: (seed % 256 >= 128).then(|| tcc_core::DynamicSpec {
+            policy: tcc_core::DynamicPolicy::FirstBlock,
+            threshold: if seed % 3 == 0 {
+                f64::INFINITY
+            } else {
+                (seed % 100) as f64 / 64.0
+            },
+            warmup: (seed % 5) as usize,
+            cutoff: (seed % 7) as usize,
+            max_reuse: (seed % 11 >= 5).then_some((seed % 4) as usize),
+        }),
     }
 }
 

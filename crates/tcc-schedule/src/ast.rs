@@ -4,8 +4,8 @@
 //! from the model family's defaults. Nothing here depends on the model.
 
 use tcc_core::{
-    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, RatioSchedule,
-    SamplerKind, Selection, TokenScore,
+    Branch, CalibMethod, CalibMode, CfgHalf, CfgOrder, DynamicPolicy, Pooling, PriorKind,
+    RatioSchedule, SamplerKind, Selection, TokenScore,
 };
 
 use crate::span::Spanned;
@@ -27,6 +27,8 @@ pub struct Schedule {
     /// How `partial` rules choose their fresh tokens.
     pub toca: Option<Spanned<TocaSection>>,
     pub calibration: Option<Spanned<CalibrationSection>>,
+    /// A run-time policy instead of a fixed table.
+    pub dynamic: Option<Spanned<DynamicSection>>,
 }
 
 /// `[model]`
@@ -315,4 +317,14 @@ pub struct CalibrationSection {
     pub rank: Option<Spanned<u64>>,
     pub validation_samples: Option<Spanned<u64>>,
     pub validation_seed: Option<Spanned<u64>>,
+}
+
+/// `[dynamic]`: a cache policy decided per step while sampling.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DynamicSection {
+    pub policy: Option<Spanned<DynamicPolicy>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub warmup: Option<Spanned<u64>>,
+    pub cutoff: Option<Spanned<u64>>,
+    pub max_reuse: Option<Spanned<u64>>,
 }

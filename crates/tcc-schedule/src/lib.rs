@@ -22,9 +22,9 @@ mod selector;
 mod span;
 
 pub use ast::{
-    BranchItem, BranchSelector, CacheRule, CalibrationSection, Cell, CmpOp, GuidedChannels,
-    IndexKind, LimitsSection, Mask, ModelSection, ModelSource, RuleAction, SamplerSection,
-    Schedule, SelNode, Selector, TableRow, TocaSection,
+    BranchItem, BranchSelector, CacheRule, CalibrationSection, Cell, CmpOp, DynamicSection,
+    GuidedChannels, IndexKind, LimitsSection, Mask, ModelSection, ModelSource, RuleAction,
+    SamplerSection, Schedule, SelNode, Selector, TableRow, TocaSection,
 };
 pub use diag::{Diagnostic, Diagnostics, Location};
 pub use eval::{mask_preset, MASK_PRESETS};

@@ -5,8 +5,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned as TSpanned;
 
 use tcc_core::{
-    CalibMethod, CalibMode, CfgHalf, CfgOrder, Pooling, PriorKind, RatioSchedule, SamplerKind,
-    Selection, TokenScore,
+    CalibMethod, CalibMode, CfgHalf, CfgOrder, DynamicPolicy, Pooling, PriorKind, RatioSchedule,
+    SamplerKind, Selection, TokenScore,
 };
 
 use crate::ast::*;
@@ -16,7 +16,15 @@ use crate::span::{Span, Spanned};
 
 type TValue<'i> = TSpanned<DeValue<'i>>;
 
-const SECTIONS: &[&str] = &["model", "sampler", "cache", "limits", "toca", "calibration"];
+const SECTIONS: &[&str] = &[
+    "model",
+    "sampler",
+    "cache",
+    "limits",
+    "toca",
+    "calibration",
+    "dynamic",
+];
 const MODEL_KEYS: &[&str] = &["name", "path", "weights"];
 const SAMPLER_KEYS: &[&str] = &[
     "kind",
@@ -50,6 +58,7 @@ const RULE_KEYS: &[&str] = &[
 ];
 const TOCA_KEYS: &[&str] = &["score", "fresh-weight", "spread-bonus", "interval", "seed"];
 const LIMIT_KEYS: &[&str] = &["warmup", "cutoff", "max-reuse"];
+const DYNAMIC_KEYS: &[&str] = &["policy", "threshold", "warmup", "cutoff", "max-reuse"];
 const CALIBRATION_KEYS: &[&str] = &[
     "method",
     "mode",
@@ -82,6 +91,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
     let mut limits = None;
     let mut toca = None;
     let mut calibration = None;
+    let mut dynamic = None;
     for (key, value) in sorted(root.get_ref()) {
         let header = span_of(value);
         match key.get_ref().as_ref() {
@@ -110,6 +120,11 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
             "calibration" => {
                 if let Some(t) = cx.section(key, value) {
                     calibration = Some(Spanned::new(cx.calibration(t), header));
+                }
+            }
+            "dynamic" => {
+                if let Some(t) = cx.section(key, value) {
+                    dynamic = Some(Spanned::new(cx.dynamic(t), header));
                 }
             }
             other => {
@@ -148,6 +163,7 @@ pub(crate) fn parse_schedule(source_name: &str, text: &str) -> Result<Schedule, 
         limits,
         toca,
         calibration,
+        dynamic,
     };
     cx.diags.into_result(schedule)
 }
@@ -788,5 +804,20 @@ impl<'t> Cx<'t> {
             }
         }
         c
+    }
+
+    fn dynamic(&mut self, t: &DeTable<'_>) -> DynamicSection {
+        let mut d = DynamicSection::default();
+        for (k, v) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "policy" => d.policy = self.choice(v, DynamicPolicy::ALL),
+                "threshold" => d.threshold = self.float(v),
+                "warmup" => d.warmup = self.uint(v),
+                "cutoff" => d.cutoff = self.uint(v),
+                "max-reuse" => d.max_reuse = self.uint(v),
+                _ => self.unknown_key(k, "[dynamic]", DYNAMIC_KEYS),
+            }
+        }
+        d
     }
 }

@@ -121,6 +121,26 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
         }
     }
 
+    if let Some(dynamic) = &s.dynamic {
+        let d = &dynamic.value;
+        out += "\n[dynamic]\n";
+        if let Some(p) = &d.policy {
+            kv(&mut out, "policy", &quote(p.value.as_str()));
+        }
+        if let Some(t) = &d.threshold {
+            kv(&mut out, "threshold", &float(t.value));
+        }
+        for (key, v) in [
+            ("warmup", &d.warmup),
+            ("cutoff", &d.cutoff),
+            ("max-reuse", &d.max_reuse),
+        ] {
+            if let Some(v) = v {
+                kv(&mut out, key, &v.to_string());
+            }
+        }
+    }
+
     if let Some(cal) = &s.calibration {
         let c = &cal.value;
         out += "\n[calibration]\n";

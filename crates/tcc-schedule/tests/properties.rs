@@ -281,9 +281,10 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         proptest::option::of(limits.prop_map(sp)),
         proptest::option::of(toca().prop_map(sp)),
         proptest::option::of(calibration().prop_map(sp)),
+        proptest::option::of(dynamic().prop_map(sp)),
     )
         .prop_map(
-            |(model, sampler, cache, limits, toca, calibration)| Schedule {
+            |(model, sampler, cache, limits, toca, calibration, dynamic)| Schedule {
                 source_name: "p.sched".into(),
                 model,
                 sampler,
@@ -291,6 +292,7 @@ fn schedule() -> impl Strategy<Value = Schedule> {
                 limits,
                 toca,
                 calibration,
+                dynamic,
             },
         )
 }
@@ -311,6 +313,25 @@ fn toca() -> impl Strategy<Value = TocaSection> {
                 spread_bonus,
                 interval,
                 seed,
+            },
+        )
+}
+
+fn dynamic() -> impl Strategy<Value = DynamicSection> {
+    (
+        opt(Just(tcc_core::DynamicPolicy::FirstBlock)),
+        opt(toml_float()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+        opt(toml_uint()),
+    )
+        .prop_map(
+            |(policy, threshold, warmup, cutoff, max_reuse)| DynamicSection {
+                policy,
+                threshold,
+                warmup,
+                cutoff,
+                max_reuse,
             },
         )
 }

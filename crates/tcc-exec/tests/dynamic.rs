@@ -1,0 +1,328 @@
+//! Dynamic plans (a run-time policy consulted after block 0) against
+//! full computation, the static Δ-DiT plan of the same decisions, and a
+//! hand-written first-block-cache loop on tiny random DiTs. Exactness is
+//! bit for bit; the decision indicator is checked against an f64 hand
+//! computation from the block-0 residuals (relative tolerance 1e-4: the
+//! executor reduces in f32).
+
+use candle_core::{DType, Device, Tensor};
+use tcc_core::{
+    CalibrationSpec, CfgOrder, DynamicPolicy, DynamicSpec, ModelFamily, ModelShape, SamplerKind,
+    SamplerSpec,
+};
+use tcc_exec::{Decide, Decision, NoHooks, Probe, SampleBatch, Trajectory};
+use tcc_model::{BlockModel, Dit, DitConfig};
+use tcc_plan::{Action, Plan, StepPlan};
+use tcc_sampler::{guide, NoiseRng, Sampler};
+
+const DEPTH: usize = 4;
+
+fn shape() -> ModelShape {
+    ModelShape {
+        name: "test".into(),
+        family: ModelFamily::Dit,
+        depth: DEPTH,
+        hidden: 16,
+        heads: 2,
+        patch: 2,
+        input_size: 8,
+        in_channels: 4,
+        out_channels: 4,
+        mlp_ratio: 4.0,
+        num_classes: 3,
+        caption_tokens: 0,
+        caption_dim: 0,
+    }
+}
+
+fn model(seed: u64) -> Dit {
+    let cfg = DitConfig::from_shape(&shape()).unwrap();
+    Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap()
+}
+
+fn sampler(steps: usize) -> SamplerSpec {
+    SamplerSpec {
+        kind: SamplerKind::Ddim,
+        steps,
+        guidance_scale: 2.0,
+        eta: 0.0,
+        cfg_order: CfgOrder::CondFirst,
+        ..SamplerSpec::default()
+    }
+}
+
+fn spec(threshold: f64, warmup: usize, cutoff: usize, max_reuse: Option<usize>) -> DynamicSpec {
+    DynamicSpec {
+        policy: DynamicPolicy::FirstBlock,
+        threshold,
+        warmup,
+        cutoff,
+        max_reuse,
+    }
+}
+
+/// The full-computation table of `steps` steps with `dynamic` attached.
+fn dynamic_plan(steps: usize, dynamic: Option<DynamicSpec>) -> Plan {
+    let sampler = sampler(steps);
+    let nb = shape().branches().len();
+    let steps = sampler
+        .timesteps()
+        .into_iter()
+        .enumerate()
+        .map(|(step, timestep)| StepPlan {
+            step,
+            timestep,
+            actions: vec![vec![Action::Compute; nb]; DEPTH],
+        })
+        .collect();
+    Plan {
+        source: "test".into(),
+        weights: None,
+        model: shape(),
+        sampler,
+        calibration: CalibrationSpec::default(),
+        steps,
+        dynamic,
+    }
+}
+
+fn batch(n: usize, seed: u64) -> SampleBatch {
+    let dev = Device::Cpu;
+    let sh = shape();
+    let noise = NoiseRng::new(seed)
+        .randn((n, 4, sh.input_size, sh.input_size), &dev)
+        .unwrap();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+    SampleBatch {
+        noise,
+        cond: Tensor::new(labels, &dev).unwrap(),
+        uncond: Some(Tensor::full(3u32, n, &dev).unwrap()),
+        cond_mask: None,
+        uncond_mask: None,
+        seed,
+    }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Runs a plan; returns the latents and the steps that computed blocks 1..
+fn run(m: &Dit, p: &Plan, b: &SampleBatch) -> (Tensor, Vec<usize>, Vec<Option<f64>>) {
+    let mut tr = Trajectory::new(m, p, b).unwrap();
+    while !tr.is_done() {
+        tr.step(&mut NoHooks).unwrap();
+    }
+    let computed = tr
+        .decisions()
+        .iter()
+        .filter(|d| d.computed)
+        .map(|d| d.step)
+        .collect();
+    let ind = tr.decisions().iter().map(|d| d.indicator).collect();
+    (tr.latents().clone(), computed, ind)
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// First-block cache written out with the model's parts: the indicator in
+/// f64 from the f32 residuals, the bounds as the docs state them.
+fn hand_fbcache(
+    m: &Dit,
+    steps: usize,
+    s: &DynamicSpec,
+    b: &SampleBatch,
+) -> (Tensor, Vec<usize>, Vec<Option<f64>>) {
+    let spec = sampler(steps);
+    let mut smp = Sampler::new(&spec).unwrap();
+    let c_in = Tensor::cat(&[&b.cond, b.uncond.as_ref().unwrap()], 0).unwrap();
+    let mut x = b.noise.clone();
+    let mut prev: Option<Vec<f32>> = None;
+    let mut delta: Option<Tensor> = None;
+    let mut run = 0;
+    let (mut computed, mut indicators) = (Vec::new(), Vec::new());
+    for (i, &t) in spec.timesteps().iter().enumerate() {
+        let x_in = Tensor::cat(&[&x, &x], 0).unwrap();
+        let tt = Tensor::full(t as f32, x_in.dim(0).unwrap(), &Device::Cpu).unwrap();
+        let (mut h, c) = m.embed(&x_in, &tt, &c_in, None).unwrap();
+        let h0 = h.clone();
+        let md = m.modulation(0, &c).unwrap();
+        for &br in m.branches() {
+            let out = m.branch(0, br, &h, &md, &c).unwrap();
+            h = m.add_branch(br, &h, &md, &out).unwrap();
+        }
+        let r = f32s(&(&h - &h0).unwrap());
+        let ind = prev.as_ref().map(|p| {
+            let num: f64 = r.iter().zip(p).map(|(a, b)| (a - b).abs() as f64).sum();
+            let den: f64 = p.iter().map(|b| b.abs() as f64).sum();
+            num / den
+        });
+        indicators.push(ind);
+        let allowed = i >= s.warmup.max(1)
+            && i + s.cutoff < steps
+            && s.max_reuse.is_none_or(|k| run < k)
+            && delta.is_some();
+        if allowed && ind.is_some_and(|v| v < s.threshold) {
+            run += 1;
+            h = (&h + delta.as_ref().unwrap()).unwrap();
+        } else {
+            run = 0;
+            computed.push(i);
+            prev = Some(r);
+            let entering = h.clone();
+            for block in 1..DEPTH {
+                let md = m.modulation(block, &c).unwrap();
+                for &br in m.branches() {
+                    let out = m.branch(block, br, &h, &md, &c).unwrap();
+                    h = m.add_branch(br, &h, &md, &out).unwrap();
+                }
+            }
+            delta = Some((&h - &entering).unwrap());
+        }
+        let out = m.finish(&h, &c).unwrap();
+        x = smp
+            .step(i, &x, &guide(&out, &spec, 4).unwrap(), None)
+            .unwrap();
+    }
+    (x, computed, indicators)
+}
+
+#[test]
+fn threshold_zero_is_full_computation_bit_for_bit() {
+    let m = model(1);
+    let b = batch(2, 7);
+    let p = dynamic_plan(8, Some(spec(0.0, 0, 0, None)));
+    let (got, computed, _) = run(&m, &p, &b);
+    let (full, none, _) = run(&m, &p.all_compute(), &b);
+    assert!(none.is_empty(), "a static plan records no decisions");
+    assert_eq!(computed, (0..8).collect::<Vec<_>>());
+    assert_eq!(bits(&got), bits(&full));
+}
+
+#[test]
+fn infinite_threshold_reuses_as_much_as_the_bounds_allow() {
+    let m = model(2);
+    let b = batch(2, 8);
+    let s = spec(f64::INFINITY, 2, 1, Some(3));
+    let p = dynamic_plan(10, Some(s));
+    let (got, computed, _) = run(&m, &p, &b);
+    // Warm-up 0, 1; runs of 3 reuses broken at 5; cut-off 9.
+    assert_eq!(computed, vec![0, 1, 5, 9]);
+
+    // The static plan of the same decisions: blocks 1..4 delta-reused from
+    // the latest computed step, written out here, not by `Plan::realised`.
+    let mut fixed = dynamic_plan(10, None);
+    for (step, from) in [(2, 1), (3, 1), (4, 1), (6, 5), (7, 5), (8, 5)] {
+        for row in &mut fixed.steps[step].actions[1..] {
+            row.fill(Action::ReuseDelta {
+                start: 1,
+                end: DEPTH,
+                from,
+            });
+        }
+    }
+    assert_eq!(p.realised(&[2, 3, 4, 6, 7, 8]), fixed);
+    let (want, _, _) = run(&m, &fixed, &b);
+    assert_eq!(bits(&got), bits(&want));
+
+    let (hand, hand_computed, _) = hand_fbcache(&m, 10, &s, &b);
+    assert_eq!(hand_computed, computed);
+    assert_eq!(bits(&got), bits(&hand));
+}
+
+#[test]
+fn indicator_and_decisions_match_a_hand_computation() {
+    let m = model(3);
+    let b = batch(3, 9);
+    // First the indicators with every allowed step reusing, then a
+    // threshold between them so the run mixes computes and reuses.
+    let (_, _, ind) = run(
+        &m,
+        &dynamic_plan(12, Some(spec(f64::INFINITY, 1, 0, None))),
+        &b,
+    );
+    let mut seen: Vec<f64> = ind.iter().flatten().copied().collect();
+    seen.sort_by(f64::total_cmp);
+    let threshold = seen[seen.len() / 2];
+    let s = spec(threshold, 1, 1, Some(2));
+    let (got, computed, ind) = run(&m, &dynamic_plan(12, Some(s)), &b);
+    let (hand, hand_computed, hand_ind) = hand_fbcache(&m, 12, &s, &b);
+    assert_eq!(ind.len(), 12);
+    assert_eq!(ind[0], None);
+    for (step, (a, h)) in ind.iter().zip(&hand_ind).enumerate() {
+        let (a, h) = (a.unwrap_or(-1.0), h.unwrap_or(-1.0));
+        assert!((a - h).abs() <= 1e-4 * h.abs(), "step {step}: {a} vs {h}");
+        if step > 0 {
+            assert!(h.abs() > 0.0 && h.is_finite(), "step {step}: {h}");
+        }
+    }
+    assert_eq!(computed, hand_computed);
+    assert!(computed.len() > 2 && computed.len() < 11, "{computed:?}");
+    assert_eq!(bits(&got), bits(&hand));
+}
+
+#[test]
+fn same_seed_same_bytes_and_clones_continue_alike() {
+    let m = model(4);
+    let b = batch(2, 10);
+    let p = dynamic_plan(10, Some(spec(0.3, 1, 1, None)));
+    let (a, ca, _) = run(&m, &p, &b);
+    let (b2, cb, _) = run(&m, &p, &b);
+    assert_eq!(bits(&a), bits(&b2));
+    assert_eq!(ca, cb);
+
+    let mut tr = Trajectory::new(&m, &p, &b).unwrap();
+    for _ in 0..5 {
+        tr.step(&mut NoHooks).unwrap();
+    }
+    let copy = tr.clone();
+    let x1 = tr.run(&mut NoHooks).unwrap();
+    let x2 = copy.run(&mut NoHooks).unwrap();
+    assert_eq!(bits(&x1), bits(&x2));
+    assert_eq!(bits(&x1), bits(&a));
+}
+
+/// A scripted policy: reuse at the listed steps.
+#[derive(Clone)]
+struct Script(Vec<usize>);
+
+impl Decide for Script {
+    fn decide(&mut self, probe: &Probe<'_>) -> tcc_exec::Result<Decision> {
+        Ok(Decision {
+            reuse: self.0.contains(&probe.step),
+            indicator: None,
+        })
+    }
+    fn boxed_clone(&self) -> Box<dyn Decide> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn the_bounds_hold_whatever_the_policy_answers() {
+    let m = model(5);
+    let b = batch(1, 11);
+    let p = dynamic_plan(8, Some(spec(0.1, 2, 2, Some(1))));
+    let mut tr = Trajectory::new(&m, &p, &b)
+        .unwrap()
+        .with_policy(Box::new(Script((0..8).collect())))
+        .unwrap();
+    while !tr.is_done() {
+        tr.step(&mut NoHooks).unwrap();
+    }
+    // Warm-up 2, at most one reuse in a row, cut-off 2 (steps 6, 7).
+    assert_eq!(tr.reuse_steps(), vec![2, 4]);
+    let static_plan = dynamic_plan(8, None);
+    assert!(Trajectory::new(&m, &static_plan, &b)
+        .unwrap()
+        .with_policy(Box::new(Script(vec![])))
+        .is_err());
+}

@@ -1,0 +1,84 @@
+//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`):
+//! the reported decisions and realised speedup agree with the library's
+//! cost model, the same seed and batch size decide alike, and calibration
+//! is refused.
+
+use std::path::Path;
+
+mod common;
+use common::{assert_bad_input, assert_ok, tcc};
+
+const SCHEDULE: &str = "schedules/fbcache.sched";
+
+/// The computed steps of each reported batch, and the realised speedup.
+fn parse_report(stdout: &str) -> (Vec<Vec<usize>>, f64) {
+    let mut batches = Vec::new();
+    let mut speedup = None;
+    for line in stdout.lines() {
+        if let Some((_, rest)) = line.split_once("steps (") {
+            let steps = rest.trim_end_matches(')');
+            batches.push(steps.split(", ").map(|s| s.parse().unwrap()).collect());
+        }
+        if let Some((_, x)) = line.split_once(": speedup ") {
+            speedup = Some(x.trim_end_matches('x').parse().unwrap());
+        }
+    }
+    (batches, speedup.expect(stdout))
+}
+
+#[test]
+fn sample_reports_the_steps_computed_and_the_realised_speedup() {
+    let run = || {
+        assert_ok(&tcc(&[
+            "sample",
+            SCHEDULE,
+            "--n",
+            "2",
+            "--batch-size",
+            "1",
+            "--seed",
+            "5",
+        ]))
+    };
+    let out = run();
+    let (batches, speedup) = parse_report(&out);
+    assert_eq!(batches.len(), 2, "{out}");
+    assert!(out.contains("samples 0..1: computed"), "{out}");
+
+    let plan = tcc_plan::compile_file(Path::new(SCHEDULE)).unwrap();
+    assert!(plan.dynamic.is_some());
+    let (mut ran, mut full) = (0u128, 0u128);
+    for computed in &batches {
+        // Warm-up 2 and cut-off 1 always compute; runs of reuse <= 3.
+        assert!(
+            computed.starts_with(&[0, 1]) && computed.ends_with(&[19]),
+            "{out}"
+        );
+        assert!(computed.windows(2).all(|w| w[1] - w[0] <= 4), "{out}");
+        let reuse: Vec<usize> = (0..20).filter(|s| !computed.contains(s)).collect();
+        assert!(reuse.iter().all(|s| (2..19).contains(s)), "{out}");
+        ran += tcc_plan::PlanCost::of(&plan.realised(&reuse)).total as u128;
+        full += tcc_plan::PlanCost::of(&plan).total as u128;
+    }
+    let want = full as f64 / ran as f64;
+    assert!((speedup - want).abs() < 0.006, "{speedup} vs {want}\n{out}");
+    assert!(speedup > 1.0, "{out}");
+
+    // Same seed and batch size: the same decisions.
+    assert_eq!(parse_report(&run()).0, batches);
+}
+
+#[test]
+fn calibrating_a_dynamic_policy_is_refused() {
+    let err = assert_bad_input(&tcc(&["calibrate", SCHEDULE]));
+    assert!(err.contains("not supported yet"), "{err}");
+    // With a [calibration] section the schedule itself is rejected.
+    let err = assert_bad_input(&tcc(&[
+        "calibrate",
+        "crates/tcc-plan/tests/bad/dynamic-with-cache.sched",
+    ]));
+    assert!(
+        err.contains("TCC calibration of a dynamic policy is not supported yet"),
+        "{err}"
+    );
+}
