@@ -232,6 +232,15 @@ impl AttnMlp {
         self.proj.forward(&out)
     }
 
+    /// [`AttnMlp::attention`] and the attention each token receives `[B, T]`.
+    pub(crate) fn attention_received(
+        &self,
+        heads: usize,
+        h: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        self_attention_received(&self.qkv, &self.proj, heads, h)
+    }
+
     /// `fc2(gelu_tanh(fc1(h)))`.
     pub(crate) fn mlp(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         gelu_mlp(&self.fc1, &self.fc2, h)

@@ -381,7 +381,7 @@ impl BlockModel for PixArt {
         let blk = self.block(block)?;
         let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, self.cfg.norm_eps)?;
         let (out, received) =
-            layers::self_attention_received(&blk.qkv, &blk.proj, self.cfg.heads, &h)?;
+            blk.layers.attention_received(self.cfg.heads, &h)?;
         Ok((out, Some(received)))
     }
 
