@@ -6,8 +6,8 @@ use tcc_model::BlockModel;
 use tcc_plan::{Action, Plan};
 use tcc_sampler::{NoiseRng, Sampler};
 
-use crate::toca::{self, PartialCell, TokenState};
 use crate::decide::{Decide, DynamicState, StepDecision};
+use crate::toca::{self, PartialCell, TokenState};
 use crate::{CacheLayout, ExecError, Result};
 
 /// Where a branch output belongs in the plan.

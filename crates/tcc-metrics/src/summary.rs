@@ -122,7 +122,9 @@ mod tests {
         a.merge(&Summary::of(&[f64::INFINITY, 20.0]));
         assert_eq!((a.n(), a.mean()), (3, f64::INFINITY));
         // Opposite infinities have no mean.
-        assert!(Summary::of(&[f64::INFINITY, f64::NEG_INFINITY]).mean().is_nan());
+        assert!(Summary::of(&[f64::INFINITY, f64::NEG_INFINITY])
+            .mean()
+            .is_nan());
         // Finite values keep Welford's update exactly.
         assert_eq!(Summary::of(&[1.0, 2.0, 4.0]).mean(), 7.0 / 3.0);
     }

@@ -346,8 +346,7 @@ impl BlockModel for Dit {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let blk = self.block(block)?;
         let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)?;
-        let (out, received) =
-            blk.layers.attention_received(self.cfg.heads, &h)?;
+        let (out, received) = blk.layers.attention_received(self.cfg.heads, &h)?;
         Ok((out, Some(received)))
     }
 

@@ -380,8 +380,7 @@ impl BlockModel for PixArt {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let blk = self.block(block)?;
         let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, self.cfg.norm_eps)?;
-        let (out, received) =
-            blk.layers.attention_received(self.cfg.heads, &h)?;
+        let (out, received) = blk.layers.attention_received(self.cfg.heads, &h)?;
         Ok((out, Some(received)))
     }
 
