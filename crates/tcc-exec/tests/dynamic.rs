@@ -82,6 +82,7 @@ fn dynamic_plan(steps: usize, dynamic: Option<DynamicSpec>) -> Plan {
         sampler,
         calibration: CalibrationSpec::default(),
         steps,
+        toca: None,
         dynamic,
     }
 }
