@@ -1,6 +1,7 @@
-//! `evaluate` on a random-weight tiny DiT: exactness where the variant is
-//! full computation, measured deviation where it caches, and hooks that
-//! really reach the variant's run.
+//! `evaluate` on a small random-weight DiT (the workspace's
+//! tests/fixtures/micro-dit: 2 blocks, 4x4 tokens): exactness where the
+//! variant is full computation, measured deviation where it caches, and
+//! hooks that really reach the variant's run.
 
 use std::path::Path;
 
@@ -18,7 +19,7 @@ use tcc_sampler::NoiseRng;
 
 const FORA: &str = r#"
 [model]
-name = "tiny"
+path = "tests/fixtures/micro-dit"
 
 [sampler]
 kind = "ddim"
@@ -36,9 +37,14 @@ samples = 4
 seed = 0
 "#;
 
+/// The workspace root, against which the schedule's model path resolves.
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn plan(text: &str) -> Plan {
     let s = tcc_schedule::parse("test.sched", text).expect("parses");
-    tcc_plan::compile(&s, Path::new("")).expect("compiles")
+    tcc_plan::compile(&s, &workspace()).expect("compiles")
 }
 
 fn model(plan: &Plan) -> Dit {
