@@ -5,15 +5,18 @@
 //! computation from the block-0 residuals (relative tolerance 1e-4: the
 //! executor reduces in f32).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use tcc_core::{
     CalibrationSpec, CfgOrder, DynamicPolicy, DynamicSpec, ModelFamily, ModelShape, SamplerKind,
     SamplerSpec,
 };
 use tcc_exec::{Decide, Decision, NoHooks, Probe, SampleBatch, Trajectory};
-use tcc_model::{BlockModel, Dit, DitConfig};
+use tcc_model::{BlockModel, Dit};
 use tcc_plan::{Action, Plan, StepPlan};
-use tcc_sampler::{guide, NoiseRng, Sampler};
+use tcc_sampler::{guide, Sampler};
+
+mod common;
+use common::bits;
 
 const DEPTH: usize = 4;
 
@@ -36,8 +39,7 @@ fn shape() -> ModelShape {
 }
 
 fn model(seed: u64) -> Dit {
-    let cfg = DitConfig::from_shape(&shape()).unwrap();
-    Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap()
+    common::model(&shape(), seed)
 }
 
 fn sampler(steps: usize) -> SamplerSpec {
@@ -88,30 +90,7 @@ fn dynamic_plan(steps: usize, dynamic: Option<DynamicSpec>) -> Plan {
 }
 
 fn batch(n: usize, seed: u64) -> SampleBatch {
-    let dev = Device::Cpu;
-    let sh = shape();
-    let noise = NoiseRng::new(seed)
-        .randn((n, 4, sh.input_size, sh.input_size), &dev)
-        .unwrap();
-    let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-    SampleBatch {
-        noise,
-        cond: Tensor::new(labels, &dev).unwrap(),
-        uncond: Some(Tensor::full(3u32, n, &dev).unwrap()),
-        cond_mask: None,
-        uncond_mask: None,
-        seed,
-    }
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
+    common::batch(&shape(), n, seed)
 }
 
 /// Runs a plan; returns the latents and the steps that computed blocks 1..

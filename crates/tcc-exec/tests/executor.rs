@@ -8,9 +8,12 @@ use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use tcc_core::{CalibrationSpec, CfgOrder, ModelShape, SamplerKind, SamplerSpec};
 use tcc_exec::{CacheLayout, ErrorKind, ExecError, NoHooks, SampleBatch, Trajectory};
-use tcc_model::{BlockModel, Dit, DitConfig};
+use tcc_model::{BlockModel, Dit};
 use tcc_plan::{Action, Plan, StepPlan};
 use tcc_sampler::{guide, sample_loop, NoiseRng, Sampler};
+
+mod common;
+use common::{bits, model};
 
 fn shape(
     depth: usize,
@@ -34,11 +37,6 @@ fn shape(
         caption_tokens: 0,
         caption_dim: 0,
     }
-}
-
-fn model(shape: &ModelShape, seed: u64) -> Dit {
-    let cfg = DitConfig::from_shape(shape).unwrap();
-    Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap()
 }
 
 /// A plan whose cell (step, block, branch) is computed iff `compute` says so,
@@ -86,24 +84,11 @@ fn plan(
     }
 }
 
+/// The shared batch, with a batch seed of its own (not the noise seed).
 fn batch(shape: &ModelShape, n: usize, seed: u64) -> SampleBatch {
-    let dev = Device::Cpu;
-    let noise = NoiseRng::new(seed)
-        .randn(
-            (n, shape.in_channels, shape.input_size, shape.input_size),
-            &dev,
-        )
-        .unwrap();
-    let labels: Vec<u32> = (0..n as u32)
-        .map(|i| i % shape.num_classes as u32)
-        .collect();
     SampleBatch {
-        noise,
-        cond: Tensor::new(labels, &dev).unwrap(),
-        uncond: Some(Tensor::full(shape.num_classes as u32, n, &dev).unwrap()),
-        cond_mask: None,
-        uncond_mask: None,
         seed: seed ^ 0x5eed,
+        ..common::batch(shape, n, seed)
     }
 }
 
@@ -116,16 +101,6 @@ fn cond_in(spec: &SamplerSpec, b: &SampleBatch) -> Tensor {
         CfgOrder::CondFirst => Tensor::cat(&[&b.cond, u], 0).unwrap(),
         CfgOrder::UncondFirst => Tensor::cat(&[u, &b.cond], 0).unwrap(),
     }
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
 }
 
 fn sampler_spec(

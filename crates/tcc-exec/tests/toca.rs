@@ -5,13 +5,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 use tcc_core::{Branch, ModelShape};
 use tcc_exec::{toca, BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
-use tcc_model::{BlockModel, Dit, DitConfig, Modulation};
+use tcc_model::{BlockModel, Dit, Modulation};
 use tcc_plan::{Action, Plan};
 use tcc_sampler::NoiseRng;
+
+mod common;
+use common::{batch, bits, model};
 
 const HEAD: &str =
     "[model]\nname = \"tiny\"\n\n[sampler]\nkind = \"ddim\"\nsteps = 6\nguidance = 1.5\n\n";
@@ -19,43 +22,6 @@ const HEAD: &str =
 fn compile(text: &str) -> Plan {
     let s = tcc_schedule::parse("test.sched", text).unwrap();
     tcc_plan::compile(&s, std::path::Path::new(".")).unwrap()
-}
-
-/// A random model of `shape` (the embedded weights are not needed).
-fn model(shape: &ModelShape, seed: u64) -> Dit {
-    let cfg = DitConfig::from_shape(shape).unwrap();
-    Dit::random(&cfg, seed, DType::F32, &Device::Cpu).unwrap()
-}
-
-fn batch(shape: &ModelShape, n: usize, seed: u64) -> SampleBatch {
-    let dev = Device::Cpu;
-    let noise = NoiseRng::new(seed)
-        .randn(
-            (n, shape.in_channels, shape.input_size, shape.input_size),
-            &dev,
-        )
-        .unwrap();
-    let labels: Vec<u32> = (0..n as u32)
-        .map(|i| i % shape.num_classes as u32)
-        .collect();
-    SampleBatch {
-        noise,
-        cond: Tensor::new(labels, &dev).unwrap(),
-        uncond: Some(Tensor::full(shape.num_classes as u32, n, &dev).unwrap()),
-        cond_mask: None,
-        uncond_mask: None,
-        seed,
-    }
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
 }
 
 fn run(m: &Dit, p: &Plan, b: &SampleBatch, hooks: &mut dyn Hooks) -> Tensor {
