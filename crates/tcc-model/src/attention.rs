@@ -182,18 +182,24 @@ impl CustomOp1 for PackedSelfAttention {
     }
 }
 
-/// Multi-head self-attention from the packed projection `qkv` `[B, T, 3 D]`
-/// (Q, K, V, each `[T, H, hd]`): `softmax(q kᵀ / sqrt(hd)) v` per head, as
-/// `[B, T, D]` (heads concatenated). The fused CPU kernel for f32 on the
-/// CPU, [`packed_self_attention_composed`] otherwise.
-pub fn packed_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    let (_, _, d3) = qkv.dims3()?;
+/// The dimensions `(B, T, 3 D)` of a packed `qkv`, checked against `heads`.
+fn check_qkv(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, t, d3) = qkv.dims3()?;
     if heads == 0 || d3 % (3 * heads) != 0 {
         candle_core::bail!(
             "self-attention: qkv is {:?}, not [B, T, 3 D] with D divisible by {heads} heads",
             qkv.dims()
         );
     }
+    Ok((b, t, d3))
+}
+
+/// Multi-head self-attention from the packed projection `qkv` `[B, T, 3 D]`
+/// (Q, K, V, each `[T, H, hd]`): `softmax(q kᵀ / sqrt(hd)) v` per head, as
+/// `[B, T, D]` (heads concatenated). The fused CPU kernel for f32 on the
+/// CPU, [`packed_self_attention_composed`] otherwise.
+pub fn packed_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    check_qkv(qkv, heads)?;
     if matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32 {
         qkv.contiguous()?.apply_op1_no_bwd(&PackedSelfAttention {
             heads,
@@ -209,13 +215,7 @@ pub fn packed_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 /// averaged over the heads, `[B, T]` f32 (ToCa's token importance). The
 /// attention output is the same, bit for bit, as without it.
 pub fn packed_self_attention_received(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
-    let (b, t, d3) = qkv.dims3()?;
-    if heads == 0 || d3 % (3 * heads) != 0 {
-        candle_core::bail!(
-            "self-attention: qkv is {:?}, not [B, T, 3 D] with D divisible by {heads} heads",
-            qkv.dims()
-        );
-    }
+    let (b, t, d3) = check_qkv(qkv, heads)?;
     if matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32 {
         let flat = qkv.contiguous()?.apply_op1_no_bwd(&PackedSelfAttention {
             heads,
