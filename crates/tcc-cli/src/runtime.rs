@@ -339,28 +339,10 @@ pub fn sample_inputs<'a>(
 /// first starts at `range.start`: a shard's batches are the single run's),
 /// calling `each(start, latents)` after every batch. Returns the final
 /// latents of the range if `keep` (else `None`: memory holds one batch)
-/// and the wall time spent in the model (not in `each`).
+/// and the wall time spent in the model (not in `each`). With `realised`,
+/// records what a dynamic plan decided for each batch.
 #[allow(clippy::too_many_arguments)]
 pub fn run_range(
-    model: &AnyModel,
-    plan: &Plan,
-    inputs: &Inputs,
-    range: std::ops::Range<usize>,
-    batch_size: usize,
-    hooks: &mut dyn Hooks,
-    label: &str,
-    keep: bool,
-    each: &mut dyn FnMut(usize, &Tensor) -> Result<(), CliError>,
-) -> Result<(Option<Tensor>, Duration), CliError> {
-    run_range_with(
-        model, plan, inputs, range, batch_size, hooks, label, keep, each, None,
-    )
-}
-
-/// [`run_range`], recording in `realised` what a dynamic plan decided for
-/// each batch.
-#[allow(clippy::too_many_arguments)]
-pub fn run_range_with(
     model: &AnyModel,
     plan: &Plan,
     inputs: &Inputs,

@@ -129,7 +129,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     let mut npz = run.create_npz(decoder.side)?;
     rt.announce(io.err)?;
     let mut realised = crate::realised::Realised::default();
-    let (x, time) = crate::runtime::run_range_with(
+    let (x, time) = crate::runtime::run_range(
         &model,
         &plan,
         &inputs,
@@ -564,6 +564,7 @@ impl<'a> Run<'a> {
             "full",
             true,
             &mut |_, _| Ok(()),
+            None,
         )?;
         let reference = reference.expect("kept");
         let mut err = ErrorStats::new(DataRange::Signed);
