@@ -319,6 +319,12 @@ fn shards_of_the_seed_sets_merge_into_the_whole_runs_sums() {
             .map(|s| share(s, 1..2))
             .collect::<Vec<_>>()))
         .unwrap();
+    // The cache's PSNRs are not all +inf (identical after clamping), so
+    // comparing them below can catch a wrong merge.
+    assert!(whole
+        .sets
+        .iter()
+        .any(|s| s.variants[1].psnr.iter().any(|p| p.is_finite())));
     // Per sample: bit for bit, in sample order.
     for (a, b) in whole.sets.iter().zip(&merged.sets) {
         assert_eq!(a.samples, b.samples);
