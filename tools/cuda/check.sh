@@ -37,6 +37,16 @@
 #     walk's samples per second with shift priors (the walk is the same for
 #     every prior kind), then the preset's Procrustes fit on 64 samples for
 #     the fitting time (224 SVDs of 1152 x 1152), last and time-boxed.
+#  6. ToCa and first-block cache on CUDA against the CPU (embedded model,
+#     schedules/toca3.sched and fbcache.sched, 100 samples, f32): both
+#     devices sample, the steps each batch computed are compared, and the
+#     rel. L2 between the devices' samples is reported (ToCa's token choice
+#     and the first-block decision depend on the data, so a rounding
+#     difference can change a choice: reported, not held to 1e-4).
+#  7. ToCa's speed on CUDA: `tcc bench` of schedules/dit-xl2-toca.sched
+#     (DDIM 50, N = 2, fresh ratio 0.07) with random weights, f32 and bf16:
+#     measured against predicted speedup (gather, merge and scoring are
+#     in the prediction's MACs but are launch-bound on a GPU).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -60,11 +70,11 @@ fi
 : > "$report"
 : > "$log"
 start=$SECONDS
-# CHECK_STEPS picks steps 1-5 (default all; step 0 always runs), so that a
+# CHECK_STEPS picks steps 1-7 (default all; step 0 always runs), so that a
 # device call can run the correctness steps while something else uses the
 # GPU and the speed steps alone (tools/cuda/session.sh). CHECK_BUDGET_S:
 # seconds from the start within which step 5's Procrustes fit may run.
-steps=${CHECK_STEPS:-12345}
+steps=${CHECK_STEPS:-1234567}
 budget=${CHECK_BUDGET_S:-470}
 want() { [[ $steps == *"$1"* ]]; }
 failures=0
@@ -238,4 +248,33 @@ if (( left > 60 )); then
 else
   say "- Procrustes fitting time: skipped, ${left}s left of the ${budget} s budget"
 fi
+fi
+if want 6; then
+say ""
+say "## 6. ToCa and first-block cache: CUDA against the CPU (embedded model, f32)"
+for s in toca3 fbcache; do
+  for dev in cpu cuda; do
+    run 300 "$tcc" sample "schedules/$s.sched" --n 100 --device "$dev" --latents "$work/$s-$dev.safetensors"
+    verdict "sample $s on $dev" $?
+    grep -E 'samples [0-9]+\.\.[0-9]+: computed' "$log.step" | sed 's/^ *//' > "$work/$s-$dev.steps"
+  done
+  if [[ -s $work/$s-cpu.steps ]]; then
+    cmp -s "$work/$s-cpu.steps" "$work/$s-cuda.steps"
+    verdict "$s: the same steps computed on both devices ($(wc -l < "$work/$s-cpu.steps") batches)" $?
+  fi
+  say "- $s samples, CUDA vs CPU (reported): $(python3 tools/cuda/compare.py latents "$work/$s-cuda.safetensors" "$work/$s-cpu.safetensors" 2>&1)"
+done
+
+fi
+if want 7; then
+say ""
+say "## 7. ToCa's speed on CUDA: DiT-XL/2, DDIM 50, N = 2, fresh ratio 0.07 (random weights, batch 2x8)"
+mkdir -p "$work/toca"
+for dt in f32 bf16; do
+  run_json "$work/toca/bench-dit-xl2-toca-$dt.json" 240 "$tcc" bench schedules/dit-xl2-toca.sched \
+    --random-weights 0 --device cuda --dtype "$dt" --batch-size 8 --rounds 2 --json
+  verdict "tcc bench dit-xl2-toca $dt" $?
+done
+say ""
+python3 tools/cuda/compare.py speed "$work/toca" 2>&1 | sed 's/FORA N=3/ToCa/' | tee -a "$report"
 fi

@@ -16,7 +16,8 @@
 #     processes on STUDY_DEVICE (default cuda: on 12 of the H200 machine's
 #     16 CPU cores the four had fitted their priors but not finished their
 #     evals after 550 s), until SESSION_DEADLINE_S or until phase B needs
-#     the machine.
+#     the machine; STUDY= (empty) skips it, leaving the GPU to the trainer.
+#     The checks are stopped after CHECK_A_LIMIT_S (default 300).
 # Phase B, alone on the machine, what is timed: check.sh steps CHECK_STEPS_B
 # (default 45: tcc bench vs PyTorch eager, calibration throughput; empty to
 # skip, and then the study runs on).
@@ -40,6 +41,7 @@ deadline=${SESSION_DEADLINE_S:-570}
 checks_a=${CHECK_STEPS_A-123}
 checks_b=${CHECK_STEPS_B-45}
 study_device=${STUDY_DEVICE:-cuda}
+study=${STUDY-1}
 t0=$SECONDS
 work=$(mktemp -d /tmp/tcc-session.XXXXXX)
 log() { echo "[session ${1}: $((SECONDS - t0)) s] ${*:2}" | tee -a "$OUT/session.log"; }
@@ -75,7 +77,8 @@ train=$!
 # lowrank), each group one `tcc eval` with its own full-computation run.
 # Three threads each leave the trainer's Python process a core of its own.
 study_pids=()
-for n in 3 2; do
+[[ -n $study ]] || echo "skipped (STUDY empty)" > "$work/study/status"
+for n in $([[ -n $study ]] && echo 3 2); do
   groups=("fora$n fora$n-validated" "study/fora$n-validated-window study/fora$n-affine study/fora$n-diagonal study/fora$n-lowrank")
   for g in 0 1; do
     scheds=()
@@ -104,7 +107,7 @@ stop_study() {
 }
 
 if [[ -n $checks_a ]]; then
-  CHECK_STEPS=$checks_a OUT="$work/check-a" TCC_BIN="$tcc" timeout 300 bash tools/cuda/check.sh \
+  CHECK_STEPS=$checks_a OUT="$work/check-a" TCC_BIN="$tcc" timeout "${CHECK_A_LIMIT_S:-300}" bash tools/cuda/check.sh \
     > "$work/check-a.out" 2>&1
   log A "check steps ${checks_a} done (exit $?)"
 fi
