@@ -42,7 +42,7 @@ trap 'rm -rf "$work"' EXIT
 if [ $smoke = 1 ]; then
     device=cpu images=1000 train=(--steps 3 --batch 8 --rng device) check=(--n 16 --steps 2 --batch 16)
 else
-    device=cuda images=96000 train=(--steps 0 --minutes "${TRAIN_MINUTES:-6.5}" --batch 1024 --bf16 --rng device) check=(--n 640)
+    device=cuda images=96000 train=(--steps 0 --minutes "${TRAIN_MINUTES:-6.5}" --batch "${TRAIN_BATCH:-1024}" --bf16 --rng device) check=(--n 640)
 fi
 
 exec > >(tee "$out/train.log") 2>&1
