@@ -1,7 +1,7 @@
-//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`):
-//! the reported decisions and realised speedup agree with the library's
-//! cost model, the same seed and batch size decide alike, and calibration
-//! is refused.
+//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`,
+//! first-block cache and TeaCache): the reported decisions and realised
+//! speedup agree with the library's cost model, the same seed and batch
+//! size decide alike, and calibration is refused.
 
 use std::path::Path;
 
@@ -81,4 +81,49 @@ fn calibrating_a_dynamic_policy_is_refused() {
         err.contains("TCC calibration of a dynamic policy is not supported yet"),
         "{err}"
     );
+}
+
+#[test]
+fn sample_reports_teacaches_steps_and_speedup_with_its_probe() {
+    const TEA: &str = "schedules/teacache.sched";
+    let run = || {
+        assert_ok(&tcc(&[
+            "sample",
+            TEA,
+            "--n",
+            "2",
+            "--batch-size",
+            "2",
+            "--seed",
+            "3",
+        ]))
+    };
+    let out = run();
+    assert!(out.contains("dynamic policy teacache (threshold "), "{out}");
+    let (batches, speedup) = parse_report(&out);
+    assert_eq!(batches.len(), 1, "{out}");
+    let computed = &batches[0];
+    // Step 0 and the cut-off step 19 always compute; some step reuses.
+    assert!(
+        computed.starts_with(&[0]) && computed.ends_with(&[19]),
+        "{out}"
+    );
+    assert!(computed.len() < 20, "{out}");
+    let reuse: Vec<usize> = (0..20).filter(|s| !computed.contains(s)).collect();
+
+    // Every block is skipped at a reuse step; the realised speedup counts
+    // the probe's adaLN of block 0 at each of them.
+    let plan = tcc_plan::compile_file(Path::new(TEA)).unwrap();
+    assert_eq!(plan.reused_blocks(), Some((0, plan.model.depth)));
+    let ran = tcc_plan::PlanCost::of_run(&plan, &reuse);
+    let table = tcc_plan::PlanCost::of(&plan.realised(&reuse));
+    assert_eq!(
+        ran.total,
+        table.total + reuse.len() as u64 * ran.units.adaln
+    );
+    let want = ran.full_total as f64 / ran.total as f64;
+    assert!((speedup - want).abs() < 0.006, "{speedup} vs {want}\n{out}");
+    assert!(speedup > 1.0, "{out}");
+
+    assert_eq!(parse_report(&run()).0, batches);
 }

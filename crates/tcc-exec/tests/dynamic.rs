@@ -1,14 +1,15 @@
-//! Dynamic plans (a run-time policy consulted after block 0) against
-//! full computation, the static Δ-DiT plan of the same decisions, and a
-//! hand-written first-block-cache loop on tiny random DiTs. Exactness is
-//! bit for bit; the decision indicator is checked against an f64 hand
-//! computation from the block-0 residuals (relative tolerance 1e-4: the
+//! Dynamic plans (a run-time policy consulted after block 0, first-block
+//! cache, or before it, TeaCache) against full computation, the static
+//! Δ-DiT plan of the same decisions, and hand-written first-block-cache and
+//! TeaCache loops on tiny random DiTs. Exactness is bit for bit; the
+//! decision indicators are checked against f64 hand computations from the
+//! block-0 residuals / modulated inputs (relative tolerance 1e-4: the
 //! executor reduces in f32).
 
 use candle_core::{Device, Tensor};
 use tcc_core::{
-    CalibrationSpec, CfgOrder, DynamicPolicy, DynamicSpec, ModelFamily, ModelShape, SamplerKind,
-    SamplerSpec,
+    CalibrationSpec, CfgOrder, DynamicPolicy, DynamicSpec, ModelFamily, ModelShape, Polynomial,
+    ProbePoint, SamplerKind, SamplerSpec,
 };
 use tcc_exec::{Decide, Decision, NoHooks, Probe, SampleBatch, Trajectory};
 use tcc_model::{BlockModel, Dit};
@@ -60,6 +61,21 @@ fn spec(threshold: f64, warmup: usize, cutoff: usize, max_reuse: Option<usize>) 
         warmup,
         cutoff,
         max_reuse,
+        rescale: None,
+    }
+}
+
+fn tea(
+    threshold: f64,
+    warmup: usize,
+    cutoff: usize,
+    max_reuse: Option<usize>,
+    rescale: Option<&[f64]>,
+) -> DynamicSpec {
+    DynamicSpec {
+        policy: DynamicPolicy::TeaCache,
+        rescale: rescale.map(|c| Polynomial::new(c).unwrap()),
+        ..spec(threshold, warmup, cutoff, max_reuse)
     }
 }
 
@@ -275,6 +291,9 @@ fn same_seed_same_bytes_and_clones_continue_alike() {
 struct Script(Vec<usize>);
 
 impl Decide for Script {
+    fn probe_point(&self) -> ProbePoint {
+        ProbePoint::AfterFirstBlock
+    }
     fn decide(&mut self, probe: &Probe<'_>) -> tcc_exec::Result<Decision> {
         Ok(Decision {
             reuse: self.0.contains(&probe.step),
@@ -305,4 +324,196 @@ fn the_bounds_hold_whatever_the_policy_answers() {
         .unwrap()
         .with_policy(Box::new(Script(vec![])))
         .is_err());
+}
+
+#[test]
+fn a_policy_must_probe_where_the_plans_does() {
+    let m = model(5);
+    let b = batch(1, 11);
+    let p = dynamic_plan(6, Some(tea(0.1, 1, 0, None, None)));
+    let err = Trajectory::new(&m, &p, &b)
+        .unwrap()
+        .with_policy(Box::new(Script(vec![])))
+        .err()
+        .expect("a first-block probe on a TeaCache plan is refused");
+    assert!(err.to_string().contains("teacache"), "{err}");
+}
+
+/// TeaCache written out with the model's parts, in the reference code's
+/// order: the indicator in f64 from the f32 modulated inputs, rescaled in
+/// f64, accumulated, compared, reset at computed steps; the bounds as the
+/// docs state them; a reuse adds the residual of every block.
+fn hand_teacache(
+    m: &Dit,
+    steps: usize,
+    s: &DynamicSpec,
+    b: &SampleBatch,
+) -> (Tensor, Vec<usize>, Vec<Option<f64>>) {
+    let spec = sampler(steps);
+    let mut smp = Sampler::new(&spec).unwrap();
+    let c_in = Tensor::cat(&[&b.cond, b.uncond.as_ref().unwrap()], 0).unwrap();
+    let mut x = b.noise.clone();
+    let mut prev: Option<Vec<f32>> = None;
+    let mut delta: Option<Tensor> = None;
+    let (mut run, mut acc) = (0, 0.0f64);
+    let (mut computed, mut indicators) = (Vec::new(), Vec::new());
+    let rescale = |c: f64| match &s.rescale {
+        // numpy.polyval written as a sum of powers, not Horner's rule.
+        Some(p) => {
+            let n = p.coeffs().len();
+            p.coeffs()
+                .iter()
+                .enumerate()
+                .map(|(i, k)| k * c.powi((n - 1 - i) as i32))
+                .sum()
+        }
+        None => c,
+    };
+    for (i, &t) in spec.timesteps().iter().enumerate() {
+        let x_in = Tensor::cat(&[&x, &x], 0).unwrap();
+        let tt = Tensor::full(t as f32, x_in.dim(0).unwrap(), &Device::Cpu).unwrap();
+        let (mut h, c) = m.embed(&x_in, &tt, &c_in, None).unwrap();
+        let md = m.modulation(0, &c).unwrap();
+        let sig = f32s(&m.modulated_input(0, &h, &md).unwrap());
+        let ind = prev.as_ref().map(|p| {
+            let num: f64 = sig.iter().zip(p).map(|(a, b)| (a - b).abs() as f64).sum();
+            let den: f64 = p.iter().map(|b| b.abs() as f64).sum();
+            acc += rescale(num / den);
+            acc
+        });
+        indicators.push(ind);
+        prev = Some(sig);
+        let allowed = i >= s.warmup.max(1)
+            && i + s.cutoff < steps
+            && s.max_reuse.is_none_or(|k| run < k)
+            && delta.is_some();
+        if allowed && ind.is_some_and(|v| v < s.threshold) {
+            run += 1;
+            h = (&h + delta.as_ref().unwrap()).unwrap();
+        } else {
+            run = 0;
+            acc = 0.0;
+            computed.push(i);
+            let entering = h.clone();
+            for block in 0..DEPTH {
+                let md = m.modulation(block, &c).unwrap();
+                for &br in m.branches() {
+                    let out = m.branch(block, br, &h, &md, &c).unwrap();
+                    h = m.add_branch(br, &h, &md, &out).unwrap();
+                }
+            }
+            delta = Some((&h - &entering).unwrap());
+        }
+        let out = m.finish(&h, &c).unwrap();
+        x = smp
+            .step(i, &x, &guide(&out, &spec, 4).unwrap(), None)
+            .unwrap();
+    }
+    (x, computed, indicators)
+}
+
+#[test]
+fn teacache_threshold_zero_is_full_computation_bit_for_bit() {
+    let m = model(6);
+    let b = batch(2, 12);
+    let p = dynamic_plan(8, Some(tea(0.0, 1, 0, None, Some(&[3.0, 0.5, 0.1]))));
+    let (got, computed, ind) = run(&m, &p, &b);
+    let (full, _, _) = run(&m, &p.all_compute(), &b);
+    assert_eq!(computed, (0..8).collect::<Vec<_>>());
+    assert!(
+        ind[1..].iter().all(|x| x.is_some_and(|x| x > 0.0)),
+        "{ind:?}"
+    );
+    assert_eq!(bits(&got), bits(&full));
+}
+
+#[test]
+fn teacache_infinite_threshold_reuses_every_block_as_the_bounds_allow() {
+    let m = model(7);
+    let b = batch(2, 13);
+    let s = tea(f64::INFINITY, 2, 1, Some(3), None);
+    let p = dynamic_plan(10, Some(s));
+    let (got, computed, _) = run(&m, &p, &b);
+    let most = s.most_reuses(10);
+    assert_eq!(most, vec![2, 3, 4, 6, 7, 8]);
+    let want: Vec<usize> = (0..10).filter(|i| !most.contains(i)).collect();
+    assert_eq!(computed, want);
+
+    // The static plan of the same decisions: every block delta-reused
+    // from the latest computed step, written out here.
+    let mut fixed = dynamic_plan(10, None);
+    for (step, from) in [(2, 1), (3, 1), (4, 1), (6, 5), (7, 5), (8, 5)] {
+        for row in &mut fixed.steps[step].actions {
+            row.fill(Action::ReuseDelta {
+                start: 0,
+                end: DEPTH,
+                from,
+            });
+        }
+    }
+    assert_eq!(p.realised(&most), fixed);
+    let (want, _, _) = run(&m, &fixed, &b);
+    assert_eq!(bits(&got), bits(&want));
+
+    let (hand, hand_computed, _) = hand_teacache(&m, 10, &s, &b);
+    assert_eq!(hand_computed, computed);
+    assert_eq!(bits(&got), bits(&hand));
+}
+
+#[test]
+fn teacache_indicator_and_accumulator_match_a_hand_computation() {
+    let m = model(8);
+    let b = batch(3, 14);
+    let rescale: &[f64] = &[-4.0, 3.0, 0.02];
+    // The rescaled changes with every allowed step reusing (the
+    // accumulator then only grows), then a threshold among them so that
+    // the run mixes computes and reuses and the accumulator resets.
+    let (_, _, ind) = run(
+        &m,
+        &dynamic_plan(12, Some(tea(f64::INFINITY, 1, 0, None, Some(rescale)))),
+        &b,
+    );
+    let acc: Vec<f64> = ind.iter().flatten().copied().collect();
+    assert!(acc.windows(2).all(|w| w[1] > w[0]), "{acc:?}");
+    let threshold = (acc[1] + acc[2]) / 2.0;
+    let s = tea(threshold, 1, 1, Some(3), Some(rescale));
+    let (got, computed, ind) = run(&m, &dynamic_plan(12, Some(s)), &b);
+    let (hand, hand_computed, hand_ind) = hand_teacache(&m, 12, &s, &b);
+    assert_eq!(ind.len(), 12);
+    assert_eq!(ind[0], None);
+    for (step, (a, h)) in ind.iter().zip(&hand_ind).enumerate() {
+        let (a, h) = (a.unwrap_or(-1.0), h.unwrap_or(-1.0));
+        assert!((a - h).abs() <= 1e-4 * h.abs(), "step {step}: {a} vs {h}");
+        if step > 0 {
+            assert!(h > 0.0 && h.is_finite(), "step {step}: {h}");
+        }
+    }
+    assert_eq!(computed, hand_computed);
+    assert!(computed.len() > 3 && computed.len() < 11, "{computed:?}");
+    // Some reuse step follows another: the accumulator carried over.
+    let reuse: Vec<usize> = (0..12).filter(|i| !computed.contains(i)).collect();
+    assert!(reuse.windows(2).any(|w| w[1] == w[0] + 1), "{reuse:?}");
+    assert_eq!(bits(&got), bits(&hand));
+}
+
+#[test]
+fn teacache_same_seed_same_bytes_and_clones_continue_alike() {
+    let m = model(9);
+    let b = batch(2, 15);
+    let p = dynamic_plan(10, Some(tea(0.5, 1, 1, None, None)));
+    let (a, ca, _) = run(&m, &p, &b);
+    let (b2, cb, _) = run(&m, &p, &b);
+    assert_eq!(bits(&a), bits(&b2));
+    assert_eq!(ca, cb);
+    assert!(ca.len() < 10, "{ca:?}");
+
+    let mut tr = Trajectory::new(&m, &p, &b).unwrap();
+    for _ in 0..4 {
+        tr.step(&mut NoHooks).unwrap();
+    }
+    let copy = tr.clone();
+    let x1 = tr.run(&mut NoHooks).unwrap();
+    let x2 = copy.run(&mut NoHooks).unwrap();
+    assert_eq!(bits(&x1), bits(&x2));
+    assert_eq!(bits(&x1), bits(&a));
 }
