@@ -98,6 +98,122 @@ impl Polynomial {
     }
 }
 
+/// Why [`Polynomial::fit`] found no polynomial.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FitError {
+    /// A degree whose coefficients a [`Polynomial`] cannot hold.
+    Degree(usize),
+    /// `x` and `y` differ in length.
+    Lengths(usize, usize),
+    /// A pair with a NaN or infinite value.
+    NotFinite(usize),
+    /// Fewer distinct `x` than coefficients: the fit is not unique.
+    Underdetermined { degree: usize, distinct: usize },
+}
+
+impl std::fmt::Display for FitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FitError::Degree(d) => write!(
+                f,
+                "degree {d} is out of range: expected 0 to {}",
+                MAX_RESCALE_COEFFS - 1
+            ),
+            FitError::Lengths(a, b) => write!(f, "{a} x values but {b} y values"),
+            FitError::NotFinite(i) => write!(f, "pair {i} is not finite"),
+            FitError::Underdetermined { degree, distinct } => write!(
+                f,
+                "a degree-{degree} fit needs at least {} distinct x values, there are {distinct}",
+                degree + 1
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FitError {}
+
+impl Polynomial {
+    /// The least-squares polynomial of `degree` through the pairs
+    /// `(x[i], y[i])`, as `numpy.polyfit(x, y, degree)` gives it: the
+    /// Vandermonde matrix's columns are scaled to unit norm (numpy does the
+    /// same), the system is solved by Householder QR in f64, and the scale
+    /// is undone. Refuses a fit that is not unique (numpy warns and returns
+    /// one of many).
+    pub fn fit(x: &[f64], y: &[f64], degree: usize) -> Result<Polynomial, FitError> {
+        let m = degree + 1;
+        if m > MAX_RESCALE_COEFFS {
+            return Err(FitError::Degree(degree));
+        }
+        if x.len() != y.len() {
+            return Err(FitError::Lengths(x.len(), y.len()));
+        }
+        if let Some(i) = (0..x.len()).find(|&i| !(x[i].is_finite() && y[i].is_finite())) {
+            return Err(FitError::NotFinite(i));
+        }
+        let mut distinct: Vec<f64> = x.to_vec();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        if distinct.len() < m {
+            return Err(FitError::Underdetermined {
+                degree,
+                distinct: distinct.len(),
+            });
+        }
+        let n = x.len();
+        // Column j holds x^(degree - j) (numpy's `vander` order), row-major.
+        let mut a: Vec<f64> = x
+            .iter()
+            .flat_map(|&xi| (0..m).map(move |j| xi.powi((degree - j) as i32)))
+            .collect();
+        let scale: Vec<f64> = (0..m)
+            .map(|j| (0..n).map(|i| a[i * m + j].powi(2)).sum::<f64>().sqrt())
+            .collect();
+        for i in 0..n {
+            for j in 0..m {
+                a[i * m + j] /= scale[j];
+            }
+        }
+        let mut b = y.to_vec();
+        // Householder QR, applied to b as it goes.
+        for k in 0..m {
+            let norm = (k..n).map(|i| a[i * m + k].powi(2)).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                continue;
+            }
+            let alpha = if a[k * m + k] > 0.0 { -norm } else { norm };
+            let mut v: Vec<f64> = (k..n).map(|i| a[i * m + k]).collect();
+            v[0] -= alpha;
+            let vv: f64 = v.iter().map(|t| t * t).sum();
+            if vv == 0.0 {
+                continue;
+            }
+            for j in k..m {
+                let dot: f64 = (k..n).map(|i| v[i - k] * a[i * m + j]).sum();
+                let f = 2.0 * dot / vv;
+                for i in k..n {
+                    a[i * m + j] -= f * v[i - k];
+                }
+            }
+            let dot: f64 = (k..n).map(|i| v[i - k] * b[i]).sum();
+            let f = 2.0 * dot / vv;
+            for i in k..n {
+                b[i] -= f * v[i - k];
+            }
+        }
+        let mut c = vec![0.0; m];
+        for k in (0..m).rev() {
+            let rest: f64 = (k + 1..m).map(|j| a[k * m + j] * c[j]).sum();
+            c[k] = (b[k] - rest) / a[k * m + k];
+        }
+        for (cj, sj) in c.iter_mut().zip(&scale) {
+            *cj /= sj;
+        }
+        // Distinct x make the scaled Vandermonde matrix full rank; a
+        // result that still overflows is refused like any non-finite input.
+        Polynomial::new(&c).ok_or(FitError::NotFinite(0))
+    }
+}
+
 impl Serialize for Polynomial {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.coeffs().serialize(s)

@@ -22,7 +22,8 @@ pub use calibration::{
 };
 pub use diffusers::{ConfigError, TransformerConfig, PIXART_CAPTION_TOKENS};
 pub use dynamic::{
-    DynamicPolicy, DynamicSpec, Polynomial, ProbePoint, DEFAULT_DYNAMIC_WARMUP, MAX_RESCALE_COEFFS,
+    DynamicPolicy, DynamicSpec, FitError, Polynomial, ProbePoint, DEFAULT_DYNAMIC_WARMUP,
+    MAX_RESCALE_COEFFS,
 };
 pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};

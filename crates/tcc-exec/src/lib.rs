@@ -24,6 +24,7 @@
 mod cache;
 mod decide;
 mod inputs;
+mod teacache;
 pub mod toca;
 mod trajectory;
 
@@ -32,6 +33,7 @@ pub use decide::{
     policy_for, relative_change, Decide, Decision, FirstBlockCache, Probe, StepDecision, TeaCache,
 };
 pub use inputs::{Captions, Inputs};
+pub use teacache::{teacache_changes, StepChange};
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 
 /// What kind of failure an [`ExecError`] is, for callers that must tell a

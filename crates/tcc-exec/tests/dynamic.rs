@@ -81,8 +81,13 @@ fn tea(
 
 /// The full-computation table of `steps` steps with `dynamic` attached.
 fn dynamic_plan(steps: usize, dynamic: Option<DynamicSpec>) -> Plan {
-    let sampler = sampler(steps);
-    let nb = shape().branches().len();
+    plan_for(shape(), sampler(steps), dynamic)
+}
+
+/// The full-computation table of `model` under `sampler`, with `dynamic`.
+fn plan_for(model: ModelShape, sampler: SamplerSpec, dynamic: Option<DynamicSpec>) -> Plan {
+    let nb = model.branches().len();
+    let depth = model.depth;
     let steps = sampler
         .timesteps()
         .into_iter()
@@ -90,13 +95,13 @@ fn dynamic_plan(steps: usize, dynamic: Option<DynamicSpec>) -> Plan {
         .map(|(step, timestep)| StepPlan {
             step,
             timestep,
-            actions: vec![vec![Action::Compute; nb]; DEPTH],
+            actions: vec![vec![Action::Compute; nb]; depth],
         })
         .collect();
     Plan {
         source: "test".into(),
         weights: None,
-        model: shape(),
+        model,
         sampler,
         calibration: CalibrationSpec::default(),
         steps,
@@ -109,8 +114,9 @@ fn batch(n: usize, seed: u64) -> SampleBatch {
     common::batch(&shape(), n, seed)
 }
 
-/// Runs a plan; returns the latents and the steps that computed blocks 1..
-fn run(m: &Dit, p: &Plan, b: &SampleBatch) -> (Tensor, Vec<usize>, Vec<Option<f64>>) {
+/// Runs a plan; returns the latents, the steps that computed the policy's
+/// blocks and the indicators.
+fn run<M: BlockModel>(m: &M, p: &Plan, b: &SampleBatch) -> (Tensor, Vec<usize>, Vec<Option<f64>>) {
     let mut tr = Trajectory::new(m, p, b).unwrap();
     while !tr.is_done() {
         tr.step(&mut NoHooks).unwrap();
@@ -516,4 +522,117 @@ fn teacache_same_seed_same_bytes_and_clones_continue_alike() {
     let x2 = copy.run(&mut NoHooks).unwrap();
     assert_eq!(bits(&x1), bits(&x2));
     assert_eq!(bits(&x1), bits(&a));
+}
+
+/// PixArt-α (adaLN-single: the modulated input uses the shared timestep
+/// vectors plus the block's table; three branches, cross-attention to
+/// captions): TeaCache at threshold 0 is full computation, at threshold
+/// inf it is the static plan of its decisions, bit for bit.
+#[test]
+fn teacache_on_pixart_probes_its_adaln_single_modulated_input() {
+    let sh = ModelShape {
+        name: "test-pixart".into(),
+        family: ModelFamily::Pixart,
+        depth: 3,
+        hidden: 32,
+        heads: 2,
+        patch: 2,
+        input_size: 8,
+        in_channels: 4,
+        out_channels: 8,
+        mlp_ratio: 4.0,
+        num_classes: 0,
+        caption_tokens: 5,
+        caption_dim: 6,
+    };
+    let cfg = tcc_model::PixArtConfig::from_shape(&sh).unwrap();
+    let m = tcc_model::PixArt::random(&cfg, 4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let rng = |seed, shape: &[usize]| {
+        tcc_sampler::NoiseRng::new(seed)
+            .randn(shape, &Device::Cpu)
+            .unwrap()
+    };
+    let b = SampleBatch {
+        noise: rng(1, &[2, 4, 8, 8]),
+        cond: rng(2, &[2, 5, 6]),
+        uncond: Some(rng(3, &[2, 5, 6])),
+        cond_mask: None,
+        uncond_mask: None,
+        seed: 4,
+    };
+    let smp = SamplerSpec {
+        kind: SamplerKind::DpmSolverPp,
+        steps: 8,
+        guidance_scale: 4.5,
+        cfg_order: CfgOrder::UncondFirst,
+        ..SamplerSpec::default()
+    };
+    let zero = plan_for(sh.clone(), smp.clone(), Some(tea(0.0, 1, 0, None, None)));
+    let (got, computed, ind) = run(&m, &zero, &b);
+    let (full, _, _) = run(&m, &zero.all_compute(), &b);
+    assert_eq!(computed.len(), 8);
+    assert!(
+        ind[1..].iter().all(|x| x.is_some_and(|x| x > 0.0)),
+        "{ind:?}"
+    );
+    assert_eq!(bits(&got), bits(&full));
+
+    let s = tea(f64::INFINITY, 2, 1, Some(2), None);
+    let inf = plan_for(sh, smp, Some(s));
+    let (got, computed, _) = run(&m, &inf, &b);
+    let reuse = s.most_reuses(8);
+    assert_eq!(reuse, vec![2, 3, 5, 6]);
+    assert_eq!(computed, vec![0, 1, 4, 7]);
+    let (want, _, _) = run(&m, &inf.realised(&reuse), &b);
+    assert_eq!(bits(&got), bits(&want));
+    assert_ne!(bits(&got), bits(&full));
+}
+
+/// The fit data of `tcc teacache-fit`: the input changes are the indicators
+/// a TeaCache run reports before rescaling, the output changes match an
+/// f64 hand computation from the plain sampling loop's model outputs
+/// (relative tolerance 1e-4: the executor reduces in f32).
+#[test]
+fn teacache_changes_are_the_indicator_and_the_model_outputs_change() {
+    let m = model(10);
+    let b = batch(2, 16);
+    let p = dynamic_plan(7, Some(spec(0.08, 2, 1, Some(2))));
+    let changes = tcc_exec::teacache_changes(&m, &p, &b).unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.step).collect::<Vec<_>>(),
+        (1..7).collect::<Vec<_>>()
+    );
+
+    let (_, computed, ind) = run(&m, &dynamic_plan(7, Some(tea(0.0, 1, 0, None, None))), &b);
+    assert_eq!(computed.len(), 7);
+    for c in &changes {
+        assert_eq!(Some(c.input), ind[c.step]);
+    }
+
+    let spec = sampler(7);
+    let mut smp = Sampler::new(&spec).unwrap();
+    let c_in = Tensor::cat(&[&b.cond, b.uncond.as_ref().unwrap()], 0).unwrap();
+    let mut x = b.noise.clone();
+    let mut prev: Option<Vec<f32>> = None;
+    for (i, &t) in spec.timesteps().iter().enumerate() {
+        let x_in = Tensor::cat(&[&x, &x], 0).unwrap();
+        let tt = Tensor::full(t as f32, 4, &Device::Cpu).unwrap();
+        let out = m.forward(&x_in, &tt, &c_in, None).unwrap();
+        let o = f32s(&out);
+        if let Some(p) = &prev {
+            let num: f64 = o.iter().zip(p).map(|(a, b)| (a - b).abs() as f64).sum();
+            let den: f64 = p.iter().map(|b| b.abs() as f64).sum();
+            let want = num / den;
+            let got = changes[i - 1].output;
+            assert!(
+                (got - want).abs() <= 1e-4 * want,
+                "step {i}: {got} vs {want}"
+            );
+            assert!(want > 0.0);
+        }
+        prev = Some(o);
+        x = smp
+            .step(i, &x, &guide(&out, &spec, 4).unwrap(), None)
+            .unwrap();
+    }
 }
