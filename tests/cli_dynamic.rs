@@ -1,7 +1,8 @@
-//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`):
-//! the reported decisions and realised speedup agree with the library's
-//! cost model, the same seed and batch size decide alike, and calibration
-//! is refused.
+//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`,
+//! first-block cache and TeaCache): the reported decisions and realised
+//! speedup agree with the library's cost model, the same seed and batch
+//! size decide alike, and calibration is refused. `tcc teacache-fit`
+//! prints a rescale line that a schedule takes, fitted on its own pairs.
 
 use std::path::Path;
 
@@ -81,4 +82,137 @@ fn calibrating_a_dynamic_policy_is_refused() {
         err.contains("TCC calibration of a dynamic policy is not supported yet"),
         "{err}"
     );
+}
+
+#[test]
+fn sample_reports_teacaches_steps_and_speedup_with_its_probe() {
+    const TEA: &str = "schedules/teacache.sched";
+    let run = || {
+        assert_ok(&tcc(&[
+            "sample",
+            TEA,
+            "--n",
+            "2",
+            "--batch-size",
+            "2",
+            "--seed",
+            "3",
+        ]))
+    };
+    let out = run();
+    assert!(out.contains("dynamic policy teacache (threshold "), "{out}");
+    let (batches, speedup) = parse_report(&out);
+    assert_eq!(batches.len(), 1, "{out}");
+    let computed = &batches[0];
+    // Step 0 and the cut-off step 19 always compute; some step reuses.
+    assert!(
+        computed.starts_with(&[0]) && computed.ends_with(&[19]),
+        "{out}"
+    );
+    assert!(computed.len() < 20, "{out}");
+    let reuse: Vec<usize> = (0..20).filter(|s| !computed.contains(s)).collect();
+
+    // Every block is skipped at a reuse step; the realised speedup counts
+    // the probe's adaLN of block 0 at each of them.
+    let plan = tcc_plan::compile_file(Path::new(TEA)).unwrap();
+    assert_eq!(plan.reused_blocks(), Some((0, plan.model.depth)));
+    let ran = tcc_plan::PlanCost::of_run(&plan, &reuse);
+    let table = tcc_plan::PlanCost::of(&plan.realised(&reuse));
+    assert_eq!(
+        ran.total,
+        table.total + reuse.len() as u64 * ran.units.adaln
+    );
+    let want = ran.full_total as f64 / ran.total as f64;
+    assert!((speedup - want).abs() < 0.006, "{speedup} vs {want}\n{out}");
+    assert!(speedup > 1.0, "{out}");
+
+    assert_eq!(parse_report(&run()).0, batches);
+}
+
+/// A schedule for the 2-block micro DiT (random weights): fast full runs.
+fn micro_schedule(dir: &Path, dynamic: &str) -> std::path::PathBuf {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/micro-dit");
+    let text = format!(
+        "[model]\npath = {:?}\n\n[sampler]\nkind = \"ddim\"\nsteps = 8\nguidance = 1.5\n{dynamic}",
+        model.to_str().unwrap()
+    );
+    let path = dir.join("fit.sched");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn teacache_fit_prints_a_rescale_line_fitted_on_its_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = micro_schedule(dir.path(), "");
+    let sched = sched.to_str().unwrap();
+    let common = [
+        "teacache-fit",
+        sched,
+        "--random-weights",
+        "1",
+        "--n",
+        "3",
+        "--batch-size",
+        "2",
+        "--degree",
+        "2",
+    ];
+    let json = assert_ok(&tcc(&[&common[..], &["--json"]].concat()));
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let pairs = doc["pairs"].as_array().unwrap();
+    // Two batches (samples 0..2, 2..3), steps 1..=7 each.
+    assert_eq!(pairs.len(), 14, "{json}");
+    let starts: Vec<u64> = pairs
+        .iter()
+        .map(|p| p["batch_start"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts, [[0; 7], [2; 7]].concat());
+    let get = |k: &str| -> Vec<f64> { pairs.iter().map(|p| p[k].as_f64().unwrap()).collect() };
+    let (x, y) = (get("input_change"), get("output_change"));
+    assert!(
+        x.iter().chain(&y).all(|v| v.is_finite() && *v > 0.0),
+        "{json}"
+    );
+    let want = tcc_core::Polynomial::fit(&x, &y, 2).unwrap();
+    let got: Vec<f64> = doc["rescale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_f64().unwrap())
+        .collect();
+    assert_eq!(got, want.coeffs());
+
+    // The text report ends with the line for the schedule, which compiles
+    // to the same coefficients.
+    let out = assert_ok(&tcc(&common));
+    let line = out.lines().last().unwrap();
+    assert!(line.starts_with("rescale = ["), "{out}");
+    let tea = micro_schedule(
+        dir.path(),
+        &format!("\n[dynamic]\npolicy = \"teacache\"\nthreshold = 0.1\n{line}\n"),
+    );
+    let plan = tcc_plan::compile_file(&tea).unwrap();
+    assert_eq!(
+        plan.dynamic.unwrap().rescale.unwrap().coeffs(),
+        want.coeffs()
+    );
+
+    // Too few pairs for the degree, and a degree out of range.
+    let sched = micro_schedule(dir.path(), "");
+    let sched = sched.to_str().unwrap();
+    let few = &[
+        "teacache-fit",
+        sched,
+        "--random-weights",
+        "1",
+        "--n",
+        "1",
+        "--degree",
+        "7",
+    ];
+    let err = assert_bad_input(&tcc(few));
+    assert!(err.contains("needs more than 7"), "{err}");
+    let out = tcc(&["teacache-fit", sched, "--degree", "8"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -224,6 +224,14 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
     fn modulation(&self, block: usize, cond: &Conditioning) -> candle_core::Result<Modulation> {
         self.inner.modulation(block, cond)
     }
+    fn modulated_input(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+    ) -> candle_core::Result<Tensor> {
+        self.inner.modulated_input(block, x, m)
+    }
     fn branch(
         &self,
         block: usize,

@@ -36,6 +36,7 @@ mod realised;
 mod runtime;
 mod sample;
 mod scoring;
+mod teacache_fit;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -108,6 +109,10 @@ enum Command {
     Bench(bench::Args),
     /// Convert an original DiT checkpoint (.pt) to safetensors.
     Convert(convert::Args),
+    /// Fit TeaCache's rescale polynomial for a schedule's model from
+    /// full-computation runs.
+    #[command(name = "teacache-fit")]
+    TeacacheFit(teacache_fit::Args),
     /// Quantize a pipeline's T5 text encoder to a GGUF file (q8_0, q4_0).
     #[command(name = "quantize-t5")]
     QuantizeT5(quantize::Args),
@@ -174,6 +179,7 @@ where
         Command::Merge(args) => merge::run(args, io),
         Command::Bench(args) => bench::run(args, io),
         Command::Convert(args) => convert::run(args, io),
+        Command::TeacacheFit(args) => teacache_fit::run(args, io),
         Command::QuantizeT5(args) => quantize::run(args, io),
         Command::Golden(args) => golden::run(args, io),
     };

@@ -6,17 +6,18 @@ use tcc_plan::{human_macs, Plan, PlanCost};
 /// The reuse steps of every batch of a run, in batch order.
 #[derive(Clone, Debug, Default)]
 pub struct Realised {
-    /// (first sample, samples, steps that reused blocks 1..).
+    /// (first sample, samples, steps that reused the policy's blocks).
     pub batches: Vec<(usize, usize, Vec<usize>)>,
 }
 
 impl Realised {
-    /// MACs of what ran and of full computation, over every sample.
+    /// MACs of what ran (the policy's probe included) and of full
+    /// computation, over every sample.
     pub fn macs(&self, plan: &Plan) -> (u128, u128) {
         let full = PlanCost::of(&plan.all_compute()).total as u128;
         let (mut ran, mut all) = (0u128, 0u128);
         for (_, len, reuse) in &self.batches {
-            ran += PlanCost::of(&plan.realised(reuse)).total as u128 * *len as u128;
+            ran += PlanCost::of_run(plan, reuse).total as u128 * *len as u128;
             all += full * *len as u128;
         }
         (ran, all)

@@ -21,7 +21,10 @@ pub use calibration::{
     DEFAULT_ALPHAS, DEFAULT_RANK, DEFAULT_RIDGE, DEFAULT_VALIDATION_SAMPLES,
 };
 pub use diffusers::{ConfigError, TransformerConfig, PIXART_CAPTION_TOKENS};
-pub use dynamic::{DynamicPolicy, DynamicSpec, DEFAULT_DYNAMIC_WARMUP};
+pub use dynamic::{
+    DynamicPolicy, DynamicSpec, FitError, Polynomial, ProbePoint, DEFAULT_DYNAMIC_WARMUP,
+    MAX_RESCALE_COEFFS,
+};
 pub use model::{Branch, ModelFamily, ModelShape, TIMESTEP_FREQ_DIM};
 pub use sampler::{CfgOrder, SamplerKind, SamplerSpec};
 pub use shard::{in_shard_order, Shard, MAX_SHARDS};

@@ -1,28 +1,34 @@
 //! Run-time cache decisions: the hook a dynamic plan consults at every step,
-//! and the first-block cache policy on it.
+//! and the policies on it (first-block cache, TeaCache).
 //!
-//! The executor runs block 0, hands its residual (output minus input, the
-//! whole model batch: every sample and both CFG halves) to a [`Decide`], and
-//! then either runs blocks 1.. (storing their residual delta) or adds the
-//! delta stored at the last step that ran them (a Δ-DiT delta reuse of
-//! blocks `1..depth`). The bounds of the plan's [`DynamicSpec`] (warm-up,
+//! A policy probes each step at one point ([`ProbePoint`], fixed by the
+//! policy): after block 0, at block 0's residual (first-block cache), or
+//! before block 0, at block 0's modulated input (TeaCache). The executor
+//! hands it that tensor (the whole model batch: every sample and both CFG
+//! halves) and then either runs the blocks from the probe point to the
+//! last (storing their residual delta) or adds the delta stored at the
+//! last step that ran them (a Δ-DiT delta reuse of blocks `1..depth` or
+//! `0..depth`). The bounds of the plan's [`DynamicSpec`] (warm-up,
 //! cut-off, consecutive reuses) are enforced by the executor, not the
 //! policy, so every policy obeys them alike. The whole batch decides
 //! together, as in cache-dit: a sample's bytes depend on the batch it ran
 //! in.
 
 use candle_core::{DType, Tensor};
-use tcc_core::{DynamicPolicy, DynamicSpec};
+use tcc_core::{DynamicPolicy, DynamicSpec, Polynomial, ProbePoint};
 
 use crate::Result;
 
-/// What a policy sees after block 0 of a step.
+/// What a policy sees at its probe point of a step.
 #[derive(Clone, Copy, Debug)]
 pub struct Probe<'a> {
     pub step: usize,
-    /// Block 0's output minus its input, `[batch, tokens, hidden]`, in the
-    /// model's dtype.
-    pub residual: &'a Tensor,
+    /// Where the executor probed (the policy's [`Decide::probe_point`]).
+    pub point: ProbePoint,
+    /// `[batch, tokens, hidden]` in the model's dtype: block 0's output
+    /// minus its input after block 0, block 0's modulated input
+    /// (`LayerNorm(x) * (1 + scale_msa) + shift_msa`) before it.
+    pub signal: &'a Tensor,
     /// Whether the bounds allow a reuse at this step and a delta is cached.
     /// When false the step computes whatever the policy answers.
     pub may_reuse: bool,
@@ -31,8 +37,8 @@ pub struct Probe<'a> {
 /// A policy's answer for one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
-    /// Reuse the residual delta of blocks 1.. (ignored unless the probe
-    /// allowed it).
+    /// Reuse the residual delta of the blocks from the probe point on
+    /// (ignored unless the probe allowed it).
     pub reuse: bool,
     /// The change indicator the policy compared with its threshold, for
     /// reports (`None` where it had nothing to compare with).
@@ -43,6 +49,11 @@ pub struct Decision {
 /// the last computed step) and is told about every step, whether or not the
 /// bounds allow a reuse there.
 pub trait Decide {
+    /// Where the policy probes; it must be the probe point of the plan's
+    /// policy ([`DynamicPolicy::probe_point`]), which fixes the blocks a
+    /// reuse skips and so what the plan's cost model prices.
+    fn probe_point(&self) -> ProbePoint;
+
     fn decide(&mut self, probe: &Probe<'_>) -> Result<Decision>;
 
     /// A copy with the same state, so a [`Trajectory`](crate::Trajectory)
@@ -54,7 +65,8 @@ pub trait Decide {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepDecision {
     pub step: usize,
-    /// Whether blocks 1.. ran (false: their cached delta was added).
+    /// Whether the blocks from the probe point on ran (false: their
+    /// cached delta was added).
     pub computed: bool,
     pub indicator: Option<f64>,
 }
@@ -94,16 +106,73 @@ pub fn relative_change(r: &Tensor, prev: &Tensor) -> Result<f64> {
 }
 
 impl Decide for FirstBlockCache {
+    fn probe_point(&self) -> ProbePoint {
+        ProbePoint::AfterFirstBlock
+    }
+
     fn decide(&mut self, probe: &Probe<'_>) -> Result<Decision> {
         let indicator = match &self.prev {
-            Some(prev) => Some(relative_change(probe.residual, prev)?),
+            Some(prev) => Some(relative_change(probe.signal, prev)?),
             None => None,
         };
         // NaN compares false: a broken indicator computes.
         let reuse = probe.may_reuse && indicator.is_some_and(|x| x < self.threshold);
         if !reuse {
-            self.prev = Some(probe.residual.clone());
+            self.prev = Some(probe.signal.clone());
         }
+        Ok(Decision { reuse, indicator })
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Decide> {
+        Box::new(self.clone())
+    }
+}
+
+/// TeaCache, in the order of its reference code: at every step but the
+/// first, `acc += rescale(mean|m - m_prev| / mean|m_prev|)`, `m` being
+/// block 0's modulated input and `m_prev` that of the previous step
+/// (computed or not); reuse when `acc < threshold` (and the bounds allow);
+/// at every computed step `acc` goes back to 0. `m_prev = m` after every
+/// step. The reported indicator is `acc` as compared.
+#[derive(Clone, Debug)]
+pub struct TeaCache {
+    threshold: f64,
+    rescale: Option<Polynomial>,
+    prev: Option<Tensor>,
+    acc: f64,
+}
+
+impl TeaCache {
+    pub fn new(threshold: f64, rescale: Option<Polynomial>) -> TeaCache {
+        TeaCache {
+            threshold,
+            rescale,
+            prev: None,
+            acc: 0.0,
+        }
+    }
+}
+
+impl Decide for TeaCache {
+    fn probe_point(&self) -> ProbePoint {
+        ProbePoint::BeforeFirstBlock
+    }
+
+    fn decide(&mut self, probe: &Probe<'_>) -> Result<Decision> {
+        let indicator = match &self.prev {
+            Some(prev) => {
+                let change = relative_change(probe.signal, prev)?;
+                self.acc += self.rescale.map_or(change, |p| p.eval(change));
+                Some(self.acc)
+            }
+            None => None,
+        };
+        // NaN compares false: a broken indicator computes (and resets).
+        let reuse = probe.may_reuse && indicator.is_some_and(|x| x < self.threshold);
+        if !reuse {
+            self.acc = 0.0;
+        }
+        self.prev = Some(probe.signal.clone());
         Ok(Decision { reuse, indicator })
     }
 
@@ -116,6 +185,7 @@ impl Decide for FirstBlockCache {
 pub fn policy_for(spec: &DynamicSpec) -> Box<dyn Decide> {
     match spec.policy {
         DynamicPolicy::FirstBlock => Box::new(FirstBlockCache::new(spec.threshold)),
+        DynamicPolicy::TeaCache => Box::new(TeaCache::new(spec.threshold, spec.rescale)),
     }
 }
 
@@ -150,18 +220,26 @@ impl DynamicState {
         }
     }
 
-    /// Asks the policy at `step` of `steps`; true: reuse blocks 1...
+    /// Where the plan's policy probes.
+    pub fn probe_point(&self) -> ProbePoint {
+        self.spec.policy.probe_point()
+    }
+
+    /// Asks the policy at `step` of `steps` with the tensor of its probe
+    /// point; `cached`: whether a delta of the reused blocks is held.
+    /// True: reuse them.
     pub fn decide(
         &mut self,
         step: usize,
         steps: usize,
-        residual: &Tensor,
+        signal: &Tensor,
         cached: bool,
     ) -> Result<bool> {
         let may_reuse = cached && self.spec.may_reuse(step, steps, self.run);
         let d = self.policy.decide(&Probe {
             step,
-            residual,
+            point: self.probe_point(),
+            signal,
             may_reuse,
         })?;
         let reuse = d.reuse && may_reuse;

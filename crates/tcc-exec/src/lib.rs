@@ -16,20 +16,24 @@
 //! a later step reuses it, and dropped after its last reader.
 //!
 //! A dynamic plan (one with a run-time policy) is run the same way, with
-//! one decision per step after block 0 ([`Decide`]): compute blocks 1..
-//! or add their residual delta from the last computed step.
+//! one decision per step ([`Decide`]) at the policy's probe point: after
+//! block 0 (first-block cache: compute blocks 1.. or add their residual
+//! delta from the last computed step) or before it (TeaCache: compute
+//! every block or add the delta of all of them).
 
 mod cache;
 mod decide;
 mod inputs;
+mod teacache;
 pub mod toca;
 mod trajectory;
 
 pub use cache::CacheLayout;
 pub use decide::{
-    policy_for, relative_change, Decide, Decision, FirstBlockCache, Probe, StepDecision,
+    policy_for, relative_change, Decide, Decision, FirstBlockCache, Probe, StepDecision, TeaCache,
 };
 pub use inputs::{Captions, Inputs};
+pub use teacache::{teacache_changes, StepChange};
 pub use trajectory::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 
 /// What kind of failure an [`ExecError`] is, for callers that must tell a

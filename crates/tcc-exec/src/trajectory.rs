@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use tcc_core::{Branch, CfgOrder};
+use tcc_core::{Branch, CfgOrder, ProbePoint};
 use tcc_model::BlockModel;
 use tcc_plan::{Action, Plan};
 use tcc_sampler::{NoiseRng, Sampler};
@@ -30,6 +30,14 @@ pub trait Hooks {
     /// entry, so consecutive reuses chain from the replaced value. The
     /// tensor covers the whole model batch (both CFG halves).
     fn branch_output(&mut self, site: &BranchSite, out: &Tensor) -> Result<Option<Tensor>>;
+
+    /// Called at every step with the model's output (`[batch, C_out, H,
+    /// W]` f32, the whole model batch, before guidance), to observe it
+    /// (TeaCache's fit of its rescaling reads it). Does nothing by default.
+    fn model_output(&mut self, step: usize, out: &Tensor) -> Result<()> {
+        let _ = (step, out);
+        Ok(())
+    }
 }
 
 /// Hooks that observe nothing and replace nothing.
@@ -179,9 +187,19 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
     }
 
     /// Replaces the policy of a dynamic plan (the one its spec names by
-    /// default) before the first step; the plan's bounds still apply.
+    /// default) before the first step; the plan's bounds still apply, and
+    /// the policy must probe where the plan's does (that fixes the blocks
+    /// a reuse skips, which the plan's cost model prices).
     pub fn with_policy(mut self, policy: Box<dyn Decide>) -> Result<Self> {
         match &mut self.dynamic {
+            Some(state) if policy.probe_point() != state.probe_point() => {
+                Err(ExecError::Input(format!(
+                    "the policy probes at {:?}, the plan's policy ({}) at {:?}",
+                    policy.probe_point(),
+                    state.spec.policy,
+                    state.probe_point()
+                )))
+            }
             Some(state) if self.next == 0 => {
                 state.policy = policy;
                 Ok(self)
@@ -201,8 +219,9 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         self.dynamic.as_ref().map_or(&[], |d| &d.decisions)
     }
 
-    /// The steps at which a dynamic plan reused blocks 1.. so far:
-    /// `plan.realised(&reuse_steps())` is the static plan the run followed.
+    /// The steps at which a dynamic plan reused its blocks
+    /// ([`Plan::reused_blocks`]) so far: `plan.realised(&reuse_steps())` is
+    /// the static plan the run followed.
     pub fn reuse_steps(&self) -> Vec<usize> {
         self.decisions()
             .iter()
@@ -269,11 +288,30 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         let (mut h, c) = model.embed(&x_in, &t, &self.cond_in, self.mask_in.as_ref())?;
 
         let tokens = plan.model.tokens();
+        let depth = model.depth();
         let mut open_ranges: Vec<((usize, usize), Tensor)> = Vec::new();
-        // A dynamic plan's probe: the residual stream entering block 0.
-        let first_in = self.dynamic.as_ref().map(|_| h.clone());
         let mut block = 0;
-        while block < model.depth() {
+        // A dynamic plan's probe: after block 0, the residual stream
+        // entering it; before block 0, its modulated input, whose
+        // modulation block 0 then uses.
+        let mut first_in = None;
+        let mut first_mod = None;
+        match self.dynamic.as_ref().map(|d| d.probe_point()) {
+            Some(ProbePoint::AfterFirstBlock) => first_in = Some(h.clone()),
+            Some(ProbePoint::BeforeFirstBlock) => {
+                let m = model.modulation(0, &c)?;
+                let signal = model.modulated_input(0, &h, &m)?;
+                if self.decide_dynamic(s, &signal, 0)? {
+                    h = (h + &self.delta[&(0, depth)].1)?;
+                    block = depth;
+                } else {
+                    open_ranges.push(((0, depth), h.clone()));
+                    first_mod = Some(m);
+                }
+            }
+            None => {}
+        }
+        while block < depth {
             if let Action::ReuseDelta { start, end, from } = step.actions[block][0] {
                 let (at, d) = self
                     .delta
@@ -303,7 +341,10 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     open_ranges.push(((start, end), h.clone()));
                 }
             }
-            let m = model.modulation(block, &c)?;
+            let m = match first_mod.take() {
+                Some(m) => m,
+                None => model.modulation(block, &c)?,
+            };
             for (bi, &branch) in branches.iter().enumerate() {
                 let action = step.actions[block][bi];
                 let cached = |from: usize| match self.cache.get(&(block, bi)) {
@@ -378,10 +419,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                 };
                 let out = hooks
                     .branch_output(&site, &out)
-                    .map_err(|e| match e {
-                        ExecError::Hook(_) => e,
-                        e => ExecError::Hook(Box::new(e)),
-                    })?
+                    .map_err(hook_error)?
                     .unwrap_or(out);
                 match action {
                     Action::Compute if self.layout.store[s].contains(&(block, bi)) => {
@@ -405,16 +443,16 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                 }
             }
             if let (1, Some(first_in)) = (block, &first_in) {
-                let depth = model.depth();
-                if self.decide_first_block(s, &h, first_in)? {
-                    let (_, d) = &self.delta[&(1, depth)];
-                    h = (h + d)?;
+                let residual = (&h - first_in)?;
+                if self.decide_dynamic(s, &residual, 1)? {
+                    h = (h + &self.delta[&(1, depth)].1)?;
                     break;
                 }
                 open_ranges.push(((1, depth), h.clone()));
             }
         }
         let out = model.finish(&h, &c)?.to_dtype(DType::F32)?;
+        hooks.model_output(s, &out).map_err(hook_error)?;
         let guided = tcc_sampler::guide(&out, &plan.sampler, plan.model.in_channels)?;
         let noise = if self.sampler.needs_noise(s) {
             Some(self.rng.randn(self.x.dims(), self.x.device())?)
@@ -434,17 +472,17 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
         Ok(())
     }
 
-    /// A dynamic plan's decision after block 0 of step `s`: true to add
-    /// the residual delta of blocks 1.. cached at the last computed step.
-    fn decide_first_block(&mut self, s: usize, h: &Tensor, first_in: &Tensor) -> Result<bool> {
+    /// A dynamic plan's decision at step `s`, from the tensor of its probe
+    /// point: true to add the residual delta of blocks `start..depth`
+    /// cached at the last computed step.
+    fn decide_dynamic(&mut self, s: usize, signal: &Tensor, start: usize) -> Result<bool> {
         let steps = self.plan.steps.len();
-        let cached = self.delta.contains_key(&(1, self.model.depth()));
+        let cached = self.delta.contains_key(&(start, self.model.depth()));
         let state = self
             .dynamic
             .as_mut()
             .expect("called for dynamic plans only");
-        let residual = (h - first_in)?;
-        state.decide(s, steps, &residual, cached)
+        state.decide(s, steps, signal, cached)
     }
 
     /// Run every remaining step and return the final latents.
@@ -453,6 +491,14 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
             self.step(hooks)?;
         }
         Ok(self.x)
+    }
+}
+
+/// What a hook returned, marked as the hook's (unless it already is).
+fn hook_error(e: ExecError) -> ExecError {
+    match e {
+        ExecError::Hook(_) => e,
+        e => ExecError::Hook(Box::new(e)),
     }
 }
 

@@ -44,6 +44,10 @@ impl BlockModel for AnyModel {
         each!(self, m => m.modulation(block, cond))
     }
 
+    fn modulated_input(&self, block: usize, x: &Tensor, md: &Modulation) -> Result<Tensor> {
+        each!(self, m => m.modulated_input(block, x, md))
+    }
+
     fn branch(
         &self,
         block: usize,

@@ -314,6 +314,16 @@ impl BlockModel for Dit {
         Modulation::from_chunks(part)
     }
 
+    fn modulated_input(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+    ) -> candle_core::Result<Tensor> {
+        self.block(block)?;
+        ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)
+    }
+
     fn branch(
         &self,
         block: usize,
@@ -325,7 +335,7 @@ impl BlockModel for Dit {
         let blk = self.block(block)?;
         match branch {
             Branch::Attn => {
-                let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)?;
+                let h = self.modulated_input(block, x, m)?;
                 blk.layers.attention(self.cfg.heads, &h)
             }
             Branch::Mlp => {
@@ -345,7 +355,7 @@ impl BlockModel for Dit {
         _cond: &Conditioning,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let blk = self.block(block)?;
-        let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, NORM_EPS)?;
+        let h = self.modulated_input(block, x, m)?;
         let (out, received) = blk.layers.attention_received(self.cfg.heads, &h)?;
         Ok((out, Some(received)))
     }

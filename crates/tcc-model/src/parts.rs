@@ -97,6 +97,13 @@ pub trait BlockModel {
     /// The modulation vectors of block `block`.
     fn modulation(&self, block: usize, cond: &Conditioning) -> Result<Modulation>;
 
+    /// The input of `block`'s self-attention after its adaLN modulation,
+    /// `LayerNorm(x) * (1 + scale_msa) + shift_msa` (DiT's `modulate(norm1(x),
+    /// ...)`, PixArt-α's `t2i_modulate(norm1(x), ...)` with its adaLN-single
+    /// vectors), exactly as the `attn` branch computes it: TeaCache's change
+    /// indicator.
+    fn modulated_input(&self, block: usize, x: &Tensor, m: &Modulation) -> Result<Tensor>;
+
     /// The pre-gate output of `branch` of `block` for residual stream `x`.
     fn branch(
         &self,

@@ -215,6 +215,34 @@ impl PlanCost {
         }
     }
 
+    /// The cost of a run of dynamic plan `plan` that reused at
+    /// `reuse_steps`: the cost of [`Plan::realised`], plus what the policy's
+    /// probe adds to it. TeaCache's probe computes block 0's adaLN
+    /// modulation (for block 0's modulated input) also at the steps that
+    /// then skip every block; a first-block probe is block 0 itself, which
+    /// the realised plan already counts. Equal to [`PlanCost::of`] for a
+    /// static plan.
+    pub fn of_run(plan: &Plan, reuse_steps: &[usize]) -> PlanCost {
+        let realised = plan.realised(reuse_steps);
+        let mut cost = PlanCost::of(&realised);
+        if let Some((0, _)) = plan.reused_blocks() {
+            let probe = cost.units.adaln;
+            for (step, plan_step) in cost.steps.iter_mut().zip(&realised.steps) {
+                let skipped = plan_step
+                    .actions
+                    .first()
+                    .and_then(|row| row.first())
+                    .is_some_and(|a| matches!(a, Action::ReuseDelta { start: 0, .. }));
+                if skipped {
+                    step.adaln = step.adaln.saturating_add(probe);
+                    step.total = step.total.saturating_add(probe);
+                    cost.total = cost.total.saturating_add(probe);
+                }
+            }
+        }
+        cost
+    }
+
     /// Whether a MAC count saturated its 64-bit counter (at
     /// [`u64::MAX`]): then the counts are lower bounds and the speedup
     /// means nothing.

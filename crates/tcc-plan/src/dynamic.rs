@@ -1,7 +1,7 @@
 //! `plan --show` of a dynamic plan: the rule, its bounds and the range of
 //! cost the run-time decisions can land in, instead of a fixed table.
 
-use tcc_core::{DynamicPolicy, DynamicSpec};
+use tcc_core::{DynamicPolicy, DynamicSpec, ProbePoint};
 
 use crate::cost::{human_macs, PlanCost};
 use crate::render::{label, num, speedup_text};
@@ -52,15 +52,46 @@ impl Plan {
                     &format!("(r: block 0's output minus its input over the whole batch, both CFG halves; r_prev: r at the last step that ran every block), blocks 1..={last} add their residual delta cached at that step; else every block runs and refreshes the cache"),
                 );
             }
+            DynamicPolicy::TeaCache => {
+                let rescale = match &d.rescale {
+                    Some(p) => {
+                        let c: Vec<String> = p.coeffs().iter().map(|&c| num(c)).collect();
+                        format!("rescale(c) = polyval([{}], c)", c.join(", "))
+                    }
+                    None => "rescale: none (the identity)".to_string(),
+                };
+                label(
+                    out,
+                    "dynamic",
+                    &format!(
+                        "teacache, threshold {}: before block 0 at every step, acc += rescale(mean|m - m_prev| / mean|m_prev|); when acc < {}",
+                        num(d.threshold),
+                        num(d.threshold)
+                    ),
+                );
+                label(
+                    out,
+                    "",
+                    &format!("blocks 0..={last} add their residual delta (block {last}'s output minus block 0's input) cached at the last computed step; else every block runs, refreshes the cache and acc = 0"),
+                );
+                label(
+                    out,
+                    "",
+                    "(m: block 0's modulated input LayerNorm(x) * (1 + scale_msa) + shift_msa over the whole batch, both CFG halves; m_prev: m at the previous step, computed or not)",
+                );
+                label(out, "", &rescale);
+            }
         }
         let max = d
             .max_reuse
-            .map_or("no limit".to_string(), |m| m.to_string());
+            .map_or("no limit on reuses in a row".to_string(), |m| {
+                format!("at most {m} reuses in a row")
+            });
         label(
             out,
             "bounds",
             &format!(
-                "warm-up {} (step 0 always computes), cut-off {}, at most {max} reuses in a row",
+                "warm-up {} (step 0 always computes), cut-off {}, {max}",
                 d.warmup, d.cutoff
             ),
         );
@@ -72,16 +103,20 @@ impl Plan {
         );
         out.push('\n');
         let worst = PlanCost::of(self);
-        let best = PlanCost::of(&self.realised(&most));
+        let best = PlanCost::of_run(self, &most);
         let reuse_step = most
             .first()
             .map(|&s| best.steps[s].total)
             .unwrap_or(worst.full_step);
+        let what = match d.policy.probe_point() {
+            ProbePoint::AfterFirstBlock => "embed, block 0, final layer",
+            ProbePoint::BeforeFirstBlock => "embed, block 0's adaLN for the probe, final layer",
+        };
         label(
             out,
             "step MACs",
             &format!(
-                "computed {}, reused {} (embed, block 0, final layer)",
+                "computed {}, reused {} ({what})",
                 human_macs(worst.full_step),
                 human_macs(reuse_step)
             ),
@@ -110,6 +145,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::step_list;
+    use crate::PlanCost;
 
     fn compile(text: &str) -> crate::Plan {
         let schedule = tcc_schedule::parse("d.sched", text).unwrap();
@@ -135,6 +171,62 @@ mod tests {
         assert_eq!(keys, ["dynamic.threshold"]);
         assert_eq!(d.settings[0].b.as_deref(), Some("inf"));
         assert!(d.cells.is_empty());
+    }
+
+    #[test]
+    fn teacache_reuses_every_block_and_pays_its_probe() {
+        let base = "[model]\nname = \"tiny\"\n[sampler]\nsteps = 6\n";
+        let p = compile(&format!(
+            "{base}[dynamic]\npolicy = \"teacache\"\nthreshold = 0.2\nrescale = [2, -0.5, 0.001]\n"
+        ));
+        let d = p.dynamic.unwrap();
+        assert_eq!(d.policy, tcc_core::DynamicPolicy::TeaCache);
+        assert_eq!(d.rescale.unwrap().coeffs(), [2.0, -0.5, 0.001]);
+        let depth = p.model.depth;
+        assert_eq!(p.reused_blocks(), Some((0, depth)));
+        let realised = p.realised(&[2, 3]);
+        for s in [2, 3] {
+            for row in &realised.steps[s].actions {
+                assert!(row.iter().all(|&a| a
+                    == crate::Action::ReuseDelta {
+                        start: 0,
+                        end: depth,
+                        from: 1
+                    }));
+            }
+        }
+        // A reuse step costs the embedding and the final layer in the
+        // realised table; the run also paid block 0's adaLN for the probe.
+        let table = PlanCost::of(&realised);
+        let run = PlanCost::of_run(&p, &[2, 3]);
+        let u = &table.units;
+        assert_eq!(table.steps[2].total, u.embed + u.final_layer);
+        assert_eq!(run.steps[2].total, u.embed + u.final_layer + u.adaln);
+        assert_eq!(run.steps[1], table.steps[1]);
+        assert_eq!(run.total, table.total + 2 * u.adaln);
+        assert!(u.adaln > 0);
+
+        // A first-block run costs what its realised table does.
+        let fb = compile(&format!(
+            "{base}[dynamic]\npolicy = \"first-block\"\nthreshold = 0.2\n"
+        ));
+        assert_eq!(fb.reused_blocks(), Some((1, depth)));
+        assert_eq!(
+            PlanCost::of_run(&fb, &[2, 3]),
+            PlanCost::of(&fb.realised(&[2, 3]))
+        );
+        // A static plan has nothing to realise.
+        let full = p.all_compute();
+        assert_eq!(full.reused_blocks(), None);
+        assert_eq!(full.realised(&[2, 3]), full);
+
+        let shown = p.show();
+        assert!(shown.contains("teacache, threshold 0.2"), "{shown}");
+        assert!(shown.contains("polyval([2, -0.5, 0.001], c)"), "{shown}");
+        assert!(
+            shown.contains("blocks 0..=5 add their residual delta"),
+            "{shown}"
+        );
     }
 
     #[test]

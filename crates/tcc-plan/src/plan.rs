@@ -90,8 +90,9 @@ pub struct Plan {
     pub toca: Option<TocaSpec>,
     pub steps: Vec<StepPlan>,
     /// A run-time policy: `steps` is then the full-computation table (the
-    /// worst case), and the executor decides per step whether to run blocks
-    /// 1.. or reuse their residual delta ([`Plan::reuse_step`]). Absent
+    /// worst case), and the executor decides per step whether to run the
+    /// blocks of [`Plan::reused_blocks`] or reuse their residual delta
+    /// ([`Plan::reuse_step`]). Absent
     /// from files and the hash when `None`, so static plans keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<DynamicSpec>,
@@ -149,20 +150,30 @@ impl Plan {
         out
     }
 
+    /// The blocks `start..end` a dynamic plan's reuse skips, adding their
+    /// residual delta from the last computed step: `1..depth` for a policy
+    /// that probes after block 0 (first-block cache), `0..depth` for one
+    /// that probes before it (TeaCache). `None` for a static plan.
+    pub fn reused_blocks(&self) -> Option<(usize, usize)> {
+        let d = self.dynamic.as_ref()?;
+        Some((
+            d.policy.probe_point().first_reused_block(),
+            self.model.depth,
+        ))
+    }
+
     /// Step `step` of a dynamic plan as it runs when the policy reuses:
-    /// block 0 computed, blocks 1.. adding their residual delta cached at
-    /// step `from` (a Δ-DiT delta reuse of blocks `1..depth`).
+    /// the blocks of [`Plan::reused_blocks`] add their residual delta
+    /// cached at step `from` (a Δ-DiT delta reuse), the blocks before them
+    /// computed. A static plan's step is returned as it is.
     pub fn reuse_step(&self, step: usize, from: usize) -> StepPlan {
         let mut out = self.steps[step].clone();
-        let depth = self.model.depth;
-        for row in out.actions.iter_mut().skip(1) {
-            row.iter_mut().for_each(|a| {
-                *a = Action::ReuseDelta {
-                    start: 1,
-                    end: depth,
-                    from,
-                }
-            });
+        let Some((start, end)) = self.reused_blocks() else {
+            return out;
+        };
+        for row in out.actions.iter_mut().skip(start) {
+            row.iter_mut()
+                .for_each(|a| *a = Action::ReuseDelta { start, end, from });
         }
         out
     }
@@ -170,13 +181,14 @@ impl Plan {
     /// The static plan a dynamic plan ran as, given the steps at which it
     /// reused: each reuse step reads the latest computed step before it.
     /// This is what the cost model prices to give a run's realised cost,
-    /// and a plan that sampling it reproduces bit for bit.
+    /// and a plan that sampling it reproduces bit for bit. A static plan
+    /// is returned as it is.
     pub fn realised(&self, reuse_steps: &[usize]) -> Plan {
         let mut out = self.clone();
         out.dynamic = None;
         let mut last_computed = 0;
         for s in 0..self.steps.len() {
-            if reuse_steps.contains(&s) && s > 0 {
+            if reuse_steps.contains(&s) && s > 0 && self.dynamic.is_some() {
                 out.steps[s] = self.reuse_step(s, last_computed);
             } else {
                 last_computed = s;

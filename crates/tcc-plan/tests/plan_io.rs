@@ -578,7 +578,11 @@ fn build_plan(
         toca: None,
         steps,
         dynamic: (seed % 256 >= 128).then(|| tcc_core::DynamicSpec {
-            policy: tcc_core::DynamicPolicy::FirstBlock,
+            policy: if seed % 13 >= 6 {
+                tcc_core::DynamicPolicy::TeaCache
+            } else {
+                tcc_core::DynamicPolicy::FirstBlock
+            },
             threshold: if seed % 3 == 0 {
                 f64::INFINITY
             } else {
@@ -587,6 +591,12 @@ fn build_plan(
             warmup: (seed % 5) as usize,
             cutoff: (seed % 7) as usize,
             max_reuse: (seed % 11 >= 5).then_some((seed % 4) as usize),
+            rescale: (seed % 13 >= 9).then(|| {
+                let c: Vec<f64> = (0..1 + seed % 8)
+                    .map(|i| (seed as f64).sin() * 1e3 / (i + 1) as f64)
+                    .collect();
+                tcc_core::Polynomial::new(&c).unwrap()
+            }),
         }),
     }
 }

@@ -327,4 +327,6 @@ pub struct DynamicSection {
     pub warmup: Option<Spanned<u64>>,
     pub cutoff: Option<Spanned<u64>>,
     pub max_reuse: Option<Spanned<u64>>,
+    /// TeaCache's rescaling polynomial, numpy `polyval` order.
+    pub rescale: Option<Spanned<Vec<Spanned<f64>>>>,
 }

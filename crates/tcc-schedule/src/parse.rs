@@ -58,7 +58,14 @@ const RULE_KEYS: &[&str] = &[
 ];
 const TOCA_KEYS: &[&str] = &["score", "fresh-weight", "spread-bonus", "interval", "seed"];
 const LIMIT_KEYS: &[&str] = &["warmup", "cutoff", "max-reuse"];
-const DYNAMIC_KEYS: &[&str] = &["policy", "threshold", "warmup", "cutoff", "max-reuse"];
+const DYNAMIC_KEYS: &[&str] = &[
+    "policy",
+    "threshold",
+    "warmup",
+    "cutoff",
+    "max-reuse",
+    "rescale",
+];
 const CALIBRATION_KEYS: &[&str] = &[
     "method",
     "mode",
@@ -815,6 +822,12 @@ impl<'t> Cx<'t> {
                 "warmup" => d.warmup = self.uint(v),
                 "cutoff" => d.cutoff = self.uint(v),
                 "max-reuse" => d.max_reuse = self.uint(v),
+                // A list even for one coefficient: a lone number reads as
+                // a threshold-like setting, which `rescale` is not.
+                "rescale" => match v.get_ref() {
+                    DeValue::Array(_) => d.rescale = self.list(v, "numbers", Cx::float),
+                    _ => self.type_error(v, "a list of numbers"),
+                },
                 _ => self.unknown_key(k, "[dynamic]", DYNAMIC_KEYS),
             }
         }

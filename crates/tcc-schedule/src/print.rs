@@ -139,6 +139,10 @@ pub(crate) fn print_schedule(s: &Schedule) -> String {
                 kv(&mut out, key, &v.to_string());
             }
         }
+        if let Some(list) = &d.rescale {
+            let items: Vec<String> = list.value.iter().map(|x| float(x.value)).collect();
+            kv(&mut out, "rescale", &format!("[{}]", items.join(", ")));
+        }
     }
 
     if let Some(cal) = &s.calibration {

@@ -319,19 +319,26 @@ fn toca() -> impl Strategy<Value = TocaSection> {
 
 fn dynamic() -> impl Strategy<Value = DynamicSection> {
     (
-        opt(Just(tcc_core::DynamicPolicy::FirstBlock)),
+        opt(prop_oneof![
+            Just(tcc_core::DynamicPolicy::FirstBlock),
+            Just(tcc_core::DynamicPolicy::TeaCache)
+        ]),
         opt(toml_float()),
         opt(toml_uint()),
         opt(toml_uint()),
         opt(toml_uint()),
+        proptest::option::of(
+            proptest::collection::vec(toml_float().prop_map(sp), 1..6).prop_map(sp),
+        ),
     )
         .prop_map(
-            |(policy, threshold, warmup, cutoff, max_reuse)| DynamicSection {
+            |(policy, threshold, warmup, cutoff, max_reuse, rescale)| DynamicSection {
                 policy,
                 threshold,
                 warmup,
                 cutoff,
                 max_reuse,
+                rescale,
             },
         )
 }

@@ -343,6 +343,16 @@ impl BlockModel for PixArt {
         Modulation::from_chunks(part)
     }
 
+    fn modulated_input(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+    ) -> candle_core::Result<Tensor> {
+        self.block(block)?;
+        ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, self.cfg.norm_eps)
+    }
+
     fn branch(
         &self,
         block: usize,
@@ -355,7 +365,7 @@ impl BlockModel for PixArt {
         let eps = self.cfg.norm_eps;
         match branch {
             Branch::Attn => {
-                let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, eps)?;
+                let h = self.modulated_input(block, x, m)?;
                 blk.layers.attention(self.cfg.heads, &h)
             }
             Branch::Cross => {
@@ -379,7 +389,7 @@ impl BlockModel for PixArt {
         _cond: &Conditioning,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let blk = self.block(block)?;
-        let h = ops::layer_norm_modulate(x, &m.shift_msa, &m.scale_msa, self.cfg.norm_eps)?;
+        let h = self.modulated_input(block, x, m)?;
         let (out, received) = blk.layers.attention_received(self.cfg.heads, &h)?;
         Ok((out, Some(received)))
     }

@@ -2,7 +2,9 @@
 //! [`DynamicSpec`]. The plan's table stays full computation (the worst
 //! case); the executor decides per step.
 
-use tcc_core::{CalibMethod, DynamicPolicy, DynamicSpec, DEFAULT_DYNAMIC_WARMUP};
+use tcc_core::{
+    CalibMethod, DynamicPolicy, DynamicSpec, Polynomial, DEFAULT_DYNAMIC_WARMUP, MAX_RESCALE_COEFFS,
+};
 use tcc_schedule::{Diagnostic, Diagnostics, Schedule, Spanned};
 
 use crate::render::num;
@@ -50,24 +52,28 @@ pub(super) fn resolve_dynamic(
             );
         }
     }
-    if depth < 2 {
+    let policy = match &d.policy {
+        Some(p) => Some(p.value),
+        None => {
+            let names: Vec<String> = DynamicPolicy::NAMES
+                .iter()
+                .map(|n| format!("`policy = \"{n}\"`"))
+                .collect();
+            diags.push(
+                Diagnostic::new("[dynamic] needs a `policy`", section.span, "no policy")
+                    .with_help(format!("add {}", names.join(" or "))),
+            );
+            None
+        }
+    };
+    if policy == Some(DynamicPolicy::FirstBlock) && depth < 2 {
         diags.push(Diagnostic::new(
             format!("a first-block policy needs at least 2 blocks; the model has {depth}"),
             section.span,
             "nothing would be left to reuse",
         ));
     }
-    let policy = match &d.policy {
-        Some(p) => Some(p.value),
-        None => {
-            diags.push(
-                Diagnostic::new("[dynamic] needs a `policy`", section.span, "no policy").with_help(
-                    format!("add `policy = \"{}\"`", DynamicPolicy::FirstBlock.as_str()),
-                ),
-            );
-            None
-        }
-    };
+    let rescale = resolve_rescale(d.rescale.as_ref(), policy, &mut diags);
     let threshold = match &d.threshold {
         Some(t) if t.value.is_nan() || t.value < 0.0 => {
             diags.push(
@@ -82,9 +88,17 @@ pub(super) fn resolve_dynamic(
         }
         Some(t) => Some(t.value),
         None => {
+            let help = match policy {
+                Some(DynamicPolicy::TeaCache) => "e.g. `threshold = 0.1` (the accumulated, rescaled relative change of block 0's modulated input below which every block is reused)",
+                _ => "e.g. `threshold = 0.08` (the relative change of block 0's residual below which the other blocks are reused)",
+            };
             diags.push(
-                Diagnostic::new("[dynamic] needs a `threshold`", section.span, "no threshold")
-                    .with_help("e.g. `threshold = 0.08` (the relative change of block 0's residual below which the other blocks are reused)"),
+                Diagnostic::new(
+                    "[dynamic] needs a `threshold`",
+                    section.span,
+                    "no threshold",
+                )
+                .with_help(help),
             );
             None
         }
@@ -117,5 +131,62 @@ pub(super) fn resolve_dynamic(
         warmup,
         cutoff,
         max_reuse,
+        rescale,
     }))
+}
+
+/// `rescale`: TeaCache only, 1 to [`MAX_RESCALE_COEFFS`] finite numbers.
+fn resolve_rescale(
+    list: Option<&Spanned<Vec<Spanned<f64>>>>,
+    policy: Option<DynamicPolicy>,
+    diags: &mut Diagnostics,
+) -> Option<Polynomial> {
+    let list = list?;
+    match policy {
+        Some(DynamicPolicy::TeaCache) => {}
+        Some(p) => {
+            diags.push(
+                Diagnostic::new(
+                    format!("`rescale` is a TeaCache setting; policy \"{p}\" has none"),
+                    list.span,
+                    "not used by this policy",
+                )
+                .with_help("remove it, or set `policy = \"teacache\"`"),
+            );
+            return None;
+        }
+        None => return None,
+    }
+    let mut ok = true;
+    if list.value.len() > MAX_RESCALE_COEFFS {
+        diags.push(
+            Diagnostic::new(
+                format!(
+                    "{} rescale coefficients; at most {MAX_RESCALE_COEFFS} (degree {})",
+                    list.value.len(),
+                    MAX_RESCALE_COEFFS - 1
+                ),
+                list.span,
+                "too many coefficients",
+            )
+            .with_help("TeaCache's fits have degree 4: 5 coefficients, highest power first"),
+        );
+        ok = false;
+    }
+    for c in &list.value {
+        if !c.value.is_finite() {
+            diags.push(Diagnostic::new(
+                format!("rescale coefficient {} is not finite", num(c.value)),
+                c.span,
+                "expected a finite number",
+            ));
+            ok = false;
+        }
+    }
+    let coeffs: Vec<f64> = list.value.iter().map(|c| c.value).collect();
+    if ok {
+        Polynomial::new(&coeffs)
+    } else {
+        None
+    }
 }
