@@ -259,12 +259,16 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
     }
 }
 
+/// The fresh tokens of a partial compute, per model batch row (`None`:
+/// not a partial compute).
+type Fresh = Option<Vec<Vec<usize>>>;
+
 /// Keeps the outputs of the calibrated sites of one step, with the fresh
 /// tokens of partial computes.
 struct Recorder<'a> {
     step: usize,
     sites: &'a [Site],
-    outputs: HashMap<Site, (Tensor, Option<Vec<Vec<usize>>>)>,
+    outputs: HashMap<Site, (Tensor, Fresh)>,
 }
 
 impl Hooks for Recorder<'_> {
@@ -341,7 +345,7 @@ fn pairs<'a, M: BlockModel>(
 /// One site's paired outputs at a calibrated step: the reference `A`, the
 /// uncorrected reused output `B`, and at a ToCa partial compute the fresh
 /// tokens of `B` (computed, not reused: left out of the statistics).
-type Paired = (Tensor, Tensor, Option<Vec<Vec<usize>>>);
+type Paired = (Tensor, Tensor, Fresh);
 
 impl<M: BlockModel> Pair<'_, M> {
     /// Advances both trajectories to calibrated step `k` and returns, per

@@ -198,11 +198,17 @@ fn fresh_ratio_zero_gives_the_fora_priors_and_samples() {
     }
 }
 
+/// Fresh tokens per model batch row, where a site reported them.
+type Fresh = Option<Vec<Vec<usize>>>;
+
+/// One step's outputs per (block, branch), with their fresh tokens.
+type StepOutputs = HashMap<(usize, Branch), (Tensor, Fresh)>;
+
 /// Keeps the outputs of one step's sites as a hook sees them (before any
 /// replacement), with the fresh tokens of partial computes.
 struct StepRecorder {
     step: usize,
-    outputs: HashMap<(usize, Branch), (Tensor, Option<Vec<Vec<usize>>>)>,
+    outputs: StepOutputs,
 }
 
 impl Hooks for StepRecorder {
@@ -222,12 +228,7 @@ impl Hooks for StepRecorder {
 }
 
 /// Runs `plan` on `b` up to and including `step`, recording that step.
-fn record(
-    m: &Dit,
-    plan: &Plan,
-    b: &SampleBatch,
-    step: usize,
-) -> HashMap<(usize, Branch), (Tensor, Option<Vec<Vec<usize>>>)> {
+fn record(m: &Dit, plan: &Plan, b: &SampleBatch, step: usize) -> StepOutputs {
     let mut t = Trajectory::new(m, plan, b).unwrap();
     while t.next_step() < step {
         t.step(&mut NoHooks).unwrap();
@@ -394,7 +395,7 @@ fn the_first_toca_prior_is_shared_by_both_modes() {
 }
 
 /// What the prior hooks got and gave at each site.
-type Seen = HashMap<(usize, usize, Branch), (Tensor, Tensor, Option<Vec<Vec<usize>>>)>;
+type Seen = HashMap<(usize, usize, Branch), (Tensor, Tensor, Fresh)>;
 
 /// Runs the wrapped hooks and keeps (input, output, fresh) per site.
 struct Watch {
