@@ -301,3 +301,131 @@ fn convert_writes_safetensors_with_the_same_tensors_and_refuses_non_checkpoints(
     let e = assert_bad_input(&tcc(&["convert", "no/such.pt", bad_out.to_str().unwrap()]));
     assert!(e.contains("no/such.pt"), "{e}");
 }
+
+/// TCC on ToCa from the command line: the embedded ToCa + TCC schedule
+/// calibrated, sampled with its priors and evaluated, on the 2-block
+/// micro DiT (tests/fixtures/micro-dit, random weights: seconds instead of
+/// the tiny model's minutes). Priors change the samples, deterministically;
+/// eval runs the TCC variant beside the cache and reports the branch
+/// distances of the partly computed MLP too.
+#[test]
+fn toca_with_tcc_calibrates_samples_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = "schedules/toca3-tcc.sched";
+    let micro = [
+        "--model",
+        "tests/fixtures/micro-dit",
+        "--random-weights",
+        "0",
+    ];
+    let priors = dir.path().join("p.safetensors").display().to_string();
+    let mut args = vec!["calibrate", file];
+    args.extend(micro);
+    args.extend([
+        "--samples",
+        "4",
+        "--validation-samples",
+        "2",
+        "--out",
+        &priors,
+    ]);
+    let stdout = assert_ok(&tcc(&args));
+    // 2 blocks x (attn reused, mlp partly computed) x steps 1, 2, 4, 5.
+    assert!(
+        stdout.contains("wrote 16 priors (16 calibrated sites)"),
+        "{stdout}"
+    );
+
+    let latents = |name: &str, with: bool| {
+        let path = dir.path().join(name);
+        let mut args = vec!["sample", file];
+        args.extend(micro);
+        args.extend(["--n", "3", "--latents", path.to_str().unwrap()]);
+        if with {
+            args.extend(["--priors", &priors]);
+        }
+        assert_ok(&tcc(&args));
+        std::fs::read(path).unwrap()
+    };
+    let (with, again, without) = (
+        latents("a.safetensors", true),
+        latents("b.safetensors", true),
+        latents("c.safetensors", false),
+    );
+    assert_eq!(with, again, "the same seed and priors give the same bytes");
+    assert_ne!(with, without, "the priors change the samples");
+
+    let plot = dir.path().join("e.png").display().to_string();
+    let mut args = vec!["eval", file];
+    args.extend(micro);
+    args.extend([
+        "--priors",
+        &priors,
+        "--no-one-shot",
+        "--n",
+        "3",
+        "--seeds",
+        "5,6",
+        "--plot",
+        &plot,
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&assert_ok(&tcc(&args))).unwrap();
+    let variants = doc["report"]["variants"].as_array().unwrap();
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["full", "cache", "tcc"]);
+    for v in &variants[1..] {
+        for s in v["sets"].as_array().unwrap() {
+            assert!(s["rel_l2"].as_f64().unwrap() > 0.0, "{v}");
+        }
+        // Step 1 reuses the attention and partly computes the MLP: both
+        // are measured (over the stale tokens of the MLP).
+        let step1 = &v["steps"][1];
+        assert!(step1["branch_rel_l2"].as_f64().unwrap() > 0.0, "{step1}");
+    }
+    let tests = doc["report"]["tests"].as_array().unwrap();
+    assert_eq!(
+        (tests[0]["a"].as_str(), tests[0]["b"].as_str()),
+        (Some("tcc"), Some("cache"))
+    );
+    assert!(Path::new(&plot).exists());
+
+    // A plan whose only non-computed cells are partial: eval measures them.
+    let micro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/micro-dit");
+    let sched = dir.path().join("partial-only.sched");
+    std::fs::write(
+        &sched,
+        format!(
+            "[model]\npath = {:?}\n[sampler]\nsteps = 6\nguidance = 1.5\n[[cache]]\npartial = \"1, 2\"\nbranches = \"mlp\"\nfresh-ratio = 0.25\n",
+            micro_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tcc(&[
+        "eval",
+        sched.to_str().unwrap(),
+        "--random-weights",
+        "0",
+        "--n",
+        "2",
+        "--seeds",
+        "5",
+        "--plot",
+        &plot,
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    let cache = &doc["report"]["variants"][1];
+    assert_eq!(cache["name"], "cache");
+    for (step, partial) in [(0, false), (1, true), (2, true), (3, false)] {
+        let d = &cache["steps"][step]["branch_rel_l2"];
+        assert_eq!(
+            d.as_f64().is_some_and(|x| x > 0.0),
+            partial,
+            "step {step}: {d}"
+        );
+    }
+}

@@ -7,14 +7,16 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use tcc_exec::{BranchSite, ExecError, Hooks};
-use tcc_plan::Action;
 
 use crate::{Prior, PriorSet, Site};
 
 /// Executor hooks that apply folded priors to the reuses the plan marks.
 ///
 /// The executor stores the returned value back into its cache, so a chain of
-/// reuse steps corrects the already-corrected output, as SPEC requires.
+/// reuse steps corrects the already-corrected output, as SPEC requires. At a
+/// ToCa partial compute only the stale rows are corrected: the fresh ones
+/// (computed at this step) are returned bit for bit as computed, and the
+/// entry the cache keeps is the corrected stale rows with the fresh ones.
 #[derive(Clone, Debug, Default)]
 pub struct PriorHooks {
     /// `None`: the site is calibrated but carries no prior (blend 0).
@@ -101,19 +103,33 @@ impl Hooks for PriorHooks {
         site: &BranchSite,
         out: &Tensor,
     ) -> tcc_exec::Result<Option<Tensor>> {
-        if !matches!(site.action, Action::Reuse { prior: true, .. }) {
+        if !site.action.has_prior() {
             return Ok(None);
         }
         match self
             .folded
             .get(&Site::new(site.step, site.branch, site.block))
         {
-            Some(Some((m, c))) => Ok(Some(
-                out.to_dtype(m.dtype())?
+            Some(Some((m, c))) => {
+                let tokens = out.dim(1)?;
+                if let Some(f) = site.fresh {
+                    if f.iter().all(|r| r.len() == tokens) {
+                        // Every token was computed: nothing stale to correct.
+                        return Ok(None);
+                    }
+                }
+                let corrected = out
+                    .to_dtype(m.dtype())?
                     .broadcast_matmul(m)?
                     .broadcast_add(c)?
-                    .to_dtype(out.dtype())?,
-            )),
+                    .to_dtype(out.dtype())?;
+                Ok(Some(match site.fresh {
+                    // A partial compute: the fresh rows are computed at this
+                    // step, not reused; they stay as computed.
+                    Some(f) => tcc_exec::toca::keep_fresh(&corrected, out, f)?,
+                    None => corrected,
+                }))
+            }
             Some(None) => Ok(None),
             None if self.strict => Err(ExecError::Candle(candle_core::Error::Msg(format!(
                 "the plan marks step {}, {}, layer {} for a prior, but the priors file has none",

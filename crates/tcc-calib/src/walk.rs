@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use tcc_core::{Branch, CalibMode, CalibrationSpec, Selection};
+use tcc_core::{Branch, CalibMode, CalibrationSpec, Pooling, Selection};
 use tcc_exec::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
 use tcc_model::{BlockModel, Conditioning, Modulation};
 use tcc_plan::{Action, Plan};
@@ -243,6 +243,16 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
         self.evals.set(self.evals.get() + 1);
         self.inner.branch(block, branch, x, m, cond)
     }
+    fn attention_received(
+        &self,
+        block: usize,
+        x: &Tensor,
+        m: &Modulation,
+        cond: &Conditioning,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        self.evals.set(self.evals.get() + 1);
+        self.inner.attention_received(block, x, m, cond)
+    }
     fn add_branch(
         &self,
         branch: Branch,
@@ -257,11 +267,16 @@ impl<M: BlockModel> BlockModel for Counting<'_, M> {
     }
 }
 
-/// Keeps the reference outputs of the calibrated sites of one step.
+/// The fresh tokens of a partial compute, per model batch row (`None`:
+/// not a partial compute).
+type Fresh = Option<Vec<Vec<usize>>>;
+
+/// Keeps the outputs of the calibrated sites of one step, with the fresh
+/// tokens of partial computes.
 struct Recorder<'a> {
     step: usize,
     sites: &'a [Site],
-    outputs: HashMap<Site, Tensor>,
+    outputs: HashMap<Site, (Tensor, Fresh)>,
 }
 
 impl Hooks for Recorder<'_> {
@@ -272,20 +287,21 @@ impl Hooks for Recorder<'_> {
     ) -> tcc_exec::Result<Option<Tensor>> {
         let key = Site::new(site.step, site.branch, site.block);
         if site.step == self.step && self.sites.contains(&key) {
-            self.outputs.insert(key, out.clone());
+            self.outputs
+                .insert(key, (out.clone(), site.fresh.map(<[_]>::to_vec)));
         }
         Ok(None)
     }
 }
 
 /// The calibrated sites of a plan: step -> (block, branch index) of every
-/// reuse that carries a prior.
+/// reuse (or ToCa partial compute) that carries a prior.
 pub fn calibrated_sites(plan: &Plan) -> BTreeMap<usize, Vec<(usize, usize)>> {
     let mut sites: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
     for step in &plan.steps {
         for (block, row) in step.actions.iter().enumerate() {
             for (bi, a) in row.iter().enumerate() {
-                if matches!(a, Action::Reuse { prior: true, .. }) {
+                if a.has_prior() {
                     sites.entry(step.step).or_default().push((block, bi));
                 }
             }
@@ -294,11 +310,13 @@ pub fn calibrated_sites(plan: &Plan) -> BTreeMap<usize, Vec<(usize, usize)>> {
     sites
 }
 
+/// Branch evaluations of `steps` of `plan`: a partial compute counts as
+/// one (it runs the branch, on its fresh tokens).
 fn computed_branches(plan: &Plan, steps: std::ops::RangeInclusive<usize>) -> u64 {
     plan.steps[steps]
         .iter()
         .flat_map(|s| s.actions.iter().flatten())
-        .filter(|a| a.is_compute())
+        .filter(|a| matches!(a, Action::Compute | Action::Partial { .. }))
         .count() as u64
 }
 
@@ -332,37 +350,71 @@ fn pairs<'a, M: BlockModel>(
         .collect()
 }
 
+/// One site's paired outputs at a calibrated step: the reference `A`, the
+/// uncorrected reused output `B`, and at a ToCa partial compute the fresh
+/// tokens of `B` (computed, not reused: left out of the statistics).
+type Paired = (Tensor, Tensor, Fresh);
+
 impl<M: BlockModel> Pair<'_, M> {
     /// Advances both trajectories to calibrated step `k` and returns, per
     /// site, the reference output `A` (the reference trajectory runs step
     /// `k`) and the uncorrected reused output `B` (read from the cache
     /// before step `k` runs: a reuse does not depend on the step's input).
+    ///
+    /// At a step with partial computes the fresh tokens are chosen while
+    /// the step runs: a copy of the accelerated trajectory runs step `k`
+    /// without its priors (none is fitted yet) and gives `B` with its
+    /// fresh tokens; the trajectory itself runs step `k` later, with them.
     fn outputs_at(
         &mut self,
         k: usize,
         sites: &[Site],
         branches: &[Branch],
+        plan: &Plan,
         hooks: &mut PriorHooks,
-    ) -> Result<Vec<(Tensor, Tensor)>, CalibError> {
+    ) -> Result<Vec<Paired>, CalibError> {
         while self.accelerated.next_step() < k {
             self.accelerated.step(hooks)?;
         }
-        let mut bs = Vec::with_capacity(sites.len());
-        for site in sites {
-            let bi = branches
+        let bi = |site: &Site| {
+            branches
                 .iter()
                 .position(|&b| b == site.branch)
-                .unwrap_or(usize::MAX);
-            let out = self
-                .accelerated
-                .pending_reuse(site.block, bi)
-                .ok_or_else(|| {
-                    CalibError::Numerics(format!(
-                        "step {k}, layer {}: nothing cached to reuse",
-                        site.block
-                    ))
+                .unwrap_or(usize::MAX)
+        };
+        let partial = sites.iter().any(|s| {
+            matches!(
+                plan.steps[k].actions[s.block][bi(s)],
+                Action::Partial { .. }
+            )
+        });
+        let mut bs = Vec::with_capacity(sites.len());
+        if partial {
+            let mut rec = Recorder {
+                step: k,
+                sites,
+                outputs: HashMap::new(),
+            };
+            self.accelerated.clone().step(&mut rec)?;
+            for site in sites {
+                let (b, fresh) = rec.outputs.remove(site).ok_or_else(|| {
+                    CalibError::Numerics(format!("{site}: no accelerated output"))
                 })?;
-            bs.push(out.clone());
+                bs.push((b, fresh));
+            }
+        } else {
+            for site in sites {
+                let out = self
+                    .accelerated
+                    .pending_reuse(site.block, bi(site))
+                    .ok_or_else(|| {
+                        CalibError::Numerics(format!(
+                            "step {k}, layer {}: nothing cached to reuse",
+                            site.block
+                        ))
+                    })?;
+                bs.push((out.clone(), None));
+            }
         }
         while self.reference.next_step() < k {
             self.reference.step(&mut NoHooks)?;
@@ -376,13 +428,30 @@ impl<M: BlockModel> Pair<'_, M> {
         sites
             .iter()
             .zip(bs)
-            .map(|(site, b)| {
-                let a = rec.outputs.remove(site).ok_or_else(|| {
+            .map(|(site, (b, fresh))| {
+                let (a, _) = rec.outputs.remove(site).ok_or_else(|| {
                     CalibError::Unpaired(format!("no reference output for {site}"))
                 })?;
-                Ok((a, b))
+                Ok((a, b, fresh))
             })
             .collect()
+    }
+}
+
+/// A site's paired outputs as its statistics see them: at a partial
+/// compute only the stale (reused) tokens of both, the rows a prior
+/// corrects; elsewhere every token.
+fn stale_pair(
+    a: &Tensor,
+    b: &Tensor,
+    fresh: Option<&[Vec<usize>]>,
+) -> Result<(Tensor, Tensor), CalibError> {
+    match fresh {
+        Some(f) => Ok((
+            tcc_exec::toca::stale_rows(a, f)?,
+            tcc_exec::toca::stale_rows(b, f)?,
+        )),
+        None => Ok((a.clone(), b.clone())),
     }
 }
 
@@ -438,8 +507,15 @@ fn gather_step<M: BlockModel>(
     let val_pooler = Pooler::validation(plan);
     let mut part = StepStats::empty(k, sites.to_vec());
     for (i, (p, b)) in calib.iter_mut().zip(batches).enumerate() {
-        let outs = p.outputs_at(k, sites, branches, hooks)?;
-        for ((a, bo), st) in outs.iter().zip(part.calib.iter_mut()) {
+        let outs = p.outputs_at(k, sites, branches, plan, hooks)?;
+        for ((a, bo, fresh), st) in outs.iter().zip(part.calib.iter_mut()) {
+            if fresh.is_some() && pooler.pooling() == Pooling::Conditions {
+                return Err(CalibError::Input(format!(
+                    "step {k}: `conditions` pooling keeps a row per token position, and ToCa's stale tokens differ per sample: use `tokens`, `samples` or `none` pooling"
+                )));
+            }
+            let (a, bo) = stale_pair(a, bo, fresh.as_deref())?;
+            let (a, bo) = (&a, &bo);
             let st = st.get_or_insert_with(|| pooler.stats(a.dim(2).unwrap_or(0)));
             pooler.add_pair(a, bo, &b.conditions, st)?;
             let (t, c) = pooler.common_error(a, bo, b.conditions.len())?;
@@ -452,10 +528,13 @@ fn gather_step<M: BlockModel>(
             batches: batches.len(),
         });
     }
-    // The validation statistics of step k: every token of both halves.
+    // The validation statistics of step k: every token of both halves (the
+    // stale ones at a partial compute).
     for (i, (p, b)) in val.iter_mut().zip(validation).enumerate() {
-        let outs = p.outputs_at(k, sites, branches, hooks)?;
-        for ((a, bo), m) in outs.iter().zip(part.validation.iter_mut()) {
+        let outs = p.outputs_at(k, sites, branches, plan, hooks)?;
+        for ((a, bo, fresh), m) in outs.iter().zip(part.validation.iter_mut()) {
+            let (a, bo) = stale_pair(a, bo, fresh.as_deref())?;
+            let (a, bo) = (&a, &bo);
             let m = m.get_or_insert_with(|| Moments::new(a.dim(2).unwrap_or(0)));
             for ((ha, _), (hb, _)) in val_pooler
                 .halves(a, b.conditions.len())?

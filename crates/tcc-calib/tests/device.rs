@@ -179,6 +179,7 @@ fn priors_apply_in_f32_and_cast_back() {
             from: 0,
             prior: true,
         },
+        fresh: None,
     };
     let b = NoiseRng::new(5).randn((4, 3, d), &Device::Cpu).unwrap();
     let f = prior.fold(alpha);

@@ -76,9 +76,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     plan.calibration.method = tcc_core::CalibMethod::None;
     for s in &mut plan.steps {
         for a in s.actions.iter_mut().flatten() {
-            if let tcc_plan::Action::Reuse { prior, .. } = a {
-                *prior = false;
-            }
+            *a = a.without_prior();
         }
     }
     let full = plan.all_compute();

@@ -99,14 +99,7 @@ fn cache_actions(plan: &Plan) -> Vec<Vec<Vec<Action>>> {
         .map(|s| {
             s.actions
                 .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|a| match *a {
-                            Action::Reuse { from, .. } => Action::Reuse { from, prior: false },
-                            other => other,
-                        })
-                        .collect()
-                })
+                .map(|row| row.iter().map(|a| a.without_prior()).collect())
                 .collect()
         })
         .collect()

@@ -508,7 +508,7 @@ pub fn accumulate<M: BlockModel>(
             for v in variants.iter() {
                 for (block, actions) in v.plan.steps[k].actions.iter().enumerate() {
                     for (bi, a) in actions.iter().enumerate() {
-                        if matches!(a, Action::Reuse { .. }) {
+                        if matches!(a, Action::Reuse { .. } | Action::Partial { .. }) {
                             w.insert((block, v.plan.branches()[bi]));
                         }
                     }
@@ -679,6 +679,19 @@ fn pooled_per_step(
         .collect())
 }
 
+/// At a ToCa partial compute, the stale (reused) rows of the reference
+/// `r` and of the variant's output: what a prior corrects and what
+/// calibration pools. Every row elsewhere.
+fn stale_only(site: &BranchSite, r: &Tensor, out: &Tensor) -> Result<(Tensor, Tensor), EvalError> {
+    Ok(match site.fresh {
+        Some(f) => (
+            tcc_exec::toca::stale_rows(r, f)?,
+            tcc_exec::toca::stale_rows(out, f)?,
+        ),
+        None => (r.clone(), out.clone()),
+    })
+}
+
 /// Keeps full computation's outputs at the sites some variant reuses.
 struct Recorder<'a> {
     wanted: &'a HashSet<(usize, Branch)>,
@@ -724,6 +737,7 @@ impl Observer<'_> {
             return Ok(());
         };
         let n = self.conditions.len();
+        let (r, reused) = &stale_only(site, r, reused)?;
         let m = moments
             .entry(Site::new(site.step, site.branch, site.block))
             .or_insert_with(|| Moments::new(reused.dim(2).unwrap_or(0)));
@@ -737,6 +751,7 @@ impl Observer<'_> {
         let Some(r) = self.reference.get(&(site.block, site.branch)) else {
             return Ok(());
         };
+        let (r, used) = &stale_only(site, r, used)?;
         let n = used.dim(0)?;
         let u = used.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let rv = r.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -759,7 +774,9 @@ impl Hooks for Observer<'_> {
         out: &Tensor,
     ) -> tcc_exec::Result<Option<Tensor>> {
         let replaced = self.inner.branch_output(site, out)?;
-        if matches!(site.action, Action::Reuse { .. }) && self.error.is_none() {
+        if matches!(site.action, Action::Reuse { .. } | Action::Partial { .. })
+            && self.error.is_none()
+        {
             // The variant's queued GPU work is its time, not the overhead's.
             out.device().synchronize()?;
             let t0 = Instant::now();
@@ -767,7 +784,7 @@ impl Hooks for Observer<'_> {
             if let Err(e) = self.measure(site, used) {
                 self.error = Some(e);
             }
-            if matches!(site.action, Action::Reuse { prior: true, .. }) {
+            if site.action.has_prior() {
                 if let Err(e) = self.keep_moments(site, out) {
                     self.error.get_or_insert(e);
                 }

@@ -10,7 +10,10 @@
 //!
 //! A ToCa partial compute ([`tcc_plan::Action::Partial`]) runs the branch on
 //! the fresh tokens only (chosen by [`toca`]'s scores) and writes their rows
-//! into the cache entry; the other rows stay as cached.
+//! into the cache entry; the other rows stay as cached. The hooks see the
+//! merged output with the fresh tokens ([`BranchSite::fresh`]), so that a
+//! prior can correct the stale rows only; what they return becomes the
+//! cache entry.
 //!
 //! The cache keeps only what the plan reads later: an output is stored only if
 //! a later step reuses it, and dropped after its last reader.

@@ -228,6 +228,58 @@ pub fn merge_rows(cached: &Tensor, fresh: &Tensor, idx: &[Vec<usize>]) -> Result
     Ok(both.index_select(&index, 0)?.reshape((rows, t, d))?)
 }
 
+/// The complement of `fresh` in `0..tokens`, per row: the stale tokens of
+/// a partial compute (ascending). Every row must have as many fresh tokens
+/// (a partial cell computes the same count in every row), so that the
+/// stale rows gather into one `[rows, T - k, D]` tensor.
+pub fn stale_tokens(fresh: &[Vec<usize>], tokens: usize) -> Result<Vec<Vec<usize>>> {
+    let k = fresh.first().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(fresh.len());
+    for (r, f) in fresh.iter().enumerate() {
+        if f.len() != k || f.iter().any(|&i| i >= tokens) || f.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ExecError::Input(format!(
+                "row {r} of a partial compute has {} fresh tokens (ascending, below {tokens}), row 0 has {k}",
+                f.len()
+            )));
+        }
+        let mut stale = Vec::with_capacity(tokens - k);
+        let mut next = f.iter().peekable();
+        for i in 0..tokens {
+            if next.peek() == Some(&&i) {
+                next.next();
+            } else {
+                stale.push(i);
+            }
+        }
+        out.push(stale);
+    }
+    Ok(out)
+}
+
+/// The stale (reused) rows of a partial compute's output `x`
+/// (`[rows, T, D]`), as `[rows, T - k, D]` in token order: what TCC pools
+/// its statistics over. Values are copied, not computed.
+pub fn stale_rows(x: &Tensor, fresh: &[Vec<usize>]) -> Result<Tensor> {
+    let (rows, t, _) = x.dims3()?;
+    if fresh.len() != rows {
+        return Err(ExecError::Input(format!(
+            "{} rows of fresh tokens for an output of {rows} rows",
+            fresh.len()
+        )));
+    }
+    gather_rows(x, &stale_tokens(fresh, t)?)
+}
+
+/// `corrected` (`[rows, T, D]`, a correction of the partial compute's
+/// output `out`) with the rows `fresh` put back as `out` has them, bit for
+/// bit: a TCC prior corrects the stale tokens only.
+pub fn keep_fresh(corrected: &Tensor, out: &Tensor, fresh: &[Vec<usize>]) -> Result<Tensor> {
+    if fresh.iter().all(Vec::is_empty) {
+        return Ok(corrected.clone());
+    }
+    merge_rows(corrected, &gather_rows(out, fresh)?, fresh)
+}
+
 /// ToCa's token-wise compute of `branch` of `block`: the branch on the
 /// fresh rows `idx` of the residual stream `h` only (self-attention then
 /// attends within them), merged into the cached output `cached`.
@@ -393,6 +445,64 @@ mod tests {
             0,
         );
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn stale_rows_are_the_complement_and_keep_fresh_puts_fresh_rows_back() {
+        let fresh = vec![vec![1, 3], vec![0, 2]];
+        assert_eq!(
+            stale_tokens(&fresh, 4).unwrap(),
+            vec![vec![0, 2], vec![1, 3]]
+        );
+        assert_eq!(
+            stale_tokens(&[vec![], vec![]], 2).unwrap(),
+            vec![vec![0, 1]; 2]
+        );
+        // Rows with different counts, unsorted or out-of-range indices.
+        for bad in [
+            vec![vec![1], vec![0, 2]],
+            vec![vec![2, 1], vec![0, 1]],
+            vec![vec![4], vec![0]],
+        ] {
+            assert!(stale_tokens(&bad, 4).is_err(), "{bad:?}");
+        }
+        let x = Tensor::arange(0f32, 2.0 * 4.0 * 3.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 4, 3))
+            .unwrap();
+        let s = stale_rows(&x, &fresh).unwrap().to_vec3::<f32>().unwrap();
+        let xv = x.to_vec3::<f32>().unwrap();
+        assert_eq!(
+            s,
+            vec![
+                vec![xv[0][0].clone(), xv[0][2].clone()],
+                vec![xv[1][1].clone(), xv[1][3].clone()]
+            ]
+        );
+        assert_eq!(
+            stale_rows(&x, &[vec![], vec![]])
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap(),
+            xv
+        );
+        assert!(stale_rows(&x, &[vec![]]).is_err());
+        let corrected = (&x * 10.0).unwrap();
+        let kept = keep_fresh(&corrected, &x, &fresh)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        let cv = corrected.to_vec3::<f32>().unwrap();
+        for r in 0..2 {
+            for i in 0..4 {
+                let want = if fresh[r].contains(&i) {
+                    &xv[r][i]
+                } else {
+                    &cv[r][i]
+                };
+                assert_eq!(&kept[r][i], want, "row {r} token {i}");
+            }
+        }
     }
 
     #[test]

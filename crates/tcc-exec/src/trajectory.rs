@@ -12,13 +12,18 @@ use crate::{CacheLayout, ExecError, Result};
 
 /// Where a branch output belongs in the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BranchSite {
+pub struct BranchSite<'a> {
     pub step: usize,
     pub block: usize,
     pub branch: Branch,
     /// `Compute`, `Reuse` or `Partial` (reuse-delta ranges have no branch
     /// outputs).
     pub action: Action,
+    /// At a `Partial` action: the tokens computed at this step, per row of
+    /// the model batch (ascending; empty when none was, every token when
+    /// the whole branch was). The other rows of the output were read from
+    /// the cache (stale). `None` at every other action.
+    pub fresh: Option<&'a [Vec<usize>]>,
 }
 
 /// Observes, and may replace, pre-gate branch outputs during a run.
@@ -29,7 +34,7 @@ pub trait Hooks {
     /// a later step reuses, or a reused one), `t` also replaces the cache
     /// entry, so consecutive reuses chain from the replaced value. The
     /// tensor covers the whole model batch (both CFG halves).
-    fn branch_output(&mut self, site: &BranchSite, out: &Tensor) -> Result<Option<Tensor>>;
+    fn branch_output(&mut self, site: &BranchSite<'_>, out: &Tensor) -> Result<Option<Tensor>>;
 
     /// Called at every step with the model's output (`[batch, C_out, H,
     /// W]` f32, the whole model batch, before guidance), to observe it
@@ -45,7 +50,7 @@ pub trait Hooks {
 pub struct NoHooks;
 
 impl Hooks for NoHooks {
-    fn branch_output(&mut self, _: &BranchSite, _: &Tensor) -> Result<Option<Tensor>> {
+    fn branch_output(&mut self, _: &BranchSite<'_>, _: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -356,6 +361,8 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                         from,
                     }),
                 };
+                // The fresh tokens of a partial compute, for the hooks.
+                let mut fresh_rows: Option<Vec<Vec<usize>>> = None;
                 let out = match action {
                     Action::Compute if branch == Branch::Attn && self.scored[s][block] => {
                         let (out, received) = model.attention_received(block, &h, &m, &c)?;
@@ -367,11 +374,15 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     }
                     Action::Compute => model.branch(block, branch, &h, &m, &c)?,
                     Action::Reuse { from, .. } => cached(from)?,
-                    Action::Partial { from, fresh: 0 } => cached(from)?,
+                    Action::Partial { from, fresh: 0, .. } => {
+                        fresh_rows = Some(vec![Vec::new(); batch]);
+                        cached(from)?
+                    }
                     Action::Partial { fresh, .. } if fresh >= tokens => {
+                        fresh_rows = Some(vec![(0..tokens).collect(); batch]);
                         model.branch(block, branch, &h, &m, &c)?
                     }
-                    Action::Partial { from, fresh } => {
+                    Action::Partial { from, fresh, .. } => {
                         let entry = cached(from)?;
                         let spec = plan.toca.as_ref().ok_or_else(|| {
                             ExecError::Input("a partial compute without ToCa settings".into())
@@ -392,7 +403,10 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                             cfg,
                             self.seed,
                         )?;
-                        toca::partial_branch(model, block, branch, &h, &m, &c, &entry, &idx)?
+                        let out =
+                            toca::partial_branch(model, block, branch, &h, &m, &c, &entry, &idx)?;
+                        fresh_rows = Some(idx);
+                        out
                     }
                     Action::ReuseDelta { .. } => {
                         unreachable!("a reuse-delta block was skipped above")
@@ -416,6 +430,7 @@ impl<'a, M: BlockModel> Trajectory<'a, M> {
                     block,
                     branch,
                     action,
+                    fresh: fresh_rows.as_deref(),
                 };
                 let out = hooks
                     .branch_output(&site, &out)

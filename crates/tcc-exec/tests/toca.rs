@@ -32,8 +32,8 @@ fn run(m: &Dit, p: &Plan, b: &SampleBatch, hooks: &mut dyn Hooks) -> Tensor {
 fn with_fresh(p: &Plan, fresh: usize) -> Plan {
     let mut q = p.clone();
     for a in q.steps.iter_mut().flat_map(|s| &mut s.actions).flatten() {
-        if let Action::Partial { from, .. } = *a {
-            *a = Action::Partial { from, fresh };
+        if let Action::Partial { from, prior, .. } = *a {
+            *a = Action::Partial { from, fresh, prior };
         }
     }
     q
@@ -86,9 +86,15 @@ fn no_token_fresh_is_fora() {
     assert_eq!(toca_out, bits(&run(&m, &toca, &b, &mut NoHooks)));
 }
 
-/// Records every pre-gate branch output with its site.
+/// Records every pre-gate branch output with its site and fresh tokens.
 #[derive(Default)]
 struct Record(HashMap<(usize, usize, Branch), (Action, Tensor)>);
+
+/// The fresh tokens each recorded site reported.
+type FreshOf = HashMap<(usize, usize, Branch), Option<Vec<Vec<usize>>>>;
+
+#[derive(Default)]
+struct RecordFresh(Record, FreshOf);
 
 impl Hooks for Record {
     fn branch_output(
@@ -101,6 +107,20 @@ impl Hooks for Record {
             (site.action, out.clone()),
         );
         Ok(None)
+    }
+}
+
+impl Hooks for RecordFresh {
+    fn branch_output(
+        &mut self,
+        site: &BranchSite,
+        out: &Tensor,
+    ) -> tcc_exec::Result<Option<Tensor>> {
+        self.1.insert(
+            (site.step, site.block, site.branch),
+            site.fresh.map(<[_]>::to_vec),
+        );
+        self.0.branch_output(site, out)
     }
 }
 
@@ -131,17 +151,28 @@ fn partial_steps_replace_fresh_rows_only() {
         let sh = &toca.model;
         let m = model(sh, 11);
         let b = batch(sh, 2, 13);
-        let mut rec = Record::default();
-        run(&m, &toca, &b, &mut rec);
+        let mut both = RecordFresh::default();
+        run(&m, &toca, &b, &mut both);
+        let RecordFresh(rec, reported) = both;
         for block in [0, 5] {
             let out = |s: usize| &rec.0[&(s, block, Branch::Mlp)];
-            assert_eq!(out(1).0, Action::Partial { from: 0, fresh });
+            assert_eq!(
+                out(1).0,
+                Action::Partial {
+                    from: 0,
+                    fresh,
+                    prior: false
+                }
+            );
             for (prev, s) in [(0, 1), (1, 2), (3, 4)] {
                 let rows = changed_rows(&out(prev).1, &out(s).1);
                 assert_eq!(rows.len(), 4, "{score}: CFG batch of 2 samples");
                 for r in &rows {
                     assert_eq!(r.len(), fresh, "{score} step {s}");
                 }
+                // The hooks are told which tokens are fresh.
+                let told = reported[&(s, block, Branch::Mlp)].as_ref();
+                assert_eq!(told, Some(&rows), "{score} step {s}");
                 // Staleness moves the choice on.
                 if s == 2 {
                     let first = changed_rows(&out(0).1, &out(1).1);
@@ -153,6 +184,9 @@ fn partial_steps_replace_fresh_rows_only() {
                 rec.0[&(1, block, Branch::Attn)].0,
                 Action::Partial { .. }
             ));
+            // Only partial computes report fresh tokens.
+            assert_eq!(reported[&(0, block, Branch::Mlp)], None);
+            assert_eq!(reported[&(3, block, Branch::Attn)], None);
         }
     }
 }

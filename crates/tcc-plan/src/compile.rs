@@ -127,8 +127,8 @@ pub fn compile_file_with(
 /// in order, later rules overriding earlier ones, then the `[limits]`;
 /// then each reuse is linked to the latest earlier step that computed its
 /// (block, branch), and each delta reuse to the latest earlier step that
-/// computed its whole block range; last, the reuses of the calibrated steps
-/// are marked with a prior. A `[dynamic]` policy is recorded as it is and
+/// computed its whole block range; last, the reuses (and ToCa partial
+/// computes) of the calibrated steps are marked with a prior. A `[dynamic]` policy is recorded as it is and
 /// leaves the table full computation.
 pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics> {
     let (model, weights) = settings::resolve_model(&schedule.model, base_dir)?;
@@ -141,8 +141,8 @@ pub fn compile(schedule: &Schedule, base_dir: &Path) -> Result<Plan, Diagnostics
     }
     let mut actions = grid.link()?;
     let toca = toca::resolve_toca(schedule.toca.as_ref(), &actions)?;
-    toca::check_calibration(schedule.calibration.as_ref(), toca.as_ref())?;
     let calibration = settings::resolve_calibration(schedule.calibration.as_ref(), &mut actions)?;
+    toca::check_calibration(schedule.calibration.as_ref(), &calibration, &actions)?;
     let steps = sampler
         .timesteps()
         .into_iter()

@@ -97,15 +97,17 @@ impl UnitCosts {
     /// A reuse costs nothing but the prior it may carry. A reuse-delta costs
     /// nothing: the cached delta is added once (elementwise) for its whole
     /// block range. A partial compute costs the branch on its fresh tokens
-    /// plus [`token_overhead`].
+    /// plus [`token_overhead`], and its prior if it carries one (applied to
+    /// every token, the fresh rows then put back: one GEMM, as for a reuse).
     pub fn action(&self, model: &ModelShape, action: Action, branch: Branch) -> u64 {
         match action {
             Action::Compute => self.branch(branch),
             Action::Reuse { prior: true, .. } => self.prior,
             Action::Reuse { prior: false, .. } | Action::ReuseDelta { .. } => 0,
-            Action::Partial { fresh, .. } => sum(&[
+            Action::Partial { fresh, prior, .. } => sum(&[
                 mul(&[self.batch, branch_macs(model, branch, fresh)]),
                 mul(&[self.batch, token_overhead(model, fresh)]),
+                if prior { self.prior } else { 0 },
             ]),
         }
     }

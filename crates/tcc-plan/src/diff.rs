@@ -4,7 +4,9 @@ use serde_json::Value;
 use tcc_core::Branch;
 
 use crate::cost::{human_macs, PlanCost};
-use crate::render::{label, speedup_text, GridLayout, ACTION_LEGEND, PARTIAL_LEGEND};
+use crate::render::{
+    label, speedup_text, GridLayout, ACTION_LEGEND, PARTIAL_LEGEND, PARTIAL_PRIOR_LEGEND,
+};
 use crate::{Action, Plan};
 
 /// One (step, block, branch) whose action differs.
@@ -139,6 +141,9 @@ impl<'p> PlanDiff<'p> {
         );
         if self.a.toca.is_some() || self.b.toca.is_some() {
             label(&mut out, "", PARTIAL_LEGEND);
+        }
+        if self.a.has_partial_prior() || self.b.has_partial_prior() {
+            label(&mut out, "", PARTIAL_PRIOR_LEGEND);
         }
         label(
             &mut out,

@@ -24,8 +24,20 @@ pub enum Action {
     /// run time by the plan's [`TocaSpec`]), and use the output cached at
     /// step `from` for the others; the fresh rows replace theirs in the
     /// cache entry. `0 < fresh < tokens`: the compiler turns 0 into a reuse
-    /// and all tokens into a compute.
-    Partial { from: usize, fresh: usize },
+    /// and all tokens into a compute. `prior` marks a partial compute whose
+    /// stale (reused) rows a TCC prior corrects; the fresh rows are
+    /// computed and never corrected. Serialised only when set, so plans
+    /// without priors keep their hash.
+    Partial {
+        from: usize,
+        fresh: usize,
+        #[serde(default, skip_serializing_if = "is_false")]
+        prior: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Action {
@@ -40,6 +52,27 @@ impl Action {
             Action::Reuse { from, .. }
             | Action::ReuseDelta { from, .. }
             | Action::Partial { from, .. } => Some(from),
+        }
+    }
+
+    /// Whether a TCC prior corrects (the reused rows of) this action.
+    pub fn has_prior(self) -> bool {
+        matches!(
+            self,
+            Action::Reuse { prior: true, .. } | Action::Partial { prior: true, .. }
+        )
+    }
+
+    /// The same action without a prior mark.
+    pub fn without_prior(self) -> Action {
+        match self {
+            Action::Reuse { from, .. } => Action::Reuse { from, prior: false },
+            Action::Partial { from, fresh, .. } => Action::Partial {
+                from,
+                fresh,
+                prior: false,
+            },
+            other => other,
         }
     }
 }
@@ -61,12 +94,9 @@ impl StepPlan {
         self.actions.iter().flatten().all(|a| a.is_compute())
     }
 
-    /// Whether any reuse at this step carries a prior.
+    /// Whether any reuse (or partial compute) at this step carries a prior.
     pub fn is_calibrated(&self) -> bool {
-        self.actions
-            .iter()
-            .flatten()
-            .any(|a| matches!(a, Action::Reuse { prior: true, .. }))
+        self.actions.iter().flatten().any(|a| a.has_prior())
     }
 }
 
@@ -120,6 +150,15 @@ impl Plan {
             .flat_map(|s| &s.actions)
             .flatten()
             .any(|a| matches!(a, Action::Partial { .. }))
+    }
+
+    /// Whether any partial compute carries a TCC prior (on its stale tokens).
+    pub fn has_partial_prior(&self) -> bool {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.actions)
+            .flatten()
+            .any(|a| matches!(a, Action::Partial { prior: true, .. }))
     }
 
     /// `[step][block]`: whether the executor sums the attention

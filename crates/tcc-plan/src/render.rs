@@ -22,7 +22,8 @@ impl Action {
             Action::Reuse { prior: false, .. } => 'r',
             Action::Reuse { prior: true, .. } => 'R',
             Action::ReuseDelta { .. } => 'd',
-            Action::Partial { .. } => 'p',
+            Action::Partial { prior: false, .. } => 'p',
+            Action::Partial { prior: true, .. } => 'P',
         }
     }
 }
@@ -34,6 +35,11 @@ pub(crate) const ACTION_LEGEND: &str =
 /// The legend line of partial computes, shown when a plan has them.
 pub(crate) const PARTIAL_LEGEND: &str =
     "p partial: fresh tokens computed, the others reused (ToCa); its MACs include gather, merge and scoring";
+
+/// The legend line of partial computes with a prior, shown when a plan
+/// has them.
+pub(crate) const PARTIAL_PRIOR_LEGEND: &str =
+    "P partial + TCC prior on the stale (reused) tokens; the fresh ones are not corrected";
 
 /// Columns of a step x block grid: one per block when every block's
 /// branches agree everywhere (compact), else one per (block, branch),
@@ -375,6 +381,9 @@ impl Plan {
         if self.toca.is_some() {
             label(&mut out, "", PARTIAL_LEGEND);
         }
+        if self.has_partial_prior() {
+            label(&mut out, "", PARTIAL_PRIOR_LEGEND);
+        }
         label(&mut out, "", &layout.describe());
         label(
             &mut out,
@@ -432,7 +441,7 @@ impl Plan {
         out.push('\n');
 
         let (mut computed, mut reused, mut priors, mut delta) = (0usize, 0usize, 0usize, 0usize);
-        let mut partial = 0usize;
+        let (mut partial, mut partial_priors) = (0usize, 0usize);
         for action in self.steps.iter().flat_map(|s| &s.actions).flatten() {
             match action {
                 Action::Compute => computed += 1,
@@ -441,13 +450,16 @@ impl Plan {
                     priors += usize::from(*prior);
                 }
                 Action::ReuseDelta { .. } => delta += 1,
-                Action::Partial { .. } => partial += 1,
+                Action::Partial { prior, .. } => {
+                    partial += 1;
+                    partial_priors += usize::from(*prior);
+                }
             }
         }
-        let partial = if partial > 0 {
-            format!(", {partial} partly computed")
-        } else {
-            String::new()
+        let partial = match (partial, partial_priors) {
+            (0, _) => String::new(),
+            (n, 0) => format!(", {n} partly computed"),
+            (n, p) => format!(", {n} partly computed ({p} with prior)"),
         };
         label(
             &mut out,

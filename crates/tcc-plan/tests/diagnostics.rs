@@ -81,7 +81,7 @@ bad_schedules! {
     syntax_error => "syntax-error",
     table_row_length => "table-row-length",
     toca_bad_interval => "toca-bad-interval",
-    toca_with_calibration => "toca-with-calibration",
+    toca_conditions_pooling => "toca-conditions-pooling",
     toca_without_partial => "toca-without-partial",
     two_actions => "two-actions",
     unknown_branch => "unknown-branch",

@@ -450,7 +450,11 @@ impl Grid {
                         Decision::Compute => Action::Compute,
                         d @ (Decision::Reuse | Decision::Partial { .. }) => match last[i] {
                             Some(from) => match d {
-                                Decision::Partial { fresh } => Action::Partial { from, fresh },
+                                Decision::Partial { fresh } => Action::Partial {
+                                    from,
+                                    fresh,
+                                    prior: false,
+                                },
                                 _ => Action::Reuse { from, prior: false },
                             },
                             None => {

@@ -218,8 +218,9 @@ fn check_links(plan: &Plan) -> Result<(), TestCaseError> {
                         }
                         prop_assert_eq!(prior, plan.calibration.steps.contains(&s));
                     }
-                    Action::Partial { from, fresh } => {
+                    Action::Partial { from, fresh, prior } => {
                         prop_assert!(from < s);
+                        prop_assert_eq!(prior, plan.calibration.steps.contains(&s));
                         prop_assert!(0 < fresh && fresh < plan.model.tokens());
                         prop_assert_eq!(plan.steps[from].actions[block][b], Action::Compute);
                         for between in from + 1..s {

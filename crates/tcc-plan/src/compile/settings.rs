@@ -255,10 +255,11 @@ pub(super) fn resolve_calibration(
     }
     resolve_priors(c, &mut spec, &mut diags);
 
+    // A partial compute reuses its stale rows: a prior corrects those.
     let has_reuse = |row: &Vec<Vec<Action>>| {
         row.iter()
             .flatten()
-            .any(|a| matches!(a, Action::Reuse { .. }))
+            .any(|a| matches!(a, Action::Reuse { .. } | Action::Partial { .. }))
     };
     let steps: Vec<usize> = match &c.steps {
         Some(sel) => match eval_selector(sel, IndexKind::Step, actions.len()) {
@@ -300,7 +301,7 @@ pub(super) fn resolve_calibration(
     if spec.method == CalibMethod::Tcc {
         for &s in &steps {
             for a in actions[s].iter_mut().flatten() {
-                if let Action::Reuse { prior, .. } = a {
+                if let Action::Reuse { prior, .. } | Action::Partial { prior, .. } = a {
                     *prior = true;
                 }
             }

@@ -581,7 +581,11 @@ fn paper_presets_match_the_spec_settings() {
 }
 
 fn partial(from: usize, fresh: usize) -> Action {
-    Action::Partial { from, fresh }
+    Action::Partial {
+        from,
+        fresh,
+        prior: false,
+    }
 }
 
 fn tiny_tokens() -> usize {
@@ -731,4 +735,85 @@ fn partial_cost_counts_fresh_tokens_and_overheads() {
     assert_eq!(cost.steps[2].actions[0][0], 2 * attn(t));
     assert_eq!(cost.steps[3].actions[0], vec![0, 0]);
     assert!(p.show().contains("p partial"), "{}", p.show());
+}
+
+/// TCC on ToCa: the partial cells of the calibrated steps carry a prior
+/// (on their stale tokens), like the whole reuses beside them; the prior
+/// costs one GEMM per cell; plans without priors keep their serialised
+/// form (and so their hash).
+#[test]
+fn tcc_on_toca_marks_the_partial_cells_of_calibrated_steps() {
+    let toca = format!(
+        "{TINY}[[cache]]\nrefresh = \"every 2\"\n[[cache]]\npartial = \"except every 2\"\nbranches = \"mlp\"\nfresh-ratio = 0.3\n"
+    );
+    let fresh = (0.3 * tiny_tokens() as f64).floor() as usize;
+    let p = plan(&format!(
+        "{toca}[calibration]\nsteps = \"1, 5\"\nalpha = 0.5\n"
+    ));
+    let with_prior = Action::Partial {
+        from: 0,
+        fresh,
+        prior: true,
+    };
+    assert_eq!(p.action(1, 0, M), Some(with_prior));
+    assert_eq!(
+        p.action(1, 3, A),
+        Some(Action::Reuse {
+            from: 0,
+            prior: true
+        })
+    );
+    assert_eq!(p.action(3, 0, M), Some(partial(2, fresh)));
+    assert!(with_prior.has_prior() && !partial(0, fresh).has_prior());
+    assert_eq!(with_prior.without_prior(), partial(0, fresh));
+    assert!(p.has_partial_prior());
+    let shown = p.show();
+    assert!(shown.contains("P partial + TCC prior"), "{shown}");
+    assert!(shown.contains("partly computed (12 with prior)"), "{shown}");
+    // The prior adds its GEMM to the partial cell's cost.
+    let plain = plan(&toca);
+    let (cost, plain_cost) = (crate::PlanCost::of(&p), crate::PlanCost::of(&plain));
+    let unit = crate::cost::UnitCosts::new(&p.model, &p.sampler);
+    assert_eq!(
+        cost.steps[1].actions[0][1],
+        plain_cost.steps[1].actions[0][1] + unit.prior
+    );
+    // Without `steps`, every partial step is calibrated.
+    let all = plan(&format!("{toca}[calibration]\n"));
+    assert_eq!(all.calibration.steps, vec![1, 3, 5, 7, 9]);
+    // Uncalibrated partial cells serialise as before.
+    let json = serde_json::to_string(&plain).unwrap();
+    let reuses = plain
+        .steps
+        .iter()
+        .flat_map(|s| &s.actions)
+        .flatten()
+        .filter(|a| matches!(a, Action::Reuse { .. }))
+        .count();
+    assert!(json.contains("\"partial\""), "{json}");
+    assert_eq!(json.matches("\"prior\":false").count(), reuses, "{json}");
+    assert!(serde_json::to_string(&p)
+        .unwrap()
+        .contains("\"prior\":true"));
+    let back: Plan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, plain);
+}
+
+/// `conditions` pooling keeps a mean per token position, and ToCa's stale
+/// set differs per sample: refused where a calibrated step has a partial
+/// cell, allowed where the calibrated steps only reuse whole.
+#[test]
+fn conditions_pooling_is_refused_on_calibrated_partial_cells_only() {
+    let toca = format!(
+        "{TINY}[[cache]]\nrefresh = \"every 2\"\n[[cache]]\npartial = \"1\"\nfresh-ratio = 0.3\n"
+    );
+    let e = error(&format!(
+        "{toca}[calibration]\npooling = \"conditions\"\nsteps = \"1, 3\"\n"
+    ));
+    assert!(e.contains("`conditions` pooling cannot calibrate"), "{e}");
+    assert!(e.contains("calibrated step 1"), "{e}");
+    let p = plan(&format!(
+        "{toca}[calibration]\npooling = \"conditions\"\nsteps = \"3\"\n"
+    ));
+    assert_eq!(p.calibration.steps, vec![3]);
 }

@@ -1,6 +1,9 @@
 //! The `[toca]` settings of a plan with partly computed branches.
 
-use tcc_core::{CalibMethod, TocaSpec, TokenScore, DEFAULT_FRESH_WEIGHT, DEFAULT_SPREAD_BONUS};
+use tcc_core::{
+    CalibMethod, CalibrationSpec, Pooling, TocaSpec, TokenScore, DEFAULT_FRESH_WEIGHT,
+    DEFAULT_SPREAD_BONUS,
+};
 use tcc_schedule::{CalibrationSection, Diagnostic, Diagnostics, Spanned, TocaSection};
 
 use crate::plan::Action;
@@ -65,33 +68,43 @@ fn default_interval(actions: &[Vec<Vec<Action>>]) -> f64 {
     (longest + 1) as f64
 }
 
-/// TCC priors on partly computed plans (fitted on the stale tokens) are
-/// not built yet: refuse rather than calibrate something else.
+/// TCC on partly computed plans fits and applies priors on the stale
+/// (reused) tokens only, and the stale set differs per sample and step:
+/// `conditions` pooling (a row per token position, a mean per position)
+/// would give each position a different number of contributions and none
+/// at all to positions that are always fresh, so it is refused where a
+/// calibrated step has a partial cell. Every other pooling pools the stale
+/// tokens.
 pub(super) fn check_calibration(
     section: Option<&Spanned<CalibrationSection>>,
-    toca: Option<&TocaSpec>,
+    spec: &CalibrationSpec,
+    actions: &[Vec<Vec<Action>>],
 ) -> Result<(), Diagnostics> {
     let Some(section) = section else {
         return Ok(());
     };
-    let method = section
-        .value
-        .method
-        .as_ref()
-        .map_or(CalibMethod::Tcc, |m| m.value);
-    if toca.is_none() || method == CalibMethod::None {
+    if spec.method != CalibMethod::Tcc || spec.pooling != Pooling::Conditions {
         return Ok(());
     }
+    let partial = spec.steps.iter().find(|&&s| {
+        actions[s]
+            .iter()
+            .flatten()
+            .any(|a| matches!(a, Action::Partial { .. }))
+    });
+    let Some(step) = partial else {
+        return Ok(());
+    };
     let span = section
         .value
-        .method
+        .pooling
         .as_ref()
-        .map_or(section.span, |m| m.span);
+        .map_or(section.span, |p| p.span);
     Err(Diagnostic::new(
-        "TCC calibration of a plan with partly computed branches is not supported yet",
+        "`conditions` pooling cannot calibrate partly computed (ToCa) cells",
         span,
-        "this plan has `partial` cells",
+        format!("calibrated step {step} computes some tokens fresh"),
     )
-    .with_help("remove [calibration] (or set `method = \"none\"`); priors on ToCa's stale tokens are planned")
+    .with_help("priors on ToCa cells are fitted on the stale tokens, which differ per sample and step: use pooling = \"tokens\" (the default), \"samples\" or \"none\"")
     .into())
 }
