@@ -25,8 +25,8 @@ every `partial` rule (ToCa, in [0, 1]); `refresh` N of every `every N`
 step selector of the [[cache]] rules (FORA's refresh interval, >= 1).
 
 Full computation runs once per batch and every value's plan beside it, from
-the same noise and classes. The schedule's priors are not used: a sweep
-measures the cache policy itself. MAC speedup is the cost model's for
+the same noise and classes. The schedule's [calibration] is ignored: a
+sweep measures the cache policy itself, without priors. MAC speedup is the cost model's for
 static plans and, for run-time policies, the realised one (full
 computation's MACs over the MACs the decisions ran).";
 

@@ -71,9 +71,12 @@ impl SweepParam {
     }
 
     /// Sets this parameter of `schedule` to `v` (checked with
-    /// [`SweepParam::check`]). Errors when the schedule has no such
-    /// setting.
+    /// [`SweepParam::check`]) and drops its `[calibration]`: a sweep
+    /// measures the cache without priors, and steps calibrated for one
+    /// value need not be reuse steps at another. Errors when the schedule
+    /// has no such setting.
     pub fn apply(self, schedule: &mut Schedule, v: f64) -> Result<(), String> {
+        schedule.calibration = None;
         match self {
             SweepParam::Threshold => {
                 let Some(d) = schedule.dynamic.as_mut() else {
@@ -595,6 +598,17 @@ mod tests {
         }
         let mask = schedule(&format!("{TINY}[[cache]]\nmask = \"1010101011\"\n"));
         assert!(SweepParam::Refresh.apply(&mut mask.clone(), 2.0).is_err());
+
+        // Calibrated steps of every 3 are refresh steps of every 2: the
+        // sweep drops the priors' settings with them.
+        let fora3 = format!(
+            "{TINY}[[cache]]\nrefresh = \"every 3\"\n[calibration]\nmethod = \"tcc\"\nsteps = \"1, 2\"\n"
+        );
+        let mut s = schedule(&fora3);
+        SweepParam::Refresh.apply(&mut s, 2.0).unwrap();
+        assert!(s.calibration.is_none());
+        let p = compile(&s);
+        assert!(p.steps[2].is_full() && !p.steps[1].is_full());
     }
 
     #[test]
