@@ -11,9 +11,10 @@
 //! calibrated variant the error terms of its priors on the oracle's
 //! moments; per seed set and dynamic variant (a run-time policy) what it
 //! decided: per step the samples that computed it, and the MACs that ran
-//! and full computation's (u128, as two u64 halves). The metadata binds it to the run: the report's context (plan
-//! hashes, model, seeds, priors' settings), `n`, the batch size, the
-//! SHA-256 of the priors files, the tool version and the shard.
+//! and full computation's (u128, as two u64 halves). The metadata binds
+//! it to the run: the report's context (plan hashes, model, seeds, priors'
+//! settings), `n`, the batch size, the SHA-256 of the priors files, the
+//! tool version and the shard.
 
 use std::collections::BTreeMap;
 use std::io::Read;
