@@ -1,7 +1,8 @@
-//! `tcc sample` and `tcc calibrate` on dynamic schedules (`[dynamic]`,
-//! first-block cache and TeaCache): the reported decisions and realised
-//! speedup agree with the library's cost model, the same seed and batch
-//! size decide alike, and calibration is refused. `tcc teacache-fit`
+//! `tcc sample`, `tcc eval` and `tcc calibrate` on dynamic schedules
+//! (`[dynamic]`, first-block cache and TeaCache): the reported decisions and
+//! realised speedup agree with the library's cost model, the same seed and
+//! batch size decide alike, eval's decisions of a sharded run merge into the
+//! single run's exactly, and calibration is refused. `tcc teacache-fit`
 //! prints a rescale line that a schedule takes, fitted on its own pairs.
 
 use std::path::Path;
@@ -215,4 +216,119 @@ fn teacache_fit_prints_a_rescale_line_fitted_on_its_pairs() {
     assert!(err.contains("needs more than 7"), "{err}");
     let out = tcc(&["teacache-fit", sched, "--degree", "8"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// First-block cache on the micro DiT fixture (random weights: fast), with
+/// a threshold at which batches decide differently.
+fn micro_fbcache(dir: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "[model]\npath = \"{}\"\n\n[sampler]\nkind = \"ddim\"\nsteps = 8\nguidance = 1.5\n\n[dynamic]\npolicy = \"first-block\"\nthreshold = 0.5\nwarmup = 1\ncutoff = 1\nmax-reuse = 3\n",
+        root.join("tests/fixtures/micro-dit").display()
+    );
+    let p = dir.join("fb.sched");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn eval_reports_the_decisions_and_sharded_runs_merge_them_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sched = micro_fbcache(d);
+    let p = |n: &str| d.join(n).display().to_string();
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            &sched,
+            "--n",
+            "4",
+            "--batch-size",
+            "2",
+            "--seeds",
+            "1,2",
+            "--random-weights",
+            "0",
+        ];
+        a.extend_from_slice(extra);
+        tcc(&a)
+    };
+    let single = assert_ok(&eval(&["--json", "--plot", &p("s.png")]));
+    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
+    let cache = &single["report"]["variants"][1];
+    assert_eq!(cache["name"], "cache");
+    let d1 = &cache["decisions"];
+    assert_eq!(d1["samples"], 8);
+    let computed: Vec<u64> = d1["computed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert_eq!(computed.len(), 8);
+    assert_eq!((computed[0], computed[7]), (8, 8), "step 0 and the cut-off");
+    assert!(
+        computed.iter().any(|&c| c < 8),
+        "{computed:?}: something reused"
+    );
+    let mean = computed.iter().sum::<u64>() as f64 / 8.0;
+    assert_eq!(d1["computed_steps"].as_f64().unwrap(), mean);
+    assert!(d1["realised_speedup"].as_f64().unwrap() > 1.0);
+    for s in cache["sets"].as_array().unwrap() {
+        assert!(s["computed_steps"].as_f64().unwrap() <= 8.0, "{s}");
+        assert!(s["realised_speedup"].as_f64().unwrap() >= 1.0, "{s}");
+    }
+    // Full computation has no decisions.
+    let full = &single["report"]["variants"][0];
+    assert!(full.get("decisions").is_none() && full["sets"][0].get("computed_steps").is_none());
+
+    // Two shards and their merge: the same decisions, exactly.
+    for i in 0..2 {
+        assert_ok(&eval(&[
+            "--shard",
+            &format!("{i}/2"),
+            "--out",
+            &p(&format!("e{i}.part")),
+        ]));
+    }
+    let merged = assert_ok(&tcc(&[
+        "merge",
+        "--json",
+        "--out",
+        &p("m.json"),
+        &p("e1.part"),
+        &p("e0.part"),
+    ]));
+    let merged: serde_json::Value = serde_json::from_str(&merged).unwrap();
+    let m = &merged["report"]["variants"][1];
+    assert_eq!(m["decisions"], cache["decisions"]);
+    for (a, b) in m["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cache["sets"].as_array().unwrap())
+    {
+        assert_eq!(a["computed_steps"], b["computed_steps"]);
+        assert_eq!(a["realised_speedup"], b["realised_speedup"]);
+        assert_eq!(a["rel_l2"], b["rel_l2"]);
+    }
+
+    // The tables say it too.
+    let text = assert_ok(&eval(&["--plot", &p("t.png")]));
+    assert!(text.contains("run-time decisions"), "{text}");
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("steps computed, % of samples"))
+        .find(|l| l.starts_with("cache"))
+        .expect(&text);
+    let shares: Vec<f64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let want: Vec<f64> = computed
+        .iter()
+        .map(|&c| (100.0 * c as f64 / 8.0).round())
+        .collect();
+    assert_eq!(shares, want, "{row}");
 }

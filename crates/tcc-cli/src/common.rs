@@ -53,6 +53,20 @@ pub(crate) fn load_plan_with(
     need: Need,
     err: &mut dyn Write,
 ) -> Result<Plan, CliError> {
+    load_plan_edited(path, model, steps, need, err, &mut |_| Ok(()))
+}
+
+/// [`load_plan_with`] with `edit` applied to the parsed schedule after the
+/// command line's overrides and before it is compiled (`tcc sweep` sets
+/// the swept value there).
+pub(crate) fn load_plan_edited(
+    path: &Path,
+    model: Option<&str>,
+    steps: Option<u64>,
+    need: Need,
+    err: &mut dyn Write,
+    edit: &mut dyn FnMut(&mut Schedule) -> Result<(), CliError>,
+) -> Result<Plan, CliError> {
     if let Some(steps) = steps {
         // Checked here: the compiler's diagnostic would point into the
         // schedule, which does not hold this number.
@@ -75,6 +89,9 @@ pub(crate) fn load_plan_with(
         match resolve_sources(schedule, path, model, need, err) {
             Ok(n) => name = n,
             Err(e) => failed = Some(e),
+        }
+        if failed.is_none() {
+            failed = edit(schedule).err();
         }
     });
     if let Some(e) = failed {

@@ -685,6 +685,7 @@ fn print_tables(
             fmt(v.over_sets(|s| Some(s.speedup)), 2),
         )?;
     }
+    print_decisions(out, report, w, context.steps)?;
     if !report.tests.is_empty() {
         writeln!(
             out,
@@ -760,5 +761,58 @@ fn print_tables(
         writeln!(out)?;
     }
     writeln!(out, "\nwrote {}", plot.display())?;
+    Ok(())
+}
+
+/// What the dynamic variants (run-time policies) decided: steps computed
+/// per sample and the realised speedup, then per step the share of samples
+/// that computed it. Nothing for static plans.
+fn print_decisions(
+    out: &mut dyn std::io::Write,
+    report: &Report,
+    w: usize,
+    steps: usize,
+) -> Result<(), CliError> {
+    let decided: Vec<_> = report
+        .variants
+        .iter()
+        .filter_map(|v| v.decisions.as_ref().map(|d| (v, d)))
+        .collect();
+    if decided.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nrun-time decisions (a batch decides together): steps computed per sample and the realised speedup\n(full computation's MACs over the MACs that ran), mean ± std over seed sets, and over all samples"
+    )?;
+    writeln!(
+        out,
+        "{:<w$} {:>17} {:>17} {:>14} {:>10}",
+        "variant", "computed steps", "realised speedup", "all: computed", "speedup"
+    )?;
+    for (v, d) in &decided {
+        writeln!(
+            out,
+            "{:<w$} {:>17} {:>17} {:>14.2} {:>10.2}",
+            v.name,
+            fmt(v.over_sets(|s| s.computed_steps), 2),
+            fmt(v.over_sets(|s| s.realised_speedup), 2),
+            d.computed_steps,
+            d.realised_speedup
+        )?;
+    }
+    writeln!(out, "\nsteps computed, % of samples:")?;
+    write!(out, "{:<w$}", "step")?;
+    for k in 0..steps {
+        write!(out, " {k:>3}")?;
+    }
+    writeln!(out)?;
+    for (v, d) in &decided {
+        write!(out, "{:<w$}", v.name)?;
+        for s in d.shares() {
+            write!(out, " {:>3.0}", 100.0 * s)?;
+        }
+        writeln!(out)?;
+    }
     Ok(())
 }

@@ -9,9 +9,12 @@
 //! and, per reuse step, the calibration's pooled rows and the oracle's
 //! moments (tcc-calib's step statistics, embedded as bytes); per
 //! calibrated variant the error terms of its priors on the oracle's
-//! moments. The metadata binds it to the run: the report's context (plan
-//! hashes, model, seeds, priors' settings), `n`, the batch size, the
-//! SHA-256 of the priors files, the tool version and the shard.
+//! moments; per seed set and dynamic variant (a run-time policy) what it
+//! decided: per step the samples that computed it, and the MACs that ran
+//! and full computation's (u128, as two u64 halves). The metadata binds
+//! it to the run: the report's context (plan hashes, model, seeds, priors'
+//! settings), `n`, the batch size, the SHA-256 of the priors files, the
+//! tool version and the shard.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -22,7 +25,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use tcc_calib::{Moments, Site, SiteStats, StepStats};
 use tcc_core::{in_shard_order, Branch, CalibMode, Pooling, Shard};
-use tcc_eval::{EvalSums, PriorTerms, SetSums, VariantSums};
+use tcc_eval::{DecisionSums, EvalSums, PriorTerms, SetSums, VariantSums};
 use tcc_metrics::FeatureStats;
 
 use crate::error::{CliError, Io};
@@ -63,6 +66,10 @@ struct Layout {
     stats_sites: Vec<BTreeMap<usize, Vec<SiteKey>>>,
     /// Per calibrated variant: the sites of its prior terms.
     terms_sites: Vec<Vec<SiteKey>>,
+    /// The variants (index into `names`, not full) of dynamic plans, whose
+    /// decisions are counted (absent in partials of static plans only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    decided: Vec<usize>,
 }
 
 /// One shard's partial: its run, its sums and its priors' error terms.
@@ -94,8 +101,13 @@ impl Tensors {
             .insert(name, (Dtype::F64, shape, le_bytes(v, f64::to_le_bytes)));
     }
     fn u64(&mut self, name: String, v: u64) {
-        self.0
-            .insert(name, (Dtype::U64, vec![1], v.to_le_bytes().to_vec()));
+        self.u64s(name, &[v]);
+    }
+    fn u64s(&mut self, name: String, v: &[u64]) {
+        self.0.insert(
+            name,
+            (Dtype::U64, vec![v.len()], le_bytes(v, u64::to_le_bytes)),
+        );
     }
     fn bytes(&mut self, name: String, v: Vec<u8>) {
         self.0.insert(name, (Dtype::U8, vec![v.len()], v));
@@ -108,6 +120,7 @@ impl EvalPartial {
         let s = &self.sums;
         let mut t = Tensors::default();
         let mut features = None;
+        let mut decided = Vec::new();
         for (i, set) in s.sets.iter().enumerate() {
             t.u64(format!("set{i}.samples"), set.samples);
             for (j, v) in set.variants.iter().enumerate() {
@@ -117,6 +130,17 @@ impl EvalPartial {
                 if j > 0 {
                     t.f64(format!("{p}.rel_l2"), vec![v.rel_l2.len()], &v.rel_l2);
                     t.f64(format!("{p}.psnr"), vec![v.psnr.len()], &v.psnr);
+                }
+                if let Some(d) = &v.decisions {
+                    if i == 0 {
+                        decided.push(j);
+                    }
+                    t.u64s(format!("{p}.computed"), &d.computed);
+                    t.u64(format!("{p}.decided_samples"), d.samples);
+                    let halves = |x: u128| [x as u64, (x >> 64) as u64];
+                    let [a, b] = halves(d.macs);
+                    let [c, e] = halves(d.full_macs);
+                    t.u64s(format!("{p}.macs"), &[a, b, c, e]);
                 }
                 if let Some(f) = &v.features {
                     let d = f.dim();
@@ -172,6 +196,7 @@ impl EvalPartial {
             branch_steps,
             stats_sites,
             terms_sites,
+            decided,
         };
         let metadata: BTreeMap<String, String> = [
             ("format".to_string(), EVAL_PARTIAL_FORMAT.to_string()),
@@ -218,7 +243,11 @@ impl EvalPartial {
         let tool_version = get("tool_version")?.clone();
         let r = Reader { st: &st, origin };
         let nv = layout.names.len();
-        if nv == 0 || layout.branch_steps.len() != nv - 1 || layout.stats_sites.len() != nv - 1 {
+        if nv == 0
+            || layout.branch_steps.len() != nv - 1
+            || layout.stats_sites.len() != nv - 1
+            || layout.decided.iter().any(|&j| j == 0 || j >= nv)
+        {
             return Err(bad(
                 "metadata `layout` lists no variants or is inconsistent".into(),
             ));
@@ -246,7 +275,21 @@ impl EvalPartial {
                     ),
                     None => None,
                 };
+                let decisions = if layout.decided.contains(&j) {
+                    let computed = r.u64s(&format!("{p}.computed"), layout.steps)?;
+                    let m = r.u64s(&format!("{p}.macs"), 4)?;
+                    let joined = |lo: u64, hi: u64| lo as u128 | (hi as u128) << 64;
+                    Some(DecisionSums {
+                        computed,
+                        samples: r.u64(&format!("{p}.decided_samples"))?,
+                        macs: joined(m[0], m[1]),
+                        full_macs: joined(m[2], m[3]),
+                    })
+                } else {
+                    None
+                };
                 variants.push(VariantSums {
+                    decisions,
                     features,
                     correct: r.u64(&format!("{p}.correct"))?,
                     rel_l2: per_sample("rel_l2", false)?,
@@ -395,14 +438,22 @@ impl<'a> Reader<'a> {
     }
 
     fn u64(&self, name: &str) -> Result<u64, CliError> {
+        Ok(self.u64s(name, 1)?[0])
+    }
+
+    /// A u64 tensor of shape `[len]`.
+    fn u64s(&self, name: &str, len: usize) -> Result<Vec<u64>, CliError> {
         let (s, data) = self.raw(name, Dtype::U64)?;
-        if s != [1] {
+        if s != [len] {
             return Err(CliError::input(format!(
-                "{}: tensor `{name}` has shape {s:?}, expected [1]",
+                "{}: tensor `{name}` has shape {s:?}, expected [{len}]",
                 self.origin
             )));
         }
-        Ok(u64::from_le_bytes(data.try_into().expect("8 bytes")))
+        Ok(data
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect())
     }
 
     fn u8(&self, name: &str) -> Result<&'a [u8], CliError> {

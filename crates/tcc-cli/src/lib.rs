@@ -36,6 +36,7 @@ mod realised;
 mod runtime;
 mod sample;
 mod scoring;
+mod sweep;
 mod teacache_fit;
 
 use std::ffi::OsString;
@@ -71,6 +72,7 @@ Examples:
   tcc plan --diff schedules/fora2.sched schedules/fora3.sched
   tcc check schedules/*.sched                  validate schedules
   tcc sample schedules/fora3.sched --device cuda --dtype bf16
+  tcc sweep schedules/fbcache.sched --param threshold --values 0,0.05,0.1,inf
   tcc bench schedules/dit-xl2-fora3.sched --random-weights 0
 
 Exit status: 0 success, 2 invalid input (diagnostics on stderr), 1 other failure.";
@@ -102,6 +104,9 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Measure full vs cache vs cache + priors on held-out seeds.
     Eval(eval::Args),
+    /// Measure one setting of a schedule (threshold, fresh ratio, refresh
+    /// interval) at several values against full computation.
+    Sweep(sweep::Args),
     /// Join the partial results of shards (--shard I/N): samples,
     /// calibration statistics or evaluations.
     Merge(merge::Args),
@@ -176,6 +181,7 @@ where
         Command::Sample(args) => sample::run(args, io),
         Command::Calibrate(args) => calibrate::run(args, io),
         Command::Eval(args) => eval::run(args, io),
+        Command::Sweep(args) => sweep::run(args, io),
         Command::Merge(args) => merge::run(args, io),
         Command::Bench(args) => bench::run(args, io),
         Command::Convert(args) => convert::run(args, io),

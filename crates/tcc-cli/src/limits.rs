@@ -85,6 +85,16 @@ impl Memory {
         self
     }
 
+    /// `count` model batches of `batch` samples in flight at once (the
+    /// trajectories that `tcc sweep` steps side by side).
+    pub fn batches(&mut self, plan: &Plan, batch: usize, count: usize) -> &mut Memory {
+        self.add(
+            format!("{count} model batches in flight"),
+            count as u128 * batch_bytes(plan, batch as u128),
+        );
+        self
+    }
+
     /// `n` latents (one sample's `C x H x W` each, f32), `copies` times.
     pub fn latents(&mut self, what: &str, plan: &Plan, n: usize, copies: u128) -> &mut Memory {
         self.add(what, copies * n as u128 * f32s(latent_values(plan)))

@@ -1,7 +1,7 @@
 //! What a dynamic plan (a run-time policy) actually did: the steps each
 //! batch computed and the MACs of what ran against full computation.
 
-use tcc_plan::{human_macs, Plan, PlanCost};
+use tcc_plan::{human_macs, Plan};
 
 /// The reuse steps of every batch of a run, in batch order.
 #[derive(Clone, Debug, Default)]
@@ -14,11 +14,11 @@ impl Realised {
     /// MACs of what ran (the policy's probe included) and of full
     /// computation, over every sample.
     pub fn macs(&self, plan: &Plan) -> (u128, u128) {
-        let full = PlanCost::of(&plan.all_compute()).total as u128;
         let (mut ran, mut all) = (0u128, 0u128);
         for (_, len, reuse) in &self.batches {
-            ran += PlanCost::of_run(plan, reuse).total as u128 * *len as u128;
-            all += full * *len as u128;
+            let (r, full) = tcc_eval::realised_macs(plan, reuse);
+            ran += r as u128 * *len as u128;
+            all += full as u128 * *len as u128;
         }
         (ran, all)
     }

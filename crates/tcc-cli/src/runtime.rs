@@ -100,6 +100,18 @@ impl ModelArgs {
     ) -> Result<Plan, CliError> {
         crate::common::load_plan_with(file, self.source.as_deref(), steps, self.need(), err)
     }
+
+    /// [`ModelArgs::load_plan`] with `edit` applied to the parsed schedule
+    /// before it is compiled.
+    pub fn load_plan_edited(
+        &self,
+        file: &Path,
+        steps: Option<u64>,
+        err: &mut dyn std::io::Write,
+        edit: &mut dyn FnMut(&mut tcc_schedule::Schedule) -> Result<(), CliError>,
+    ) -> Result<Plan, CliError> {
+        crate::common::load_plan_edited(file, self.source.as_deref(), steps, self.need(), err, edit)
+    }
 }
 
 /// The most bytes of a `--prompts` file (COCO's 30k captions take 2 MB).

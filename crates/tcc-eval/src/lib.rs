@@ -21,13 +21,23 @@
 //! several schedules; [`oracle_rows`] compares each variant's priors with
 //! the best prior fitted on the evaluated samples themselves.
 //!
+//! For a dynamic plan (a run-time policy) every variant also counts what
+//! its policy decided ([`DecisionSums`]: per step the samples that computed
+//! it, and the MACs that ran against full computation's). [`sweep`] runs
+//! one schedule at several values of one setting ([`SweepParam`]: a
+//! policy's threshold, ToCa's fresh ratio, FORA's refresh interval) as the
+//! variants of one evaluation.
+//!
 //! Priors are passed in as fitted sets: this crate does not know how they
 //! are fitted, and the model is any [`BlockModel`].
 
+mod decisions;
 mod lineup;
 mod plot;
 mod run;
+mod sweep;
 
+pub use decisions::{realised_macs, DecisionReport, DecisionSums};
 pub use lineup::{
     calibration_seeds, lineup, oracle_rows, prior_terms, Entry, Lineup, OracleRow, PriorTerms,
     PriorsInfo,
@@ -36,4 +46,7 @@ pub use plot::{plot_deviation, Series};
 pub use run::{
     accumulate, evaluate, held_out, EvalError, EvalSums, PairedTest, Progress, Report, Scorer,
     SeedSet, SetMetrics, SetSums, StepDistance, Variant, VariantReport, VariantSums,
+};
+pub use sweep::{
+    parse_values, sweep, FullRow, Point, Stat, Sweep, SweepParam, SweepRow, MAX_SWEEP_VALUES,
 };

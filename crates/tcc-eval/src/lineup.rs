@@ -35,8 +35,8 @@ impl Entry {
     /// The entries of `plans`, each named by the stem of its schedule
     /// file in `files` when there are several: `stem:` prefixes, made
     /// unique with the schedule's position (which also stands in for a
-    /// missing stem). Schedules whose plans cache alike share
-    /// one plain-cache variant.
+    /// missing stem). Schedules whose plans cache alike (the same actions
+    /// and the same run-time policy) share one plain-cache variant.
     pub fn label(plans: Vec<Plan>, files: &[impl AsRef<Path>]) -> Vec<Entry> {
         let stems: Vec<Option<String>> = files
             .iter()
@@ -63,7 +63,9 @@ impl Entry {
             let hash = plan.hash();
             let cache = entries
                 .iter()
-                .find(|e| cache_actions(&e.plan) == cache_actions(&plan))
+                .find(|e| {
+                    cache_actions(&e.plan) == cache_actions(&plan) && e.plan.dynamic == plan.dynamic
+                })
                 .map(|e| e.cache.clone())
                 .unwrap_or_else(|| format!("{prefix}cache"));
             entries.push(Entry {

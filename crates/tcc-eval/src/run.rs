@@ -14,6 +14,8 @@ use tcc_metrics::{
 use tcc_model::BlockModel;
 use tcc_plan::{Action, Plan};
 
+use crate::decisions::{DecisionReport, DecisionSums};
+
 /// Errors of an evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -116,6 +118,14 @@ pub struct SetMetrics {
     pub seconds: f64,
     /// Full computation's time over this variant's on the same seed set.
     pub speedup: f64,
+    /// A dynamic plan's mean steps computed per sample (absent for static
+    /// plans, whose JSON is unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub computed_steps: Option<f64>,
+    /// A dynamic plan's realised speedup: full computation's MACs over the
+    /// MACs that ran on this seed set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realised_speedup: Option<f64>,
 }
 
 /// Distances at one step, pooled over all samples, blocks and branches.
@@ -148,6 +158,10 @@ pub struct VariantReport {
     /// all evaluated samples.
     #[serde(skip)]
     pub moments: BTreeMap<Site, Moments>,
+    /// A dynamic plan's decisions over every seed set (absent for static
+    /// plans).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<DecisionReport>,
 }
 
 impl VariantReport {
@@ -231,6 +245,9 @@ pub struct VariantSums {
     pub psnr: Vec<f64>,
     /// Wall time in the model and the variant's hooks, seconds.
     pub seconds: f64,
+    /// A dynamic plan's decisions (`None` for static plans and full
+    /// computation).
+    pub decisions: Option<DecisionSums>,
 }
 
 /// One seed set's sums: `samples` samples, per variant (index 0: full).
@@ -310,6 +327,16 @@ impl EvalSums {
                 x.rel_l2.extend_from_slice(&y.rel_l2);
                 x.psnr.extend_from_slice(&y.psnr);
                 x.seconds += y.seconds;
+                match (&mut x.decisions, &y.decisions) {
+                    (Some(a), Some(b)) => a.merge(b).map_err(EvalError::Input)?,
+                    (None, None) => {}
+                    _ => {
+                        return Err(EvalError::Input(
+                            "cannot merge the evaluation of a dynamic plan with a static one"
+                                .into(),
+                        ))
+                    }
+                }
             }
         }
         for (a, b) in self.latent.iter_mut().zip(&other.latent) {
@@ -346,6 +373,23 @@ impl EvalSums {
             }
         }
         Ok(())
+    }
+
+    /// The decisions of variant `vi` (0: full computation) over every
+    /// seed set; `None` for static plans.
+    fn decisions(&self, vi: usize) -> Result<Option<DecisionSums>, EvalError> {
+        let mut total: Option<DecisionSums> = None;
+        for d in self
+            .sets
+            .iter()
+            .filter_map(|s| s.variants[vi].decisions.as_ref())
+        {
+            match &mut total {
+                Some(t) => t.merge(d).map_err(EvalError::Input)?,
+                None => total = Some(d.clone()),
+            }
+        }
+        Ok(total)
     }
 
     /// The report of these sums: FD against `reference` (the scorer's real
@@ -398,6 +442,8 @@ impl EvalSums {
                     psnr: ps,
                     seconds: v.seconds,
                     speedup: full_time / v.seconds,
+                    computed_steps: v.decisions.as_ref().map(DecisionSums::computed_steps),
+                    realised_speedup: v.decisions.as_ref().map(DecisionSums::speedup),
                 });
             }
         }
@@ -429,6 +475,7 @@ impl EvalSums {
                 } else {
                     self.moments[vi - 1].clone()
                 },
+                decisions: self.decisions(vi)?.map(|d| d.report()),
             });
         }
         let mut paired = Vec::new();
@@ -530,6 +577,10 @@ pub fn accumulate<M: BlockModel>(
     for set in sets {
         let mut finals: Vec<Vec<Tensor>> = vec![Vec::new(); nv + 1];
         let mut times = vec![Duration::ZERO; nv + 1];
+        let mut decisions: Vec<Option<DecisionSums>> = variants
+            .iter()
+            .map(|v| v.plan.dynamic.is_some().then(|| DecisionSums::new(nsteps)))
+            .collect();
         let mut offset = 0;
         for batch in &set.batches {
             let b = batch.noise.dim(0)?;
@@ -588,6 +639,9 @@ pub fn accumulate<M: BlockModel>(
             finals[0].push(reference.latents().clone());
             for (vi, t) in trajs.iter().enumerate() {
                 finals[vi + 1].push(t.latents().clone());
+                if let Some(d) = decisions[vi].as_mut() {
+                    d.add_batch(variants[vi].plan, b, &t.reuse_steps());
+                }
             }
         }
         let finals: Vec<Tensor> = finals
@@ -629,6 +683,11 @@ pub fn accumulate<M: BlockModel>(
                 rel_l2: rels,
                 psnr: psnrs,
                 seconds: times[vi].as_secs_f64(),
+                decisions: if vi == 0 {
+                    None
+                } else {
+                    decisions[vi - 1].take()
+                },
             });
         }
         set_sums.push(SetSums {

@@ -1,7 +1,10 @@
 //! `evaluate` on a small random-weight DiT (the workspace's
 //! tests/fixtures/micro-dit: 2 blocks, 4x4 tokens): exactness where the
 //! variant is full computation, measured deviation where it caches, and
-//! hooks that really reach the variant's run.
+//! hooks that really reach the variant's run; the decisions of a dynamic
+//! plan and their sums across shards; sweeps of a threshold and a fresh
+//! ratio between their ends (full computation, FORA, the bounds' most
+//! reuses).
 
 use std::path::Path;
 
@@ -9,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use tcc_calib::{Prior, PriorHooks};
 use tcc_core::{Branch, PriorKind};
 use tcc_eval::{
-    accumulate, evaluate, held_out, plot_deviation, Report, Scorer, SeedSet, Series, Variant,
+    accumulate, evaluate, held_out, plot_deviation, sweep, Point, Report, Scorer, SeedSet, Series,
+    SweepParam, Variant,
 };
 use tcc_exec::{NoHooks, SampleBatch};
 use tcc_metrics::FeatureStats;
@@ -444,4 +448,324 @@ fn the_plot_is_a_png_of_the_stated_size_written_atomically() {
     }
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "only the PNG is left behind");
+}
+
+/// First-block cache on the micro DiT: block 0 runs at every step, block 1
+/// adds its cached residual delta when block 0's residual changed little.
+const FBCACHE: &str = r#"
+[model]
+path = "tests/fixtures/micro-dit"
+
+[sampler]
+kind = "ddim"
+steps = 8
+guidance = 1.5
+
+[dynamic]
+policy = "first-block"
+threshold = 0.35
+warmup = 1
+cutoff = 1
+max-reuse = 3
+"#;
+
+/// Per batch of `set`, the steps at which `plan` reused, run on its own.
+fn reuse_steps_alone(model: &Dit, plan: &Plan, set: &SeedSet) -> Vec<(usize, Vec<usize>)> {
+    set.batches
+        .iter()
+        .map(|b| {
+            let mut t = tcc_exec::Trajectory::new(model, plan, b).unwrap();
+            while !t.is_done() {
+                t.step(&mut NoHooks).unwrap();
+            }
+            (b.noise.dim(0).unwrap(), t.reuse_steps())
+        })
+        .collect()
+}
+
+#[test]
+fn dynamic_variants_count_their_decisions_and_shards_add_them_up_exactly() {
+    let dynamic = plan(FBCACHE);
+    let fora = plan(&FBCACHE.replace(
+        "[dynamic]\npolicy = \"first-block\"\nthreshold = 0.35\nwarmup = 1\ncutoff = 1\nmax-reuse = 3\n",
+        "[[cache]]\nrefresh = \"every 2\"\n",
+    ));
+    assert!(dynamic.dynamic.is_some() && fora.dynamic.is_none());
+    let model = model(&dynamic);
+    let full = dynamic.all_compute();
+    let variants = || {
+        vec![
+            Variant {
+                name: "fora".into(),
+                plan: &fora,
+                hooks: Box::new(NoHooks),
+                oracle: false,
+            },
+            Variant {
+                name: "fbcache".into(),
+                plan: &dynamic,
+                hooks: Box::new(NoHooks),
+                oracle: false,
+            },
+        ]
+    };
+    let sets = vec![seed_set(&dynamic, 11, 6, 2), seed_set(&dynamic, 12, 6, 2)];
+    let run = |sets: &[SeedSet]| {
+        accumulate(&model, &full, &mut variants(), sets, None, &mut |_| {}).unwrap()
+    };
+    let whole = run(&sets);
+
+    // What each batch decided, run on its own, priced by the cost model.
+    let steps = dynamic.steps.len();
+    let mut all_reuse = Vec::new();
+    for (set, sums) in sets.iter().zip(&whole.sets) {
+        assert_eq!(sums.variants[0].decisions, None, "full computation");
+        assert_eq!(sums.variants[1].decisions, None, "a static plan");
+        let d = sums.variants[2].decisions.as_ref().expect("dynamic");
+        let mut computed = vec![0u64; steps];
+        let (mut ran, mut all) = (0u128, 0u128);
+        for (len, reuse) in reuse_steps_alone(&model, &dynamic, set) {
+            for (k, c) in computed.iter_mut().enumerate() {
+                if !reuse.contains(&k) {
+                    *c += len as u64;
+                }
+            }
+            let cost = tcc_plan::PlanCost::of(&dynamic.realised(&reuse));
+            ran += cost.total as u128 * len as u128;
+            all += cost.full_total as u128 * len as u128;
+            all_reuse.extend(reuse);
+        }
+        assert_eq!(d.computed, computed);
+        assert_eq!((d.macs, d.full_macs), (ran, all));
+        assert_eq!(d.samples, 6);
+        // Step 0 and the cut-off step always compute.
+        assert_eq!((d.computed[0], d.computed[steps - 1]), (6, 6));
+    }
+    assert!(
+        !all_reuse.is_empty(),
+        "the policy reused somewhere, so the counts can tell"
+    );
+
+    // Shard 0 of 2 takes batch 0 of each set, shard 1 batches 1..3.
+    let mut merged = run(&sets.iter().map(|s| share(s, 0..1)).collect::<Vec<_>>());
+    merged
+        .merge(&run(&sets
+            .iter()
+            .map(|s| share(s, 1..3))
+            .collect::<Vec<_>>()))
+        .unwrap();
+    for (a, b) in whole.sets.iter().zip(&merged.sets) {
+        for (x, y) in a.variants.iter().zip(&b.variants) {
+            assert_eq!(x.decisions, y.decisions);
+        }
+    }
+    let (a, b) = (
+        whole.report(None, &[]).unwrap(),
+        merged.report(None, &[]).unwrap(),
+    );
+    let (da, db) = (&a.variants[2], &b.variants[2]);
+    assert_eq!(da.decisions, db.decisions);
+    let d = da.decisions.as_ref().unwrap();
+    assert_eq!(d.samples, 12);
+    let mean = d.computed.iter().sum::<u64>() as f64 / 12.0;
+    assert_eq!(d.computed_steps, mean);
+    assert!(mean < steps as f64 && d.realised_speedup > 1.0, "{d:?}");
+    for (sa, sb) in da.sets.iter().zip(&db.sets) {
+        assert_eq!(sa.computed_steps, sb.computed_steps);
+        assert_eq!(sa.realised_speedup, sb.realised_speedup);
+        assert!(sa.computed_steps.is_some() && sa.realised_speedup.is_some());
+    }
+    // Static plans and full computation: no new fields, in JSON either.
+    for v in &a.variants[..2] {
+        assert!(v.decisions.is_none());
+        let json = serde_json::to_string(v).unwrap();
+        assert!(
+            !json.contains("computed_steps") && !json.contains("decisions"),
+            "{json}"
+        );
+    }
+    let json = serde_json::to_string(da).unwrap();
+    assert!(json.contains("\"realised_speedup\""), "{json}");
+    // A dynamic variant's sums do not merge into a static one's.
+    let mut swapped = run(&sets.iter().map(|s| share(s, 0..1)).collect::<Vec<_>>());
+    for s in &mut swapped.sets {
+        s.variants.swap(1, 2);
+    }
+    assert!(swapped.merge(&merged).is_err());
+}
+
+fn sweep_points(text: &str, param: SweepParam, values: &[f64]) -> Vec<Point> {
+    values
+        .iter()
+        .map(|&v| {
+            let mut s = tcc_schedule::parse("test.sched", text).unwrap();
+            param.apply(&mut s, v).unwrap();
+            Point {
+                value: v,
+                plan: tcc_plan::compile(&s, &workspace()).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_threshold_sweep_goes_from_full_computation_to_the_bounds_most_reuses() {
+    let values = [0.0, 0.3, 0.36, 0.4, f64::INFINITY];
+    let points = sweep_points(FBCACHE, SweepParam::Threshold, &values);
+    let p = &points[0].plan;
+    let model = model(p);
+    let mut reference = FeatureStats::new(2);
+    reference
+        .add_batch(&[0.0, 1.0, 0.1, 0.9, -0.1, 1.2, 0.05, 1.1])
+        .unwrap();
+    let scorer = Constant { reference };
+    let sets = vec![seed_set(p, 11, 4, 2), seed_set(p, 12, 4, 4)];
+    let s = sweep(
+        &model,
+        SweepParam::Threshold,
+        &points,
+        &sets,
+        Some(&scorer),
+        &mut |_| {},
+    )
+    .unwrap();
+    let steps = p.steps.len();
+    assert_eq!(
+        (s.steps, s.samples_per_set, s.seeds.clone()),
+        (steps, 4, vec![11, 12])
+    );
+    assert_eq!(s.rows.len(), values.len());
+
+    // Threshold 0 computes every step: exactly full computation.
+    let zero = &s.rows[0];
+    assert_eq!(zero.rel_l2.mean, 0.0);
+    assert_eq!(zero.psnr.mean, f64::INFINITY);
+    assert_eq!(zero.realised_speedup.unwrap().mean, 1.0);
+    assert_eq!(zero.computed_steps.unwrap().mean, steps as f64);
+    // FD of identical samples: 0 up to the matrix square root's rounding.
+    assert!(zero.fd_to_full.unwrap().mean.abs() < 1e-3);
+    assert_eq!(zero.predicted_speedup, None, "a run-time policy");
+
+    // Threshold inf reuses at every step the bounds allow.
+    let most = p.dynamic.unwrap().most_reuses(steps);
+    let inf = s.rows.last().unwrap();
+    assert_eq!(
+        inf.computed_steps.unwrap().mean,
+        (steps - most.len()) as f64
+    );
+    assert_eq!(inf.computed_steps.unwrap().std, 0.0);
+    let best = tcc_plan::PlanCost::of(&p.realised(&most)).speedup();
+    assert!((inf.realised_speedup.unwrap().mean - best).abs() < 1e-12);
+    assert!(inf.rel_l2.mean > 0.0 && inf.fd.is_some());
+    assert!(inf.fd_to_full.unwrap().mean > 1e-3);
+
+    // On these seeds, a higher threshold never computes more steps.
+    let computed: Vec<f64> = s
+        .rows
+        .iter()
+        .map(|r| r.computed_steps.unwrap().mean)
+        .collect();
+    assert!(computed.windows(2).all(|w| w[1] <= w[0]), "{computed:?}");
+    assert!(computed[0] > computed[4], "{computed:?}");
+
+    // The JSON reads back into the same document (inf and NaN as text).
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(text.contains(r#""value":"inf""#), "{text}");
+    let back: tcc_eval::Sweep = serde_json::from_str(&text).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    assert_eq!(back.rows[2].decisions, s.rows[2].decisions);
+
+    let table = s.table();
+    assert!(
+        table.contains("threshold") && table.contains("\ninf "),
+        "{table}"
+    );
+    assert!(table.contains("steps computed, % of samples"), "{table}");
+}
+
+#[test]
+fn a_fresh_ratio_sweep_goes_from_fora_to_full_computation() {
+    let fora_text = FORA.split("[calibration]").next().unwrap();
+    let toca = format!("{fora_text}[[cache]]\npartial = \"except every 3\"\nfresh-ratio = 0.5\n");
+    let points = sweep_points(&toca, SweepParam::FreshRatio, &[0.0, 0.5, 1.0]);
+    let p = &points[1].plan;
+    assert!(p.has_partial());
+    let model = model(p);
+    let sets = vec![seed_set(p, 11, 4, 2)];
+    let s = sweep(
+        &model,
+        SweepParam::FreshRatio,
+        &points,
+        &sets,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    let predicted: Vec<f64> = s
+        .rows
+        .iter()
+        .map(|r| r.predicted_speedup.unwrap())
+        .collect();
+    assert!(
+        predicted[0] > predicted[1] && predicted[1] > predicted[2],
+        "{predicted:?}"
+    );
+    assert_eq!(predicted[2], 1.0);
+    assert_eq!(s.rows[2].rel_l2.mean, 0.0, "ratio 1 is full computation");
+    assert!(s
+        .rows
+        .iter()
+        .all(|r| r.decisions.is_none() && r.fd.is_none()));
+
+    // Ratio 0 is FORA, sample for sample.
+    let fora = plan(fora_text);
+    let mut variants = vec![Variant {
+        name: "fora".into(),
+        plan: &fora,
+        hooks: Box::new(NoHooks),
+        oracle: false,
+    }];
+    let r = evaluate(
+        &model,
+        &fora.all_compute(),
+        &mut variants,
+        &sets,
+        None,
+        &[],
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(Some(s.rows[0].rel_l2.mean), r.variants[1].sets[0].rel_l2);
+    assert!(s.rows[1].rel_l2.mean > 0.0);
+    assert!(s.rows[1].rel_l2.mean < s.rows[0].rel_l2.mean);
+}
+
+/// Two dynamic plans have the same static table (every step computes) and
+/// differ only in their run-time policy: each keeps its own plain-cache
+/// variant, where sharing one would drop the second schedule from the report.
+#[test]
+fn dynamic_plans_with_other_policies_do_not_share_a_cache_variant() {
+    let root = workspace();
+    let files = [
+        root.join("schedules/fbcache.sched"),
+        root.join("schedules/teacache.sched"),
+        root.join("schedules/fora3.sched"),
+        root.join("schedules/fora3-validated.sched"),
+    ];
+    let plans: Vec<Plan> = files
+        .iter()
+        .map(|f| tcc_plan::compile_file(f).expect("compiles"))
+        .collect();
+    assert_eq!(plans[0].steps, plans[1].steps);
+    let entries = tcc_eval::Entry::label(plans, &files);
+    let caches: Vec<&str> = entries.iter().map(|e| e.cache.as_str()).collect();
+    assert_eq!(
+        caches,
+        [
+            "fbcache:cache",
+            "teacache:cache",
+            "fora3:cache",
+            "fora3:cache"
+        ]
+    );
 }
