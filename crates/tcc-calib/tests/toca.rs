@@ -2,18 +2,16 @@
 //! only, priors applied to the stale tokens only, on a random 2-block DiT
 //! over 4x4 tokens (the workspace's tests/fixtures/micro-dit).
 
+mod common;
+use common::{batch, batches, model};
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use tcc_calib::{
-    calibrate, gather_one_shot, CalibBatch, CalibError, Calibration, PriorHooks, SiteStats,
-};
+use tcc_calib::{calibrate, gather_one_shot, CalibError, Calibration, PriorHooks, SiteStats};
 use tcc_core::{Branch, CalibMode, Pooling};
 use tcc_exec::{BranchSite, Hooks, NoHooks, SampleBatch, Trajectory};
-use tcc_model::{Dit, DitConfig};
+use tcc_model::Dit;
 use tcc_plan::{Action, Plan};
-use tcc_sampler::NoiseRng;
 
 /// ToCa N = 3 over 6 DDIM steps: steps 0 and 3 compute everything, steps
 /// 1, 2, 4 and 5 compute 4 of the 16 tokens of every branch (chosen by
@@ -49,45 +47,8 @@ const PARTIAL_RULE: &str = "[[cache]]\npartial = \"except every 3\"\nfresh-ratio
 const TOKENS: usize = 16;
 const FRESH: usize = 4;
 
-fn workspace() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn plan(text: &str) -> Plan {
-    let s = tcc_schedule::parse("toca.sched", text).expect("parses");
-    tcc_plan::compile(&s, &workspace()).expect("compiles")
-}
-
-fn model(plan: &Plan) -> Dit {
-    let cfg = DitConfig::from_shape(&plan.model).unwrap();
-    Dit::random(&cfg, 5, DType::F32, &Device::Cpu).unwrap()
-}
-
-fn batch(plan: &Plan, seed: u64, classes: &[u32]) -> SampleBatch {
-    let m = &plan.model;
-    let dev = Device::Cpu;
-    let n = classes.len();
-    SampleBatch {
-        noise: NoiseRng::new(seed)
-            .randn((n, m.in_channels, m.input_size, m.input_size), &dev)
-            .unwrap(),
-        cond: Tensor::new(classes, &dev).unwrap(),
-        uncond: Some(Tensor::full(m.num_classes as u32, n, &dev).unwrap()),
-        cond_mask: None,
-        uncond_mask: None,
-        seed,
-    }
-}
-
-/// Two batches, 6 samples over classes 0..3 (two per class).
-fn batches(plan: &Plan) -> Vec<CalibBatch> {
-    [(0u64, [0u32, 1, 2]), (1, [0, 1, 2])]
-        .into_iter()
-        .map(|(seed, classes)| CalibBatch {
-            batch: batch(plan, seed, &classes),
-            conditions: classes.iter().map(|&c| c as u64).collect(),
-        })
-        .collect()
+    common::plan_of("toca.sched", text)
 }
 
 fn run(model: &Dit, plan: &Plan, mode: CalibMode) -> Result<Calibration, CalibError> {

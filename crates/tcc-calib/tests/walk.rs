@@ -1,18 +1,18 @@
 //! The calibration walk on a small random-weight DiT: the invariants SPEC
 //! states for TCC, checked end to end through the executor.
 
-use std::path::Path;
+mod common;
+use common::{batch, batches, model};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use tcc_calib::{
     calibrate, calibrate_across, fit_merged, gather_one_shot, AllGather, CalibBatch, Calibration,
     Gathered, Prior, PriorHooks, PriorMeta, PriorSet, StatsFile, StatsMeta,
 };
 use tcc_core::{CalibMode, Shard};
-use tcc_exec::{Hooks, NoHooks, SampleBatch, Trajectory};
-use tcc_model::{Dit, DitConfig};
+use tcc_exec::{Hooks, NoHooks, Trajectory};
+use tcc_model::Dit;
 use tcc_plan::Plan;
-use tcc_sampler::NoiseRng;
 
 /// FORA N=3 over 6 DDIM steps; priors at the two reuses of the first
 /// segment (step 2 chains on step 1's corrected cache entry). The model is
@@ -41,45 +41,8 @@ seed = 0
 "#;
 
 /// The workspace root, against which the schedule's model path resolves.
-fn workspace() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn plan(text: &str) -> Plan {
-    let s = tcc_schedule::parse("walk.sched", text).expect("parses");
-    tcc_plan::compile(&s, &workspace()).expect("compiles")
-}
-
-fn model(plan: &Plan) -> Dit {
-    let cfg = DitConfig::from_shape(&plan.model).unwrap();
-    Dit::random(&cfg, 5, DType::F32, &Device::Cpu).unwrap()
-}
-
-fn batch(plan: &Plan, seed: u64, classes: &[u32]) -> SampleBatch {
-    let m = &plan.model;
-    let dev = Device::Cpu;
-    let n = classes.len();
-    SampleBatch {
-        noise: NoiseRng::new(seed)
-            .randn((n, m.in_channels, m.input_size, m.input_size), &dev)
-            .unwrap(),
-        cond: Tensor::new(classes, &dev).unwrap(),
-        uncond: Some(Tensor::full(m.num_classes as u32, n, &dev).unwrap()),
-        cond_mask: None,
-        uncond_mask: None,
-        seed,
-    }
-}
-
-/// Two batches, 6 samples over classes 0..3 (two rows per class pool).
-fn batches(plan: &Plan) -> Vec<CalibBatch> {
-    [(0u64, [0u32, 1, 2]), (1, [0, 1, 2])]
-        .into_iter()
-        .map(|(seed, classes)| CalibBatch {
-            batch: batch(plan, seed, &classes),
-            conditions: classes.iter().map(|&c| c as u64).collect(),
-        })
-        .collect()
+    common::plan_of("walk.sched", text)
 }
 
 fn run(model: &Dit, plan: &Plan, mode: CalibMode) -> Calibration {
