@@ -285,38 +285,20 @@ impl DynamicSpec {
     }
 }
 
-/// A finite threshold as a number, an infinite one as the string `"inf"`.
+/// A threshold in JSON through [`crate::json_float`] (an infinite one as
+/// `"inf"`), refused unless >= 0.
 mod threshold_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if x.is_infinite() && *x > 0.0 {
-            s.serialize_str("inf")
-        } else {
-            s.serialize_f64(*x)
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Number(f64),
-        Text(String),
+        crate::json_float::serialize(x, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        let x = match Repr::deserialize(d)? {
-            Repr::Number(x) => x,
-            Repr::Text(t) if t == "inf" => f64::INFINITY,
-            Repr::Text(t) => {
-                return Err(serde::de::Error::custom(format!(
-                    "expected a threshold >= 0 or \"inf\", found \"{t}\""
-                )))
-            }
-        };
+        let x = crate::json_float::deserialize(d)?;
         if x.is_nan() || x < 0.0 {
             return Err(serde::de::Error::custom(format!(
-                "expected a threshold >= 0, found {x}"
+                "expected a threshold >= 0 or \"inf\", found {x}"
             )));
         }
         Ok(x)

@@ -11,6 +11,7 @@ mod spelling;
 mod calibration;
 mod diffusers;
 mod dynamic;
+pub mod json_float;
 mod model;
 mod sampler;
 mod shard;

@@ -194,10 +194,10 @@ pub struct Point {
 pub struct Stat {
     /// The number of seed sets.
     pub n: u64,
-    #[serde(with = "float")]
+    #[serde(with = "tcc_core::json_float")]
     pub mean: f64,
     /// NaN for one seed set, or with an infinite value.
-    #[serde(with = "float")]
+    #[serde(with = "tcc_core::json_float")]
     pub std: f64,
 }
 
@@ -234,7 +234,7 @@ pub struct FullRow {
 /// One value's measurements, over the seed sets.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SweepRow {
-    #[serde(with = "float")]
+    #[serde(with = "tcc_core::json_float")]
     pub value: f64,
     pub plan_hash: String,
     /// The cost model's speedup (full MACs / plan MACs) of a static plan;
@@ -473,43 +473,6 @@ impl Sweep {
             }
         }
         out
-    }
-}
-
-/// f64 in JSON, which has no infinity or NaN: non-finite values as the
-/// strings `"inf"`, `"-inf"` and `"nan"`.
-mod float {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if x.is_nan() {
-            s.serialize_str("nan")
-        } else if x.is_infinite() {
-            s.serialize_str(if *x > 0.0 { "inf" } else { "-inf" })
-        } else {
-            s.serialize_f64(*x)
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Number(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Repr::deserialize(d)? {
-            Repr::Number(x) => Ok(x),
-            Repr::Text(t) => match t.as_str() {
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                "nan" => Ok(f64::NAN),
-                _ => Err(serde::de::Error::custom(format!(
-                    "expected a number, \"inf\", \"-inf\" or \"nan\", found \"{t}\""
-                ))),
-            },
-        }
     }
 }
 
