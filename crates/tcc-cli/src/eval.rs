@@ -513,9 +513,7 @@ pub(crate) fn print_report(
     write_plot(plot, &context.schedules[0].0, report)?;
     let doc = report_json(context, report, &oracles, plot);
     if json {
-        let text =
-            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
-        writeln!(io.out, "{text}")?;
+        crate::output::print_json(io.out, &doc)?;
     } else {
         print_tables(io, context, report, &oracles, plot)?;
     }

@@ -6,6 +6,16 @@ use std::path::Path;
 
 use crate::error::CliError;
 
+/// `value` as pretty JSON on a line of `out` (the `--json` reports).
+pub fn print_json(
+    out: &mut dyn std::io::Write,
+    value: &impl serde::Serialize,
+) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failure(e.to_string()))?;
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
 fn fail(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failure(format!("{}: {e}", path.display()))
 }

@@ -141,9 +141,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
     )?;
     bar.finish_and_clear();
     if args.json {
-        let text =
-            serde_json::to_string_pretty(&result).map_err(|e| CliError::Failure(e.to_string()))?;
-        writeln!(io.out, "{text}")?;
+        crate::output::print_json(io.out, &result)?;
     } else {
         write!(io.out, "{}", result.table())?;
     }

@@ -133,9 +133,7 @@ pub fn run(args: Args, io: &mut Io) -> Result<(), CliError> {
             "rescale": fit.coeffs(),
             "rel_residual": rel_residual,
         });
-        let text =
-            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
-        writeln!(io.out, "{text}")?;
+        crate::output::print_json(io.out, &doc)?;
         return Ok(());
     }
     writeln!(
