@@ -135,6 +135,24 @@ fn f32s(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// Every branch of `range`'s blocks, computed in order from `h`: the
+/// hand loops' "compute" steps.
+fn blocks(
+    m: &Dit,
+    range: std::ops::Range<usize>,
+    mut h: Tensor,
+    c: &tcc_model::Conditioning,
+) -> Tensor {
+    for block in range {
+        let md = m.modulation(block, c).unwrap();
+        for &br in m.branches() {
+            let out = m.branch(block, br, &h, &md, c).unwrap();
+            h = m.add_branch(br, &h, &md, &out).unwrap();
+        }
+    }
+    h
+}
+
 /// First-block cache written out with the model's parts: the indicator in
 /// f64 from the f32 residuals, the bounds as the docs state them.
 fn hand_fbcache(
@@ -180,13 +198,7 @@ fn hand_fbcache(
             computed.push(i);
             prev = Some(r);
             let entering = h.clone();
-            for block in 1..DEPTH {
-                let md = m.modulation(block, &c).unwrap();
-                for &br in m.branches() {
-                    let out = m.branch(block, br, &h, &md, &c).unwrap();
-                    h = m.add_branch(br, &h, &md, &out).unwrap();
-                }
-            }
+            h = blocks(m, 1..DEPTH, h, &c);
             delta = Some((&h - &entering).unwrap());
         }
         let out = m.finish(&h, &c).unwrap();
@@ -401,13 +413,7 @@ fn hand_teacache(
             acc = 0.0;
             computed.push(i);
             let entering = h.clone();
-            for block in 0..DEPTH {
-                let md = m.modulation(block, &c).unwrap();
-                for &br in m.branches() {
-                    let out = m.branch(block, br, &h, &md, &c).unwrap();
-                    h = m.add_branch(br, &h, &md, &out).unwrap();
-                }
-            }
+            h = blocks(m, 0..DEPTH, h, &c);
             delta = Some((&h - &entering).unwrap());
         }
         let out = m.finish(&h, &c).unwrap();
